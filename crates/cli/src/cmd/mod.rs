@@ -1,0 +1,9 @@
+//! One module per subcommand; each has `Args` and `run(Args) -> anyhow::Result<ExitCode>`.
+pub mod demo;
+pub mod inspect;
+pub mod pack;
+pub mod place;
+pub mod plan;
+pub mod read;
+pub mod serve;
+pub mod verify;

@@ -1,0 +1,179 @@
+//! One-sided, batched reads from storage-node memory regions.
+//!
+//! Every backend (`local`, `tcp`, and `verbs` in the `seqfeed-verbs` crate)
+//! implements [`Transport`] with RDMA semantics:
+//!
+//! * a storage node publishes a table of [`RegionInfo`] (one region per
+//!   sequence file payload, with the address and remote key an RDMA peer
+//!   needs; other transports ignore `addr`/`rkey`);
+//! * a client posts a batch of [`ReadRequest`]s, each copying
+//!   `len` bytes at `offset` of a region into `dst_offset` of a local
+//!   destination buffer;
+//! * [`Transport::read_batch`] returns when every read of the batch has
+//!   completed, or with the first error (naming node, region and position).
+//!
+//! Destination buffers are reused across steps (a ring of step buffers), so
+//! backends that must register memory (verbs) register a buffer on first use
+//! and keep the registration for as long as the buffer lives.
+//!
+//! The `local` backend is the reference implementation the others are tested
+//! against.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+/// Identifies one registered memory region on one storage node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegionId(pub u32);
+
+impl fmt::Display for RegionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "region {}", self.0)
+    }
+}
+
+/// One entry of a node's region table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// Region id, unique within the node.
+    pub id: RegionId,
+    /// What the region holds: the sequence file's path relative to the
+    /// dataset root (e.g. `web/part-00000.seq`).
+    pub name: String,
+    /// Length of the region in bytes.
+    pub len: u64,
+    /// Remote virtual address of the region's first byte (RDMA only; 0 otherwise).
+    pub addr: u64,
+    /// Remote key of the region's memory registration (RDMA only; 0 otherwise).
+    pub rkey: u32,
+}
+
+/// One one-sided read: `len` bytes at `offset` of `region` into
+/// `dst_offset` of the destination buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadRequest {
+    /// Source region on the node.
+    pub region: RegionId,
+    /// Byte offset inside the region.
+    pub offset: u64,
+    /// Number of bytes to read.
+    pub len: u32,
+    /// Byte offset inside the destination buffer.
+    pub dst_offset: u64,
+}
+
+impl ReadRequest {
+    /// Checks this read against a region length and a destination length.
+    pub fn check(&self, region_len: u64, dst_len: usize) -> Result<(), TransportError> {
+        let end = self.offset.checked_add(u64::from(self.len));
+        if end.is_none_or(|e| e > region_len) {
+            return Err(TransportError::OutOfBounds {
+                what: format!(
+                    "{} bytes [{}, +{}) of {} (length {})",
+                    self.len, self.offset, self.len, self.region, region_len
+                ),
+            });
+        }
+        let dend = self.dst_offset.checked_add(u64::from(self.len));
+        if dend.is_none_or(|e| e > dst_len as u64) {
+            return Err(TransportError::OutOfBounds {
+                what: format!(
+                    "destination [{}, +{}) of a {}-byte buffer",
+                    self.dst_offset, self.len, dst_len
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Counters a transport returns for one completed batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Number of reads completed.
+    pub reads: u64,
+    /// Number of bytes moved.
+    pub bytes: u64,
+    /// Work requests / request frames posted (doorbells for verbs).
+    pub posts: u64,
+}
+
+/// Errors from any transport. Each names the node and what failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// A read falls outside its region or its destination buffer.
+    #[error("read out of bounds: {what}")]
+    OutOfBounds {
+        /// Description of the offending read.
+        what: String,
+    },
+    /// The region id is not in the node's table.
+    #[error("node {node}: unknown {region}")]
+    UnknownRegion {
+        /// Node address or name.
+        node: String,
+        /// The unknown region.
+        region: RegionId,
+    },
+    /// The node could not be reached or the connection broke.
+    #[error("node {node}: {what}: {source}")]
+    Io {
+        /// Node address or name.
+        node: String,
+        /// What was being done.
+        what: String,
+        /// Underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node refused the request or answered with a malformed frame.
+    #[error("node {node}: protocol error: {what}")]
+    Protocol {
+        /// Node address or name.
+        node: String,
+        /// Description.
+        what: String,
+    },
+    /// A backend-specific failure (e.g. an RDMA work completion error).
+    #[error("node {node}: {backend}: {what}")]
+    Backend {
+        /// Node address or name.
+        node: String,
+        /// Backend name (`verbs`, ...).
+        backend: &'static str,
+        /// Description.
+        what: String,
+    },
+}
+
+impl TransportError {
+    /// True when retrying on another replica may succeed (node unreachable,
+    /// connection lost, RDMA QP failure), false for caller bugs such as
+    /// out-of-bounds reads.
+    pub fn is_node_failure(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Io { .. } | TransportError::Backend { .. } | TransportError::Protocol { .. }
+        )
+    }
+}
+
+/// A connection from one client to one storage node with one-sided,
+/// batched read semantics.
+pub trait Transport: Send {
+    /// Short backend name: `local`, `tcp` or `verbs`.
+    fn backend(&self) -> &'static str;
+
+    /// The node this transport reads from (address or name), for errors and logs.
+    fn node(&self) -> &str;
+
+    /// The node's region table.
+    fn regions(&self) -> &[RegionInfo];
+
+    /// Performs every read of `reads` into `dst` and returns when all have
+    /// completed. Reads may complete in any order; on error, the contents of
+    /// the destination ranges of this batch are unspecified.
+    fn read_batch(&mut self, reads: &[ReadRequest], dst: &mut [u8]) -> Result<BatchStats, TransportError>;
+}
