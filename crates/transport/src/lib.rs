@@ -155,7 +155,9 @@ impl TransportError {
     pub fn is_node_failure(&self) -> bool {
         matches!(
             self,
-            TransportError::Io { .. } | TransportError::Backend { .. } | TransportError::Protocol { .. }
+            TransportError::Io { .. }
+                | TransportError::Backend { .. }
+                | TransportError::Protocol { .. }
         )
     }
 }
@@ -175,5 +177,9 @@ pub trait Transport: Send {
     /// Performs every read of `reads` into `dst` and returns when all have
     /// completed. Reads may complete in any order; on error, the contents of
     /// the destination ranges of this batch are unspecified.
-    fn read_batch(&mut self, reads: &[ReadRequest], dst: &mut [u8]) -> Result<BatchStats, TransportError>;
+    fn read_batch(
+        &mut self,
+        reads: &[ReadRequest],
+        dst: &mut [u8],
+    ) -> Result<BatchStats, TransportError>;
 }
