@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"; .ci/run calls it).
+#   1. installs the Debian packages it needs (scripts/setup.sh --vm)
+#   2. cargo fmt --check and clippy -D warnings
+#   3. every workspace test (real files, real sockets on 127.0.0.1, network namespaces where permitted)
+#   4. the soft-RoCE part: boots a qemu guest with kernel rdma_rxe and runs the verbs tests there
+# Set SEQFEED_SKIP_VM=1 to skip step 4 (e.g. on a laptop without qemu); CI never sets it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh --vm
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked 2>&1 | tee /tmp/seqfeed-test.log
+if [[ "${SEQFEED_SKIP_VM:-0}" != "1" && -x scripts/rxe/run.sh ]]; then
+  echo "== soft-RoCE (rxe) tests in a qemu guest"
+  scripts/rxe/run.sh test
+fi
+echo "== all tests passed"
