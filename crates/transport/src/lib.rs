@@ -19,9 +19,17 @@
 //! The `local` backend is the reference implementation the others are tested
 //! against.
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+// Only the private `mmap` module (one call) holds `unsafe`.
+#![deny(unsafe_code)]
 
 use std::fmt;
+
+pub mod local;
+mod mmap;
+pub mod regions;
+
+pub use local::LocalTransport;
+pub use regions::{MappedRegion, RegionError, RegionTable};
 
 /// Identifies one registered memory region on one storage node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
