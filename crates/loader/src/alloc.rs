@@ -1,0 +1,93 @@
+//! Step-buffer memory: where a step's sequences land.
+//!
+//! The loader asks a [`BufferAllocator`] for one [`HostBuffer`] per ring slot
+//! at start-up and reuses them for the whole run, so backends that register
+//! memory (verbs) register each buffer once. [`HeapAllocator`] gives plain,
+//! 64-byte aligned heap memory. A CUDA backend adds a pinned-host allocator by
+//! implementing the same trait (and copies a filled buffer to the device
+//! itself); nothing else in the loader changes.
+
+use crate::error::BoxError;
+
+/// A host-addressable step buffer. Transports write into
+/// [`bytes_mut`](HostBuffer::bytes_mut); the consumer reads
+/// [`bytes`](HostBuffer::bytes).
+pub trait HostBuffer: Send + 'static {
+    /// The buffer's bytes.
+    fn bytes(&self) -> &[u8];
+    /// The buffer's bytes, writable.
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+/// Produces step buffers.
+pub trait BufferAllocator: Send + Sync {
+    /// Short name for logs and errors (`heap`, `cuda-pinned`, ...).
+    fn name(&self) -> &str;
+    /// Allocates a buffer of exactly `len` bytes, aligned to at least 8 bytes.
+    fn allocate(&self, len: usize) -> Result<Box<dyn HostBuffer>, BoxError>;
+}
+
+/// One 64-byte block: the unit [`HeapBuffer`] allocates in, so its bytes are
+/// 64-byte aligned (cache line; any token type fits).
+#[derive(Clone, Copy, bytemuck::Zeroable, bytemuck::Pod)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A heap step buffer, 64-byte aligned.
+pub struct HeapBuffer {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl HeapBuffer {
+    /// A zeroed buffer of `len` bytes.
+    pub fn new(len: usize) -> Result<Self, BoxError> {
+        let n = len.div_ceil(64);
+        let mut lines = Vec::new();
+        lines
+            .try_reserve_exact(n)
+            .map_err(|e| Box::new(e) as BoxError)?;
+        lines.resize(n, Line([0; 64]));
+        Ok(HeapBuffer { lines, len })
+    }
+}
+
+impl HostBuffer for HeapBuffer {
+    fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice::<Line, u8>(&self.lines)[..self.len]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut::<Line, u8>(&mut self.lines)[..self.len]
+    }
+}
+
+/// Allocates [`HeapBuffer`]s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeapAllocator;
+
+impl BufferAllocator for HeapAllocator {
+    fn name(&self) -> &str {
+        "heap"
+    }
+
+    fn allocate(&self, len: usize) -> Result<Box<dyn HostBuffer>, BoxError> {
+        Ok(Box::new(HeapBuffer::new(len)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_buffers_are_aligned_and_sized() {
+        for len in [0usize, 1, 63, 64, 65, 16384 * 3 + 5] {
+            let mut b = HeapAllocator.allocate(len).unwrap();
+            assert_eq!(b.bytes().len(), len);
+            assert_eq!(b.bytes().as_ptr() as usize % 64, 0);
+            b.bytes_mut().iter_mut().for_each(|x| *x = 7);
+            assert!(b.bytes().iter().all(|&x| x == 7));
+        }
+    }
+}

@@ -1,0 +1,951 @@
+//! Reads a rank's block from a cluster of storage nodes, with fail-over.
+//!
+//! A [`ClusterReader`] knows every node ([`NodeSpec`]: a name, the files the
+//! cluster file says it holds, and a [`Connector`] that opens a transport to
+//! it). For one step it
+//!
+//! 1. assigns each row to a live node that holds the row's file, preferring
+//!    node `i` for the `i`-th contiguous share of rows so that each node's rows
+//!    form few runs and the load is spread evenly;
+//! 2. turns each node's rows into one batch of [`ReadRequest`]s (region
+//!    looked up by file name in the node's region table) and issues the
+//!    batches to all nodes in parallel, one scoped thread per node. A node
+//!    whose rows form a single run reads straight into the destination; one
+//!    whose rows are scattered reads into a per-node staging buffer with one
+//!    batch and then copies each row into place (one round trip instead of
+//!    one per run);
+//! 3. when a node fails ([`TransportError::is_node_failure`]) marks it dead,
+//!    moves its rows to other replicas and reads them again, until every row
+//!    is read or [`RetryPolicy::failover_timeout`] has passed; then
+//!    [`LoaderError::NoReplica`] names the step, the file and each replica's
+//!    last error. Other errors (a read out of bounds) fail the step at once.
+//!
+//! A dead node is reconnected with exponential backoff
+//! ([`RetryPolicy::backoff_initial`] doubling up to
+//! [`RetryPolicy::backoff_max`]) for at most
+//! [`RetryPolicy::max_reconnects`] attempts, then given up for the reader's
+//! lifetime. No wait is unbounded: connects and reads are bounded by the
+//! transports' own timeouts, waiting for a replica by the fail-over window.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use seqfeed_transport::{BatchStats, ReadRequest, RegionId, Transport, TransportError};
+
+use crate::block::SeqRead;
+use crate::error::LoaderError;
+
+/// Opens a transport to one node. Called at start and on every reconnect.
+pub type Connector = Box<dyn Fn() -> Result<Box<dyn Transport>, TransportError> + Send + Sync>;
+
+/// One storage node as the reader sees it.
+pub struct NodeSpec {
+    /// Name for logs and errors (usually its address).
+    pub name: String,
+    /// Files the node holds (dataset-relative paths). `None`: whatever its
+    /// region table lists (learned when it is first connected).
+    pub files: Option<Vec<String>>,
+    /// Opens a transport to the node.
+    pub connect: Connector,
+}
+
+impl std::fmt::Debug for NodeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSpec")
+            .field("name", &self.name)
+            .field("files", &self.files.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Retry and fail-over bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Connection attempts per node at start-up.
+    pub start_attempts: u32,
+    /// First backoff after a failed connect or a node failure.
+    pub backoff_initial: Duration,
+    /// Largest backoff.
+    pub backoff_max: Duration,
+    /// Reconnect attempts after a node failure before the node is given up.
+    pub max_reconnects: u32,
+    /// Longest time one step waits for a live replica of a file.
+    pub failover_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            start_attempts: 5,
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            max_reconnects: 8,
+            failover_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters of one [`ClusterReader::read_step`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepReadStats {
+    /// Rows read.
+    pub rows: u64,
+    /// Bytes read (counted once per row, even when re-read after a fail-over).
+    pub bytes: u64,
+    /// Read batches issued (all nodes, all rounds).
+    pub batches: u64,
+    /// Rows moved to another replica after a node failure.
+    pub failed_over: u64,
+    /// Rows that went through a staging buffer (scattered rows).
+    pub staged_rows: u64,
+}
+
+/// Per-node state.
+struct Node {
+    spec: NodeSpec,
+    transport: Option<Box<dyn Transport>>,
+    /// Region of each file of the reader's file table, when this node holds it.
+    regions: Vec<Option<RegionId>>,
+    /// Whether the node is given up for good.
+    given_up: bool,
+    /// Earliest time of the next reconnect attempt while disconnected.
+    retry_at: Instant,
+    /// Consecutive failed reconnects.
+    failures: u32,
+    /// Last error, for messages.
+    last_error: Option<String>,
+    /// Staging buffer for scattered rows, reused across steps.
+    staging: Vec<u8>,
+    /// Bytes read from this node (lifetime).
+    bytes: u64,
+}
+
+impl Node {
+    fn live(&self) -> bool {
+        self.transport.is_some()
+    }
+}
+
+/// Reads blocks of sequences from a set of storage nodes; see the module docs.
+pub struct ClusterReader {
+    files: Vec<String>,
+    nodes: Vec<Node>,
+    /// For each file, the nodes that hold it (per the node specs).
+    holders: Vec<Vec<usize>>,
+    policy: RetryPolicy,
+}
+
+impl std::fmt::Debug for ClusterReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterReader")
+            .field("files", &self.files.len())
+            .field("nodes", &self.node_names())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterReader {
+    /// Connects to every node (each up to `policy.start_attempts` times with
+    /// backoff) and maps each file of `files` to the nodes holding it.
+    ///
+    /// Nodes that stay unreachable are marked dead and retried later; it is
+    /// an error when some file has no reachable holder at all, or when a node
+    /// lacks a region for a file its spec says it holds.
+    pub fn connect(
+        files: Vec<String>,
+        specs: Vec<NodeSpec>,
+        policy: RetryPolicy,
+    ) -> Result<Self, LoaderError> {
+        if specs.is_empty() {
+            return Err(LoaderError::Config {
+                what: "no storage nodes given".into(),
+            });
+        }
+        let now = Instant::now();
+        let mut nodes: Vec<Node> = specs
+            .into_iter()
+            .map(|spec| Node {
+                spec,
+                transport: None,
+                regions: vec![None; files.len()],
+                given_up: false,
+                retry_at: now,
+                failures: 0,
+                last_error: None,
+                staging: Vec::new(),
+                bytes: 0,
+            })
+            .collect();
+        let index: HashMap<&str, usize> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.as_str(), i))
+            .collect();
+
+        // Connect all nodes in parallel: start-up retries must not add up.
+        let results: Vec<Result<Box<dyn Transport>, LoaderError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|n| {
+                    let spec = &n.spec;
+                    s.spawn(move || connect_with_retry(spec, &policy))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .zip(&nodes)
+                .map(|(h, n)| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(LoaderError::Connect {
+                            node: n.spec.name.clone(),
+                            attempts: 0,
+                            source: TransportError::Protocol {
+                                node: n.spec.name.clone(),
+                                what: "connect thread panicked".into(),
+                            },
+                        })
+                    })
+                })
+                .collect()
+        });
+        let mut connect_errors = Vec::new();
+        for (node, res) in nodes.iter_mut().zip(results) {
+            match res {
+                Ok(t) => {
+                    node.transport = Some(t);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node.spec.name, error = %e, "node unreachable at start");
+                    node.last_error = Some(e.to_string());
+                    node.failures = 1;
+                    node.retry_at = Instant::now() + policy.backoff_initial;
+                    connect_errors.push(e);
+                }
+            }
+        }
+
+        let mut holders = vec![Vec::new(); files.len()];
+        for (ni, node) in nodes.iter_mut().enumerate() {
+            // Files this node holds: the spec's list, else its region table.
+            let listed: Vec<String> = match (&node.spec.files, &node.transport) {
+                (Some(list), _) => list.clone(),
+                (None, Some(t)) => t.regions().iter().map(|r| r.name.clone()).collect(),
+                (None, None) => Vec::new(),
+            };
+            for name in &listed {
+                if let Some(&fi) = index.get(name.as_str()) {
+                    holders[fi].push(ni);
+                }
+            }
+            if let Some(t) = &node.transport {
+                map_regions(&node.spec, t.as_ref(), &index, &mut node.regions)?;
+            }
+        }
+        for (fi, h) in holders.iter().enumerate() {
+            if h.is_empty() {
+                return Err(LoaderError::Unplaced {
+                    file: files[fi].clone(),
+                });
+            }
+            if !h.iter().any(|&n| nodes[n].live()) {
+                // Every holder is unreachable: report the first holder's error.
+                let first = h[0];
+                let e = connect_errors
+                    .into_iter()
+                    .find(|e| matches!(e, LoaderError::Connect { node, .. } if *node == nodes[first].spec.name));
+                return Err(e.unwrap_or_else(|| LoaderError::Unplaced {
+                    file: files[fi].clone(),
+                }));
+            }
+        }
+        tracing::info!(
+            nodes = nodes.len(),
+            live = nodes.iter().filter(|n| n.live()).count(),
+            files = files.len(),
+            "cluster reader connected"
+        );
+        Ok(ClusterReader {
+            files,
+            nodes,
+            holders,
+            policy,
+        })
+    }
+
+    /// Node names, in spec order.
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.spec.name.clone()).collect()
+    }
+
+    /// Which nodes are currently connected, in spec order.
+    pub fn live_nodes(&self) -> Vec<bool> {
+        self.nodes.iter().map(Node::live).collect()
+    }
+
+    /// Bytes read from each node so far, in spec order.
+    pub fn bytes_per_node(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.bytes).collect()
+    }
+
+    /// The file table reads index into.
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    /// Reads `reads[k]` into row `k` of `dst` (rows of `row_bytes` bytes)
+    /// for `step`; see the module docs for placement and fail-over.
+    pub fn read_step(
+        &mut self,
+        step: u64,
+        reads: &[SeqRead],
+        row_bytes: usize,
+        dst: &mut [u8],
+    ) -> Result<StepReadStats, LoaderError> {
+        let rows = reads.len();
+        if rows.checked_mul(row_bytes).is_none_or(|n| n > dst.len()) {
+            return Err(LoaderError::BadRow {
+                step,
+                row: rows.saturating_sub(1),
+                what: format!(
+                    "{rows} rows of {row_bytes} bytes do not fit a {}-byte buffer",
+                    dst.len()
+                ),
+            });
+        }
+        for (k, r) in reads.iter().enumerate() {
+            if r.len as usize > row_bytes {
+                return Err(LoaderError::BadRow {
+                    step,
+                    row: k,
+                    what: format!("a {}-byte sequence in a {row_bytes}-byte row", r.len),
+                });
+            }
+            if r.file as usize >= self.files.len() {
+                return Err(LoaderError::BadRow {
+                    step,
+                    row: k,
+                    what: format!(
+                        "file index {} outside the {}-file table",
+                        r.file,
+                        self.files.len()
+                    ),
+                });
+            }
+        }
+
+        let mut stats = StepReadStats {
+            rows: rows as u64,
+            bytes: reads.iter().map(|r| u64::from(r.len)).sum(),
+            ..StepReadStats::default()
+        };
+        let started = Instant::now();
+        let deadline = started + self.policy.failover_timeout;
+        let mut pending: Vec<usize> = (0..rows).collect();
+        let mut round = 0u32;
+        while !pending.is_empty() {
+            round += 1;
+            self.revive_due();
+            let owner = match self.assign(&pending, reads) {
+                Ok(owner) => owner,
+                Err(fi) => {
+                    // No live holder of file `fi`: wait for a reconnect if one
+                    // is due before the deadline, else give up.
+                    let now = Instant::now();
+                    let next = self.holders[fi]
+                        .iter()
+                        .filter(|&&n| !self.nodes[n].given_up)
+                        .map(|&n| self.nodes[n].retry_at)
+                        .min();
+                    match next {
+                        Some(t) if t < deadline && now < deadline => {
+                            std::thread::sleep(t.saturating_duration_since(now));
+                            continue;
+                        }
+                        _ => return Err(self.no_replica(step, fi, started.elapsed())),
+                    }
+                }
+            };
+            let failed =
+                self.read_round(step, reads, row_bytes, dst, &pending, &owner, &mut stats)?;
+            if !failed.is_empty() {
+                tracing::warn!(
+                    step,
+                    round,
+                    rows = failed.len(),
+                    "moving rows of failed node(s) to replicas"
+                );
+                stats.failed_over += failed.len() as u64;
+            }
+            pending = failed;
+            if !pending.is_empty() && Instant::now() >= deadline {
+                let fi = reads[pending[0]].file as usize;
+                return Err(self.no_replica(step, fi, started.elapsed()));
+            }
+        }
+        Ok(stats)
+    }
+
+    fn no_replica(&self, step: u64, fi: usize, waited: Duration) -> LoaderError {
+        let tried = self.holders[fi]
+            .iter()
+            .map(|&n| {
+                let node = &self.nodes[n];
+                format!(
+                    "{} ({})",
+                    node.spec.name,
+                    node.last_error.as_deref().unwrap_or("no error recorded")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        LoaderError::NoReplica {
+            step,
+            file: self.files[fi].clone(),
+            waited_ms: waited.as_millis(),
+            tried,
+        }
+    }
+
+    /// Tries to reconnect every dead node whose backoff has expired.
+    fn revive_due(&mut self) {
+        let now = Instant::now();
+        let index: HashMap<&str, usize> = self
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.as_str(), i))
+            .collect();
+        for node in &mut self.nodes {
+            if node.live() || node.given_up || node.retry_at > now {
+                continue;
+            }
+            match (node.spec.connect)() {
+                Ok(t) => {
+                    let mut regions = vec![None; self.files.len()];
+                    match map_regions(&node.spec, t.as_ref(), &index, &mut regions) {
+                        Ok(()) => {
+                            tracing::info!(node = %node.spec.name, "node reconnected");
+                            node.regions = regions;
+                            node.transport = Some(t);
+                            node.failures = 0;
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = %node.spec.name, error = %e, "reconnected node has a wrong region table; giving it up");
+                            node.last_error = Some(e.to_string());
+                            node.given_up = true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    node.last_error = Some(e.to_string());
+                    schedule_retry(node, &self.policy);
+                }
+            }
+        }
+    }
+
+    /// Assigns each pending row to a live node holding its file. Returns the
+    /// owner of each pending row (same order), or the index of a file with no
+    /// live holder.
+    fn assign(&self, pending: &[usize], reads: &[SeqRead]) -> Result<Vec<usize>, usize> {
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].live())
+            .collect();
+        let mut load = vec![0usize; self.nodes.len()];
+        let mut owner = Vec::with_capacity(pending.len());
+        let total = pending.len().max(1);
+        for (i, &row) in pending.iter().enumerate() {
+            let fi = reads[row].file as usize;
+            // Preferred node for the i-th share of rows.
+            let preferred = if live.is_empty() {
+                None
+            } else {
+                Some(live[i * live.len() / total])
+            };
+            let holds = |n: usize| self.nodes[n].live() && self.nodes[n].regions[fi].is_some();
+            let pick = match preferred {
+                Some(p) if holds(p) => Some(p),
+                _ => self.holders[fi]
+                    .iter()
+                    .copied()
+                    .filter(|&n| holds(n))
+                    .min_by_key(|&n| load[n]),
+            };
+            let Some(n) = pick else {
+                return Err(fi);
+            };
+            load[n] += 1;
+            owner.push(n);
+        }
+        Ok(owner)
+    }
+
+    /// Reads every pending row from its owner, all nodes in parallel.
+    /// Returns the rows whose node failed (to be re-assigned).
+    #[allow(clippy::too_many_arguments)]
+    fn read_round(
+        &mut self,
+        step: u64,
+        reads: &[SeqRead],
+        row_bytes: usize,
+        dst: &mut [u8],
+        pending: &[usize],
+        owner: &[usize],
+        stats: &mut StepReadStats,
+    ) -> Result<Vec<usize>, LoaderError> {
+        // Runs of consecutive pending rows with the same owner, in row order.
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // (first row, count, node)
+        for (&row, &n) in pending.iter().zip(owner) {
+            match runs.last_mut() {
+                Some((first, count, node)) if *node == n && *first + *count == row => *count += 1,
+                _ => runs.push((row, 1, n)),
+            }
+        }
+        // Split the destination into one disjoint slice per run.
+        let mut per_node: Vec<Vec<(usize, &mut [u8])>> =
+            (0..self.nodes.len()).map(|_| Vec::new()).collect();
+        let mut rest: &mut [u8] = dst;
+        let mut at = 0usize; // row where `rest` starts
+        for &(first, count, node) in &runs {
+            let skip = (first - at) * row_bytes;
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
+            let (run, tail) = tail.split_at_mut(count * row_bytes);
+            per_node[node].push((first, run));
+            rest = tail;
+            at = first + count;
+        }
+
+        let files = &self.files;
+        let outcomes: Vec<(usize, NodeOutcome)> = std::thread::scope(|s| {
+            let mut handles = Vec::new();
+            for ((ni, node), runs) in self.nodes.iter_mut().enumerate().zip(per_node) {
+                if runs.is_empty() {
+                    continue;
+                }
+                let h = s.spawn(move || read_node(node, step, reads, row_bytes, runs, files));
+                handles.push((ni, h));
+            }
+            handles
+                .into_iter()
+                .map(|(ni, h)| {
+                    let out = h.join().unwrap_or_else(|_| NodeOutcome {
+                        result: Err(TransportError::Protocol {
+                            node: String::new(),
+                            what: "reader thread panicked".into(),
+                        }),
+                        rows: Vec::new(),
+                        batches: 0,
+                        staged: 0,
+                    });
+                    (ni, out)
+                })
+                .collect()
+        });
+
+        let mut failed = Vec::new();
+        for (ni, out) in outcomes {
+            stats.batches += out.batches;
+            stats.staged_rows += out.staged;
+            match out.result {
+                Ok(st) => self.nodes[ni].bytes += st.bytes,
+                Err(e) if e.is_node_failure() => {
+                    let node = &mut self.nodes[ni];
+                    tracing::warn!(node = %node.spec.name, step, error = %e, "node failed; marking it dead");
+                    node.last_error = Some(e.to_string());
+                    node.transport = None;
+                    schedule_retry(node, &self.policy);
+                    failed.extend(out.rows);
+                }
+                Err(source) => {
+                    return Err(LoaderError::Read {
+                        step,
+                        node: self.nodes[ni].spec.name.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        failed.sort_unstable();
+        Ok(failed)
+    }
+}
+
+/// What one node's thread did in one round.
+struct NodeOutcome {
+    result: Result<BatchStats, TransportError>,
+    /// Every row this node was given (re-assigned when it failed).
+    rows: Vec<usize>,
+    batches: u64,
+    staged: u64,
+}
+
+/// Reads one node's runs: straight into the run when there is a single run,
+/// else with one batch into the node's staging buffer, then row copies.
+fn read_node(
+    node: &mut Node,
+    step: u64,
+    reads: &[SeqRead],
+    row_bytes: usize,
+    mut runs: Vec<(usize, &mut [u8])>,
+    files: &[String],
+) -> NodeOutcome {
+    let rows: Vec<usize> = runs
+        .iter()
+        .flat_map(|(first, s)| *first..*first + s.len() / row_bytes.max(1))
+        .collect();
+    let mut out = NodeOutcome {
+        result: Ok(BatchStats::default()),
+        rows,
+        batches: 0,
+        staged: 0,
+    };
+    let name = node.spec.name.clone();
+    let Some(transport) = node.transport.as_mut() else {
+        out.result = Err(TransportError::Protocol {
+            node: name,
+            what: "not connected".into(),
+        });
+        return out;
+    };
+    let mut requests = Vec::with_capacity(out.rows.len());
+    let single = runs.len() == 1;
+    for (i, &row) in out.rows.iter().enumerate() {
+        let r = &reads[row];
+        let fi = r.file as usize;
+        let Some(region) = node.regions[fi] else {
+            out.result = Err(TransportError::Protocol {
+                node: name,
+                what: format!("step {step}: no region for {}", files[fi]),
+            });
+            return out;
+        };
+        let dst_row = if single { row - out.rows[0] } else { i };
+        requests.push(ReadRequest {
+            region,
+            offset: r.offset,
+            len: r.len,
+            dst_offset: (dst_row * row_bytes) as u64,
+        });
+    }
+    out.batches = 1;
+    if single {
+        let (_, dst) = &mut runs[0];
+        out.result = transport.read_batch(&requests, dst);
+        return out;
+    }
+    let need = out.rows.len() * row_bytes;
+    if node.staging.len() < need {
+        node.staging.resize(need, 0);
+    }
+    out.staged = out.rows.len() as u64;
+    out.result = transport.read_batch(&requests, &mut node.staging[..need]);
+    if out.result.is_ok() {
+        let mut src = node.staging.chunks_exact(row_bytes.max(1));
+        for (_, run) in &mut runs {
+            for dst_row in run.chunks_exact_mut(row_bytes.max(1)) {
+                if let Some(s) = src.next() {
+                    dst_row.copy_from_slice(s);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Connects to a node, retrying with backoff up to `policy.start_attempts` times.
+fn connect_with_retry(
+    spec: &NodeSpec,
+    policy: &RetryPolicy,
+) -> Result<Box<dyn Transport>, LoaderError> {
+    let attempts = policy.start_attempts.max(1);
+    let mut backoff = policy.backoff_initial;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match (spec.connect)() {
+            Ok(t) => return Ok(t),
+            Err(e) if attempt >= attempts || !e.is_node_failure() => {
+                return Err(LoaderError::Connect {
+                    node: spec.name.clone(),
+                    attempts: attempt,
+                    source: e,
+                })
+            }
+            Err(e) => {
+                tracing::debug!(node = %spec.name, attempt, error = %e, "connect failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(policy.backoff_max);
+            }
+        }
+    }
+}
+
+/// Looks up each file the node should hold in its region table.
+fn map_regions(
+    spec: &NodeSpec,
+    t: &dyn Transport,
+    index: &HashMap<&str, usize>,
+    out: &mut [Option<RegionId>],
+) -> Result<(), LoaderError> {
+    let by_name: HashMap<&str, RegionId> = t
+        .regions()
+        .iter()
+        .map(|r| (r.name.as_str(), r.id))
+        .collect();
+    out.iter_mut().for_each(|r| *r = None);
+    match &spec.files {
+        Some(list) => {
+            for name in list {
+                let Some(&fi) = index.get(name.as_str()) else {
+                    continue; // held but never read by this plan
+                };
+                let Some(&id) = by_name.get(name.as_str()) else {
+                    return Err(LoaderError::MissingRegion {
+                        node: spec.name.clone(),
+                        file: name.clone(),
+                    });
+                };
+                out[fi] = Some(id);
+            }
+        }
+        None => {
+            for (name, id) in by_name {
+                if let Some(&fi) = index.get(name) {
+                    out[fi] = Some(id);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Schedules the next reconnect of a dead node, or gives it up.
+fn schedule_retry(node: &mut Node, policy: &RetryPolicy) {
+    node.failures += 1;
+    if node.failures > policy.max_reconnects {
+        tracing::warn!(node = %node.spec.name, failures = node.failures, "giving up on node");
+        node.given_up = true;
+        return;
+    }
+    let shift = node.failures.saturating_sub(1).min(16);
+    let backoff = policy
+        .backoff_initial
+        .saturating_mul(1u32 << shift)
+        .min(policy.backoff_max);
+    node.retry_at = Instant::now() + backoff;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::BlockSource;
+    use crate::testutil::{expected, files, flaky_node, RandomBlocks};
+    use std::sync::atomic::Ordering;
+
+    fn quick() -> RetryPolicy {
+        RetryPolicy {
+            start_attempts: 2,
+            backoff_initial: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(20),
+            max_reconnects: 100,
+            failover_timeout: Duration::from_millis(300),
+        }
+    }
+
+    #[test]
+    fn partial_placement_reads_every_row_in_place() {
+        let f = files(7, 20, 256, 1);
+        // File i on node i % 2; file 6 on both.
+        let on = |n: usize| -> Vec<String> {
+            f.names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == n || *i == 6)
+                .map(|(_, s)| s.clone())
+                .collect()
+        };
+        let (a, _) = flaky_node(f.dir.path(), "a", on(0));
+        let (b, _) = flaky_node(f.dir.path(), "b", on(1));
+        let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+        let src = RandomBlocks::new(&f, 32, 10);
+        let mut staged = 0;
+        for step in 0..10 {
+            let mut reads = Vec::new();
+            src.block(step, 0, 1, &mut reads).unwrap();
+            let mut dst = vec![0u8; 32 * 256];
+            let st = r.read_step(step, &reads, 256, &mut dst).unwrap();
+            assert_eq!(dst, expected(&f, &reads), "step {step}");
+            assert_eq!(st.rows, 32);
+            assert_eq!(st.bytes, 32 * 256);
+            assert_eq!(st.failed_over, 0);
+            staged += st.staged_rows;
+        }
+        assert!(staged > 0, "scattered rows should go through staging");
+        let per = r.bytes_per_node();
+        assert_eq!(per.iter().sum::<u64>(), 10 * 32 * 256);
+        assert!(per.iter().all(|&b| b > 0), "{per:?}");
+    }
+
+    #[test]
+    fn full_replication_gives_one_run_per_node() {
+        let f = files(3, 10, 64, 2);
+        let (a, sa) = flaky_node(f.dir.path(), "a", f.names.clone());
+        let (b, sb) = flaky_node(f.dir.path(), "b", f.names.clone());
+        let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+        let src = RandomBlocks::new(&f, 16, 4);
+        let mut reads = Vec::new();
+        src.block(0, 0, 1, &mut reads).unwrap();
+        let mut dst = vec![0u8; 16 * 64];
+        let st = r.read_step(0, &reads, 64, &mut dst).unwrap();
+        assert_eq!(dst, expected(&f, &reads));
+        assert_eq!(st.batches, 2);
+        assert_eq!(st.staged_rows, 0);
+        assert_eq!(sa.batches.load(Ordering::SeqCst), 1);
+        assert_eq!(sb.batches.load(Ordering::SeqCst), 1);
+        assert_eq!(r.bytes_per_node(), vec![8 * 64, 8 * 64]);
+    }
+
+    #[test]
+    fn node_failure_moves_rows_to_replica_and_node_comes_back() {
+        let f = files(4, 16, 128, 3);
+        let (a, sa) = flaky_node(f.dir.path(), "a", f.names.clone());
+        let (b, _sb) = flaky_node(f.dir.path(), "b", f.names.clone());
+        let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+        let src = RandomBlocks::new(&f, 8, 100);
+        let mut dst = vec![0u8; 8 * 128];
+        let mut reads = Vec::new();
+        src.block(0, 0, 1, &mut reads).unwrap();
+        r.read_step(0, &reads, 128, &mut dst).unwrap();
+        sa.down.store(true, Ordering::SeqCst);
+        reads.clear();
+        src.block(1, 0, 1, &mut reads).unwrap();
+        dst.fill(0);
+        let st = r.read_step(1, &reads, 128, &mut dst).unwrap();
+        assert_eq!(dst, expected(&f, &reads));
+        assert_eq!(st.failed_over, 4, "node a's half moved to b");
+        assert_eq!(r.live_nodes(), vec![false, true]);
+        // While a is down, b serves everything.
+        for step in 2..5 {
+            reads.clear();
+            src.block(step, 0, 1, &mut reads).unwrap();
+            let st = r.read_step(step, &reads, 128, &mut dst).unwrap();
+            assert_eq!(dst, expected(&f, &reads));
+            assert_eq!(st.failed_over, 0);
+        }
+        // a comes back: reconnected after its backoff, serves again.
+        sa.down.store(false, Ordering::SeqCst);
+        let served = sa.batches.load(Ordering::SeqCst);
+        let t = Instant::now();
+        let mut step = 5;
+        while r.live_nodes() != vec![true, true] {
+            assert!(t.elapsed() < Duration::from_secs(5), "a never reconnected");
+            std::thread::sleep(Duration::from_millis(5));
+            reads.clear();
+            src.block(step, 0, 1, &mut reads).unwrap();
+            r.read_step(step, &reads, 128, &mut dst).unwrap();
+            assert_eq!(dst, expected(&f, &reads));
+            step += 1;
+        }
+        reads.clear();
+        src.block(step, 0, 1, &mut reads).unwrap();
+        r.read_step(step, &reads, 128, &mut dst).unwrap();
+        assert!(sa.batches.load(Ordering::SeqCst) > served);
+    }
+
+    #[test]
+    fn no_replica_fails_in_bounded_time_naming_step_file_and_node() {
+        let f = files(2, 8, 64, 4);
+        let (a, sa) = flaky_node(f.dir.path(), "node-a", vec![f.names[0].clone()]);
+        let (b, _) = flaky_node(f.dir.path(), "node-b", vec![f.names[1].clone()]);
+        let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+        let src = RandomBlocks::new(&f, 8, 10);
+        let mut reads = Vec::new();
+        src.block(3, 0, 1, &mut reads).unwrap();
+        assert!(reads.iter().any(|x| x.file == 0));
+        sa.down.store(true, Ordering::SeqCst);
+        let mut dst = vec![0u8; 8 * 64];
+        let t = Instant::now();
+        let e = r.read_step(3, &reads, 64, &mut dst).unwrap_err();
+        let el = t.elapsed();
+        assert!(
+            el >= Duration::from_millis(250) && el < Duration::from_secs(3),
+            "{el:?}"
+        );
+        let msg = e.to_string();
+        assert!(matches!(e, LoaderError::NoReplica { step: 3, .. }), "{msg}");
+        assert!(msg.contains("node-a") && msg.contains(&f.names[0]), "{msg}");
+        // Reconnects were attempted with backoff, not in a tight loop.
+        let c = sa.connects.load(Ordering::SeqCst);
+        assert!((2..=40).contains(&c), "{c} connects");
+    }
+
+    #[test]
+    fn unreachable_at_start_is_a_clear_error_after_retries() {
+        let f = files(1, 4, 64, 5);
+        let (a, sa) = flaky_node(f.dir.path(), "10.0.0.1:1", f.names.clone());
+        sa.down.store(true, Ordering::SeqCst);
+        let mut p = quick();
+        p.start_attempts = 3;
+        let e = ClusterReader::connect(f.names.clone(), vec![a], p).unwrap_err();
+        assert!(matches!(e, LoaderError::Connect { attempts: 3, .. }), "{e}");
+        assert!(e.to_string().contains("10.0.0.1:1"), "{e}");
+        assert_eq!(sa.connects.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn one_node_down_at_start_with_a_replica_is_tolerated() {
+        let f = files(2, 4, 64, 6);
+        let (a, sa) = flaky_node(f.dir.path(), "a", f.names.clone());
+        let (b, _) = flaky_node(f.dir.path(), "b", f.names.clone());
+        sa.down.store(true, Ordering::SeqCst);
+        let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+        assert_eq!(r.live_nodes(), vec![false, true]);
+        let src = RandomBlocks::new(&f, 4, 1);
+        let mut reads = Vec::new();
+        src.block(0, 0, 1, &mut reads).unwrap();
+        let mut dst = vec![0u8; 4 * 64];
+        r.read_step(0, &reads, 64, &mut dst).unwrap();
+        assert_eq!(dst, expected(&f, &reads));
+    }
+
+    #[test]
+    fn out_of_bounds_is_not_failed_over() {
+        let f = files(1, 4, 64, 7);
+        let (a, _) = flaky_node(f.dir.path(), "a", f.names.clone());
+        let (b, _) = flaky_node(f.dir.path(), "b", f.names.clone());
+        let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+        let bad = [SeqRead {
+            file: 0,
+            offset: 4 * 64 - 10,
+            len: 64,
+            source: 0,
+            position: 0,
+        }];
+        let mut dst = vec![0u8; 64];
+        let e = r.read_step(9, &bad, 64, &mut dst).unwrap_err();
+        assert!(matches!(e, LoaderError::Read { step: 9, .. }), "{e}");
+        assert_eq!(r.live_nodes(), vec![true, true]);
+        let too_long = [SeqRead { len: 65, ..bad[0] }];
+        assert!(matches!(
+            r.read_step(9, &too_long, 64, &mut dst),
+            Err(LoaderError::BadRow {
+                step: 9,
+                row: 0,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn missing_region_and_unplaced_files_are_refused() {
+        let f = files(2, 4, 64, 8);
+        let (mut a, _) = flaky_node(f.dir.path(), "a", vec![f.names[0].clone()]);
+        a.files = Some(f.names.clone()); // claims a file its table lacks
+        let e = ClusterReader::connect(f.names.clone(), vec![a], quick()).unwrap_err();
+        assert!(matches!(e, LoaderError::MissingRegion { .. }), "{e}");
+        let (a, _) = flaky_node(f.dir.path(), "a", vec![f.names[0].clone()]);
+        let e = ClusterReader::connect(f.names.clone(), vec![a], quick()).unwrap_err();
+        assert!(matches!(e, LoaderError::Unplaced { .. }), "{e}");
+        assert!(e.to_string().contains(&f.names[1]));
+    }
+}

@@ -1,0 +1,48 @@
+//! Trainer-side loader for seqfeed.
+//!
+//! A trainer rank embeds a [`Loader`]: it learns its rank and world from the
+//! launcher's environment ([`LoaderConfig::from_env`]: `RANK`, `WORLD_SIZE`,
+//! `LOCAL_RANK`), computes from the shared plan which sequences it needs at
+//! each step (a [`BlockSource`]), and pulls them from the storage nodes with
+//! a [`ClusterReader`] into a ring of step buffers, `prefetch` steps ahead of
+//! the consumer. [`Loader::next`] returns a [`Batch`] of shape
+//! `[micro_batch, seq_len]` with its step number and each row's source; its
+//! memory stays valid until the batch is dropped.
+//!
+//! * [`cluster_reader`]: placement of rows on nodes, parallel batched reads,
+//!   fail-over to replicas, reconnect with backoff.
+//! * [`alloc`]: where step buffers live ([`BufferAllocator`]); heap by
+//!   default, pinned or device memory from a CUDA backend.
+//! * [`block`]: the [`BlockSource`] abstraction.
+//!
+//! ```no_run
+//! # fn demo(source: std::sync::Arc<dyn seqfeed_loader::BlockSource>,
+//! #         reader: seqfeed_loader::ClusterReader) -> Result<(), seqfeed_loader::LoaderError> {
+//! use seqfeed_loader::{Loader, LoaderConfig};
+//! let config = LoaderConfig::from_env()?.start_step(100);
+//! let mut loader = Loader::new(config, source, reader)?;
+//! while let Some(batch) = loader.next() {
+//!     let batch = batch?;
+//!     let [rows, seq_len] = batch.shape();
+//!     // train on batch.bytes() / batch.tokens_u32() ...
+//!     # let _ = (rows, seq_len);
+//! }
+//! println!("stall after warm-up: {:?}", loader.stats().stall_after_warmup());
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod alloc;
+pub mod block;
+pub mod cluster_reader;
+mod error;
+mod loader;
+#[cfg(test)]
+mod testutil;
+
+pub use alloc::{BufferAllocator, HeapAllocator, HostBuffer};
+pub use block::{BlockSource, Dtype, SeqRead};
+pub use cluster_reader::{ClusterReader, Connector, NodeSpec, RetryPolicy, StepReadStats};
+pub use error::{BoxError, LoaderError};
+pub use loader::{Batch, Loader, LoaderConfig, LoaderStats, DEFAULT_PREFETCH};

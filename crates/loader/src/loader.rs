@@ -1,0 +1,703 @@
+//! The trainer-side loader: a ring of step buffers filled ahead by a
+//! background reader thread.
+//!
+//! [`Loader::new`] allocates `prefetch + 1` step buffers of
+//! `[micro_batch, seq_len]` tokens and starts a reader thread that, for each
+//! step from the start step on, takes a free buffer, asks the block source
+//! for the rank's block and reads it with the [`ClusterReader`]. While the
+//! consumer works on step `s`, steps `s+1 ..= s+prefetch` are being read.
+//! [`Loader::next`] hands out a [`Batch`]; dropping the batch returns its
+//! buffer to the ring. The time `next` spends waiting is the stall time.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::alloc::{BufferAllocator, HeapAllocator, HostBuffer};
+use crate::block::{BlockSource, Dtype, SeqRead};
+use crate::cluster_reader::{ClusterReader, RetryPolicy, StepReadStats};
+use crate::error::LoaderError;
+
+/// Default prefetch depth (steps read ahead of the consumer).
+pub const DEFAULT_PREFETCH: usize = 2;
+
+/// Loader settings. [`LoaderConfig::from_env`] takes rank and world from the
+/// launcher's environment (torchrun, `mpirun` wrappers, SLURM scripts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoaderConfig {
+    /// This process's rank, `0..world`.
+    pub rank: usize,
+    /// Number of ranks.
+    pub world: usize,
+    /// Rank within this host (for picking a GPU or NIC; informational here).
+    pub local_rank: usize,
+    /// First step to read (resume at step N).
+    pub start_step: u64,
+    /// One past the last step to read; `None`: the plan's last step.
+    pub end_step: Option<u64>,
+    /// Steps read ahead of the consumer (ring size is `prefetch + 1`).
+    pub prefetch: usize,
+    /// Connect, fail-over and reconnect bounds.
+    pub retry: RetryPolicy,
+}
+
+impl LoaderConfig {
+    /// Rank `rank` of `world`, from step 0, default prefetch.
+    pub fn new(rank: usize, world: usize) -> Self {
+        LoaderConfig {
+            rank,
+            world,
+            local_rank: 0,
+            start_step: 0,
+            end_step: None,
+            prefetch: DEFAULT_PREFETCH,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Rank, world and local rank from `RANK`, `WORLD_SIZE` and `LOCAL_RANK`
+    /// (each defaulting to 0, 1 and 0 when unset).
+    pub fn from_env() -> Result<Self, LoaderError> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env) with variables looked up by `get`.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, LoaderError> {
+        let read = |var: &'static str, default: usize| -> Result<usize, LoaderError> {
+            match get(var) {
+                None => Ok(default),
+                Some(v) => v.trim().parse::<usize>().map_err(|e| LoaderError::Env {
+                    var,
+                    value: v.clone(),
+                    why: format!("not a non-negative integer ({e})"),
+                }),
+            }
+        };
+        let rank = read("RANK", 0)?;
+        let world = read("WORLD_SIZE", 1)?;
+        let local_rank = read("LOCAL_RANK", 0)?;
+        if world == 0 {
+            return Err(LoaderError::Env {
+                var: "WORLD_SIZE",
+                value: "0".into(),
+                why: "must be at least 1".into(),
+            });
+        }
+        if rank >= world {
+            return Err(LoaderError::Env {
+                var: "RANK",
+                value: rank.to_string(),
+                why: format!("must be below WORLD_SIZE={world}"),
+            });
+        }
+        let mut c = Self::new(rank, world);
+        c.local_rank = local_rank;
+        Ok(c)
+    }
+
+    /// Sets the start step (resume).
+    pub fn start_step(mut self, step: u64) -> Self {
+        self.start_step = step;
+        self
+    }
+
+    /// Sets the end step (exclusive).
+    pub fn end_step(mut self, step: u64) -> Self {
+        self.end_step = Some(step);
+        self
+    }
+
+    /// Sets the prefetch depth.
+    pub fn prefetch(mut self, depth: usize) -> Self {
+        self.prefetch = depth;
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+}
+
+/// Running totals of a loader.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoaderStats {
+    /// Batches handed out.
+    pub steps: u64,
+    /// Rows (sequences) handed out.
+    pub sequences: u64,
+    /// Bytes handed out.
+    pub bytes: u64,
+    /// Total time `next` waited for a batch.
+    pub stall: Duration,
+    /// Time `next` waited for the first batch (the warm-up).
+    pub first_stall: Duration,
+    /// Time the reader thread spent reading (sum over steps).
+    pub read_time: Duration,
+    /// Rows re-read from a replica after a node failure.
+    pub failed_over: u64,
+}
+
+impl LoaderStats {
+    /// Stall time after the first batch (the steady-state stall).
+    pub fn stall_after_warmup(&self) -> Duration {
+        self.stall.saturating_sub(self.first_stall)
+    }
+}
+
+/// A filled step buffer on its way from the reader thread to the consumer.
+struct Filled {
+    step: u64,
+    buf: Box<dyn HostBuffer>,
+    rows: Vec<SeqRead>,
+    read_time: Duration,
+    stats: StepReadStats,
+}
+
+/// One step of one rank: `[micro_batch, seq_len]` tokens. Its memory stays
+/// valid until the batch is dropped; then the buffer goes back to the ring.
+pub struct Batch {
+    step: u64,
+    buf: Option<Box<dyn HostBuffer>>,
+    rows: Vec<SeqRead>,
+    row_bytes: usize,
+    seq_len: usize,
+    dtype: Dtype,
+    sources: Arc<[String]>,
+    files: Arc<[String]>,
+    stall: Duration,
+    read_time: Duration,
+    stats: StepReadStats,
+    ret: Sender<Box<dyn HostBuffer>>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("step", &self.step)
+            .field("shape", &self.shape())
+            .field("dtype", &self.dtype)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batch {
+    /// The step number.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// `[micro_batch, seq_len]`.
+    pub fn shape(&self) -> [usize; 2] {
+        [self.rows.len(), self.seq_len]
+    }
+
+    /// Token type.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// All rows' bytes, row-major (`micro_batch * seq_len * dtype.size()`).
+    pub fn bytes(&self) -> &[u8] {
+        let n = self.rows.len() * self.row_bytes;
+        self.buf.as_ref().map_or(&[][..], |b| &b.bytes()[..n])
+    }
+
+    /// Row `k`'s bytes.
+    pub fn row(&self, k: usize) -> &[u8] {
+        &self.bytes()[k * self.row_bytes..(k + 1) * self.row_bytes]
+    }
+
+    /// The tokens as `u16` (`None` unless the dtype is `u16`).
+    pub fn tokens_u16(&self) -> Option<&[u16]> {
+        (self.dtype == Dtype::U16)
+            .then(|| bytemuck::try_cast_slice(self.bytes()).ok())
+            .flatten()
+    }
+
+    /// The tokens as `u32` (`None` unless the dtype is `u32`).
+    pub fn tokens_u32(&self) -> Option<&[u32]> {
+        (self.dtype == Dtype::U32)
+            .then(|| bytemuck::try_cast_slice(self.bytes()).ok())
+            .flatten()
+    }
+
+    /// Source name of row `k`.
+    pub fn source(&self, k: usize) -> &str {
+        &self.sources[self.rows[k].source as usize]
+    }
+
+    /// Source names of every row.
+    pub fn row_sources(&self) -> Vec<&str> {
+        (0..self.rows.len()).map(|k| self.source(k)).collect()
+    }
+
+    /// Where each row came from (file index, offset, plan position).
+    pub fn reads(&self) -> &[SeqRead] {
+        &self.rows
+    }
+
+    /// Dataset-relative path of row `k`'s file.
+    pub fn file(&self, k: usize) -> &str {
+        &self.files[self.rows[k].file as usize]
+    }
+
+    /// How long `next` waited for this batch.
+    pub fn stall(&self) -> Duration {
+        self.stall
+    }
+
+    /// How long the reader took to read this batch.
+    pub fn read_time(&self) -> Duration {
+        self.read_time
+    }
+
+    /// Counters of the read.
+    pub fn read_stats(&self) -> StepReadStats {
+        self.stats
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            // The loader may be gone already; then the buffer is just freed.
+            let _ = self.ret.send(buf);
+        }
+    }
+}
+
+/// Hands out one [`Batch`] per step; see the module docs.
+pub struct Loader {
+    config: LoaderConfig,
+    filled: Receiver<Result<Filled, LoaderError>>,
+    ret: Sender<Box<dyn HostBuffer>>,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+    next_step: u64,
+    end_step: u64,
+    row_bytes: usize,
+    seq_len: usize,
+    dtype: Dtype,
+    sources: Arc<[String]>,
+    files: Arc<[String]>,
+    stats: LoaderStats,
+    done: bool,
+}
+
+impl std::fmt::Debug for Loader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("config", &self.config)
+            .field("next_step", &self.next_step)
+            .field("end_step", &self.end_step)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Loader {
+    /// Starts a loader for `config.rank` of `config.world` over `source`,
+    /// reading with `reader` into heap buffers.
+    pub fn new(
+        config: LoaderConfig,
+        source: Arc<dyn BlockSource>,
+        reader: ClusterReader,
+    ) -> Result<Self, LoaderError> {
+        Self::with_allocator(config, source, reader, Arc::new(HeapAllocator))
+    }
+
+    /// Like [`new`](Self::new) with step buffers from `alloc`.
+    pub fn with_allocator(
+        config: LoaderConfig,
+        source: Arc<dyn BlockSource>,
+        mut reader: ClusterReader,
+        alloc: Arc<dyn BufferAllocator>,
+    ) -> Result<Self, LoaderError> {
+        if config.world == 0 || config.rank >= config.world {
+            return Err(LoaderError::Config {
+                what: format!("rank {} of world {}", config.rank, config.world),
+            });
+        }
+        let micro = source
+            .micro_batch(config.world)
+            .map_err(|what| LoaderError::Config { what })?;
+        let steps = source.steps();
+        let end_step = config.end_step.unwrap_or(steps).min(steps);
+        if config.start_step > end_step {
+            return Err(LoaderError::Config {
+                what: format!(
+                    "start step {} is past the end step {end_step} (the plan has {steps} steps)",
+                    config.start_step
+                ),
+            });
+        }
+        if reader.files() != source.files() {
+            return Err(LoaderError::Config {
+                what: "the cluster reader's file table differs from the block source's".into(),
+            });
+        }
+        let row_bytes = source.seq_bytes();
+        let (seq_len, dtype) = (source.seq_len(), source.dtype());
+        let len = micro
+            .checked_mul(row_bytes)
+            .ok_or_else(|| LoaderError::Config {
+                what: format!("{micro} rows of {row_bytes} bytes overflow"),
+            })?;
+        let ring = config.prefetch + 1;
+        let (ret_tx, ret_rx) = mpsc::channel::<Box<dyn HostBuffer>>();
+        for _ in 0..ring {
+            let buf = alloc.allocate(len).map_err(|source| LoaderError::Alloc {
+                len,
+                allocator: alloc.name().to_owned(),
+                source,
+            })?;
+            let _ = ret_tx.send(buf);
+        }
+        let (filled_tx, filled_rx) = mpsc::sync_channel(ring);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sources: Arc<[String]> = source.sources().to_vec().into();
+        let files: Arc<[String]> = source.files().to_vec().into();
+        let thread_stop = stop.clone();
+        let (rank, world, start) = (config.rank, config.world, config.start_step);
+        let reader_thread = std::thread::Builder::new()
+            .name(format!("seqfeed-reader-{rank}"))
+            .spawn(move || {
+                reader_loop(ReaderArgs {
+                    source,
+                    reader: &mut reader,
+                    rank,
+                    world,
+                    start,
+                    end: end_step,
+                    row_bytes,
+                    free: ret_rx,
+                    filled: filled_tx,
+                    stop: thread_stop,
+                })
+            })
+            .map_err(|e| LoaderError::Config {
+                what: format!("cannot start the reader thread: {e}"),
+            })?;
+        tracing::info!(
+            rank,
+            world,
+            micro_batch = micro,
+            start_step = start,
+            end_step,
+            prefetch = config.prefetch,
+            allocator = alloc.name(),
+            "loader started"
+        );
+        Ok(Loader {
+            dtype,
+            config,
+            filled: filled_rx,
+            ret: ret_tx,
+            stop,
+            reader: Some(reader_thread),
+            next_step: start,
+            end_step,
+            row_bytes,
+            seq_len,
+            sources,
+            files,
+            stats: LoaderStats::default(),
+            done: false,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LoaderConfig {
+        &self.config
+    }
+
+    /// The next step `next` returns.
+    pub fn next_step(&self) -> u64 {
+        self.next_step
+    }
+
+    /// One past the last step.
+    pub fn end_step(&self) -> u64 {
+        self.end_step
+    }
+
+    /// Totals so far.
+    pub fn stats(&self) -> LoaderStats {
+        self.stats
+    }
+
+    /// The next batch, `None` after the last step or after an error.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<Result<Batch, LoaderError>> {
+        if self.done || self.next_step >= self.end_step {
+            return None;
+        }
+        let t = Instant::now();
+        let got = self.filled.recv();
+        let stall = t.elapsed();
+        let first = self.stats.steps == 0;
+        self.stats.stall += stall;
+        if first {
+            self.stats.first_stall = stall;
+        }
+        let filled = match got {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+            Err(_) => {
+                self.done = true;
+                return Some(Err(LoaderError::ReaderGone {
+                    step: self.next_step,
+                }));
+            }
+        };
+        debug_assert_eq!(filled.step, self.next_step);
+        self.next_step = filled.step + 1;
+        self.stats.steps += 1;
+        self.stats.sequences += filled.rows.len() as u64;
+        self.stats.bytes += (filled.rows.len() * self.row_bytes) as u64;
+        self.stats.read_time += filled.read_time;
+        self.stats.failed_over += filled.stats.failed_over;
+        Some(Ok(Batch {
+            step: filled.step,
+            buf: Some(filled.buf),
+            rows: filled.rows,
+            row_bytes: self.row_bytes,
+            seq_len: self.seq_len,
+            dtype: self.dtype,
+            sources: self.sources.clone(),
+            files: self.files.clone(),
+            stall,
+            read_time: filled.read_time,
+            stats: filled.stats,
+            ret: self.ret.clone(),
+        }))
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch, LoaderError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        Loader::next(self)
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Unblock a reader waiting to hand over a batch.
+        while self.filled.try_recv().is_ok() {}
+        if let Some(h) = self.reader.take() {
+            // Drain filled batches until the reader exits (it checks `stop`
+            // between steps; a step's reads are bounded by the transports'
+            // timeouts and the fail-over window).
+            while !h.is_finished() {
+                while self.filled.try_recv().is_ok() {}
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = h.join();
+        }
+    }
+}
+
+struct ReaderArgs<'a> {
+    source: Arc<dyn BlockSource>,
+    reader: &'a mut ClusterReader,
+    rank: usize,
+    world: usize,
+    start: u64,
+    end: u64,
+    row_bytes: usize,
+    free: Receiver<Box<dyn HostBuffer>>,
+    filled: SyncSender<Result<Filled, LoaderError>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn reader_loop(a: ReaderArgs<'_>) {
+    for step in a.start..a.end {
+        // Wait for a free ring slot, checking for shutdown.
+        let mut buf = loop {
+            if a.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match a.free.recv_timeout(Duration::from_millis(20)) {
+                Ok(b) => break b,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        };
+        let t = Instant::now();
+        let mut rows = Vec::new();
+        let result = a
+            .source
+            .block(step, a.rank, a.world, &mut rows)
+            .map_err(|source| LoaderError::Block {
+                step,
+                rank: a.rank,
+                source,
+            })
+            .and_then(|()| {
+                a.reader
+                    .read_step(step, &rows, a.row_bytes, buf.bytes_mut())
+            });
+        let msg = result.map(|stats| Filled {
+            step,
+            buf,
+            rows,
+            read_time: t.elapsed(),
+            stats,
+        });
+        let failed = msg.is_err();
+        if a.filled.send(msg).is_err() || failed {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{expected, files, flaky_node, Files, RandomBlocks};
+    use std::collections::BTreeSet;
+
+    fn reader(f: &Files) -> ClusterReader {
+        let on = |n: usize| -> Vec<String> {
+            f.names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == n || *i == 0)
+                .map(|(_, s)| s.clone())
+                .collect()
+        };
+        let (a, _) = flaky_node(f.dir.path(), "a", on(0));
+        let (b, _) = flaky_node(f.dir.path(), "b", on(1));
+        ClusterReader::connect(f.names.clone(), vec![a, b], RetryPolicy::default()).unwrap()
+    }
+
+    #[test]
+    fn four_ranks_cover_each_step_byte_for_byte() {
+        let f = files(5, 30, 512, 11);
+        let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 16, 12));
+        let per_rank: Vec<Vec<(u64, Vec<u64>)>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|rank| {
+                    let src = src.clone();
+                    let f = &f;
+                    s.spawn(move || {
+                        let mut l =
+                            Loader::new(LoaderConfig::new(rank, 4), src, reader(f)).unwrap();
+                        let mut seen = Vec::new();
+                        while let Some(b) = l.next() {
+                            let b = b.unwrap();
+                            assert_eq!(b.shape(), [4, 128]);
+                            assert_eq!(b.dtype(), Dtype::U32);
+                            assert_eq!(b.bytes(), &expected(f, b.reads())[..]);
+                            assert_eq!(b.tokens_u32().unwrap().len(), 4 * 128);
+                            assert!(b.tokens_u16().is_none());
+                            for k in 0..4 {
+                                let r = b.reads()[k];
+                                assert_eq!(b.source(k), format!("s{}", r.file % 3));
+                                assert_eq!(b.file(k), f.names[r.file as usize]);
+                            }
+                            seen.push((b.step(), b.reads().iter().map(|r| r.position).collect()));
+                        }
+                        assert_eq!(l.stats().steps, 12);
+                        assert_eq!(l.stats().sequences, 48);
+                        assert_eq!(l.stats().bytes, 48 * 512);
+                        seen
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for step in 0..12u64 {
+            let mut union = BTreeSet::new();
+            for r in &per_rank {
+                assert_eq!(r[step as usize].0, step);
+                union.extend(r[step as usize].1.iter().copied());
+            }
+            let want: BTreeSet<u64> = (step * 16..(step + 1) * 16).collect();
+            assert_eq!(union, want, "step {step}");
+        }
+    }
+
+    #[test]
+    fn resume_matches_the_full_run_and_held_batches_stay_valid() {
+        let f = files(3, 20, 256, 12);
+        let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 8, 20));
+        let mut full = Loader::new(LoaderConfig::new(1, 2), src.clone(), reader(&f)).unwrap();
+        let all: Vec<Vec<u8>> = full.by_ref().map(|b| b.unwrap().bytes().to_vec()).collect();
+        assert_eq!(all.len(), 20);
+        let cfg = LoaderConfig::new(1, 2).start_step(13).prefetch(3);
+        let mut l = Loader::new(cfg, src, reader(&f)).unwrap();
+        let held = l.next().unwrap().unwrap();
+        assert_eq!(held.step(), 13);
+        // Consume the rest while holding step 13: the ring must never reuse it.
+        let mut n = 0;
+        while let Some(b) = l.next() {
+            let b = b.unwrap();
+            assert_eq!(b.bytes(), &all[b.step() as usize][..]);
+            n += 1;
+        }
+        assert_eq!(n, 6);
+        assert_eq!(held.bytes(), &all[13][..]);
+        assert!(l.next().is_none());
+    }
+
+    #[test]
+    fn dropping_a_loader_mid_run_stops_its_reader() {
+        let f = files(2, 10, 64, 13);
+        let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 4, 1000));
+        let mut l = Loader::new(LoaderConfig::new(0, 1), src, reader(&f)).unwrap();
+        let b = l.next().unwrap().unwrap();
+        let t = Instant::now();
+        drop(l);
+        assert!(t.elapsed() < Duration::from_secs(2));
+        // The batch outlives the loader.
+        assert_eq!(b.bytes(), &expected(&f, b.reads())[..]);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let f = files(2, 10, 64, 14);
+        let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 6, 5));
+        let e = Loader::new(LoaderConfig::new(0, 4), src.clone(), reader(&f)).unwrap_err();
+        assert!(e.to_string().contains("does not divide"), "{e}");
+        let e = Loader::new(
+            LoaderConfig::new(0, 3).start_step(6),
+            src.clone(),
+            reader(&f),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("start step 6"), "{e}");
+        let mut l = Loader::new(LoaderConfig::new(2, 3).start_step(5), src, reader(&f)).unwrap();
+        assert!(l.next().is_none());
+    }
+
+    #[test]
+    fn rank_and_world_come_from_the_environment() {
+        let vars = |r: &'static str, w: &'static str| {
+            move |k: &str| match k {
+                "RANK" => Some(r.to_string()),
+                "WORLD_SIZE" => Some(w.to_string()),
+                "LOCAL_RANK" => Some("1".to_string()),
+                _ => None,
+            }
+        };
+        let c = LoaderConfig::from_vars(vars("3", "8")).unwrap();
+        assert_eq!((c.rank, c.world, c.local_rank, c.prefetch), (3, 8, 1, 2));
+        let e = LoaderConfig::from_vars(vars("8", "8")).unwrap_err();
+        assert!(e.to_string().contains("RANK=\"8\""), "{e}");
+        let e = LoaderConfig::from_vars(vars("x", "8")).unwrap_err();
+        assert!(e.to_string().contains("RANK"), "{e}");
+        let e = LoaderConfig::from_vars(vars("0", "0")).unwrap_err();
+        assert!(e.to_string().contains("WORLD_SIZE"), "{e}");
+        let c = LoaderConfig::from_vars(|_| None).unwrap();
+        assert_eq!((c.rank, c.world), (0, 1));
+    }
+}

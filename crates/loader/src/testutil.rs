@@ -1,0 +1,204 @@
+//! Test support: real files on disk, a seeded block source, and a transport
+//! wrapper that fails on demand (failure injection for fail-over tests).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use seqfeed_transport::{
+    BatchStats, LocalTransport, ReadRequest, RegionInfo, Transport, TransportError,
+};
+
+use crate::block::{BlockSource, Dtype, SeqRead};
+use crate::cluster_reader::NodeSpec;
+use crate::error::BoxError;
+
+/// A dataset of `nfiles` files of `seqs` sequences of `seq_bytes` random bytes.
+pub struct Files {
+    pub dir: tempfile::TempDir,
+    pub names: Vec<String>,
+    pub bytes: Vec<Vec<u8>>,
+    pub seq_bytes: usize,
+    pub seqs: usize,
+}
+
+pub fn files(nfiles: usize, seqs: usize, seq_bytes: usize, seed: u64) -> Files {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut names = Vec::new();
+    let mut bytes = Vec::new();
+    for i in 0..nfiles {
+        let name = format!("s{}/part-{i:05}.seq", i % 3);
+        std::fs::create_dir_all(dir.path().join(format!("s{}", i % 3))).unwrap();
+        let b: Vec<u8> = (0..seqs * seq_bytes).map(|_| rng.gen()).collect();
+        std::fs::write(dir.path().join(&name), &b).unwrap();
+        names.push(name);
+        bytes.push(b);
+    }
+    Files {
+        dir,
+        names,
+        bytes,
+        seq_bytes,
+        seqs,
+    }
+}
+
+/// Blocks drawn from a seeded RNG keyed by (step, position).
+pub struct RandomBlocks {
+    pub files: Vec<String>,
+    pub sources: Vec<String>,
+    pub seqs: usize,
+    pub seq_len: usize,
+    pub global: usize,
+    pub steps: u64,
+}
+
+impl RandomBlocks {
+    pub fn new(f: &Files, global: usize, steps: u64) -> Self {
+        RandomBlocks {
+            files: f.names.clone(),
+            sources: vec!["s0".into(), "s1".into(), "s2".into()],
+            seqs: f.seqs,
+            seq_len: f.seq_bytes / 4,
+            global,
+            steps,
+        }
+    }
+
+    pub fn position(&self, pos: u64) -> SeqRead {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(pos.wrapping_mul(0x9E37_79B9));
+        let file = rng.gen_range(0..self.files.len());
+        let index = rng.gen_range(0..self.seqs);
+        SeqRead {
+            file: file as u32,
+            offset: (index * self.seq_len * 4) as u64,
+            len: (self.seq_len * 4) as u32,
+            source: (file % 3) as u32,
+            position: pos,
+        }
+    }
+}
+
+impl BlockSource for RandomBlocks {
+    fn steps(&self) -> u64 {
+        self.steps
+    }
+    fn global_batch(&self) -> usize {
+        self.global
+    }
+    fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+    fn dtype(&self) -> Dtype {
+        Dtype::U32
+    }
+    fn files(&self) -> &[String] {
+        &self.files
+    }
+    fn sources(&self) -> &[String] {
+        &self.sources
+    }
+    fn block(
+        &self,
+        step: u64,
+        rank: usize,
+        world: usize,
+        out: &mut Vec<SeqRead>,
+    ) -> Result<(), BoxError> {
+        let micro = self.micro_batch(world)?;
+        let first = step * self.global as u64 + (rank * micro) as u64;
+        out.extend((first..first + micro as u64).map(|p| self.position(p)));
+        Ok(())
+    }
+}
+
+/// Expected bytes of `reads`, from the files directly.
+pub fn expected(f: &Files, reads: &[SeqRead]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for r in reads {
+        let b = &f.bytes[r.file as usize];
+        v.extend_from_slice(&b[r.offset as usize..r.offset as usize + r.len as usize]);
+    }
+    v
+}
+
+/// Switches for a [`Flaky`] node.
+#[derive(Default)]
+pub struct Switch {
+    /// When set, every read and connect fails with an I/O error.
+    pub down: AtomicBool,
+    /// Batches served.
+    pub batches: AtomicU64,
+    /// Connects made.
+    pub connects: AtomicU64,
+}
+
+/// A local transport that fails while its switch is down.
+pub struct Flaky {
+    inner: LocalTransport,
+    name: String,
+    switch: Arc<Switch>,
+}
+
+impl Transport for Flaky {
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+    fn node(&self) -> &str {
+        &self.name
+    }
+    fn regions(&self) -> &[RegionInfo] {
+        self.inner.regions()
+    }
+    fn read_batch(
+        &mut self,
+        reads: &[ReadRequest],
+        dst: &mut [u8],
+    ) -> Result<BatchStats, TransportError> {
+        if self.switch.down.load(Ordering::SeqCst) {
+            return Err(TransportError::Io {
+                node: self.name.clone(),
+                what: "read".into(),
+                source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+            });
+        }
+        self.switch.batches.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_batch(reads, dst)
+    }
+}
+
+/// A node over `root` holding `files`, controlled by the returned switch.
+pub fn flaky_node(root: &Path, name: &str, files: Vec<String>) -> (NodeSpec, Arc<Switch>) {
+    let switch = Arc::new(Switch::default());
+    let s = switch.clone();
+    let root = root.to_owned();
+    let held = files.clone();
+    let n = name.to_owned();
+    let spec = NodeSpec {
+        name: name.to_owned(),
+        files: Some(files),
+        connect: Box::new(move || {
+            s.connects.fetch_add(1, Ordering::SeqCst);
+            if s.down.load(Ordering::SeqCst) {
+                return Err(TransportError::Io {
+                    node: n.clone(),
+                    what: "connect".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                });
+            }
+            let inner =
+                LocalTransport::open(&root, &held).map_err(|e| TransportError::Protocol {
+                    node: n.clone(),
+                    what: e.to_string(),
+                })?;
+            Ok(Box::new(Flaky {
+                inner,
+                name: n.clone(),
+                switch: s.clone(),
+            }) as Box<dyn Transport>)
+        }),
+    };
+    (spec, switch)
+}
