@@ -1,0 +1,232 @@
+//! Step buffers in device memory: the pinned bounce slot and the batch
+//! descriptor a trainer consumes.
+
+use crate::device::Device;
+use crate::dlpack::{DLDataType, DLDevice, DlpackTensor};
+use crate::error::{CudaError, Result};
+use crate::memory::{DeviceBuffer, Event, PinnedBuffer, Stream};
+use std::sync::Arc;
+
+/// Element type of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// Unsigned 16-bit token ids (vocabularies up to 65 536).
+    U16,
+    /// Unsigned 32-bit token ids.
+    U32,
+    /// Signed 64-bit ids (what embedding layers take), after widening.
+    I64,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::U16 => 2,
+            DType::U32 => 4,
+            DType::I64 => 8,
+        }
+    }
+
+    /// The DLPack type code/bits/lanes.
+    pub fn dlpack(self) -> DLDataType {
+        match self {
+            DType::U16 => DLDataType {
+                code: 1,
+                bits: 16,
+                lanes: 1,
+            },
+            DType::U32 => DLDataType {
+                code: 1,
+                bits: 32,
+                lanes: 1,
+            },
+            DType::I64 => DLDataType {
+                code: 0,
+                bits: 64,
+                lanes: 1,
+            },
+        }
+    }
+
+    /// The token dtype for a token size in bytes (2 or 4).
+    pub fn for_token_size(bytes: usize) -> Option<DType> {
+        match bytes {
+            2 => Some(DType::U16),
+            4 => Some(DType::U32),
+            _ => None,
+        }
+    }
+}
+
+/// Where a batch lives and how to wait for it: everything a framework needs
+/// to wrap it without a copy. Valid until the loader's slot is released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceBatch {
+    /// Device ordinal.
+    pub device: usize,
+    /// Device address of element `[0, 0]`.
+    pub ptr: u64,
+    /// Shape in elements, row-major contiguous (`[micro_batch, seq_len]`).
+    pub shape: Vec<usize>,
+    /// Element type.
+    pub dtype: DType,
+    /// Raw `CUstream` the copy ran on.
+    pub stream: u64,
+    /// Raw `CUevent` that completes when the bytes are in place; make the
+    /// consuming stream wait on it (`cuStreamWaitEvent`) before reading.
+    pub event: u64,
+}
+
+impl DeviceBatch {
+    /// Size in bytes.
+    pub fn bytes(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.size()
+    }
+
+    /// A DLPack `DLManagedTensor` describing this batch (no copy; the memory
+    /// stays owned by the loader). Wait on [`DeviceBatch::event`] first.
+    pub fn to_dlpack(&self) -> Result<DlpackTensor> {
+        let shape = shape_i64(&self.shape)?;
+        Ok(DlpackTensor::new(
+            self.ptr,
+            DLDevice::cuda(self.device),
+            self.dtype.dlpack(),
+            &shape,
+        ))
+    }
+}
+
+pub(crate) fn shape_i64(shape: &[usize]) -> Result<Vec<i64>> {
+    shape
+        .iter()
+        .map(|d| {
+            i64::try_from(*d).map_err(|_| CudaError::InvalidArgument {
+                what: format!("dimension {d} does not fit DLPack's int64"),
+            })
+        })
+        .collect()
+}
+
+/// One step buffer on the pinned-bounce path: the transport writes into
+/// pinned host memory ([`BounceSlot::host_mut`]), [`BounceSlot::submit`]
+/// enqueues the async copy to device memory on the rank's stream and records
+/// an event, and the batch is ready when that event completes.
+#[derive(Debug)]
+pub struct BounceSlot {
+    pinned: PinnedBuffer,
+    dst: DeviceBuffer,
+    done: Event,
+    stream: Arc<Stream>,
+    in_flight: bool,
+    filled: usize,
+}
+
+impl BounceSlot {
+    /// A slot of `bytes` on `device`, copying on `stream`.
+    pub fn new(device: &Device, stream: Arc<Stream>, bytes: usize) -> Result<BounceSlot> {
+        let dst = device.alloc(bytes, "a step buffer")?;
+        let pinned = device.alloc_pinned(bytes)?;
+        let done = device.event(false)?;
+        Ok(BounceSlot {
+            pinned,
+            dst,
+            done,
+            stream,
+            in_flight: false,
+            filled: 0,
+        })
+    }
+
+    /// Capacity in bytes.
+    pub fn len(&self) -> usize {
+        self.dst.len()
+    }
+
+    /// Always false (zero-length slots are refused).
+    pub fn is_empty(&self) -> bool {
+        self.dst.is_empty()
+    }
+
+    /// The pinned staging memory for the transport to write into. Waits for
+    /// a previous copy out of it to finish first, so bytes in flight are
+    /// never overwritten.
+    pub fn host_mut(&mut self) -> Result<&mut [u8]> {
+        self.wait()?;
+        Ok(self.pinned.as_mut_slice())
+    }
+
+    /// The pinned staging buffer (address and length for RDMA registration).
+    pub fn pinned(&self) -> &PinnedBuffer {
+        &self.pinned
+    }
+
+    /// The device memory the batch lands in.
+    pub fn device_buffer(&self) -> &DeviceBuffer {
+        &self.dst
+    }
+
+    /// The completion event of the last submitted copy.
+    pub fn event(&self) -> &Event {
+        &self.done
+    }
+
+    /// Enqueues the copy of the first `len` staged bytes to the device and
+    /// records the completion event. Returns at once.
+    pub fn submit(&mut self, len: usize) -> Result<()> {
+        self.wait()?;
+        self.dst
+            .copy_from_pinned_async(0, &self.pinned, len, &self.stream)?;
+        self.done.record(&self.stream)?;
+        self.in_flight = true;
+        self.filled = len;
+        Ok(())
+    }
+
+    /// True when the last submitted copy has completed.
+    pub fn is_ready(&self) -> Result<bool> {
+        if !self.in_flight {
+            return Ok(true);
+        }
+        self.done.is_complete()
+    }
+
+    /// Blocks until the last submitted copy has completed.
+    pub fn wait(&mut self) -> Result<()> {
+        if self.in_flight {
+            self.done.synchronize()?;
+            self.in_flight = false;
+        }
+        Ok(())
+    }
+
+    /// Describes the last submitted bytes as a batch of `shape` × `dtype`.
+    pub fn batch(&self, shape: &[usize], dtype: DType) -> Result<DeviceBatch> {
+        let want = shape.iter().product::<usize>() * dtype.size();
+        if want != self.filled {
+            return Err(CudaError::InvalidArgument {
+                what: format!(
+                    "batch shape {shape:?} of {dtype:?} is {want} bytes but {} bytes were submitted",
+                    self.filled
+                ),
+            });
+        }
+        Ok(DeviceBatch {
+            device: self.dst.device().index(),
+            ptr: self.dst.device_ptr(),
+            shape: shape.to_vec(),
+            dtype,
+            stream: self.stream.handle(),
+            event: self.done.handle(),
+        })
+    }
+}
+
+impl Drop for BounceSlot {
+    fn drop(&mut self) {
+        // The pinned source must outlive the copy reading it.
+        if let Err(e) = self.wait() {
+            tracing::warn!("dropping a bounce slot: {e}");
+        }
+    }
+}

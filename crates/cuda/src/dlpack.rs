@@ -1,0 +1,280 @@
+//! DLPack (v0.8 ABI) structs so a framework can wrap a batch without a copy:
+//! put [`DlpackTensor::into_raw`] in a `PyCapsule` named `"dltensor"` and
+//! `torch.from_dlpack` takes it; the consumer calls the deleter when done.
+//!
+//! The tensor does not own the memory it points to, only its shape and
+//! strides: the memory stays owned by the loader's step buffer.
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::ptr::NonNull;
+
+/// `DLDeviceType::kDLCPU`.
+pub const KDL_CPU: i32 = 1;
+/// `DLDeviceType::kDLCUDA`.
+pub const KDL_CUDA: i32 = 2;
+/// `DLDeviceType::kDLCUDAHost` (pinned host memory).
+pub const KDL_CUDA_HOST: i32 = 3;
+
+/// `DLDevice`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DLDevice {
+    /// One of the `KDL_*` constants.
+    pub device_type: i32,
+    /// Device ordinal.
+    pub device_id: i32,
+}
+
+impl DLDevice {
+    /// CUDA device `index`.
+    pub fn cuda(index: usize) -> DLDevice {
+        DLDevice {
+            device_type: KDL_CUDA,
+            device_id: i32::try_from(index).unwrap_or(i32::MAX),
+        }
+    }
+
+    /// Host memory.
+    pub fn cpu() -> DLDevice {
+        DLDevice {
+            device_type: KDL_CPU,
+            device_id: 0,
+        }
+    }
+}
+
+/// `DLDataType`: `code` 0 int, 1 uint, 2 float; `bits`; `lanes`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DLDataType {
+    /// Type code (`kDLInt` = 0, `kDLUInt` = 1, `kDLFloat` = 2).
+    pub code: u8,
+    /// Bits per lane.
+    pub bits: u8,
+    /// Lanes (1 for scalars).
+    pub lanes: u16,
+}
+
+/// `DLTensor`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct DLTensor {
+    /// Data pointer (device address for CUDA).
+    pub data: *mut c_void,
+    /// Where the data lives.
+    pub device: DLDevice,
+    /// Number of dimensions.
+    pub ndim: i32,
+    /// Element type.
+    pub dtype: DLDataType,
+    /// `ndim` extents.
+    pub shape: *mut i64,
+    /// `ndim` strides in elements (never null here).
+    pub strides: *mut i64,
+    /// Byte offset from `data` to the first element.
+    pub byte_offset: u64,
+}
+
+/// `DLManagedTensor`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct DLManagedTensor {
+    /// The tensor.
+    pub dl_tensor: DLTensor,
+    /// Producer context (our shape/stride storage).
+    pub manager_ctx: *mut c_void,
+    /// Called once by the consumer when it no longer needs the tensor.
+    pub deleter: Option<unsafe extern "C" fn(*mut DLManagedTensor)>,
+}
+
+/// Storage for one managed tensor; `tensor` first so a pointer to the
+/// holder is a pointer to the tensor.
+#[repr(C)]
+struct Holder {
+    tensor: DLManagedTensor,
+    shape: Box<[i64]>,
+    strides: Box<[i64]>,
+}
+
+unsafe extern "C" fn delete_holder(t: *mut DLManagedTensor) {
+    if t.is_null() {
+        return;
+    }
+    // SAFETY: every DLManagedTensor with this deleter was made by
+    // `DlpackTensor::new` as the first field of a boxed, repr(C) Holder, and
+    // the DLPack contract calls the deleter exactly once.
+    drop(unsafe { Box::from_raw(t.cast::<Holder>()) });
+}
+
+/// An owned `DLManagedTensor` (row-major, contiguous). Dropping it runs the
+/// deleter; [`DlpackTensor::into_raw`] hands ownership to a consumer.
+#[derive(Debug)]
+pub struct DlpackTensor {
+    ptr: NonNull<DLManagedTensor>,
+}
+
+impl DlpackTensor {
+    /// Describes `data` (an address on `device`) as a contiguous tensor.
+    pub fn new(data: u64, device: DLDevice, dtype: DLDataType, shape: &[i64]) -> DlpackTensor {
+        let shape: Box<[i64]> = shape.into();
+        let strides = contiguous_strides(&shape);
+        let mut holder = Box::new(Holder {
+            tensor: DLManagedTensor {
+                dl_tensor: DLTensor {
+                    data: data as usize as *mut c_void,
+                    device,
+                    ndim: i32::try_from(shape.len()).unwrap_or(i32::MAX),
+                    dtype,
+                    shape: std::ptr::null_mut(),
+                    strides: std::ptr::null_mut(),
+                    byte_offset: 0,
+                },
+                manager_ctx: std::ptr::null_mut(),
+                deleter: Some(delete_holder),
+            },
+            shape,
+            strides,
+        });
+        // Boxed slices do not move when the Box<Holder> moves.
+        holder.tensor.dl_tensor.shape = holder.shape.as_mut_ptr();
+        holder.tensor.dl_tensor.strides = holder.strides.as_mut_ptr();
+        let raw = Box::into_raw(holder);
+        // SAFETY: `raw` is a fresh non-null Box allocation.
+        let tensor_ptr = unsafe { std::ptr::addr_of_mut!((*raw).tensor) };
+        // SAFETY: points into the live allocation just made.
+        unsafe { (*tensor_ptr).manager_ctx = raw.cast() };
+        DlpackTensor {
+            // SAFETY: derived from a non-null Box pointer.
+            ptr: unsafe { NonNull::new_unchecked(tensor_ptr) },
+        }
+    }
+
+    /// The managed tensor.
+    pub fn get(&self) -> &DLManagedTensor {
+        // SAFETY: `ptr` is live until drop or into_raw, which consumes self.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// Shape as stored in the tensor.
+    pub fn shape(&self) -> &[i64] {
+        let t = &self.get().dl_tensor;
+        // SAFETY: `shape` points to `ndim` i64s owned by the holder.
+        unsafe { std::slice::from_raw_parts(t.shape, t.ndim as usize) }
+    }
+
+    /// Strides (elements) as stored in the tensor.
+    pub fn strides(&self) -> &[i64] {
+        let t = &self.get().dl_tensor;
+        // SAFETY: `strides` points to `ndim` i64s owned by the holder.
+        unsafe { std::slice::from_raw_parts(t.strides, t.ndim as usize) }
+    }
+
+    /// Gives up ownership: the consumer must call `deleter` exactly once.
+    pub fn into_raw(self) -> *mut DLManagedTensor {
+        let p = self.ptr.as_ptr();
+        std::mem::forget(self);
+        p
+    }
+}
+
+impl Drop for DlpackTensor {
+    fn drop(&mut self) {
+        // SAFETY: we still own the tensor; its deleter is `delete_holder`.
+        unsafe { delete_holder(self.ptr.as_ptr()) };
+    }
+}
+
+/// Row-major strides in elements for `shape`.
+pub fn contiguous_strides(shape: &[i64]) -> Box<[i64]> {
+    let mut strides = vec![0i64; shape.len()];
+    let mut acc = 1i64;
+    for (s, d) in strides.iter_mut().zip(shape).rev() {
+        *s = acc;
+        acc = acc.saturating_mul((*d).max(1));
+    }
+    strides.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn abi_layout_matches_dlpack_h() {
+        assert_eq!(size_of::<DLDevice>(), 8);
+        assert_eq!(size_of::<DLDataType>(), 4);
+        assert_eq!(offset_of!(DLTensor, data), 0);
+        assert_eq!(offset_of!(DLTensor, device), 8);
+        assert_eq!(offset_of!(DLTensor, ndim), 16);
+        assert_eq!(offset_of!(DLTensor, dtype), 20);
+        assert_eq!(offset_of!(DLTensor, shape), 24);
+        assert_eq!(offset_of!(DLTensor, strides), 32);
+        assert_eq!(offset_of!(DLTensor, byte_offset), 40);
+        assert_eq!(size_of::<DLTensor>(), 48);
+        assert_eq!(offset_of!(DLManagedTensor, manager_ctx), 48);
+        assert_eq!(offset_of!(DLManagedTensor, deleter), 56);
+        assert_eq!(size_of::<DLManagedTensor>(), 64);
+    }
+
+    #[test]
+    fn strides_are_row_major() {
+        assert_eq!(&*contiguous_strides(&[4, 2048]), &[2048, 1]);
+        assert_eq!(&*contiguous_strides(&[2, 3, 5]), &[15, 5, 1]);
+        assert_eq!(&*contiguous_strides(&[]), &[] as &[i64]);
+    }
+
+    #[test]
+    fn host_tensor_describes_real_memory() {
+        let data: Vec<u16> = (0..24).collect();
+        let t = DlpackTensor::new(
+            data.as_ptr() as u64,
+            DLDevice::cpu(),
+            DLDataType {
+                code: 1,
+                bits: 16,
+                lanes: 1,
+            },
+            &[4, 6],
+        );
+        let m = t.get();
+        assert_eq!(m.dl_tensor.ndim, 2);
+        assert_eq!(t.shape(), &[4, 6]);
+        assert_eq!(t.strides(), &[6, 1]);
+        assert_eq!(m.dl_tensor.device, DLDevice::cpu());
+        assert_eq!(m.manager_ctx as usize, m as *const DLManagedTensor as usize);
+        // Element [2, 3] through the descriptor, the way a consumer computes it.
+        let idx = 2 * t.strides()[0] + 3 * t.strides()[1];
+        let base = m.dl_tensor.data as *const u16;
+        // SAFETY: idx < 24 elements of the live `data` vector.
+        let v = unsafe { *base.add(idx as usize) };
+        assert_eq!(v, 15);
+    }
+
+    #[test]
+    fn consumer_deleter_frees_once() {
+        let t = DlpackTensor::new(
+            0x1000,
+            DLDevice::cuda(1),
+            DLDataType {
+                code: 0,
+                bits: 64,
+                lanes: 1,
+            },
+            &[8, 512],
+        );
+        let raw = t.into_raw();
+        // SAFETY: `raw` is live and owned by us as the consumer.
+        let (dev, deleter) = unsafe { ((*raw).dl_tensor.device, (*raw).deleter) };
+        assert_eq!(
+            dev,
+            DLDevice {
+                device_type: KDL_CUDA,
+                device_id: 1
+            }
+        );
+        // SAFETY: calling the deleter exactly once, as a consumer would.
+        unsafe { deleter.unwrap()(raw) };
+    }
+}
