@@ -6,38 +6,7 @@
 
 use crate::error::BoxError;
 
-/// Token type of the sequences.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dtype {
-    /// Little-endian `u16` tokens.
-    U16,
-    /// Little-endian `u32` tokens.
-    U32,
-}
-
-impl Dtype {
-    /// Bytes per token.
-    pub fn size(self) -> usize {
-        match self {
-            Dtype::U16 => 2,
-            Dtype::U32 => 4,
-        }
-    }
-
-    /// Name as in manifests (`u16`, `u32`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::U16 => "u16",
-            Dtype::U32 => "u32",
-        }
-    }
-}
-
-impl std::fmt::Display for Dtype {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use seqfeed_format::Dtype;
 
 /// One sequence to read: row `k` of a block is the `k`-th `SeqRead`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

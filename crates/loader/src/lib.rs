@@ -36,13 +36,17 @@
 pub mod alloc;
 pub mod block;
 pub mod cluster_reader;
+mod dataset;
 mod error;
 mod loader;
+mod plan_source;
 #[cfg(test)]
 mod testutil;
 
 pub use alloc::{BufferAllocator, HeapAllocator, HostBuffer};
 pub use block::{BlockSource, Dtype, SeqRead};
 pub use cluster_reader::{ClusterReader, Connector, NodeSpec, RetryPolicy, StepReadStats};
+pub use dataset::{dataset_files, source_shapes};
 pub use error::{BoxError, LoaderError};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderStats, DEFAULT_PREFETCH};
+pub use plan_source::PlanSource;
