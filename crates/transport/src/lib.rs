@@ -22,40 +22,15 @@
 // Only the private `mmap` module (one call) holds `unsafe`.
 #![deny(unsafe_code)]
 
-use std::fmt;
-
 pub mod local;
 mod mmap;
 pub mod regions;
 
 pub use local::LocalTransport;
 pub use regions::{MappedRegion, RegionError, RegionTable};
-
-/// Identifies one registered memory region on one storage node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RegionId(pub u32);
-
-impl fmt::Display for RegionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "region {}", self.0)
-    }
-}
-
-/// One entry of a node's region table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegionInfo {
-    /// Region id, unique within the node.
-    pub id: RegionId,
-    /// What the region holds: the sequence file's path relative to the
-    /// dataset root (e.g. `web/part-00000.seq`).
-    pub name: String,
-    /// Length of the region in bytes.
-    pub len: u64,
-    /// Remote virtual address of the region's first byte (RDMA only; 0 otherwise).
-    pub addr: u64,
-    /// Remote key of the region's memory registration (RDMA only; 0 otherwise).
-    pub rkey: u32,
-}
+/// Region ids and table entries are defined with the wire protocol that
+/// carries them.
+pub use seqfeed_wire::{RegionId, RegionInfo};
 
 /// One one-sided read: `len` bytes at `offset` of `region` into
 /// `dst_offset` of the destination buffer.

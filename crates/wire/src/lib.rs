@@ -1,0 +1,52 @@
+//! seqfeed's wire protocol, sans-IO.
+//!
+//! Frames ([`Frame`]) are plain types with [`Frame::encode`] and
+//! [`decode`]; nothing here touches a socket or a clock. The node's tokio
+//! service and the clients' blocking sockets drive them:
+//!
+//! 1. the client sends [`Hello`] (protocol version, client name, optional
+//!    shared secret, expected dataset fingerprint);
+//! 2. the node answers [`Welcome`] (node name, fingerprint, region table)
+//!    or [`Frame::Refused`] and closes;
+//! 3. the client sends [`ReadBatch`]es (many `(region, offset, len)` reads);
+//!    the node answers each with [`Frame::ReadData`]`{ id, total }` followed
+//!    by `total` raw bytes, the reads' payloads in request order, so the
+//!    client can receive them straight into its destination buffer;
+//! 4. [`Frame::Health`] / [`Frame::Stats`] return counters;
+//!    [`VerbsConnect`] / [`VerbsAccept`] exchange RDMA queue-pair endpoints
+//!    and region keys.
+//!
+//! Every length and count is checked against [`Limits`] before use; a bad
+//! frame is a [`WireError`], never a panic. [`ServerConn`] is the node's
+//! per-connection state machine (handshake, secret and fingerprint checks,
+//! bounds checks of every read against the region table).
+//!
+//! ```
+//! use seqfeed_wire::{decode, Decoded, Frame, Limits};
+//! let bytes = Frame::Health.to_bytes();
+//! match decode(&bytes, &Limits::DEFAULT).unwrap() {
+//!     Decoded::Frame { frame, consumed } => {
+//!         assert_eq!(frame, Frame::Health);
+//!         assert_eq!(consumed, bytes.len());
+//!     }
+//!     Decoded::NeedMore { .. } => unreachable!(),
+//! }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod frame;
+mod session;
+#[cfg(test)]
+mod tests;
+
+pub use frame::{
+    decode, decode_body, decode_header, ClientCounters, Decoded, ErrorCode, Frame, HealthOk, Hello,
+    Limits, NodeCounters, QpEndpoint, ReadBatch, RegionId, RegionInfo, RegionKey, StatsOk,
+    VerbsAccept, VerbsConnect, Welcome, WireError, WireRead, HEADER_LEN, HELLO_MAGIC, MAX_CLIENTS,
+    MAX_FINGERPRINT, MAX_QPS, MAX_STRING, PROTOCOL_VERSION,
+};
+pub use session::{
+    check_welcome, find_region, hello, FrameReader, HandshakeError, ServerAction, ServerConn,
+    ServerPolicy,
+};

@@ -1,0 +1,554 @@
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use crate::*;
+
+fn region(id: u32, name: &str, len: u64) -> RegionInfo {
+    RegionInfo {
+        id: RegionId(id),
+        name: name.into(),
+        len,
+        addr: 0,
+        rkey: 0,
+    }
+}
+
+fn qp(n: u32) -> QpEndpoint {
+    QpEndpoint {
+        qp_num: n,
+        psn: n * 3,
+        gid: [n as u8; 16],
+        lid: 7,
+        mtu: 5,
+    }
+}
+
+fn samples() -> Vec<Frame> {
+    let cc = ClientCounters {
+        client: "rank0".into(),
+        peer: "127.0.0.1:5555".into(),
+        batches: 1,
+        reads: 2,
+        bytes: 3,
+    };
+    let nc = NodeCounters {
+        uptime_ms: 9,
+        connections_total: 8,
+        connections_open: 7,
+        refused: 6,
+        batches: 5,
+        reads: 4,
+        bytes: 3,
+        errors: 2,
+    };
+    vec![
+        Frame::Hello(hello("rank0", Some("s3cret"), Some("abcd"))),
+        Frame::Hello(hello("", None, None)),
+        Frame::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            node: "node-a".into(),
+            fingerprint: "ff00".into(),
+            regions: vec![
+                region(0, "web/part-00000.seq", 1 << 40),
+                region(1, "é.seq", 0),
+            ],
+        }),
+        Frame::Refused {
+            reason: "no".into(),
+        },
+        Frame::ReadBatch(ReadBatch {
+            id: u64::MAX,
+            reads: vec![
+                WireRead {
+                    region: RegionId(3),
+                    offset: 1 << 33,
+                    len: 16384,
+                },
+                WireRead {
+                    region: RegionId(0),
+                    offset: 0,
+                    len: 0,
+                },
+            ],
+        }),
+        Frame::ReadData { id: 4, total: 100 },
+        Frame::Health,
+        Frame::HealthOk(HealthOk {
+            node: nc,
+            you: cc.clone(),
+        }),
+        Frame::Stats,
+        Frame::StatsOk(StatsOk {
+            node: nc,
+            clients: vec![cc.clone(), cc],
+        }),
+        Frame::Error {
+            code: ErrorCode::OUT_OF_BOUNDS,
+            message: "bad".into(),
+        },
+        Frame::VerbsConnect(VerbsConnect {
+            qps: vec![qp(1), qp(2)],
+            device: "rxe0".into(),
+        }),
+        Frame::VerbsAccept(VerbsAccept {
+            qps: vec![qp(9)],
+            regions: vec![RegionKey {
+                id: RegionId(0),
+                addr: 0x7f00_0000_0000,
+                rkey: 0x1234,
+            }],
+        }),
+    ]
+}
+
+#[test]
+fn round_trip_every_frame() {
+    let mut stream = Vec::new();
+    for f in samples() {
+        let b = f.to_bytes();
+        match decode(&b, &Limits::DEFAULT).unwrap() {
+            Decoded::Frame { frame, consumed } => {
+                assert_eq!(frame, f);
+                assert_eq!(consumed, b.len());
+            }
+            d => panic!("{d:?}"),
+        }
+        // Every strict prefix needs more bytes, never errors.
+        for cut in 0..b.len() {
+            assert!(matches!(
+                decode(&b[..cut], &Limits::DEFAULT).unwrap(),
+                Decoded::NeedMore { .. }
+            ));
+        }
+        stream.extend_from_slice(&b);
+    }
+    // A stream of frames fed one byte at a time.
+    let mut r = FrameReader::new(Limits::DEFAULT);
+    let mut got = Vec::new();
+    for byte in stream {
+        r.feed(&[byte]);
+        while let Some(f) = r.next_frame().unwrap() {
+            got.push(f);
+        }
+    }
+    assert_eq!(got, samples());
+}
+
+#[test]
+fn limits_enforced() {
+    let limits = Limits {
+        max_frame: 1000,
+        max_reads: 4,
+        max_batch_bytes: 100,
+    };
+    let read = |len| WireRead {
+        region: RegionId(0),
+        offset: 0,
+        len,
+    };
+    let b = Frame::ReadBatch(ReadBatch {
+        id: 1,
+        reads: vec![read(1); 5],
+    });
+    assert!(matches!(
+        decode(&b.to_bytes(), &limits),
+        Err(WireError::TooLarge {
+            what: "read count",
+            ..
+        })
+    ));
+    let b = Frame::ReadBatch(ReadBatch {
+        id: 1,
+        reads: vec![read(60), read(41)],
+    });
+    assert!(matches!(
+        decode(&b.to_bytes(), &limits),
+        Err(WireError::TooLarge {
+            what: "batch bytes",
+            ..
+        })
+    ));
+    // An oversized header fails before its body arrives.
+    let mut h = 5000u32.to_le_bytes().to_vec();
+    h.push(1);
+    assert!(matches!(
+        decode(&h, &limits),
+        Err(WireError::TooLarge {
+            what: "frame length",
+            ..
+        })
+    ));
+    // Unknown kind.
+    assert_eq!(
+        decode(&[0, 0, 0, 0, 99], &limits),
+        Err(WireError::UnknownKind(99))
+    );
+    // Trailing bytes.
+    let mut t = Frame::Health.to_bytes();
+    t[0] = 1;
+    t.push(0);
+    assert!(matches!(
+        decode(&t, &limits),
+        Err(WireError::Trailing { .. })
+    ));
+    // A hostile count larger than the body is refused without allocating.
+    let mut w = Vec::new();
+    w.extend_from_slice(&14u32.to_le_bytes());
+    w.push(2); // Welcome
+    w.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    w.extend_from_slice(&[0, 0, 0, 0]); // empty node, empty fingerprint
+    w.extend_from_slice(&u32::MAX.to_le_bytes());
+    w.extend_from_slice(&[0; 4]);
+    assert!(matches!(
+        decode(&w, &limits),
+        Err(WireError::Truncated {
+            what: "region count",
+            ..
+        })
+    ));
+    // Oversized string.
+    let long = "x".repeat(MAX_STRING + 1);
+    let f = Frame::Refused { reason: long };
+    assert!(f.encoded_checked(&Limits::DEFAULT).is_err());
+    // Bad UTF-8 and bad option tag.
+    let mut u = Frame::Refused {
+        reason: "ab".into(),
+    }
+    .to_bytes();
+    u[7] = 0xff;
+    assert!(matches!(
+        decode(&u, &limits),
+        Err(WireError::BadUtf8 { .. })
+    ));
+    let mut o = Frame::Hello(hello("c", None, None)).to_bytes();
+    let tag = o.len() - 2;
+    o[tag] = 7;
+    assert!(matches!(
+        decode(&o, &limits),
+        Err(WireError::BadValue { .. })
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Random bytes never panic the decoder, and a successful decode
+    /// re-encodes to the same bytes.
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        if let Ok(Decoded::Frame { frame, consumed }) = decode(&bytes, &Limits::DEFAULT) {
+            prop_assert_eq!(frame.to_bytes(), bytes[..consumed].to_vec());
+        }
+    }
+
+    /// A valid header with a random body never panics the decoder or the
+    /// node's state machine (before and after a handshake).
+    #[test]
+    fn random_bodies_never_panic(kind in 1u8..=12, body in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let mut b = (body.len() as u32).to_le_bytes().to_vec();
+        b.push(kind);
+        b.extend_from_slice(&body);
+        if let Ok(Decoded::Frame { frame, consumed }) = decode(&b, &Limits::DEFAULT) {
+            prop_assert_eq!(consumed, b.len());
+            prop_assert_eq!(frame.to_bytes(), b.clone());
+        }
+        let mut conn = ServerConn::new(policy(None));
+        conn.feed(&Frame::Hello(hello("c", None, None)).to_bytes());
+        conn.feed(&b);
+        let mut n = 0;
+        while conn.poll().is_some() {
+            n += 1;
+            prop_assert!(n < 10);
+        }
+    }
+
+    /// Valid frames with random mutations never panic.
+    #[test]
+    fn mutated_frames_never_panic(which in 0usize..13, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+        let mut b = samples()[which].to_bytes();
+        for (pos, val) in flips {
+            let i = pos % b.len();
+            b[i] = val;
+        }
+        let _ = decode(&b, &Limits::DEFAULT);
+        let mut conn = ServerConn::new(policy(None));
+        conn.feed(&b);
+        while conn.poll().is_some() {}
+    }
+
+    /// Random read batches round-trip.
+    #[test]
+    fn batches_round_trip(id in any::<u64>(), reads in proptest::collection::vec((any::<u32>(), any::<u64>(), 0u32..1<<20), 0..200)) {
+        let f = Frame::ReadBatch(ReadBatch {
+            id,
+            reads: reads.into_iter().map(|(r, o, l)| WireRead { region: RegionId(r), offset: o, len: l }).collect(),
+        });
+        let b = f.to_bytes();
+        prop_assert_eq!(decode(&b, &Limits::DEFAULT).unwrap(), Decoded::Frame { frame: f, consumed: b.len() });
+    }
+}
+
+fn policy(secret: Option<&str>) -> Arc<ServerPolicy> {
+    Arc::new(ServerPolicy {
+        node: "node-a".into(),
+        fingerprint: "fp1".into(),
+        secret: secret.map(Into::into),
+        regions: vec![region(0, "a.seq", 100), region(1, "b.seq", 50)],
+        limits: Limits::DEFAULT,
+    })
+}
+
+/// In-memory client/server pair: bytes move through queues, delivered in
+/// chunks of `chunk` bytes to exercise partial frames.
+struct Pair {
+    server: ServerConn,
+    to_server: VecDeque<u8>,
+    client_rx: FrameReader,
+    closed: Option<String>,
+    chunk: usize,
+}
+
+impl Pair {
+    fn new(secret: Option<&str>, chunk: usize) -> Self {
+        Pair {
+            server: ServerConn::new(policy(secret)),
+            to_server: VecDeque::new(),
+            client_rx: FrameReader::new(Limits::DEFAULT),
+            closed: None,
+            chunk,
+        }
+    }
+
+    fn client_send(&mut self, f: &Frame) {
+        self.to_server.extend(f.to_bytes());
+    }
+
+    /// Moves all queued bytes to the server and runs its actions; returns
+    /// the frames the client received (ReadData payloads as `Refused`-free
+    /// raw bytes appended to `raw`).
+    fn drive(&mut self, raw: &mut Vec<u8>) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while !self.to_server.is_empty() && self.closed.is_none() {
+            let n = self.chunk.min(self.to_server.len());
+            let chunk: Vec<u8> = self.to_server.drain(..n).collect();
+            self.server.feed(&chunk);
+            while let Some(a) = self.server.poll() {
+                match a {
+                    ServerAction::Send(f) => self.client_rx.feed(&f.to_bytes()),
+                    ServerAction::ServeReads { batch, total } => {
+                        let mut bytes = Frame::ReadData {
+                            id: batch.id,
+                            total,
+                        }
+                        .to_bytes();
+                        for r in &batch.reads {
+                            // region content: byte i of region r is (i + r*7) as u8
+                            bytes.extend(
+                                (r.offset..r.offset + u64::from(r.len))
+                                    .map(|i| (i + u64::from(r.region.0) * 7) as u8),
+                            );
+                        }
+                        self.client_rx.feed(&bytes);
+                    }
+                    ServerAction::Health => self.client_rx.feed(
+                        &Frame::HealthOk(HealthOk {
+                            node: NodeCounters::default(),
+                            you: ClientCounters {
+                                client: self.server.client().unwrap().into(),
+                                peer: "mem".into(),
+                                batches: 0,
+                                reads: 0,
+                                bytes: 0,
+                            },
+                        })
+                        .to_bytes(),
+                    ),
+                    ServerAction::Stats | ServerAction::VerbsConnect(_) => {
+                        self.client_rx.feed(
+                            &Frame::Error {
+                                code: ErrorCode::NOT_SUPPORTED,
+                                message: "not here".into(),
+                            }
+                            .to_bytes(),
+                        );
+                    }
+                    ServerAction::Close { frame, reason } => {
+                        if let Some(f) = frame {
+                            self.client_rx.feed(&f.to_bytes());
+                        }
+                        self.closed = Some(reason);
+                    }
+                }
+            }
+        }
+        while let Some(f) = self.client_rx.next_frame().unwrap() {
+            if let Frame::ReadData { total, .. } = f {
+                raw.extend_from_slice(self.client_rx.take_raw(total as usize));
+            }
+            out.push(f);
+        }
+        out
+    }
+}
+
+#[test]
+fn pair_handshake_and_reads() {
+    for chunk in [1, 3, 1000] {
+        let mut p = Pair::new(Some("s"), chunk);
+        let h = hello("rank0", Some("s"), Some("fp1"));
+        p.client_send(&Frame::Hello(h.clone()));
+        let mut raw = Vec::new();
+        let got = p.drive(&mut raw);
+        assert_eq!(got.len(), 1);
+        let w = check_welcome(&h, got[0].clone()).unwrap();
+        assert_eq!(w.node, "node-a");
+        assert_eq!(w.regions.len(), 2);
+        assert_eq!(p.server.client(), Some("rank0"));
+
+        let batch = ReadBatch {
+            id: 42,
+            reads: vec![
+                WireRead {
+                    region: RegionId(1),
+                    offset: 10,
+                    len: 40,
+                },
+                WireRead {
+                    region: RegionId(0),
+                    offset: 0,
+                    len: 100,
+                },
+            ],
+        };
+        p.client_send(&Frame::ReadBatch(batch));
+        p.client_send(&Frame::Health);
+        let got = p.drive(&mut raw);
+        assert_eq!(got[0], Frame::ReadData { id: 42, total: 140 });
+        assert!(matches!(&got[1], Frame::HealthOk(h) if h.you.client == "rank0"));
+        let want: Vec<u8> = (10..50u64)
+            .map(|i| (i + 7) as u8)
+            .chain((0..100u64).map(|i| i as u8))
+            .collect();
+        assert_eq!(raw, want);
+        assert!(p.closed.is_none());
+
+        // A read past the end of its region closes the connection.
+        p.client_send(&Frame::ReadBatch(ReadBatch {
+            id: 43,
+            reads: vec![WireRead {
+                region: RegionId(1),
+                offset: 11,
+                len: 40,
+            }],
+        }));
+        let got = p.drive(&mut raw);
+        assert!(
+            matches!(&got[..], [Frame::Error { code: ErrorCode::OUT_OF_BOUNDS, message }] if message.contains("b.seq")),
+            "{got:?}"
+        );
+        assert!(p.closed.is_some());
+        assert!(p.server.is_closed());
+    }
+}
+
+#[test]
+fn pair_refusals() {
+    let cases: Vec<(Option<&str>, Hello, &str)> = vec![
+        (
+            Some("s"),
+            hello("c", None, None),
+            "requires a shared secret",
+        ),
+        (
+            Some("s"),
+            hello("c", Some("t"), None),
+            "wrong shared secret",
+        ),
+        (None, hello("c", None, Some("fp2")), "fingerprint mismatch"),
+        (
+            None,
+            Hello {
+                version: 99,
+                ..hello("c", None, None)
+            },
+            "protocol version 99",
+        ),
+    ];
+    for (secret, h, want) in cases {
+        let mut p = Pair::new(secret, 2);
+        p.client_send(&Frame::Hello(h.clone()));
+        let got = p.drive(&mut Vec::new());
+        let e = check_welcome(&h, got[0].clone()).unwrap_err();
+        assert!(
+            matches!(&e, HandshakeError::Refused(r) if r.contains(want)),
+            "{e}"
+        );
+        assert!(p.server.is_closed());
+    }
+    // Anything but Hello first is refused.
+    let mut p = Pair::new(None, 5);
+    p.client_send(&Frame::Health);
+    let got = p.drive(&mut Vec::new());
+    assert!(matches!(
+        &got[0],
+        Frame::Error {
+            code: ErrorCode::UNEXPECTED,
+            ..
+        }
+    ));
+    // Garbage closes the connection with BAD_FRAME.
+    let mut p = Pair::new(None, 5);
+    p.to_server.extend([1, 0, 0, 0, 77, 0]);
+    let got = p.drive(&mut Vec::new());
+    assert!(matches!(
+        &got[0],
+        Frame::Error {
+            code: ErrorCode::BAD_FRAME,
+            ..
+        }
+    ));
+    // Unknown region after a good handshake.
+    let mut p = Pair::new(None, 5);
+    p.client_send(&Frame::Hello(hello("c", None, None)));
+    p.client_send(&Frame::ReadBatch(ReadBatch {
+        id: 1,
+        reads: vec![WireRead {
+            region: RegionId(2),
+            offset: 0,
+            len: 1,
+        }],
+    }));
+    let got = p.drive(&mut Vec::new());
+    assert!(matches!(
+        &got[1],
+        Frame::Error {
+            code: ErrorCode::UNKNOWN_REGION,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn client_checks_welcome() {
+    let h = hello("c", None, Some("fp1"));
+    let w = Welcome {
+        version: PROTOCOL_VERSION,
+        node: "n".into(),
+        fingerprint: "other".into(),
+        regions: vec![],
+    };
+    assert!(matches!(
+        check_welcome(&h, Frame::Welcome(w.clone())),
+        Err(HandshakeError::Fingerprint { .. })
+    ));
+    assert!(matches!(
+        check_welcome(&h, Frame::Welcome(Welcome { version: 2, ..w })),
+        Err(HandshakeError::Version { .. })
+    ));
+    assert!(matches!(
+        check_welcome(&h, Frame::Health),
+        Err(HandshakeError::Unexpected("Health"))
+    ));
+}
