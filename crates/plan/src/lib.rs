@@ -13,6 +13,8 @@
 //!   rank `r` of `W` takes the `r`-th contiguous `B/W` of it
 //!   ([`Plan::rank_block`]). Every position resolves to a [`SequenceRef`]
 //!   (source, file, index, byte offset, length) in `O(1)`.
+//! * [`shapes_from_dataset`] / [`SourceShape::from_manifest`]: shapes of a
+//!   packed `seqfeed-format` dataset.
 //!
 //! ```
 //! use seqfeed_plan::{FileShape, Plan, PlanConfig, SourceShape};
@@ -47,6 +49,7 @@
 
 mod bijection;
 mod config;
+mod dataset;
 mod error;
 mod plan;
 mod quota;
@@ -54,6 +57,7 @@ mod shape;
 
 pub use bijection::{derive_key, mix64, Feistel, ROUNDS};
 pub use config::{MixingMode, PlanConfig, RunLength, SourceWeight};
+pub use dataset::shapes_from_dataset;
 pub use error::{PlanError, QuotaRow};
 pub use plan::{Plan, PlanFile, PlanSource, RankCursor, SequenceRef};
 pub use quota::largest_remainder;
