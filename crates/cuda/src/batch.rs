@@ -156,6 +156,22 @@ impl BounceSlot {
         Ok(self.pinned.as_mut_slice())
     }
 
+    /// Like [`BounceSlot::host_mut`] for callers that cannot return an
+    /// error (a `&mut [u8]` accessor): a failed wait is logged, and then
+    /// the device context is broken and later calls fail anyway.
+    pub fn host_mut_logged(&mut self) -> &mut [u8] {
+        if let Err(e) = self.wait() {
+            tracing::error!("waiting for a bounce copy before reuse: {e}");
+            self.in_flight = false;
+        }
+        self.pinned.as_mut_slice()
+    }
+
+    /// The staged bytes (host view of what was, or will be, copied).
+    pub fn host(&self) -> &[u8] {
+        self.pinned.as_slice()
+    }
+
     /// The pinned staging buffer (address and length for RDMA registration).
     pub fn pinned(&self) -> &PinnedBuffer {
         &self.pinned

@@ -63,6 +63,11 @@ impl Device {
 
     /// Opens the device named by `LOCAL_RANK` (0 when unset, with a log line).
     pub fn from_local_rank() -> Result<Device> {
+        if let CudaProbe::NotAvailable { reason } = probe() {
+            return Err(CudaError::NotAvailable {
+                reason: reason.clone(),
+            });
+        }
         match std::env::var(LOCAL_RANK_ENV) {
             Ok(v) => {
                 let index = parse_device_index(LOCAL_RANK_ENV, &v)?;
