@@ -17,6 +17,22 @@ pub trait HostBuffer: Send + 'static {
     fn bytes(&self) -> &[u8];
     /// The buffer's bytes, writable.
     fn bytes_mut(&mut self) -> &mut [u8];
+
+    /// Called by the reader thread once a step's first `len` bytes have
+    /// landed, before the batch is handed out. A device backend starts its
+    /// copy to device memory here (the seqfeed-cuda bounce path). Default:
+    /// nothing.
+    fn filled(&mut self, len: usize) -> Result<(), BoxError> {
+        let _ = len;
+        Ok(())
+    }
+
+    /// The backend's own buffer type, for backends that expose more than
+    /// bytes (e.g. a device pointer and copy event); see [`crate::Batch::buffer`].
+    /// Default: `None`.
+    fn backend(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// Produces step buffers.

@@ -108,6 +108,18 @@ pub enum LoaderError {
         #[source]
         source: BoxError,
     },
+    /// The step buffer's backend could not move a filled step to its
+    /// destination (e.g. the async copy to GPU memory failed to start).
+    #[error("step {step}: moving the step buffer to its destination with {allocator}: {source}")]
+    Destination {
+        /// The step.
+        step: u64,
+        /// Allocator name.
+        allocator: String,
+        /// Underlying error.
+        #[source]
+        source: BoxError,
+    },
     /// The background reader thread ended unexpectedly (it panicked).
     #[error("the loader's reader thread ended unexpectedly before step {step}")]
     ReaderGone {

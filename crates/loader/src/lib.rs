@@ -36,17 +36,21 @@
 pub mod alloc;
 pub mod block;
 pub mod cluster_reader;
+pub mod connect;
 mod dataset;
 mod error;
 mod loader;
 mod plan_source;
 #[cfg(test)]
 mod testutil;
+pub mod verify;
 
 pub use alloc::{BufferAllocator, HeapAllocator, HostBuffer};
 pub use block::{BlockSource, Dtype, SeqRead};
 pub use cluster_reader::{ClusterReader, Connector, NodeSpec, RetryPolicy, StepReadStats};
-pub use dataset::{dataset_files, source_shapes};
+pub use connect::{node_spec, Endpoint, TransportKind};
+pub use dataset::dataset_files;
 pub use error::{BoxError, LoaderError};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderStats, DEFAULT_PREFETCH};
 pub use plan_source::PlanSource;
+pub use verify::{Mismatch, Verifier};
