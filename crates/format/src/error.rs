@@ -192,9 +192,9 @@ pub enum FormatError {
         /// The field that differs.
         field: &'static str,
         /// Value in the manifest.
-        manifest_value: String,
+        manifest_value: Box<str>,
         /// Value in the file.
-        file_value: String,
+        file_value: Box<str>,
     },
     /// Two files of one source disagree on dtype or seq_len.
     #[error("{path}: {field} is {found} but the source's first file {first} has {expected}")]
@@ -206,9 +206,9 @@ pub enum FormatError {
         /// "dtype" or "seq_len" or "source name".
         field: &'static str,
         /// Value in the first file.
-        expected: String,
+        expected: Box<str>,
         /// Value in this file.
-        found: String,
+        found: Box<str>,
     },
     /// A token id does not fit the output dtype.
     #[error("{path}: token id {value} at {pos} does not fit the output dtype {dtype} (max {max})", max = dtype.max_id())]
@@ -218,7 +218,7 @@ pub enum FormatError {
         /// Where the token is.
         pos: TokenPos,
         /// The id found.
-        value: i128,
+        value: u64,
         /// The output dtype.
         dtype: Dtype,
     },
@@ -230,7 +230,7 @@ pub enum FormatError {
         /// Where the token is.
         pos: TokenPos,
         /// The id found.
-        value: i128,
+        value: i64,
     },
     /// A Megatron `.idx`/`.bin` pair is invalid.
     #[error("{path}: invalid Megatron index at offset {offset}: {reason}")]
@@ -305,3 +305,16 @@ impl FormatError {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = FormatError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_stays_small() {
+        // Results of this type are returned everywhere; keep it cheap to move.
+        assert!(
+            std::mem::size_of::<super::FormatError>() <= 112,
+            "{}",
+            std::mem::size_of::<super::FormatError>()
+        );
+    }
+}

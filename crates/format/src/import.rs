@@ -133,10 +133,12 @@ impl Input {
             },
             _ => match raw_dtype {
                 Some(d) => InputKind::Raw(d),
-                None => return Err(FormatError::InvalidOption(format!(
+                None => {
+                    return Err(FormatError::InvalidOption(format!(
                     "{}: cannot tell the input kind from the extension; give the raw token dtype",
                     path.display()
-                ))),
+                )))
+                }
             },
         };
         Ok(Input {
@@ -232,13 +234,13 @@ fn token_error(path: &Path, pos: TokenPos, value: i128, dtype: Dtype) -> FormatE
         FormatError::NegativeToken {
             path: path.to_path_buf(),
             pos,
-            value,
+            value: i64::try_from(value).unwrap_or(i64::MIN),
         }
     } else {
         FormatError::TokenOverflow {
             path: path.to_path_buf(),
             pos,
-            value,
+            value: u64::try_from(value).unwrap_or(u64::MAX),
             dtype,
         }
     }

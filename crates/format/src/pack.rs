@@ -227,7 +227,7 @@ impl Packer {
                     token: i as u64,
                     byte: i as u64 * 4,
                 },
-                value: i128::from(v),
+                value: u64::from(v),
                 dtype: self.dtype,
             });
         }

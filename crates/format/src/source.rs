@@ -189,8 +189,8 @@ impl Source {
                         path: f.path().to_path_buf(),
                         first: first.path().to_path_buf(),
                         field,
-                        expected,
-                        found,
+                        expected: expected.into(),
+                        found: found.into(),
                     };
                 if f.dtype() != first.dtype() {
                     return Err(mismatch(
@@ -220,8 +220,8 @@ impl Source {
                         manifest: manifest_path.clone(),
                         file: f.path().to_path_buf(),
                         field,
-                        manifest_value: m,
-                        file_value: v,
+                        manifest_value: m.into(),
+                        file_value: v.into(),
                     });
                 }
                 Ok(())
@@ -407,8 +407,7 @@ impl SourceWriter {
         let seq_bytes = seq_len
             .checked_mul(dtype.size() as u64)
             .ok_or_else(|| FormatError::InvalidOption(format!("seq_len {seq_len} too large")))?;
-        let per_seq = seq_bytes + if opts.crc { 4 } else { 0 };
-        let per_file = (opts.max_file_bytes.saturating_sub(PAGE + 8) / per_seq).max(1);
+        let per_file = sequences_per_file(opts.max_file_bytes, seq_bytes, opts.crc);
         let tmp = temp_sibling(&dir);
         std::fs::create_dir_all(&tmp).map_err(|e| FormatError::io("create directory", &tmp, e))?;
         Ok(SourceWriter {
@@ -540,6 +539,25 @@ impl Drop for SourceWriter {
             }
         }
     }
+}
+
+/// The most sequences of `seq_bytes` bytes that fit a file of at most
+/// `max_file_bytes` (header page, payload, CRC padding and table), at least 1.
+pub fn sequences_per_file(max_file_bytes: u64, seq_bytes: u64, crc: bool) -> u64 {
+    let len = |n: u64| {
+        let end = PAGE + n * seq_bytes;
+        if crc {
+            crate::seqfile::round_up(end, 8) + 4 * n
+        } else {
+            end
+        }
+    };
+    let per_seq = seq_bytes + if crc { 4 } else { 0 };
+    let mut n = max_file_bytes.saturating_sub(PAGE) / per_seq;
+    while n > 1 && len(n) > max_file_bytes {
+        n -= 1;
+    }
+    n.max(1)
 }
 
 /// Name of the `i`-th file of a source: `part-00000.seq`, ...
