@@ -1,11 +1,479 @@
-//! `seqfeed plan` (not yet built; see the open issue that covers it).
+//! `seqfeed plan`: build a training plan from a config and a dataset (or
+//! source shapes) and query it: `show` prints steps' per-rank blocks,
+//! `materialize` writes the explicit table of a step range, `stats` prints
+//! quotas, realized ratios and repetition counts, `pin` writes the config
+//! with each source's fingerprint recorded.
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Subcommand, ValueEnum};
+use seqfeed_plan::{shapes_from_dataset, Plan, PlanConfig, SequenceRef, ShapesFile, SourceShape};
 
 /// Flags of `seqfeed plan`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    command: PlanCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum PlanCommand {
+    /// Print the per-rank blocks of one or more steps.
+    Show(ShowArgs),
+    /// Write the explicit table of a step range to a file (TSV or binary).
+    Materialize(MaterializeArgs),
+    /// Print quotas, realized ratios, repetition counts and the first and last steps.
+    Stats(StatsArgs),
+    /// Write the config with every source's current fingerprint pinned.
+    Pin(PinArgs),
+}
+
+/// Where the plan comes from: a config plus a dataset or a shapes file.
+#[derive(clap::Args, Debug)]
+struct Input {
+    /// Plan config (TOML).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Dataset root (one subdirectory per packed source).
+    #[arg(long, required_unless_present = "shapes", conflicts_with = "shapes")]
+    dataset: Option<PathBuf>,
+    /// Source shapes (TOML `[[sources]]` with `[[sources.files]]`) instead of a dataset.
+    #[arg(long)]
+    shapes: Option<PathBuf>,
+}
+
+impl Input {
+    fn shapes(&self) -> anyhow::Result<Vec<SourceShape>> {
+        if let Some(root) = &self.dataset {
+            let ds = seqfeed_format::Dataset::open(root)
+                .with_context(|| format!("opening dataset {}", root.display()))?;
+            Ok(shapes_from_dataset(&ds)?)
+        } else if let Some(path) = &self.shapes {
+            Ok(ShapesFile::from_file(path)?.sources)
+        } else {
+            bail!("give --dataset or --shapes")
+        }
+    }
+
+    fn plan(&self) -> anyhow::Result<Plan> {
+        let config = PlanConfig::from_file(&self.config)?;
+        let t = Instant::now();
+        let plan = Plan::new(config, self.shapes()?)?;
+        tracing::info!(
+            fingerprint = plan.fingerprint(),
+            steps = plan.steps(),
+            elapsed_us = t.elapsed().as_micros() as u64,
+            "plan opened"
+        );
+        Ok(plan)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct ShowArgs {
+    #[command(flatten)]
+    input: Input,
+    /// First step to show.
+    #[arg(long, default_value_t = 0)]
+    step: u64,
+    /// Number of steps to show.
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    /// World size (ranks sharing each global batch).
+    #[arg(long, default_value_t = 1)]
+    world: u32,
+    /// Show only this rank's block (default: every rank).
+    #[arg(long)]
+    rank: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    /// Tab-separated text with a header line.
+    Tsv,
+    /// Little-endian 40-byte records: position u64, source u32, file u32,
+    /// index u64, offset u64, len u32, rank u32.
+    Bin,
+}
+
+#[derive(clap::Args, Debug)]
+struct MaterializeArgs {
+    #[command(flatten)]
+    input: Input,
+    /// First step (inclusive).
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Last step (exclusive; default: the end of the run).
+    #[arg(long)]
+    to: Option<u64>,
+    /// World size, for the rank column.
+    #[arg(long, default_value_t = 1)]
+    world: u32,
+    /// Output file (written to a temporary name, then renamed).
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Tsv)]
+    format: Format,
+}
+
+#[derive(clap::Args, Debug)]
+struct StatsArgs {
+    #[command(flatten)]
+    input: Input,
+    /// Also count every position's source over the whole run (or the first
+    /// N steps with --scan-steps) to confirm the realized counts.
+    #[arg(long)]
+    scan: bool,
+    /// Steps to scan with --scan (default: all).
+    #[arg(long)]
+    scan_steps: Option<u64>,
+}
+
+#[derive(clap::Args, Debug)]
+struct PinArgs {
+    /// Plan config (TOML).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Dataset root.
+    #[arg(long, required_unless_present = "shapes", conflicts_with = "shapes")]
+    dataset: Option<PathBuf>,
+    /// Source shapes file instead of a dataset.
+    #[arg(long)]
+    shapes: Option<PathBuf>,
+    /// Output config (written to a temporary name, then renamed).
+    #[arg(long, short)]
+    out: PathBuf,
+}
 
 /// Runs `seqfeed plan`.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("'seqfeed plan' is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        PlanCommand::Show(a) => show(a),
+        PlanCommand::Materialize(a) => materialize(a),
+        PlanCommand::Stats(a) => stats(a),
+        PlanCommand::Pin(a) => pin(a),
+    }
+}
+
+fn header(plan: &Plan) {
+    println!("plan {}", plan.fingerprint());
+    println!(
+        "mode {}  global batch {}  steps {}  sequences {} (asked {})  seq_len {} x {} B",
+        plan.mode(),
+        plan.global_batch(),
+        plan.steps(),
+        plan.total_sequences(),
+        plan.requested_sequences(),
+        plan.seq_len(),
+        plan.token_bytes()
+    );
+}
+
+fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
+    let plan = a.input.plan()?;
+    // Check the step and the world before printing anything.
+    plan.rank_range(a.step, a.rank.unwrap_or(0), a.world)?;
+    header(&plan);
+    let ranks: Vec<u32> = match a.rank {
+        Some(r) => vec![r],
+        None => (0..a.world).collect(),
+    };
+    let end = a.step.saturating_add(a.count.max(1)).min(plan.steps());
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut block = Vec::new();
+    for step in a.step..end {
+        for &rank in &ranks {
+            plan.rank_block_into(step, rank, a.world, &mut block)?;
+            let range = plan.rank_range(step, rank, a.world)?;
+            writeln!(
+                out,
+                "step {step} rank {rank}/{} positions [{}, {})",
+                a.world, range.start, range.end
+            )?;
+            writeln!(out, "  position\tsource\tfile\tindex\toffset\tlen")?;
+            for r in &block {
+                writeln!(
+                    out,
+                    "  {}\t{}\t{}\t{}\t{}\t{}",
+                    r.position,
+                    plan.sources()[r.source as usize].name,
+                    plan.file_path(r.source, r.file),
+                    r.index,
+                    r.offset,
+                    r.len
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} steps ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn temp_name(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plan".into());
+    out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn write_record(
+    w: &mut impl Write,
+    plan: &Plan,
+    format: Format,
+    step: u64,
+    rank: u32,
+    r: &SequenceRef,
+) -> std::io::Result<()> {
+    match format {
+        Format::Tsv => writeln!(
+            w,
+            "{step}\t{rank}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            r.position,
+            r.source,
+            plan.sources()[r.source as usize].name,
+            r.file,
+            plan.file_path(r.source, r.file),
+            r.index,
+            r.offset,
+            r.len
+        ),
+        Format::Bin => {
+            let mut b = [0u8; 40];
+            b[0..8].copy_from_slice(&r.position.to_le_bytes());
+            b[8..12].copy_from_slice(&r.source.to_le_bytes());
+            b[12..16].copy_from_slice(&r.file.to_le_bytes());
+            b[16..24].copy_from_slice(&r.index.to_le_bytes());
+            b[24..32].copy_from_slice(&r.offset.to_le_bytes());
+            b[32..36].copy_from_slice(&r.len.to_le_bytes());
+            b[36..40].copy_from_slice(&rank.to_le_bytes());
+            w.write_all(&b)
+        }
+    }
+}
+
+fn materialize(a: MaterializeArgs) -> anyhow::Result<ExitCode> {
+    let plan = a.input.plan()?;
+    let to = a.to.unwrap_or(plan.steps());
+    if a.from >= to || to > plan.steps() {
+        bail!(
+            "step range [{}, {to}) is empty or past the end of the run ({} steps)",
+            a.from,
+            plan.steps()
+        );
+    }
+    // Validate the world before creating any file.
+    plan.rank_range(a.from, 0, a.world)?;
+    let tmp = temp_name(&a.out);
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let result = (|| -> anyhow::Result<u64> {
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        if let Format::Tsv = a.format {
+            writeln!(w, "# seqfeed plan {}", plan.fingerprint())?;
+            writeln!(
+                w,
+                "step\trank\tposition\tsource\tsource_name\tfile\tpath\tindex\toffset\tlen"
+            )?;
+        }
+        let bar = progress(to - a.from, "materializing");
+        let mut block = Vec::new();
+        let mut rows = 0u64;
+        for step in a.from..to {
+            for rank in 0..a.world {
+                plan.rank_block_into(step, rank, a.world, &mut block)?;
+                for r in &block {
+                    write_record(&mut w, &plan, a.format, step, rank, r)?;
+                }
+                rows += block.len() as u64;
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(rows)
+    })();
+    match result {
+        Ok(rows) => {
+            std::fs::rename(&tmp, &a.out)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), a.out.display()))?;
+            println!(
+                "wrote {rows} sequences of steps [{}, {to}) for {} ranks to {}",
+                a.from,
+                a.world,
+                a.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e.context(format!("writing {}", a.out.display())))
+        }
+    }
+}
+
+fn step_summary(plan: &Plan, step: u64) -> anyhow::Result<String> {
+    let block = plan.step_block(step)?;
+    let mut counts = vec![0u64; plan.sources().len()];
+    for r in &block {
+        counts[r.source as usize] += 1;
+    }
+    let parts: Vec<String> = plan
+        .sources()
+        .iter()
+        .zip(&counts)
+        .map(|(s, c)| format!("{} {}", s.name, c))
+        .collect();
+    let first: Vec<String> = block
+        .iter()
+        .take(4)
+        .map(|r| {
+            format!(
+                "{}:{}#{}",
+                plan.sources()[r.source as usize].name,
+                r.file,
+                r.index
+            )
+        })
+        .collect();
+    Ok(format!(
+        "{}  (first: {} ...)",
+        parts.join(", "),
+        first.join(" ")
+    ))
+}
+
+fn stats(a: StatsArgs) -> anyhow::Result<ExitCode> {
+    let plan = a.input.plan()?;
+    header(&plan);
+    let total = plan.total_sequences();
+    let wsum: f64 = plan.sources().iter().map(|s| s.weight).sum();
+    println!(
+        "{:<20} {:>8} {:>10} {:>10} {:>14} {:>14} {:>9} {:>7} {:>14} {:>7}",
+        "source",
+        "weight",
+        "target",
+        "realized",
+        "quota",
+        "size",
+        "epochs",
+        "repeats",
+        "at max",
+        "limit"
+    );
+    for s in plan.sources() {
+        println!(
+            "{:<20} {:>8.4} {:>10.6} {:>10.6} {:>14} {:>14} {:>9.4} {:>7} {:>14} {:>7}",
+            s.name,
+            s.weight,
+            s.weight / wsum,
+            s.quota as f64 / total as f64,
+            s.quota,
+            s.size,
+            s.epochs(),
+            s.max_repeats(),
+            s.sequences_at_max_repeats(),
+            s.max_epochs
+        );
+        if let Some(b) = s.per_batch {
+            println!("{:<20} {b} per global batch", "");
+        }
+    }
+    println!("step 0: {}", step_summary(&plan, 0)?);
+    let last = plan.steps() - 1;
+    println!("step {last}: {}", step_summary(&plan, last)?);
+    if a.scan {
+        let steps = a.scan_steps.unwrap_or(plan.steps()).min(plan.steps());
+        let bar = progress(steps, "scanning");
+        let t = Instant::now();
+        let mut counts = vec![0u64; plan.sources().len()];
+        let b = plan.global_batch();
+        for step in 0..steps {
+            for (i, c) in plan
+                .count_sources(step * b..(step + 1) * b)
+                .into_iter()
+                .enumerate()
+            {
+                counts[i] += c;
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let secs = t.elapsed().as_secs_f64();
+        let n = steps * b;
+        println!(
+            "scanned {n} positions in {secs:.2} s ({:.1} M/s)",
+            n as f64 / secs.max(1e-9) / 1e6
+        );
+        for (s, c) in plan.sources().iter().zip(&counts) {
+            let verdict = if steps == plan.steps() {
+                if *c == s.quota {
+                    "= quota"
+                } else {
+                    "!= quota"
+                }
+            } else {
+                ""
+            };
+            println!(
+                "  {:<20} {:>14} ({:.6}) {verdict}",
+                s.name,
+                c,
+                *c as f64 / n.max(1) as f64
+            );
+        }
+        if steps == plan.steps()
+            && plan
+                .sources()
+                .iter()
+                .zip(&counts)
+                .any(|(s, c)| *c != s.quota)
+        {
+            bail!("realized counts differ from the quotas");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pin(a: PinArgs) -> anyhow::Result<ExitCode> {
+    let input = Input {
+        config: a.config.clone(),
+        dataset: a.dataset,
+        shapes: a.shapes,
+    };
+    let shapes = input.shapes()?;
+    let mut config = PlanConfig::from_file(&a.config)?;
+    config.pin(&shapes)?;
+    // The pinned config must still make a plan.
+    let plan = Plan::new(config.clone(), shapes)?;
+    let text = config.to_toml_string()?;
+    let tmp = temp_name(&a.out);
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), a.out.display()))?;
+    println!(
+        "pinned {} sources (plan {}) to {}",
+        plan.sources().len(),
+        plan.fingerprint(),
+        a.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
