@@ -110,12 +110,10 @@ pub enum LoaderError {
     },
     /// The step buffer's backend could not move a filled step to its
     /// destination (e.g. the async copy to GPU memory failed to start).
-    #[error("step {step}: moving the step buffer to its destination with {allocator}: {source}")]
+    #[error("step {step}: moving the step buffer to its destination: {source}")]
     Destination {
         /// The step.
         step: u64,
-        /// Allocator name.
-        allocator: String,
         /// Underlying error.
         #[source]
         source: BoxError,

@@ -259,6 +259,12 @@ impl Batch {
     pub fn read_stats(&self) -> StepReadStats {
         self.stats
     }
+
+    /// The step buffer, for backends that expose more than bytes (see
+    /// [`HostBuffer::backend`]; e.g. seqfeed-cuda's device batch).
+    pub fn buffer(&self) -> Option<&dyn HostBuffer> {
+        self.buf.as_deref()
+    }
 }
 
 impl Drop for Batch {
@@ -544,6 +550,12 @@ fn reader_loop(a: ReaderArgs<'_>) {
             .and_then(|()| {
                 a.reader
                     .read_step(step, &rows, a.row_bytes, buf.bytes_mut())
+            })
+            .and_then(|stats| {
+                // Let a device backend start moving the step (e.g. H2D copy).
+                buf.filled(rows.len() * a.row_bytes)
+                    .map(|()| stats)
+                    .map_err(|source| LoaderError::Destination { step, source })
             });
         let msg = result.map(|stats| Filled {
             step,
