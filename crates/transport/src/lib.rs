@@ -25,12 +25,14 @@
 pub mod local;
 mod mmap;
 pub mod regions;
+pub mod tcp;
 
 pub use local::LocalTransport;
 pub use regions::{MappedRegion, RegionError, RegionTable};
 /// Region ids and table entries are defined with the wire protocol that
 /// carries them.
 pub use seqfeed_wire::{RegionId, RegionInfo};
+pub use tcp::{ConnectOptions, ControlClient, TcpTransport};
 
 /// One one-sided read: `len` bytes at `offset` of `region` into
 /// `dst_offset` of the destination buffer.
@@ -118,6 +120,15 @@ pub enum TransportError {
         node: String,
         /// Description.
         what: String,
+    },
+    /// The node refused the session (wrong shared secret, dataset
+    /// fingerprint or protocol version).
+    #[error("node {node} refused the connection: {reason}")]
+    Refused {
+        /// Node address or name.
+        node: String,
+        /// The node's reason.
+        reason: String,
     },
     /// A backend-specific failure (e.g. an RDMA work completion error).
     #[error("node {node}: {backend}: {what}")]

@@ -1,0 +1,239 @@
+//! The seqfeed storage node.
+//!
+//! A node maps its sequence files ([`seqfeed_transport::RegionTable`]: one
+//! read-only region per file, ids in sorted path order) and runs a tokio
+//! control and data service speaking the [`seqfeed_wire`] protocol:
+//! versioned handshake, dataset fingerprint check, optional shared secret,
+//! region table, health and per-client counters, and batched reads answered
+//! straight from the mapping with vectored writes (no copy into a buffer).
+//! A bad frame closes only its connection; the node keeps serving others.
+//!
+//! RDMA connection setup ([`seqfeed_wire::VerbsConnect`]) is delegated to a
+//! [`VerbsAcceptor`] built by the [`VerbsFactory`] in [`NodeConfig::verbs`];
+//! without one the node answers "verbs not enabled on this node".
+//!
+//! ```no_run
+//! use seqfeed_node::{Node, NodeConfig};
+//! let cfg = NodeConfig::new("/data/ds", "127.0.0.1:0".parse().unwrap());
+//! let node = Node::start(cfg).unwrap();
+//! println!("serving on {}", node.local_addr());
+//! node.shutdown();
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod service;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use seqfeed_transport::{RegionError, RegionTable};
+use seqfeed_wire::{ClientCounters, Limits, NodeCounters, VerbsAccept, VerbsConnect};
+
+pub use service::NodeHandle;
+
+/// Answers RDMA queue-pair connect requests for a node (implemented by the
+/// verbs backend).
+pub trait VerbsAcceptor: Send + Sync {
+    /// Connects the node's side of the client's queue pairs and returns the
+    /// node's endpoints with every region's address and rkey, or a message
+    /// the client sees as an error. `client` is the client's name from its
+    /// Hello. Called on a blocking thread.
+    fn accept(&self, client: &str, req: &VerbsConnect) -> Result<VerbsAccept, String>;
+}
+
+/// Builds a node's [`VerbsAcceptor`] from its mapped regions (called once
+/// at start; an error aborts the start).
+pub type VerbsFactory =
+    Arc<dyn Fn(&Arc<RegionTable>) -> Result<Arc<dyn VerbsAcceptor>, String> + Send + Sync>;
+
+/// How to run a storage node.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// Dataset root (a directory of sources).
+    pub dataset_root: PathBuf,
+    /// Dataset-relative sequence files this node serves; `None` serves
+    /// every file of the dataset.
+    pub files: Option<Vec<String>>,
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Shared secret clients must present, if any.
+    pub secret: Option<String>,
+    /// Node name in the handshake and logs.
+    pub node_name: String,
+    /// Dataset fingerprint to publish. `None` (the default) reads the
+    /// dataset's manifests; `Some` serves the files without opening the
+    /// dataset (for plain files outside a dataset).
+    pub fingerprint: Option<String>,
+    /// Tokio worker threads (default 4).
+    pub worker_threads: usize,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// A connection idle this long (no complete request) is closed.
+    pub idle_timeout: Duration,
+    /// RDMA connection setup; `None` answers verbs requests with an error.
+    pub verbs: Option<VerbsFactory>,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("dataset_root", &self.dataset_root)
+            .field("files", &self.files.as_ref().map(Vec::len))
+            .field("listen", &self.listen)
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("node_name", &self.node_name)
+            .field("fingerprint", &self.fingerprint)
+            .field("worker_threads", &self.worker_threads)
+            .field("limits", &self.limits)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("verbs", &self.verbs.is_some())
+            .finish()
+    }
+}
+
+impl NodeConfig {
+    /// Serves every file of the dataset at `dataset_root` on `listen`, no
+    /// secret, named after the listen address.
+    pub fn new(dataset_root: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        NodeConfig {
+            dataset_root: dataset_root.into(),
+            files: None,
+            listen,
+            secret: None,
+            node_name: format!("node@{listen}"),
+            fingerprint: None,
+            worker_threads: 4,
+            limits: Limits::DEFAULT,
+            idle_timeout: Duration::from_secs(600),
+            verbs: None,
+        }
+    }
+}
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The dataset could not be opened.
+    #[error("node {node}: opening dataset {}: {source}", root.display())]
+    Dataset {
+        /// Node name.
+        node: String,
+        /// Dataset root.
+        root: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: Box<seqfeed_format::FormatError>,
+    },
+    /// A listed file is not part of the dataset.
+    #[error("node {node}: file {file:?} is not part of the dataset at {}", root.display())]
+    NotInDataset {
+        /// Node name.
+        node: String,
+        /// Dataset root.
+        root: PathBuf,
+        /// The file.
+        file: String,
+    },
+    /// Mapping the files failed.
+    #[error("node {node}: {source}")]
+    Regions {
+        /// Node name.
+        node: String,
+        /// Underlying error.
+        #[source]
+        source: RegionError,
+    },
+    /// Binding the listen address or starting the runtime failed.
+    #[error("node {node}: {what} {addr}: {source}")]
+    Io {
+        /// Node name.
+        node: String,
+        /// What was being done.
+        what: &'static str,
+        /// Listen address.
+        addr: SocketAddr,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The verbs factory failed.
+    #[error("node {node}: enabling verbs: {what}")]
+    Verbs {
+        /// Node name.
+        node: String,
+        /// The factory's message.
+        what: String,
+    },
+}
+
+/// Entry point: [`Node::start`].
+#[derive(Debug)]
+pub struct Node;
+
+impl Node {
+    /// Opens the dataset, maps the files, binds the listener and starts the
+    /// service on its own tokio runtime. Returns once the node accepts
+    /// connections.
+    pub fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+        let node = config.node_name.clone();
+        let (fingerprint, files) = match &config.fingerprint {
+            Some(fp) => {
+                let files = match &config.files {
+                    Some(f) => f.clone(),
+                    None => seqfeed_transport::regions::list_sequence_files(&config.dataset_root)
+                        .map_err(|source| NodeError::Regions {
+                        node: node.clone(),
+                        source,
+                    })?,
+                };
+                (fp.clone(), files)
+            }
+            None => {
+                let ds = seqfeed_format::Dataset::open(&config.dataset_root).map_err(|source| {
+                    NodeError::Dataset {
+                        node: node.clone(),
+                        root: config.dataset_root.clone(),
+                        source: Box::new(source),
+                    }
+                })?;
+                let all: Vec<String> = ds.all_files().into_iter().map(|(_, _, p)| p).collect();
+                let files = match &config.files {
+                    None => all,
+                    Some(listed) => {
+                        let known: std::collections::HashSet<&str> =
+                            all.iter().map(String::as_str).collect();
+                        if let Some(f) = listed.iter().find(|f| !known.contains(f.as_str())) {
+                            return Err(NodeError::NotInDataset {
+                                node,
+                                root: config.dataset_root.clone(),
+                                file: f.clone(),
+                            });
+                        }
+                        listed.clone()
+                    }
+                };
+                (ds.fingerprint().to_owned(), files)
+            }
+        };
+        let table = RegionTable::open(&config.dataset_root, &files).map_err(|source| {
+            NodeError::Regions {
+                node: node.clone(),
+                source,
+            }
+        })?;
+        service::start(config, fingerprint, Arc::new(table))
+    }
+}
+
+/// A snapshot of a node's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Node-wide counters.
+    pub node: NodeCounters,
+    /// Every open client connection.
+    pub clients: Vec<ClientCounters>,
+}

@@ -1,0 +1,499 @@
+//! The tokio driver: accepts connections and runs each one's
+//! [`ServerConn`] state machine, doing the I/O its actions ask for.
+
+use std::collections::BTreeMap;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use seqfeed_transport::{RegionInfo, RegionTable};
+use seqfeed_wire::{
+    ClientCounters, ErrorCode, Frame, HealthOk, NodeCounters, ServerAction, ServerConn,
+    ServerPolicy, StatsOk,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::{NodeConfig, NodeError, NodeStats, VerbsAcceptor};
+
+/// Most slices handed to one `writev` call (Linux `IOV_MAX` is 1024).
+const MAX_IOV: usize = 1024;
+
+#[derive(Default)]
+struct Counters {
+    connections_total: AtomicU64,
+    connections_open: AtomicU64,
+    refused: AtomicU64,
+    batches: AtomicU64,
+    reads: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct ClientEntry {
+    name: Mutex<String>,
+    peer: String,
+    batches: AtomicU64,
+    reads: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl ClientEntry {
+    fn snapshot(&self) -> ClientCounters {
+        ClientCounters {
+            client: self.name.lock().map(|n| n.clone()).unwrap_or_default(),
+            peer: self.peer.clone(),
+            batches: self.batches.load(Relaxed),
+            reads: self.reads.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+        }
+    }
+}
+
+struct Shared {
+    node: String,
+    policy: Arc<ServerPolicy>,
+    table: Arc<RegionTable>,
+    started: Instant,
+    counters: Counters,
+    clients: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
+    next_conn: AtomicU64,
+    verbs: Option<Arc<dyn VerbsAcceptor>>,
+    idle_timeout: Duration,
+}
+
+impl Shared {
+    fn node_counters(&self) -> NodeCounters {
+        let c = &self.counters;
+        NodeCounters {
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            connections_total: c.connections_total.load(Relaxed),
+            connections_open: c.connections_open.load(Relaxed),
+            refused: c.refused.load(Relaxed),
+            batches: c.batches.load(Relaxed),
+            reads: c.reads.load(Relaxed),
+            bytes: c.bytes.load(Relaxed),
+            errors: c.errors.load(Relaxed),
+        }
+    }
+
+    fn clients(&self) -> Vec<ClientCounters> {
+        match self.clients.lock() {
+            Ok(m) => m.values().map(|e| e.snapshot()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// A running node. Dropping it (or [`NodeHandle::shutdown`]) stops the
+/// service and closes every connection.
+pub struct NodeHandle {
+    local_addr: SocketAddr,
+    fingerprint: String,
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("node", &self.shared.node)
+            .field("local_addr", &self.local_addr)
+            .field("regions", &self.shared.table.len())
+            .finish()
+    }
+}
+
+impl NodeHandle {
+    /// The address the node listens on (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// The dataset fingerprint the node publishes.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The published region table.
+    pub fn regions(&self) -> &[RegionInfo] {
+        self.shared.table.infos()
+    }
+
+    /// The mapped regions.
+    pub fn table(&self) -> &Arc<RegionTable> {
+        &self.shared.table
+    }
+
+    /// Current counters, node-wide and per open connection.
+    pub fn stats(&self) -> NodeStats {
+        NodeStats {
+            node: self.shared.node_counters(),
+            clients: self.shared.clients(),
+        }
+    }
+
+    /// Blocks until SIGINT or SIGTERM arrives and returns its name. The
+    /// service keeps running; call [`NodeHandle::shutdown`] afterwards.
+    pub fn wait_for_signal(&self) -> std::io::Result<&'static str> {
+        let Some(rt) = &self.runtime else {
+            return Ok("shutdown");
+        };
+        rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT"),
+                _ = term.recv() => Ok("SIGTERM"),
+            }
+        })
+    }
+
+    /// Stops accepting, closes every connection and stops the runtime
+    /// (waiting at most two seconds for in-flight writes).
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            let _ = self.shutdown_tx.send(true);
+            rt.shutdown_timeout(Duration::from_secs(2));
+            tracing::info!(node = %self.shared.node, "node stopped");
+        }
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub(crate) fn start(
+    config: NodeConfig,
+    fingerprint: String,
+    table: Arc<RegionTable>,
+) -> Result<NodeHandle, NodeError> {
+    let node = config.node_name.clone();
+    let io_err = |what, source| NodeError::Io {
+        node: node.clone(),
+        what,
+        addr: config.listen,
+        source,
+    };
+    let verbs = match &config.verbs {
+        None => None,
+        Some(factory) => Some(factory(&table).map_err(|what| NodeError::Verbs {
+            node: node.clone(),
+            what,
+        })?),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads.max(1))
+        .thread_name("seqfeed-node")
+        .enable_all()
+        .build()
+        .map_err(|e| io_err("starting the runtime for", e))?;
+    let std_listener =
+        std::net::TcpListener::bind(config.listen).map_err(|e| io_err("binding", e))?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| io_err("configuring", e))?;
+    let local_addr = std_listener
+        .local_addr()
+        .map_err(|e| io_err("reading the address of", e))?;
+    let listener = {
+        let _guard = runtime.enter();
+        tokio::net::TcpListener::from_std(std_listener).map_err(|e| io_err("registering", e))?
+    };
+    let policy = Arc::new(ServerPolicy {
+        node: node.clone(),
+        fingerprint: fingerprint.clone(),
+        secret: config.secret.clone(),
+        regions: table.infos().to_vec(),
+        limits: config.limits,
+    });
+    let shared = Arc::new(Shared {
+        node: node.clone(),
+        policy,
+        table,
+        started: Instant::now(),
+        counters: Counters::default(),
+        clients: Mutex::new(BTreeMap::new()),
+        next_conn: AtomicU64::new(0),
+        verbs,
+        idle_timeout: config.idle_timeout,
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    runtime.spawn(accept_loop(listener, Arc::clone(&shared), shutdown_rx));
+    tracing::info!(
+        node = %node,
+        addr = %local_addr,
+        regions = shared.table.len(),
+        fingerprint = %fingerprint,
+        secret = config.secret.is_some(),
+        verbs = shared.verbs.is_some(),
+        "node serving"
+    );
+    Ok(NodeHandle {
+        local_addr,
+        fingerprint,
+        shared,
+        shutdown_tx,
+        runtime: Some(runtime),
+    })
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    tokio::spawn(connection(stream, peer, Arc::clone(&shared), shutdown.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(node = %shared.node, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+enum End {
+    /// The client closed or the node shuts down.
+    Normal,
+    /// The handshake was refused.
+    Refused(String),
+    /// A protocol or I/O error.
+    Error(String),
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let id = shared.next_conn.fetch_add(1, Relaxed);
+    let entry = Arc::new(ClientEntry {
+        name: Mutex::new(String::new()),
+        peer: peer.to_string(),
+        batches: AtomicU64::new(0),
+        reads: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+    });
+    shared.counters.connections_total.fetch_add(1, Relaxed);
+    shared.counters.connections_open.fetch_add(1, Relaxed);
+    if let Ok(mut m) = shared.clients.lock() {
+        m.insert(id, Arc::clone(&entry));
+    }
+    tracing::debug!(node = %shared.node, %peer, "connection opened");
+    let end = drive(&mut stream, &shared, &entry, shutdown).await;
+    let client = entry.name.lock().map(|n| n.clone()).unwrap_or_default();
+    match end {
+        End::Normal => tracing::debug!(node = %shared.node, %peer, %client, "connection closed"),
+        End::Refused(why) => {
+            shared.counters.refused.fetch_add(1, Relaxed);
+            tracing::warn!(node = %shared.node, %peer, "handshake refused: {why}");
+        }
+        End::Error(why) => {
+            shared.counters.errors.fetch_add(1, Relaxed);
+            tracing::warn!(node = %shared.node, %peer, %client, "closing connection: {why}");
+        }
+    }
+    if let Ok(mut m) = shared.clients.lock() {
+        m.remove(&id);
+    }
+    shared.counters.connections_open.fetch_sub(1, Relaxed);
+}
+
+async fn drive(
+    stream: &mut TcpStream,
+    shared: &Arc<Shared>,
+    entry: &Arc<ClientEntry>,
+    mut shutdown: watch::Receiver<bool>,
+) -> End {
+    let mut conn = ServerConn::new(Arc::clone(&shared.policy));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(action) = conn.poll() {
+            let r = match action {
+                ServerAction::Send(f) => {
+                    if let (Frame::Welcome(_), Some(c)) = (&f, conn.client()) {
+                        if let Ok(mut n) = entry.name.lock() {
+                            *n = c.to_owned();
+                        }
+                        tracing::debug!(node = %shared.node, client = c, "handshake accepted");
+                    }
+                    stream.write_all(&f.to_bytes()).await
+                }
+                ServerAction::ServeReads { batch, total } => {
+                    match serve_reads(stream, shared, &batch, total).await {
+                        Ok(()) => {
+                            let n = batch.reads.len() as u64;
+                            for (c, v) in [
+                                (&shared.counters.batches, 1),
+                                (&shared.counters.reads, n),
+                                (&shared.counters.bytes, total),
+                                (&entry.batches, 1),
+                                (&entry.reads, n),
+                                (&entry.bytes, total),
+                            ] {
+                                c.fetch_add(v, Relaxed);
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                ServerAction::Health => {
+                    let f = Frame::HealthOk(HealthOk {
+                        node: shared.node_counters(),
+                        you: entry.snapshot(),
+                    });
+                    stream.write_all(&f.to_bytes()).await
+                }
+                ServerAction::Stats => {
+                    let mut clients = shared.clients();
+                    clients.truncate(seqfeed_wire::MAX_CLIENTS);
+                    let f = Frame::StatsOk(StatsOk {
+                        node: shared.node_counters(),
+                        clients,
+                    });
+                    stream.write_all(&f.to_bytes()).await
+                }
+                ServerAction::VerbsConnect(req) => {
+                    let f = verbs_connect(shared, conn.client().unwrap_or(""), req).await;
+                    stream.write_all(&f.to_bytes()).await
+                }
+                ServerAction::Close { frame, reason } => {
+                    let refused = matches!(frame, Some(Frame::Refused { .. }));
+                    if let Some(f) = frame {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            stream.write_all(&f.to_bytes()),
+                        )
+                        .await;
+                    }
+                    linger_close(stream).await;
+                    return if refused {
+                        End::Refused(reason)
+                    } else {
+                        End::Error(reason)
+                    };
+                }
+            };
+            if let Err(e) = r {
+                return End::Error(format!("write failed: {e}"));
+            }
+        }
+        let read = tokio::select! {
+            r = tokio::time::timeout(shared.idle_timeout, stream.read(&mut buf)) => r,
+            _ = shutdown.changed() => return End::Normal,
+        };
+        match read {
+            Err(_) => {
+                return End::Error(format!(
+                    "idle for {:?} with no complete request",
+                    shared.idle_timeout
+                ))
+            }
+            Ok(Ok(0)) => return End::Normal,
+            Ok(Ok(n)) => conn.feed(&buf[..n]),
+            Ok(Err(e)) => return End::Error(format!("read failed: {e}")),
+        }
+    }
+}
+
+/// Half-closes the socket after a final frame and drains what the peer
+/// still sends (briefly), so the final frame is not lost to a reset.
+async fn linger_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+async fn verbs_connect(
+    shared: &Arc<Shared>,
+    client: &str,
+    req: seqfeed_wire::VerbsConnect,
+) -> Frame {
+    let Some(acceptor) = shared.verbs.clone() else {
+        return Frame::Error {
+            code: ErrorCode::NOT_SUPPORTED,
+            message: format!("verbs not enabled on node {}", shared.node),
+        };
+    };
+    let client = client.to_owned();
+    let node = shared.node.clone();
+    match tokio::task::spawn_blocking(move || acceptor.accept(&client, &req)).await {
+        Ok(Ok(accept)) => Frame::VerbsAccept(accept),
+        Ok(Err(message)) => Frame::Error {
+            code: ErrorCode::INTERNAL,
+            message: format!("node {node}: verbs connect failed: {message}"),
+        },
+        Err(e) => Frame::Error {
+            code: ErrorCode::INTERNAL,
+            message: format!("node {node}: verbs connect task failed: {e}"),
+        },
+    }
+}
+
+/// Writes the `ReadData` header and every read's bytes straight from the
+/// mapping with vectored writes.
+async fn serve_reads(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    batch: &seqfeed_wire::ReadBatch,
+    total: u64,
+) -> std::io::Result<()> {
+    let header = Frame::ReadData {
+        id: batch.id,
+        total,
+    }
+    .to_bytes();
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.reads.len() + 1);
+    slices.push(IoSlice::new(&header));
+    for r in &batch.reads {
+        let src = shared
+            .table
+            .slice(&shared.node, r.region, r.offset, r.len)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        if !src.is_empty() {
+            slices.push(IoSlice::new(src));
+        }
+    }
+    let mut rest: &mut [IoSlice<'_>] = &mut slices;
+    while !rest.is_empty() {
+        let end = rest.len().min(MAX_IOV);
+        let n = stream.write_vectored(&rest[..end]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
+}

@@ -1,0 +1,609 @@
+//! The `tcp` backend: one-sided reads emulated over TCP.
+//!
+//! [`TcpTransport::connect`] opens [`ConnectOptions::connections`] TCP
+//! connections to one node (each with its own handshake). A batch is split
+//! into contiguous runs of destination ranges, one run per connection, and
+//! each connection sends one [`ReadBatch`] frame per run (more when a run
+//! exceeds the protocol limits) and receives the payload with vectored reads
+//! straight into the destination slices: no intermediate buffer. Every
+//! socket has read and write timeouts, so a dead node is an error, never a
+//! hang.
+//!
+//! [`ControlClient`] is the reusable blocking client of the control
+//! protocol (connect with retries, handshake, one request/one response);
+//! the verbs backend uses it to send [`seqfeed_wire::VerbsConnect`].
+
+use std::io::{IoSliceMut, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use seqfeed_wire::{
+    check_welcome, decode_body, decode_header, hello, Frame, HealthOk, Limits, ReadBatch, StatsOk,
+    Welcome, WireRead, HEADER_LEN,
+};
+
+use crate::{BatchStats, ReadRequest, RegionInfo, Transport, TransportError};
+
+/// Largest piece of one read sent as one wire read (bigger reads are split).
+const MAX_PIECE: usize = 16 << 20;
+
+/// Below this many bytes per connection a batch uses fewer connections
+/// (a thread hand-off costs more than it saves).
+const MIN_BYTES_PER_CONNECTION: u64 = 256 << 10;
+
+/// Most slices handed to one `readv`.
+const MAX_IOV: usize = 1024;
+
+/// How to connect to a node.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Client name shown in the node's logs and counters.
+    pub client_name: String,
+    /// Shared secret, when the node requires one.
+    pub secret: Option<String>,
+    /// Dataset fingerprint the node must serve (`None` accepts any).
+    pub expected_fingerprint: Option<String>,
+    /// Parallel TCP connections per node (default 4).
+    pub connections: usize,
+    /// Timeout of one TCP connect attempt (default 2 s).
+    pub connect_timeout: Duration,
+    /// Read/write timeout of every socket operation (default 10 s).
+    pub io_timeout: Duration,
+    /// Connect attempts after the first one fails (default 4).
+    pub retries: u32,
+    /// Wait before the first retry; doubled after each, capped at 2 s
+    /// (default 100 ms).
+    pub backoff: Duration,
+    /// Protocol limits (must not exceed the node's).
+    pub limits: Limits,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            client_name: format!("seqfeed-client/{}", std::process::id()),
+            secret: None,
+            expected_fingerprint: None,
+            connections: 4,
+            connect_timeout: Duration::from_secs(2),
+            io_timeout: Duration::from_secs(10),
+            retries: 4,
+            backoff: Duration::from_millis(100),
+            limits: Limits::DEFAULT,
+        }
+    }
+}
+
+/// A blocking connection to a node's control service, after a successful
+/// handshake.
+///
+/// ```no_run
+/// use seqfeed_transport::tcp::{ConnectOptions, ControlClient};
+/// let mut c = ControlClient::connect("127.0.0.1:7000", &ConnectOptions::default()).unwrap();
+/// println!("{} regions", c.welcome().regions.len());
+/// let health = c.health().unwrap();
+/// println!("{} bytes served", health.node.bytes);
+/// ```
+#[derive(Debug)]
+pub struct ControlClient {
+    stream: TcpStream,
+    node: String,
+    welcome: Welcome,
+    limits: Limits,
+}
+
+fn io_err(node: &str, what: impl Into<String>, source: std::io::Error) -> TransportError {
+    TransportError::Io {
+        node: node.to_owned(),
+        what: what.into(),
+        source,
+    }
+}
+
+fn proto(node: &str, what: impl Into<String>) -> TransportError {
+    TransportError::Protocol {
+        node: node.to_owned(),
+        what: what.into(),
+    }
+}
+
+impl ControlClient {
+    /// Connects to `addr` (retrying with backoff when the node cannot be
+    /// reached) and performs the handshake. A refusal (wrong secret,
+    /// fingerprint, version) is not retried.
+    pub fn connect(
+        addr: impl ToSocketAddrs,
+        opts: &ConnectOptions,
+    ) -> Result<Self, TransportError> {
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| io_err("?", "resolving the node address", e))?
+            .collect();
+        let Some(&first) = addrs.first() else {
+            return Err(proto("?", "the node address resolves to nothing"));
+        };
+        let node = first.to_string();
+        let mut backoff = opts.backoff;
+        let mut attempt = 0u32;
+        loop {
+            match Self::connect_once(first, opts) {
+                Ok(c) => return Ok(c),
+                Err(e) if attempt < opts.retries && matches!(e, TransportError::Io { .. }) => {
+                    attempt += 1;
+                    tracing::debug!(node = %node, attempt, error = %e, "connect failed; retrying in {backoff:?}");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(TransportError::Io { node, what, source }) if attempt > 0 => {
+                    return Err(TransportError::Io {
+                        node,
+                        what: format!("{what} (gave up after {} attempts)", attempt + 1),
+                        source,
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One connect attempt and handshake, no retries.
+    pub fn connect_once(addr: SocketAddr, opts: &ConnectOptions) -> Result<Self, TransportError> {
+        let node = addr.to_string();
+        let stream = TcpStream::connect_timeout(&addr, opts.connect_timeout)
+            .map_err(|e| io_err(&node, "connecting", e))?;
+        let set =
+            |r: std::io::Result<()>| r.map_err(|e| io_err(&node, "configuring the socket", e));
+        set(stream.set_nodelay(true))?;
+        set(stream.set_read_timeout(Some(opts.io_timeout)))?;
+        set(stream.set_write_timeout(Some(opts.io_timeout)))?;
+        let h = hello(
+            &opts.client_name,
+            opts.secret.as_deref(),
+            opts.expected_fingerprint.as_deref(),
+        );
+        let mut c = ControlClient {
+            stream,
+            node,
+            welcome: Welcome {
+                version: 0,
+                node: String::new(),
+                fingerprint: String::new(),
+                regions: Vec::new(),
+            },
+            limits: opts.limits,
+        };
+        c.send(&Frame::Hello(h.clone()))?;
+        let answer = c.recv()?;
+        let w = check_welcome(&h, answer).map_err(|e| match e {
+            seqfeed_wire::HandshakeError::Refused(reason) => TransportError::Refused {
+                node: c.node.clone(),
+                reason,
+            },
+            other => proto(&c.node, format!("handshake: {other}")),
+        })?;
+        c.node = format!("{} ({})", w.node, c.node);
+        c.welcome = w;
+        tracing::debug!(node = %c.node, regions = c.welcome.regions.len(), "connected");
+        Ok(c)
+    }
+
+    /// The node's answer to the handshake (name, fingerprint, regions).
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The node as `name (address)`, for errors.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Sends one frame.
+    pub fn send(&mut self, frame: &Frame) -> Result<(), TransportError> {
+        let bytes = frame.to_bytes();
+        self.stream
+            .write_all(&bytes)
+            .map_err(|e| io_err(&self.node, format!("sending {}", frame.name()), e))
+    }
+
+    /// Receives one frame (an `Error` frame is returned as a frame).
+    pub fn recv(&mut self) -> Result<Frame, TransportError> {
+        let mut header = [0u8; HEADER_LEN];
+        self.stream
+            .read_exact(&mut header)
+            .map_err(|e| io_err(&self.node, "receiving a frame header", e))?;
+        let (len, kind) = decode_header(&header, &self.limits)
+            .map_err(|e| proto(&self.node, format!("bad frame header: {e}")))?;
+        let mut body = vec![0u8; len];
+        self.stream
+            .read_exact(&mut body)
+            .map_err(|e| io_err(&self.node, "receiving a frame body", e))?;
+        decode_body(kind, &body, &self.limits)
+            .map_err(|e| proto(&self.node, format!("bad frame: {e}")))
+    }
+
+    /// Sends `frame` and returns the answer; an `Error` or `Refused` answer
+    /// becomes [`TransportError::Protocol`] naming the node.
+    pub fn request(&mut self, frame: &Frame) -> Result<Frame, TransportError> {
+        self.send(frame)?;
+        match self.recv()? {
+            Frame::Error { code, message } => Err(proto(
+                &self.node,
+                format!("{} answered with error {code}: {message}", frame.name()),
+            )),
+            Frame::Refused { reason } => Err(TransportError::Refused {
+                node: self.node.clone(),
+                reason,
+            }),
+            f => Ok(f),
+        }
+    }
+
+    /// Node-wide and this connection's counters.
+    pub fn health(&mut self) -> Result<HealthOk, TransportError> {
+        match self.request(&Frame::Health)? {
+            Frame::HealthOk(h) => Ok(h),
+            f => Err(proto(
+                &self.node,
+                format!("expected HealthOk, got {}", f.name()),
+            )),
+        }
+    }
+
+    /// Node-wide counters and every open connection's.
+    pub fn stats(&mut self) -> Result<StatsOk, TransportError> {
+        match self.request(&Frame::Stats)? {
+            Frame::StatsOk(s) => Ok(s),
+            f => Err(proto(
+                &self.node,
+                format!("expected StatsOk, got {}", f.name()),
+            )),
+        }
+    }
+
+    /// The underlying socket (timeouts set), e.g. to read raw payloads.
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// Sends one read batch and receives its payload straight into `dsts`
+    /// (one slice per read, in order, each exactly as long as its read).
+    fn read_into(
+        &mut self,
+        id: u64,
+        pieces: &mut [(WireRead, &mut [u8])],
+    ) -> Result<(), TransportError> {
+        let batch = ReadBatch {
+            id,
+            reads: pieces.iter().map(|p| p.0).collect(),
+        };
+        let total = batch.total_len();
+        self.send(&Frame::ReadBatch(batch))?;
+        match self.recv()? {
+            Frame::ReadData { id: got, total: t } if got == id && t == total => {}
+            Frame::ReadData { id: got, total: t } => {
+                return Err(proto(
+                    &self.node,
+                    format!("answer to batch {id} ({total} bytes) is batch {got} ({t} bytes)"),
+                ))
+            }
+            Frame::Error { code, message } => {
+                return Err(proto(
+                    &self.node,
+                    format!("batch {id}: error {code}: {message}"),
+                ))
+            }
+            f => {
+                return Err(proto(
+                    &self.node,
+                    format!("batch {id}: unexpected {} frame", f.name()),
+                ))
+            }
+        }
+        let mut done = 0u64;
+        let mut start = 0usize;
+        while start < pieces.len() {
+            let end = (start + MAX_IOV).min(pieces.len());
+            let mut bufs: Vec<IoSliceMut<'_>> = pieces[start..end]
+                .iter_mut()
+                .map(|p| IoSliceMut::new(&mut *p.1))
+                .collect();
+            let mut rest: &mut [IoSliceMut<'_>] = &mut bufs;
+            IoSliceMut::advance_slices(&mut rest, 0);
+            while !rest.is_empty() {
+                let n = match self.stream.read_vectored(rest) {
+                    Ok(0) => {
+                        return Err(io_err(
+                            &self.node,
+                            format!("batch {id}: connection closed after {done} of {total} bytes"),
+                            std::io::ErrorKind::UnexpectedEof.into(),
+                        ))
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(io_err(
+                            &self.node,
+                            format!("batch {id}: receiving data after {done} of {total} bytes"),
+                            e,
+                        ))
+                    }
+                };
+                done += n as u64;
+                IoSliceMut::advance_slices(&mut rest, n);
+            }
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+/// One-sided reads from one node over several TCP connections.
+#[derive(Debug)]
+pub struct TcpTransport {
+    addr: SocketAddr,
+    node: String,
+    opts: ConnectOptions,
+    welcome: Welcome,
+    conns: Vec<Option<ControlClient>>,
+    next_id: u64,
+}
+
+impl TcpTransport {
+    /// Connects `opts.connections` connections to the node at `addr`
+    /// (each retried with backoff) and checks they agree on the region table.
+    pub fn connect(
+        addr: impl ToSocketAddrs,
+        opts: &ConnectOptions,
+    ) -> Result<Self, TransportError> {
+        let first = ControlClient::connect(addr, opts)?;
+        let addr = first
+            .stream
+            .peer_addr()
+            .map_err(|e| io_err(first.node(), "reading the peer address", e))?;
+        let welcome = first.welcome().clone();
+        let node = first.node().to_owned();
+        let mut conns = vec![Some(first)];
+        for _ in 1..opts.connections.max(1) {
+            let c = ControlClient::connect(addr, opts)?;
+            if c.welcome() != &welcome {
+                return Err(proto(&node, "connections disagree on the region table"));
+            }
+            conns.push(Some(c));
+        }
+        Ok(TcpTransport {
+            addr,
+            node,
+            opts: opts.clone(),
+            welcome,
+            conns,
+            next_id: 0,
+        })
+    }
+
+    /// The node's handshake answer.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The node's socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Number of connections (open or broken).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Reopens broken connections (one attempt each).
+    fn heal(&mut self) -> Result<(), TransportError> {
+        for slot in &mut self.conns {
+            if slot.is_none() {
+                let c = ControlClient::connect_once(self.addr, &self.opts)?;
+                if c.welcome() != &self.welcome {
+                    return Err(proto(&self.node, "the node's region table changed"));
+                }
+                *slot = Some(c);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cuts `dst` into one disjoint slice per wire piece, sorted by destination.
+fn carve<'a>(
+    node: &str,
+    regions: &[RegionInfo],
+    reads: &[ReadRequest],
+    dst: &'a mut [u8],
+) -> Result<Vec<(WireRead, &'a mut [u8])>, TransportError> {
+    let mut order: Vec<&ReadRequest> = Vec::with_capacity(reads.len());
+    for r in reads {
+        let info = seqfeed_wire::find_region(regions, r.region).ok_or_else(|| {
+            TransportError::UnknownRegion {
+                node: node.to_owned(),
+                region: r.region,
+            }
+        })?;
+        r.check(info.len, dst.len()).map_err(|e| match e {
+            TransportError::OutOfBounds { what } => TransportError::OutOfBounds {
+                what: format!("{what} ({} on node {node})", info.name),
+            },
+            e => e,
+        })?;
+        if r.len > 0 {
+            order.push(r);
+        }
+    }
+    order.sort_by_key(|r| r.dst_offset);
+    let mut out = Vec::with_capacity(order.len());
+    let mut rest: &'a mut [u8] = dst;
+    let mut pos = 0u64;
+    for r in order {
+        if r.dst_offset < pos {
+            return Err(TransportError::OutOfBounds {
+                what: format!(
+                    "destination ranges overlap at byte {} ({} offset {})",
+                    r.dst_offset, r.region, r.offset
+                ),
+            });
+        }
+        // check() proved dst_offset + len <= dst.len().
+        let skip = (r.dst_offset - pos) as usize;
+        let tail = std::mem::take(&mut rest);
+        let (_, tail) = tail.split_at_mut(skip);
+        let (mine, tail) = tail.split_at_mut(r.len as usize);
+        rest = tail;
+        pos = r.dst_offset + u64::from(r.len);
+        let mut off = r.offset;
+        for piece in mine.chunks_mut(MAX_PIECE) {
+            let len = piece.len() as u32;
+            out.push((
+                WireRead {
+                    region: r.region,
+                    offset: off,
+                    len,
+                },
+                piece,
+            ));
+            off += u64::from(len);
+        }
+    }
+    Ok(out)
+}
+
+/// Receives a run of pieces on one connection, in frames within `limits`.
+fn run_on(
+    conn: &mut ControlClient,
+    mut id: u64,
+    pieces: &mut [(WireRead, &mut [u8])],
+    limits: &Limits,
+) -> Result<u64, TransportError> {
+    let mut posts = 0;
+    let mut start = 0;
+    while start < pieces.len() {
+        let mut end = start;
+        let mut bytes = 0u64;
+        while end < pieces.len()
+            && end - start < limits.max_reads as usize
+            && bytes + u64::from(pieces[end].0.len) <= limits.max_batch_bytes
+        {
+            bytes += u64::from(pieces[end].0.len);
+            end += 1;
+        }
+        conn.read_into(id, &mut pieces[start..end])?;
+        id += 1;
+        posts += 1;
+        start = end;
+    }
+    Ok(posts)
+}
+
+impl Transport for TcpTransport {
+    fn backend(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn regions(&self) -> &[RegionInfo] {
+        &self.welcome.regions
+    }
+
+    fn read_batch(
+        &mut self,
+        reads: &[ReadRequest],
+        dst: &mut [u8],
+    ) -> Result<BatchStats, TransportError> {
+        let node = self.node.clone();
+        let mut pieces = carve(&node, &self.welcome.regions, reads, dst)?;
+        let total: u64 = pieces.iter().map(|p| u64::from(p.0.len)).sum();
+        if pieces.is_empty() {
+            return Ok(BatchStats {
+                reads: reads.len() as u64,
+                ..BatchStats::default()
+            });
+        }
+        self.heal()?;
+        let want = total.div_ceil(MIN_BYTES_PER_CONNECTION).max(1) as usize;
+        let k = want.min(self.conns.len()).min(pieces.len());
+        // Split into k contiguous runs of about total/k bytes.
+        let mut runs: Vec<&mut [(WireRead, &mut [u8])]> = Vec::with_capacity(k);
+        let mut rest: &mut [(WireRead, &mut [u8])] = &mut pieces;
+        let mut left = total;
+        for i in 0..k {
+            let runs_left = k - i;
+            let (n, b) = if runs_left == 1 {
+                (rest.len(), left)
+            } else {
+                let target = left / runs_left as u64;
+                let (mut n, mut b) = (0usize, 0u64);
+                // At least one piece per run; leave one for each later run.
+                while n < rest.len() - (runs_left - 1) && (n == 0 || b < target) {
+                    b += u64::from(rest[n].0.len);
+                    n += 1;
+                }
+                (n, b)
+            };
+            let (run, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            rest = tail;
+            left -= b;
+            runs.push(run);
+        }
+        let base = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1 << 32);
+        let limits = self.opts.limits;
+        let results: Vec<Result<u64, TransportError>> = if k == 1 {
+            let conn = self.conns[0]
+                .as_mut()
+                .ok_or_else(|| proto(&node, "no connection"))?;
+            vec![run_on(conn, base, runs.pop().unwrap_or_default(), &limits)]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = self
+                    .conns
+                    .iter_mut()
+                    .zip(runs)
+                    .enumerate()
+                    .map(|(i, (slot, run))| {
+                        let limits = &limits;
+                        let node = &node;
+                        s.spawn(move || match slot.as_mut() {
+                            Some(c) => run_on(c, base + ((i as u64) << 24), run, limits),
+                            None => Err(proto(node, "no connection")),
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(proto(&node, "a receive thread panicked")))
+                    })
+                    .collect()
+            })
+        };
+        let mut posts = 0;
+        let mut first_err = None;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(p) => posts += p,
+                Err(e) => {
+                    // The stream position is unknown: drop the connection.
+                    self.conns[i] = None;
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        Ok(BatchStats {
+            reads: reads.len() as u64,
+            bytes: total,
+            posts,
+        })
+    }
+}
