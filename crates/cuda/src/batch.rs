@@ -117,6 +117,7 @@ pub struct BounceSlot {
     pinned: PinnedBuffer,
     dst: DeviceBuffer,
     done: Event,
+    released: Event,
     stream: Arc<Stream>,
     in_flight: bool,
     filled: usize,
@@ -128,10 +129,12 @@ impl BounceSlot {
         let dst = device.alloc(bytes, "a step buffer")?;
         let pinned = device.alloc_pinned(bytes)?;
         let done = device.event(false)?;
+        let released = device.event(false)?;
         Ok(BounceSlot {
             pinned,
             dst,
             done,
+            released,
             stream,
             in_flight: false,
             filled: 0,
@@ -191,12 +194,23 @@ impl BounceSlot {
     /// records the completion event. Returns at once.
     pub fn submit(&mut self, len: usize) -> Result<()> {
         self.wait()?;
+        // Do not overwrite device memory a consumer stream may still read
+        // (a never-recorded event is already complete).
+        self.stream.wait_event(&self.released)?;
         self.dst
             .copy_from_pinned_async(0, &self.pinned, len, &self.stream)?;
         self.done.record(&self.stream)?;
         self.in_flight = true;
         self.filled = len;
         Ok(())
+    }
+
+    /// Records that the consumer's work on this batch is enqueued on
+    /// `consumer`: the next copy into this slot waits (on the GPU, without
+    /// blocking the host) until that work has run. Call before releasing
+    /// the batch when the consumer reads it asynchronously.
+    pub fn release_after(&self, consumer: &Stream) -> Result<()> {
+        self.released.record(consumer)
     }
 
     /// True when the last submitted copy has completed.

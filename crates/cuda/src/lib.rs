@@ -16,6 +16,9 @@
 //! * A [`DeviceBatch`] carries device pointer, stream, event, shape and
 //!   dtype, and converts to a DLPack [`DlpackTensor`] so PyTorch can wrap it
 //!   without a copy.
+//! * [`LoaderDestination::select`] plugs this into `seqfeed-loader`: the
+//!   loader's ring of step buffers becomes [`CudaStepBuffer`]s (heap buffers
+//!   without CUDA), and [`device_batch`] gives a batch's device side.
 //! * [`Widener`] widens u16/u32 tokens to int64 on the device with a kernel
 //!   from `native/widen_tokens.cu`, compiled at run time by NVRTC.
 //!
@@ -46,6 +49,7 @@ mod device;
 pub mod dlpack;
 mod error;
 mod ffi;
+mod loader_dest;
 mod memory;
 mod path;
 mod probe;
@@ -55,6 +59,7 @@ pub use batch::{BounceSlot, DType, DeviceBatch};
 pub use device::{Device, LOCAL_RANK_ENV};
 pub use dlpack::DlpackTensor;
 pub use error::{CudaError, Result};
+pub use loader_dest::{device_batch, CudaBounceAllocator, CudaStepBuffer, LoaderDestination};
 pub use memory::{DeviceBuffer, DmaBufRange, Event, PinnedBuffer, Stream};
 pub use path::{choose_path, DevicePath, GpuDirectCaps, GpuSide, PathChoice, TransportCaps};
 pub use probe::{
