@@ -135,7 +135,7 @@ impl Input {
                 Some(d) => InputKind::Raw(d),
                 None => {
                     return Err(FormatError::InvalidOption(format!(
-                    "{}: cannot tell the input kind from the extension; give the raw token dtype",
+                    "{}: cannot tell the input kind from the extension, and no input dtype for a raw token array was given",
                     path.display()
                 )))
                 }

@@ -174,7 +174,7 @@ fn npy_round_trip() {
         pack_inputs(&[input], &opts, &out, &|_| {}).unwrap();
         assert_eq!(
             read_source_by_hand(&out),
-            expected_sequences(&[toks.clone()], 64, None, Some(9)),
+            expected_sequences(std::slice::from_ref(&toks), 64, None, Some(9)),
             "{descr}"
         );
     }

@@ -1,11 +1,122 @@
-//! `seqfeed inspect` (not yet built; see the open issue that covers it).
+//! `seqfeed inspect`: what a sequence file, source or dataset holds.
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use seqfeed_format::{Dataset, SeqFile, Source, MANIFEST_NAME};
 
 /// Flags of `seqfeed inspect`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// A dataset directory, a source directory, or a single sequence file.
+    pub path: PathBuf,
+    /// Also print the tokens of this sequence (index within the source or file).
+    #[arg(long)]
+    pub seq: Option<u64>,
+    /// With a dataset and `--seq`: the source to take the sequence from.
+    #[arg(long)]
+    pub source: Option<String>,
+}
+
+/// What a path names.
+pub(crate) enum Target {
+    File(SeqFile),
+    Source(Source),
+    Dataset(Dataset),
+}
+
+/// Opens `path` as a sequence file, source or dataset.
+pub(crate) fn open_target(path: &Path) -> anyhow::Result<Target> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(if meta.is_file() {
+        Target::File(SeqFile::open(path)?)
+    } else if path.join(MANIFEST_NAME).is_file() {
+        Target::Source(Source::open(path)?)
+    } else {
+        Target::Dataset(Dataset::open(path)?)
+    })
+}
+
+fn print_file(f: &SeqFile, indent: &str) {
+    println!(
+        "{indent}{}  sequences {}  bytes {}  data_offset {}  crc {}  blake3 {}",
+        f.path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        f.count(),
+        f.file_len(),
+        f.data_offset(),
+        if f.has_crc() { "yes" } else { "no" },
+        f.payload_hash_hex()
+    );
+}
+
+fn print_source(s: &Source) {
+    println!("source {}", s.name());
+    println!("  dtype        {}", s.dtype());
+    println!("  seq_len      {}", s.seq_len());
+    println!("  sequences    {}", s.total_sequences());
+    println!("  tokens       {}", s.total_sequences() * s.seq_len());
+    println!("  bytes        {}", s.payload_bytes());
+    println!("  fingerprint  {}", s.fingerprint());
+    println!("  files        {}", s.files().len());
+    for f in s.files() {
+        print_file(f, "    ");
+    }
+}
+
+fn print_tokens(tokens: &[u32]) {
+    let text: Vec<String> = tokens.iter().map(u32::to_string).collect();
+    println!("{}", text.join(" "));
+}
 
 /// Runs `seqfeed inspect`.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("'seqfeed inspect' is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match open_target(&args.path)? {
+        Target::File(f) => {
+            println!("file {}", f.path().display());
+            println!("  source       {}", f.source_name());
+            println!("  dtype        {}", f.dtype());
+            println!("  seq_len      {}", f.seq_len());
+            print_file(&f, "  ");
+            if let Some(i) = args.seq {
+                println!("sequence {i}:");
+                print_tokens(&f.tokens_as_u32(i)?);
+            }
+        }
+        Target::Source(s) => {
+            print_source(&s);
+            if let Some(i) = args.seq {
+                let (fi, j) = s.locate(i)?;
+                println!("sequence {i} ({} index {j}):", s.manifest().files[fi].path);
+                print_tokens(&s.tokens_as_u32(i)?);
+            }
+        }
+        Target::Dataset(d) => {
+            println!("dataset {}", d.root().display());
+            println!("  sources      {}", d.sources().len());
+            println!("  sequences    {}", d.total_sequences());
+            println!("  fingerprint  {}", d.fingerprint());
+            for s in d.sources() {
+                print_source(s);
+            }
+            if let Some(i) = args.seq {
+                let Some(name) = &args.source else {
+                    bail!("--seq on a dataset needs --source NAME");
+                };
+                let s = d
+                    .source(name)
+                    .with_context(|| format!("no source '{name}' in {}", d.root().display()))?;
+                let (fi, j) = s.locate(i)?;
+                println!(
+                    "sequence {i} of {name} ({} index {j}):",
+                    s.manifest().files[fi].path
+                );
+                print_tokens(&s.tokens_as_u32(i)?);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

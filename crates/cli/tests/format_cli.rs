@@ -1,0 +1,282 @@
+//! `seqfeed pack`, `inspect` and `verify` run as the built binary.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn seqfeed(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seqfeed"))
+        .args(args)
+        .env("SEQFEED_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn write_u32s(path: &Path, v: &[u32]) {
+    std::fs::write(
+        path,
+        v.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn pack_inspect_verify_raw_array() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("tokens.u32");
+    let toks: Vec<u32> = (0..10_000).map(|i| (i * 31) % 60_000).collect();
+    write_u32s(&input, &toks);
+    let out = dir.path().join("web");
+    let o = seqfeed(&[
+        "pack",
+        p(&input),
+        "--input-dtype",
+        "u32",
+        "--seq-len",
+        "100",
+        "--eos",
+        "7",
+        "--tail",
+        "pad",
+        "--pad-id",
+        "9",
+        "--max-file-size",
+        "8K",
+        "-o",
+        p(&out),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    // 10_000 tokens + 1 EOS = 10_001 -> 101 sequences, the last padded with 99 x 9.
+    assert!(stdout.contains("sequences   101"), "{stdout}");
+    assert!(stdout.contains("+99 pad"), "{stdout}");
+    // 8 KiB files hold (8192 - 4096) / (200 + 4 CRC) = 20 sequences -> 6 files.
+    let files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files.len(), 7, "{files:?}"); // 6 files + manifest
+
+    let o = seqfeed(&["inspect", p(&out), "--seq", "42"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("sequences    101"), "{stdout}");
+    assert!(stdout.contains("files        6"), "{stdout}");
+    let want: Vec<String> = toks[4200..4300].iter().map(u32::to_string).collect();
+    assert_eq!(stdout.lines().last().unwrap(), want.join(" "));
+    let o = seqfeed(&["inspect", p(&out), "--seq", "100"]);
+    let last: Vec<u32> = text(&o)
+        .0
+        .lines()
+        .last()
+        .unwrap()
+        .split(' ')
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert_eq!(last[0], 7, "EOS follows the document");
+    assert!(last[1..].iter().all(|&t| t == 9));
+
+    let o = seqfeed(&["verify", p(&out)]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("OK: 101 sequences in 6 files"), "{stdout}");
+
+    // Damage sequence 5 of the second file (source sequence 20 + 5 = 25).
+    let f = out.join("part-00001.seq");
+    let mut b = std::fs::read(&f).unwrap();
+    b[4096 + 5 * 200 + 17] ^= 0xFF;
+    std::fs::write(&f, b).unwrap();
+    let o = seqfeed(&["verify", p(&out)]);
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(stderr.contains("part-00001.seq"), "{stderr}");
+    assert!(
+        stderr.contains("sequence 5 of that file (source sequence 25)"),
+        "{stderr}"
+    );
+    // A single file can be verified too.
+    let o = seqfeed(&["verify", p(&f)]);
+    assert!(!o.status.success());
+    assert!(seqfeed(&["verify", p(&out.join("part-00000.seq"))])
+        .status
+        .success());
+
+    // Truncation: inspect fails cleanly, naming the file.
+    let b = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &b[..b.len() - 10]).unwrap();
+    let o = seqfeed(&["inspect", p(&out)]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr.contains("part-00001.seq") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn overflow_and_bad_options_fail_without_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("t.u32");
+    write_u32s(&input, &[1, 2, 3, 65_536, 5]);
+    let out = dir.path().join("o");
+    let o = seqfeed(&[
+        "pack",
+        p(&input),
+        "--input-dtype",
+        "u32",
+        "--seq-len",
+        "2",
+        "-o",
+        p(&out),
+    ]);
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("t.u32")
+            && stderr.contains("token 3 (byte offset 12)")
+            && stderr.contains("65536"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temporary leftovers"
+    );
+
+    // --tail pad without a pad id; unknown kind without --input-dtype; existing output.
+    let o = seqfeed(&[
+        "pack",
+        p(&input),
+        "--input-dtype",
+        "u32",
+        "--seq-len",
+        "2",
+        "--tail",
+        "pad",
+        "-o",
+        p(&out),
+    ]);
+    assert!(!o.status.success() && text(&o).1.contains("--pad-id"));
+    let o = seqfeed(&["pack", p(&input), "--seq-len", "2", "-o", p(&out)]);
+    assert!(
+        !o.status.success() && text(&o).1.contains("input dtype"),
+        "{}",
+        text(&o).1
+    );
+    std::fs::create_dir(&out).unwrap();
+    let o = seqfeed(&[
+        "pack",
+        p(&input),
+        "--input-dtype",
+        "u32",
+        "--dtype",
+        "u32",
+        "--seq-len",
+        "2",
+        "-o",
+        p(&out),
+    ]);
+    assert!(
+        !o.status.success() && text(&o).1.contains("already exists"),
+        "{}",
+        text(&o).1
+    );
+}
+
+#[test]
+fn megatron_and_jsonl_into_a_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    // Megatron u16 corpus from the documented layout: 3 documents.
+    let docs: [&[u16]; 3] = [&[10, 11, 12], &[20, 21], &[30, 31, 32, 33]];
+    let mut bin = Vec::new();
+    let mut idx = b"MMIDIDX\0\0".to_vec();
+    idx.extend_from_slice(&1u64.to_le_bytes());
+    idx.push(8);
+    idx.extend_from_slice(&3u64.to_le_bytes());
+    idx.extend_from_slice(&4u64.to_le_bytes());
+    let mut ptrs = Vec::new();
+    for d in docs {
+        idx.extend_from_slice(&(d.len() as i32).to_le_bytes());
+        ptrs.push(bin.len() as i64);
+        bin.extend(d.iter().flat_map(|t| t.to_le_bytes()));
+    }
+    for ptr in ptrs {
+        idx.extend_from_slice(&ptr.to_le_bytes());
+    }
+    for j in 0..4i64 {
+        idx.extend_from_slice(&j.to_le_bytes());
+    }
+    std::fs::write(dir.path().join("corpus.idx"), idx).unwrap();
+    std::fs::write(dir.path().join("corpus.bin"), bin).unwrap();
+    std::fs::write(
+        dir.path().join("d.jsonl"),
+        "{\"ids\": [1, 2, 3]}\n{\"ids\": [4]}\n",
+    )
+    .unwrap();
+
+    let ds = dir.path().join("ds");
+    std::fs::create_dir(&ds).unwrap();
+    let mega = ds.join("mega");
+    let o = seqfeed(&[
+        "pack",
+        p(&dir.path().join("corpus.idx")),
+        "--seq-len",
+        "4",
+        "--eos",
+        "0",
+        "-o",
+        p(&mega),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let js = ds.join("js");
+    let o = seqfeed(&[
+        "pack",
+        p(&dir.path().join("d.jsonl")),
+        "--jsonl-field",
+        "ids",
+        "--dtype",
+        "u32",
+        "--seq-len",
+        "3",
+        "--tail",
+        "pad",
+        "--pad-id",
+        "5",
+        "-o",
+        p(&js),
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+
+    // Megatron stream: 10 11 12 0 | 20 21 0 30 | 31 32 33 0
+    let o = seqfeed(&["inspect", p(&ds), "--source", "mega", "--seq", "1"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().last().unwrap(), "20 21 0 30");
+    assert!(stdout.contains("sources      2"), "{stdout}");
+    let o = seqfeed(&["inspect", p(&ds), "--source", "js", "--seq", "1"]);
+    assert_eq!(
+        text(&o).0.lines().last().unwrap(),
+        "4 5 5",
+        "JSONL without --eos concatenates; tail padded"
+    );
+    let o = seqfeed(&["verify", p(&ds)]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(
+        text(&o).0.contains("OK: 5 sequences in 2 files"),
+        "{}",
+        text(&o).0
+    );
+}
