@@ -22,11 +22,13 @@
 // Only the private `mmap` module (one call) holds `unsafe`.
 #![deny(unsafe_code)]
 
+pub mod cluster;
 pub mod local;
 mod mmap;
 pub mod regions;
 pub mod tcp;
 
+pub use cluster::{ClusterError, ClusterFile, ClusterNode};
 pub use local::LocalTransport;
 pub use regions::{MappedRegion, RegionError, RegionTable};
 /// Region ids and table entries are defined with the wire protocol that

@@ -1,11 +1,105 @@
-//! `seqfeed serve` (not yet built; see the open issue that covers it).
+//! `seqfeed serve`: run a storage node serving a dataset's sequence files
+//! until SIGINT or SIGTERM.
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use seqfeed_node::{Node, NodeConfig};
+use seqfeed_transport::ClusterFile;
 
 /// Flags of `seqfeed serve`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Dataset root (one subdirectory per packed source).
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Address to listen on, e.g. 127.0.0.1:7000 (port 0 picks one and logs it).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Serve only these dataset-relative files (comma-separated or repeated);
+    /// default: every file of the dataset, or the node's files in --cluster.
+    #[arg(long, value_delimiter = ',', conflicts_with = "cluster")]
+    files: Vec<String>,
+    /// Take the files to serve from this cluster file's entry for --name.
+    #[arg(long, requires = "name")]
+    cluster: Option<PathBuf>,
+    /// Node name (handshake, logs, cluster entry). Default: node@LISTEN.
+    #[arg(long)]
+    name: Option<String>,
+    /// Shared secret clients must present (also SEQFEED_SECRET).
+    #[arg(long, env = "SEQFEED_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Tokio worker threads.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Write the bound address (host:port) to this file once listening.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+}
 
 /// Runs `seqfeed serve`.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("'seqfeed serve' is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut cfg = NodeConfig::new(&args.dataset, args.listen);
+    if let Some(name) = &args.name {
+        cfg.node_name = name.clone();
+    }
+    cfg.secret = args.secret.filter(|s| !s.is_empty());
+    cfg.worker_threads = args.threads;
+    if let Some(path) = &args.cluster {
+        let cluster = ClusterFile::load(path)?;
+        let name = cfg.node_name.clone();
+        let Some(entry) = cluster.node(&name) else {
+            bail!("cluster file {} has no node named {name:?}", path.display());
+        };
+        if entry.files.is_empty() {
+            bail!(
+                "node {name:?} holds no files in cluster file {}",
+                path.display()
+            );
+        }
+        cfg.files = Some(entry.files.clone());
+    } else if !args.files.is_empty() {
+        cfg.files = Some(args.files.clone());
+    }
+    let node = Node::start(cfg).context("starting the storage node")?;
+    let addr = node.local_addr();
+    let bytes: u64 = node.regions().iter().map(|r| r.len).sum();
+    eprintln!(
+        "seqfeed serve: node {} listening on {addr}, {} files ({:.1} MiB), fingerprint {}",
+        node.name(),
+        node.regions().len(),
+        bytes as f64 / (1 << 20) as f64,
+        node.fingerprint()
+    );
+    if let Some(path) = &args.addr_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{addr}\n"))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let signal = node
+        .wait_for_signal()
+        .context("installing signal handlers")?;
+    let st = node.stats().node;
+    tracing::info!(
+        signal,
+        batches = st.batches,
+        bytes = st.bytes,
+        connections = st.connections_total,
+        refused = st.refused,
+        errors = st.errors,
+        "shutting down"
+    );
+    node.shutdown();
+    eprintln!(
+        "seqfeed serve: stopped on {signal}: served {} batches, {} reads, {:.1} MiB to {} connections ({} refused, {} errors)",
+        st.batches,
+        st.reads,
+        st.bytes as f64 / (1 << 20) as f64,
+        st.connections_total,
+        st.refused,
+        st.errors
+    );
+    Ok(ExitCode::SUCCESS)
 }
