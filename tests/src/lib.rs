@@ -1,2 +1,283 @@
-//! Shared helpers for the cross-crate integration tests under `tests/tests/`.
+//! Shared helpers for the cross-crate integration tests under `tests/tests/`:
+//! a small multi-source dataset, its plan, storage nodes on 127.0.0.1, a
+//! rank runner that checks every batch, and the path of the `seqfeed`
+//! binary for tests that run real processes.
 #![forbid(unsafe_code)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use seqfeed_format::{write_synthetic_source, Dataset, Dtype};
+use seqfeed_loader::{
+    node_spec_with, BlockSource, ClusterReader, Endpoint, Loader, LoaderConfig, LoaderError,
+    LoaderStats, PlanSource, RetryPolicy, TransportKind, Verifier,
+};
+use seqfeed_node::{Node, NodeConfig, NodeHandle};
+use seqfeed_plan::{shapes_from_dataset, Plan, PlanConfig};
+use seqfeed_transport::tcp::ConnectOptions;
+
+/// A test dataset on disk with its plan.
+pub struct Corpus {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+    /// The plan over it.
+    pub plan: Arc<Plan>,
+    /// The plan as the loader's block source.
+    pub source: Arc<PlanSource>,
+    /// The dataset fingerprint.
+    pub fingerprint: String,
+}
+
+impl Corpus {
+    /// The dataset root.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Every file the plan reads, dataset-relative.
+    pub fn files(&self) -> Vec<String> {
+        self.source.files().to_vec()
+    }
+}
+
+/// Three sources (web, code, wiki) of u32 sequences of `seq_len` tokens,
+/// several files each, and a plan with weights 5:3:2, global batch
+/// `global_batch` and `steps` steps.
+pub fn corpus(seq_len: u64, global_batch: u64, steps: u64) -> Corpus {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let seq_bytes = seq_len * 4;
+    for (i, (name, n)) in [("web", 500u64), ("code", 300), ("wiki", 200)]
+        .iter()
+        .enumerate()
+    {
+        write_synthetic_source(
+            dir.path().join(name),
+            name,
+            Dtype::U32,
+            seq_len,
+            *n,
+            100 + i as u64,
+            seq_bytes * 64,
+        )
+        .expect("write source");
+    }
+    let ds = Dataset::open(dir.path()).expect("open dataset");
+    let config = PlanConfig::from_toml_str(&format!(
+        "seed = 42\nglobal_batch = {global_batch}\nmax_epochs = 100.0\n[run]\nsteps = {steps}\n\
+         [[sources]]\nname = \"web\"\nweight = 5\n[[sources]]\nname = \"code\"\nweight = 3\n\
+         [[sources]]\nname = \"wiki\"\nweight = 2\n"
+    ))
+    .expect("plan config");
+    let plan =
+        Arc::new(Plan::new(config, shapes_from_dataset(&ds).expect("shapes")).expect("plan"));
+    let source = Arc::new(PlanSource::new(plan.clone()).expect("plan source"));
+    Corpus {
+        fingerprint: ds.fingerprint().to_owned(),
+        dir,
+        plan,
+        source,
+    }
+}
+
+/// Splits `files` over `nodes` nodes, each file on `replicas` consecutive
+/// nodes starting at its index modulo `nodes`.
+pub fn place(files: &[String], nodes: usize, replicas: usize) -> Vec<Vec<String>> {
+    let mut out = vec![Vec::new(); nodes];
+    for (i, f) in files.iter().enumerate() {
+        for r in 0..replicas {
+            out[(i + r) % nodes].push(f.clone());
+        }
+    }
+    out
+}
+
+/// Starts one storage node on 127.0.0.1 (ephemeral port) per file list.
+pub fn start_nodes(root: &Path, placement: &[Vec<String>]) -> Vec<NodeHandle> {
+    placement
+        .iter()
+        .enumerate()
+        .map(|(i, files)| {
+            let mut cfg = NodeConfig::new(root, "127.0.0.1:0".parse().expect("addr"));
+            cfg.files = Some(files.clone());
+            cfg.node_name = format!("node-{i}");
+            cfg.worker_threads = 2;
+            Node::start(cfg).expect("start node")
+        })
+        .collect()
+}
+
+/// A node as the loader sees it: name, address and files.
+#[derive(Debug, Clone)]
+pub struct NodeAddr {
+    /// Name (for errors).
+    pub name: String,
+    /// `127.0.0.1:port`.
+    pub addr: String,
+    /// Files it holds.
+    pub files: Vec<String>,
+}
+
+/// The addresses of running nodes.
+pub fn addrs(nodes: &[NodeHandle], placement: &[Vec<String>]) -> Vec<NodeAddr> {
+    nodes
+        .iter()
+        .zip(placement)
+        .map(|(n, files)| NodeAddr {
+            name: n.name().to_owned(),
+            addr: n.local_addr().to_string(),
+            files: files.clone(),
+        })
+        .collect()
+}
+
+/// Quick retry bounds for tests.
+pub fn quick_retry() -> RetryPolicy {
+    RetryPolicy {
+        start_attempts: 3,
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        max_reconnects: 50,
+        failover_timeout: Duration::from_millis(1500),
+    }
+}
+
+/// Tcp options for tests: short timeouts, the dataset's fingerprint.
+pub fn tcp_options(fingerprint: &str) -> ConnectOptions {
+    ConnectOptions {
+        client_name: "seqfeed-tests".into(),
+        expected_fingerprint: Some(fingerprint.to_owned()),
+        connections: 2,
+        connect_timeout: Duration::from_secs(1),
+        io_timeout: Duration::from_secs(3),
+        ..ConnectOptions::default()
+    }
+}
+
+/// A cluster reader over tcp to `nodes`.
+pub fn tcp_reader(
+    corpus: &Corpus,
+    nodes: &[NodeAddr],
+    retry: RetryPolicy,
+) -> Result<ClusterReader, LoaderError> {
+    let opts = tcp_options(&corpus.fingerprint);
+    let specs = nodes
+        .iter()
+        .map(|n| {
+            node_spec_with(
+                TransportKind::Tcp,
+                &Endpoint::remote(&n.name, &n.addr, Some(n.files.clone())),
+                &opts,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    ClusterReader::connect(corpus.files(), specs, retry)
+}
+
+/// What one rank saw.
+#[derive(Debug, Default)]
+pub struct RankRun {
+    /// Steps read, in order.
+    pub steps: Vec<u64>,
+    /// Plan positions of each step's rows.
+    pub positions: Vec<Vec<u64>>,
+    /// Bytes checked against the files.
+    pub checked: u64,
+    /// Loader totals.
+    pub stats: LoaderStats,
+    /// The first error, if the run ended with one.
+    pub error: Option<String>,
+}
+
+/// Runs rank `rank` of `world` over `reader` from `start` to the end,
+/// checking every batch with a [`Verifier`] (plan + direct file reads);
+/// `after_step` is called after each checked batch. Panics on a mismatch.
+pub fn run_rank(
+    corpus: &Corpus,
+    reader: ClusterReader,
+    rank: usize,
+    world: usize,
+    start: u64,
+    after_step: &dyn Fn(u64),
+) -> RankRun {
+    let config = LoaderConfig::new(rank, world)
+        .start_step(start)
+        .retry(quick_retry());
+    let mut loader = Loader::new(config, corpus.source.clone(), reader).expect("loader");
+    let mut verifier = Verifier::new(corpus.root());
+    let mut run = RankRun::default();
+    while let Some(b) = loader.next() {
+        match b {
+            Ok(b) => {
+                run.checked += verifier
+                    .check(&corpus.plan, &b, rank, world)
+                    .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+                run.steps.push(b.step());
+                run.positions
+                    .push(b.reads().iter().map(|r| r.position).collect());
+                after_step(b.step());
+            }
+            Err(e) => {
+                run.error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    run.stats = loader.stats();
+    run
+}
+
+/// Asserts that, step by step, the ranks' blocks concatenated in rank order
+/// are exactly the plan's global batch, and their union covers it once.
+pub fn assert_union_is_global_batch(plan: &Plan, runs: &[RankRun], steps: std::ops::Range<u64>) {
+    for step in steps {
+        let want: Vec<u64> = plan
+            .step_block(step)
+            .expect("step block")
+            .iter()
+            .map(|r| r.position)
+            .collect();
+        let mut got = Vec::new();
+        for (rank, run) in runs.iter().enumerate() {
+            let i = run
+                .steps
+                .iter()
+                .position(|&s| s == step)
+                .unwrap_or_else(|| panic!("rank {rank} never read step {step}"));
+            got.extend_from_slice(&run.positions[i]);
+        }
+        assert_eq!(
+            got, want,
+            "step {step}: ranks' blocks != the plan's global batch"
+        );
+        let set: BTreeSet<u64> = got.iter().copied().collect();
+        assert_eq!(set.len(), want.len(), "step {step}: a position read twice");
+    }
+}
+
+/// The `seqfeed` binary, built if needed (`cargo build -p seqfeed`). Tests
+/// that run real node processes use it.
+pub fn seqfeed_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/seqfeed
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .to_owned();
+    let bin = profile_dir.join("seqfeed");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "-p", "seqfeed", "--bin", "seqfeed"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p seqfeed failed");
+    }
+    assert!(bin.exists(), "{} missing after build", bin.display());
+    bin
+}

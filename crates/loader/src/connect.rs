@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use seqfeed_transport::tcp::{ConnectOptions, TcpTransport};
 use seqfeed_transport::{LocalTransport, Transport, TransportError};
 
 use crate::cluster_reader::NodeSpec;
@@ -65,6 +66,20 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// A remote node `name` at `addr` holding `files`.
+    pub fn remote(
+        name: impl Into<String>,
+        addr: impl Into<String>,
+        files: Option<Vec<String>>,
+    ) -> Self {
+        Endpoint {
+            name: name.into(),
+            addr: Some(addr.into()),
+            root: None,
+            files,
+        }
+    }
+
     /// A node on this host serving `files` (all `*.seq` when `None`) of the dataset at `root`.
     pub fn local(root: impl Into<PathBuf>, files: Option<Vec<String>>) -> Self {
         let root = root.into();
@@ -77,8 +92,22 @@ impl Endpoint {
     }
 }
 
-/// The [`NodeSpec`] for `endpoint` over transport `kind`.
+/// The [`NodeSpec`] for `endpoint` over transport `kind`, with default
+/// network options (see [`node_spec_with`]).
 pub fn node_spec(kind: TransportKind, endpoint: &Endpoint) -> Result<NodeSpec, LoaderError> {
+    node_spec_with(kind, endpoint, &ConnectOptions::default())
+}
+
+/// The [`NodeSpec`] for `endpoint` over transport `kind`; network
+/// transports use `opts` (secret, expected fingerprint, connections,
+/// timeouts). Each connector call makes one connect attempt
+/// (`opts.retries` is ignored): the [`ClusterReader`](crate::ClusterReader)
+/// owns retries and backoff.
+pub fn node_spec_with(
+    kind: TransportKind,
+    endpoint: &Endpoint,
+    opts: &ConnectOptions,
+) -> Result<NodeSpec, LoaderError> {
     let kind = match kind {
         TransportKind::Auto => {
             let pick = if endpoint.addr.is_some() {
@@ -123,8 +152,23 @@ pub fn node_spec(kind: TransportKind, endpoint: &Endpoint) -> Result<NodeSpec, L
                 }),
             })
         }
-        _ => Err(LoaderError::Config {
-            what: format!("node {}: transport {kind} is not available", endpoint.name),
+        TransportKind::Tcp => {
+            let addr = endpoint.addr.clone().ok_or_else(|| LoaderError::Config {
+                what: format!("node {}: the tcp transport needs an address", endpoint.name),
+            })?;
+            let mut opts = opts.clone();
+            opts.retries = 0;
+            Ok(NodeSpec {
+                name: endpoint.name.clone(),
+                files: endpoint.files.clone(),
+                connect: Box::new(move || {
+                    TcpTransport::connect(addr.as_str(), &opts)
+                        .map(|t| Box::new(t) as Box<dyn Transport>)
+                }),
+            })
+        }
+        TransportKind::Auto => Err(LoaderError::Config {
+            what: format!("node {}: no transport resolved", endpoint.name),
         }),
     }
 }

@@ -48,7 +48,7 @@ pub mod verify;
 pub use alloc::{BufferAllocator, HeapAllocator, HostBuffer};
 pub use block::{BlockSource, Dtype, SeqRead};
 pub use cluster_reader::{ClusterReader, Connector, NodeSpec, RetryPolicy, StepReadStats};
-pub use connect::{node_spec, Endpoint, TransportKind};
+pub use connect::{node_spec, node_spec_with, Endpoint, TransportKind};
 pub use dataset::dataset_files;
 pub use error::{BoxError, LoaderError};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderStats, DEFAULT_PREFETCH};
