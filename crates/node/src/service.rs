@@ -95,6 +95,7 @@ pub struct NodeHandle {
     fingerprint: String,
     shared: Arc<Shared>,
     shutdown_tx: watch::Sender<bool>,
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -142,20 +143,40 @@ impl NodeHandle {
         }
     }
 
-    /// Blocks until SIGINT or SIGTERM arrives and returns its name. The
-    /// service keeps running; call [`NodeHandle::shutdown`] afterwards.
-    pub fn wait_for_signal(&self) -> std::io::Result<&'static str> {
+    /// Takes over SIGINT and SIGTERM for this process: from now on they
+    /// no longer kill it but are delivered to [`NodeHandle::wait_for_signal`].
+    /// Call it before announcing the node, so that a signal arriving early
+    /// still stops it cleanly.
+    pub fn catch_signals(&mut self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        if self.signals.is_some() {
+            return Ok(());
+        }
         let Some(rt) = &self.runtime else {
+            return Ok(());
+        };
+        let _guard = rt.enter();
+        self.signals = Some((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ));
+        Ok(())
+    }
+
+    /// Blocks until SIGINT or SIGTERM arrives and returns its name (calling
+    /// [`NodeHandle::catch_signals`] first if needed). The service keeps
+    /// running; call [`NodeHandle::shutdown`] afterwards.
+    pub fn wait_for_signal(&mut self) -> std::io::Result<&'static str> {
+        self.catch_signals()?;
+        let (Some(rt), Some((int, term))) = (&self.runtime, &mut self.signals) else {
             return Ok("shutdown");
         };
-        rt.block_on(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        Ok(rt.block_on(async {
             tokio::select! {
-                r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT"),
-                _ = term.recv() => Ok("SIGTERM"),
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
             }
-        })
+        }))
     }
 
     /// Stops accepting, closes every connection and stops the runtime
@@ -167,6 +188,8 @@ impl NodeHandle {
     fn stop(&mut self) {
         if let Some(rt) = self.runtime.take() {
             let _ = self.shutdown_tx.send(true);
+            // The signal streams belong to the runtime: drop them first.
+            self.signals = None;
             rt.shutdown_timeout(Duration::from_secs(2));
             tracing::info!(node = %self.shared.node, "node stopped");
         }
@@ -250,6 +273,7 @@ pub(crate) fn start(
         fingerprint,
         shared,
         shutdown_tx,
+        signals: None,
         runtime: Some(runtime),
     })
 }
@@ -346,23 +370,21 @@ async fn drive(
                     stream.write_all(&f.to_bytes()).await
                 }
                 ServerAction::ServeReads { batch, total } => {
-                    match serve_reads(stream, shared, &batch, total).await {
-                        Ok(()) => {
-                            let n = batch.reads.len() as u64;
-                            for (c, v) in [
-                                (&shared.counters.batches, 1),
-                                (&shared.counters.reads, n),
-                                (&shared.counters.bytes, total),
-                                (&entry.batches, 1),
-                                (&entry.reads, n),
-                                (&entry.bytes, total),
-                            ] {
-                                c.fetch_add(v, Relaxed);
-                            }
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
+                    // Counted before the write, so a client that has its
+                    // data sees it in the counters (a failed write is
+                    // counted as an error as well).
+                    let n = batch.reads.len() as u64;
+                    for (c, v) in [
+                        (&shared.counters.batches, 1),
+                        (&shared.counters.reads, n),
+                        (&shared.counters.bytes, total),
+                        (&entry.batches, 1),
+                        (&entry.reads, n),
+                        (&entry.bytes, total),
+                    ] {
+                        c.fetch_add(v, Relaxed);
                     }
+                    serve_reads(stream, shared, &batch, total).await
                 }
                 ServerAction::Health => {
                     let f = Frame::HealthOk(HealthOk {

@@ -62,7 +62,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else if !args.files.is_empty() {
         cfg.files = Some(args.files.clone());
     }
-    let node = Node::start(cfg).context("starting the storage node")?;
+    let mut node = Node::start(cfg).context("starting the storage node")?;
+    node.catch_signals()
+        .context("installing SIGINT/SIGTERM handlers")?;
     let addr = node.local_addr();
     let bytes: u64 = node.regions().iter().map(|r| r.len).sum();
     eprintln!(
@@ -80,7 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let signal = node
         .wait_for_signal()
-        .context("installing signal handlers")?;
+        .context("waiting for SIGINT/SIGTERM")?;
     let st = node.stats().node;
     tracing::info!(
         signal,
