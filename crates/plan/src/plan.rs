@@ -55,8 +55,13 @@ pub struct PlanSource {
     pub files: Vec<PlanFile>,
     /// Exclusive cumulative end of each file's sequences within the source.
     file_ends: Vec<u64>,
+    /// When every file but the last holds this many sequences (and the last
+    /// no more), the file of sequence `i` is `i / uniform_count`: no search.
+    uniform_count: Option<u64>,
     /// Permutation of the source's sequences; re-keyed per epoch.
     perm: Feistel,
+    /// Keys of the first epochs (the rest are derived on the fly).
+    epoch_keys: Vec<u64>,
 }
 
 impl PlanSource {
@@ -105,6 +110,9 @@ pub struct Plan {
     shuffle_key: u64,
     fingerprint: String,
 }
+
+/// Epoch keys precomputed per source (a few KiB at most).
+const MAX_CACHED_EPOCHS: u64 = 256;
 
 fn seed_key(seed: u64, what: &str) -> u64 {
     let mut h = blake3::Hasher::new_derive_key("seqfeed plan v1 key");
@@ -272,6 +280,19 @@ impl Plan {
                 end += f.count;
                 file_ends.push(end);
             }
+            let uniform_count = match shape.files.split_last() {
+                Some((last, rest)) => {
+                    let c = rest.first().map_or(last.count, |f| f.count);
+                    (c > 0
+                        && last.count > 0
+                        && last.count <= c
+                        && rest.iter().all(|f| f.count == c))
+                    .then_some(c)
+                }
+                None => None,
+            };
+            let source_key = seed_key(config.seed, &format!("source:{}", s.name));
+            let epochs = quotas[i].div_ceil(end).min(MAX_CACHED_EPOCHS);
             sources.push(PlanSource {
                 name: s.name.clone(),
                 weight: weights[i],
@@ -290,7 +311,9 @@ impl Plan {
                     })
                     .collect(),
                 file_ends,
-                perm: Feistel::new(end, seed_key(config.seed, &format!("source:{}", s.name))),
+                uniform_count,
+                perm: Feistel::new(end, source_key),
+                epoch_keys: (0..epochs).map(|e| derive_key(source_key, e)).collect(),
             });
         }
         let slot_counts = per_batch.as_ref().unwrap_or(&quotas);
@@ -512,15 +535,27 @@ impl Plan {
         let s = &self.sources[source as usize];
         let epoch = k / s.size;
         let j = k - epoch * s.size;
-        s.perm.with_key(derive_key(s.perm_key(), epoch)).apply(j)
+        let key = match s.epoch_keys.get(epoch as usize) {
+            Some(&key) => key,
+            None => derive_key(s.perm.key(), epoch),
+        };
+        s.perm.with_key(key).apply(j)
     }
 
     #[inline]
     fn resolve(&self, position: u64, source: u32, k: u64) -> SequenceRef {
         let s = &self.sources[source as usize];
         let idx = self.source_index(source, k);
-        let file = s.file_ends.partition_point(|&e| e <= idx);
-        let start = if file == 0 { 0 } else { s.file_ends[file - 1] };
+        let (file, start) = match s.uniform_count {
+            Some(c) => {
+                let file = idx / c;
+                (file as usize, file * c)
+            }
+            None => {
+                let file = s.file_ends.partition_point(|&e| e <= idx);
+                (file, if file == 0 { 0 } else { s.file_ends[file - 1] })
+            }
+        };
         let index = idx - start;
         let f = &s.files[file];
         SequenceRef {
@@ -634,14 +669,6 @@ impl Plan {
             counts[self.draw(p).0 as usize] += 1;
         }
         counts
-    }
-}
-
-impl PlanSource {
-    #[inline]
-    fn perm_key(&self) -> u64 {
-        // The per-source key lives in the permutation itself.
-        self.perm.key()
     }
 }
 

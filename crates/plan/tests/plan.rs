@@ -249,8 +249,16 @@ fn spread(sources: &[u32], b: usize, shares: &[f64]) -> (f64, usize, f64) {
 
 #[test]
 fn sources_are_well_spread_in_every_batch_window() {
+    for seed in [2024u64, 1, 77] {
+        check_spread(seed);
+    }
+}
+
+fn check_spread(seed: u64) {
     let b = 256u64;
-    let plan = Plan::new(three_sources("global", b, 400, 1.0), {
+    let mut cfg = three_sources("global", b, 400, 1.0);
+    cfg.seed = seed;
+    let plan = Plan::new(cfg, {
         let mut s = three_shapes();
         for x in &mut s {
             x.files.push(FileShape {
