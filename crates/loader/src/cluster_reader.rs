@@ -258,7 +258,7 @@ impl ClusterReader {
                 }));
             }
         }
-        tracing::info!(
+        tracing::debug!(
             nodes = nodes.len(),
             live = nodes.iter().filter(|n| n.live()).count(),
             files = files.len(),

@@ -387,7 +387,7 @@ impl Loader {
             .map_err(|e| LoaderError::Config {
                 what: format!("cannot start the reader thread: {e}"),
             })?;
-        tracing::info!(
+        tracing::debug!(
             rank,
             world,
             micro_batch = micro,
