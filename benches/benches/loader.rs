@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use seqfeed_benches::print_ratio;
 use seqfeed_format::{write_synthetic_source, Dataset, Dtype};
 use seqfeed_loader::{
-    node_spec, BlockSource, ClusterReader, Endpoint, Loader, LoaderConfig, PlanSource,
-    RetryPolicy, TransportKind,
+    node_spec, BlockSource, ClusterReader, Endpoint, Loader, LoaderConfig, PlanSource, RetryPolicy,
+    TransportKind,
 };
 use seqfeed_plan::{shapes_from_dataset, Plan, PlanConfig};
 
@@ -60,10 +60,12 @@ fn main() {
          [[sources]]\nname = \"wiki\"\nweight = 2\n"
     ))
     .expect("plan config");
-    let plan = Arc::new(Plan::new(config, shapes_from_dataset(&ds).expect("shapes")).expect("plan"));
+    let plan =
+        Arc::new(Plan::new(config, shapes_from_dataset(&ds).expect("shapes")).expect("plan"));
     let source = Arc::new(PlanSource::new(plan.clone()).expect("plan source"));
     let reader = || {
-        let spec = node_spec(TransportKind::Local, &Endpoint::local(dir.path(), None)).expect("spec");
+        let spec =
+            node_spec(TransportKind::Local, &Endpoint::local(dir.path(), None)).expect("spec");
         ClusterReader::connect(source.files().to_vec(), vec![spec], RetryPolicy::default())
             .expect("connect")
     };
@@ -151,11 +153,7 @@ struct Run {
 }
 
 /// Best (least stall) of 3 loader runs with a consumer working `work` per step.
-fn best_run(
-    source: &Arc<PlanSource>,
-    reader: &dyn Fn() -> ClusterReader,
-    work: Duration,
-) -> Run {
+fn best_run(source: &Arc<PlanSource>, reader: &dyn Fn() -> ClusterReader, work: Duration) -> Run {
     let mut best: Option<Run> = None;
     for _ in 0..3 {
         let mut loader =
@@ -184,7 +182,10 @@ fn best_run(
             stall_after_warmup: st.stall_after_warmup(),
             wall_after_first: t.elapsed().saturating_sub(first_done),
         };
-        if best.as_ref().is_none_or(|b| run.wall_after_first < b.wall_after_first) {
+        if best
+            .as_ref()
+            .is_none_or(|b| run.wall_after_first < b.wall_after_first)
+        {
             best = Some(run);
         }
     }

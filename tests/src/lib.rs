@@ -28,6 +28,8 @@ pub struct Corpus {
     pub source: Arc<PlanSource>,
     /// The dataset fingerprint.
     pub fingerprint: String,
+    /// The plan config as TOML text.
+    pub plan_toml: String,
 }
 
 impl Corpus {
@@ -64,17 +66,18 @@ pub fn corpus(seq_len: u64, global_batch: u64, steps: u64) -> Corpus {
         .expect("write source");
     }
     let ds = Dataset::open(dir.path()).expect("open dataset");
-    let config = PlanConfig::from_toml_str(&format!(
+    let plan_toml = format!(
         "seed = 42\nglobal_batch = {global_batch}\nmax_epochs = 100.0\n[run]\nsteps = {steps}\n\
          [[sources]]\nname = \"web\"\nweight = 5\n[[sources]]\nname = \"code\"\nweight = 3\n\
          [[sources]]\nname = \"wiki\"\nweight = 2\n"
-    ))
-    .expect("plan config");
+    );
+    let config = PlanConfig::from_toml_str(&plan_toml).expect("plan config");
     let plan =
         Arc::new(Plan::new(config, shapes_from_dataset(&ds).expect("shapes")).expect("plan"));
     let source = Arc::new(PlanSource::new(plan.clone()).expect("plan source"));
     Corpus {
         fingerprint: ds.fingerprint().to_owned(),
+        plan_toml,
         dir,
         plan,
         source,
@@ -130,6 +133,28 @@ pub fn addrs(nodes: &[NodeHandle], placement: &[Vec<String>]) -> Vec<NodeAddr> {
             files: files.clone(),
         })
         .collect()
+}
+
+/// Writes the plan config and a cluster file for `nodes` into the corpus
+/// directory (hidden names, so the dataset ignores them); returns their paths.
+pub fn write_plan_and_cluster(corpus: &Corpus, nodes: &[NodeAddr]) -> (PathBuf, PathBuf) {
+    let plan = corpus.root().join(".plan.toml");
+    std::fs::write(&plan, &corpus.plan_toml).expect("write plan config");
+    let cluster = seqfeed_transport::ClusterFile {
+        fingerprint: Some(corpus.fingerprint.clone()),
+        replicas: 1,
+        nodes: nodes
+            .iter()
+            .map(|n| seqfeed_transport::ClusterNode {
+                name: n.name.clone(),
+                addr: n.addr.clone(),
+                files: n.files.clone(),
+            })
+            .collect(),
+    };
+    let path = corpus.root().join(".cluster.toml");
+    cluster.save(&path).expect("write cluster file");
+    (plan, path)
 }
 
 /// Quick retry bounds for tests.
