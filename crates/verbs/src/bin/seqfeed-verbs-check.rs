@@ -1,0 +1,449 @@
+//! Verbs self-test for real RDMA devices (soft-RoCE in the VM harness, or a
+//! host with rxe / InfiniBand / RoCE). Needs no other seqfeed crate.
+//!
+//! ```text
+//! seqfeed-verbs-check devices                 list devices; exit 2 when none is usable
+//! seqfeed-verbs-check serve ADDR REGIONS LEN SEED
+//!                                             synthetic node (prints READY), until killed
+//! seqfeed-verbs-check selftest [DEVICES]      in-process node + 4 ranks, byte-for-byte checks,
+//!                                             QP fault injection; DEVICES = rxe0,rxe1 stripes
+//! seqfeed-verbs-check killtest                node in a child process, killed mid-run:
+//!                                             reads must fail as a node failure, bounded
+//! ```
+//! Every check prints `CHECK <name> PASS|FAIL <detail>`; the exit code is
+//! non-zero if any check failed or no device was found.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use seqfeed_transport::{ReadRequest, RegionId, Transport};
+use seqfeed_verbs::standalone::{serve, synthetic_byte, synthetic_region, TcpExchange};
+use seqfeed_verbs::{probe, ClientOptions, Selection, ServedRegion, VerbsServer, VerbsTransport};
+
+const SEED: u64 = 0x5eed_f00d;
+
+struct Checks {
+    failed: u32,
+}
+
+impl Checks {
+    fn report(&mut self, name: &str, r: Result<String, String>) {
+        match r {
+            Ok(d) => println!("CHECK {name} PASS {d}"),
+            Err(d) => {
+                self.failed += 1;
+                println!("CHECK {name} FAIL {d}");
+            }
+        }
+    }
+}
+
+fn regions(n: u32, len: usize) -> Vec<ServedRegion> {
+    (0..n)
+        .map(|r| ServedRegion {
+            id: RegionId(r),
+            name: format!("synthetic/part-{r:05}.seq"),
+            data: Arc::new(synthetic_region(SEED, r, len)),
+        })
+        .collect()
+}
+
+fn start_node(
+    devices: Option<&[String]>,
+    n: u32,
+    len: usize,
+) -> Result<(String, Arc<AtomicBool>), String> {
+    let server = VerbsServer::open(devices, regions(n, len)).map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = Arc::clone(&stop);
+    let server = Arc::new(server);
+    std::thread::spawn(move || serve(server, listener, st));
+    Ok((addr, stop))
+}
+
+fn connect(addr: &str, devices: Option<Vec<String>>, qps: usize) -> Result<VerbsTransport, String> {
+    let ex = TcpExchange::connect(addr).map_err(|e| e.to_string())?;
+    let opts = ClientOptions {
+        devices,
+        qps_per_rail: qps,
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    VerbsTransport::connect(addr, Box::new(ex), opts).map_err(|e| e.to_string())
+}
+
+/// One batch of `n` reads of `seq` bytes at random sequence slots, plus a few
+/// odd-sized unaligned reads; returns (reads, expected destination).
+fn make_batch(
+    rng: &mut impl Rng,
+    nregions: u32,
+    len: usize,
+    seq: usize,
+    n: usize,
+) -> (Vec<ReadRequest>, Vec<u8>) {
+    let mut reads = Vec::with_capacity(n + 3);
+    let mut dst_off = 0u64;
+    let slots = len / seq;
+    for k in 0..n + 3 {
+        let region = rng.gen_range(0..nregions);
+        let (offset, l) = if k < n {
+            ((rng.gen_range(0..slots) * seq) as u64, seq as u32)
+        } else {
+            let l = rng.gen_range(1..seq.min(5000)) as u32;
+            (rng.gen_range(0..(len - l as usize)) as u64, l)
+        };
+        reads.push(ReadRequest {
+            region: RegionId(region),
+            offset,
+            len: l,
+            dst_offset: dst_off,
+        });
+        dst_off += u64::from(l);
+    }
+    let mut expect = vec![0u8; dst_off as usize];
+    for r in &reads {
+        for j in 0..r.len as u64 {
+            expect[(r.dst_offset + j) as usize] = synthetic_byte(SEED, r.region.0, r.offset + j);
+        }
+    }
+    (reads, expect)
+}
+
+fn compare(dst: &[u8], expect: &[u8], reads: &[ReadRequest]) -> Result<(), String> {
+    if dst == expect {
+        return Ok(());
+    }
+    let pos = dst
+        .iter()
+        .zip(expect)
+        .position(|(a, b)| a != b)
+        .unwrap_or(0);
+    let r = reads
+        .iter()
+        .find(|r| (r.dst_offset..r.dst_offset + u64::from(r.len)).contains(&(pos as u64)));
+    Err(format!(
+        "first mismatch at destination byte {pos} (read {r:?})"
+    ))
+}
+
+fn run_batches(
+    t: &mut VerbsTransport,
+    seed: u64,
+    batches: usize,
+    seq: usize,
+    per: usize,
+) -> Result<(u64, u64), String> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (nregions, len) = (t.regions().len() as u32, t.regions()[0].len as usize);
+    let mut dst = Vec::new();
+    let (mut reads_done, mut bytes) = (0u64, 0u64);
+    for b in 0..batches {
+        let (reads, expect) = make_batch(&mut rng, nregions, len, seq, per);
+        // One buffer for the whole run (a ring of one): registered once.
+        if dst.len() < expect.len() {
+            t.forget_buffers();
+            dst = vec![0u8; expect.len() + (1 << 20)];
+        }
+        dst[..expect.len()].fill(0xAA);
+        let st = t
+            .read_batch(&reads, &mut dst[..])
+            .map_err(|e| format!("batch {b}: {e}"))?;
+        compare(&dst[..expect.len()], &expect, &reads).map_err(|e| format!("batch {b}: {e}"))?;
+        if st.reads != reads.len() as u64 {
+            return Err(format!(
+                "batch {b}: {} reads reported for {}",
+                st.reads,
+                reads.len()
+            ));
+        }
+        reads_done += st.reads;
+        bytes += st.bytes;
+    }
+    Ok((reads_done, bytes))
+}
+
+fn selftest(devices: Option<Vec<String>>) -> u32 {
+    let mut c = Checks { failed: 0 };
+    let (nregions, len, seq) = (4u32, 4 << 20, 16 << 10);
+    let (addr, stop) = match start_node(devices.as_deref(), nregions, len) {
+        Ok(x) => x,
+        Err(e) => {
+            c.report("node-start", Err(e));
+            return c.failed;
+        }
+    };
+    let tag = devices
+        .as_ref()
+        .map(|d| d.join("+"))
+        .unwrap_or_else(|| "all".into());
+
+    // 1. Several ranks in parallel, each its own connection, every batch compared.
+    let ranks = 4;
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..ranks)
+        .map(|rank| {
+            let (addr, devices) = (addr.clone(), devices.clone());
+            std::thread::spawn(move || -> Result<(u64, u64, Vec<String>), String> {
+                let mut t = connect(&addr, devices, 2)?;
+                let (r, b) = run_batches(&mut t, 1000 + rank, 20, seq, 64)?;
+                Ok((r, b, t.devices()))
+            })
+        })
+        .collect();
+    let mut total = (0u64, 0u64);
+    let mut errs = Vec::new();
+    let mut used = HashSet::new();
+    for h in handles {
+        match h.join() {
+            Ok(Ok((r, b, d))) => {
+                total.0 += r;
+                total.1 += b;
+                used.extend(d);
+            }
+            Ok(Err(e)) => errs.push(e),
+            Err(_) => errs.push("rank thread panicked".into()),
+        }
+    }
+    c.report(
+        &format!("ranks[{tag}]"),
+        if errs.is_empty() {
+            Ok(format!(
+                "{ranks} ranks x 20 batches: {} reads, {} bytes byte-for-byte equal in {:.2}s over {:?}",
+                total.0,
+                total.1,
+                t0.elapsed().as_secs_f64(),
+                used
+            ))
+        } else {
+            Err(errs.join("; "))
+        },
+    );
+
+    // 2. Striping: with more than one device, every device must carry reads.
+    if let Some(d) = devices.as_ref().filter(|d| d.len() > 1) {
+        c.report(&format!("striping[{tag}]"), {
+            if used.len() == d.len() {
+                Ok(format!("reads striped over {} devices", used.len()))
+            } else {
+                Err(format!("asked for {d:?}, transports used {used:?}"))
+            }
+        });
+    }
+
+    // 3. Fault injection: a QP forced into the error state is rebuilt and its reads retried.
+    c.report(
+        &format!("qp-rebuild[{tag}]"),
+        (|| {
+            let mut t = connect(&addr, devices.clone(), 2)?;
+            run_batches(&mut t, 7, 2, seq, 64)?;
+            let lanes = t.qp_count();
+            for lane in 0..lanes {
+                if !t.inject_qp_error(lane) {
+                    return Err(format!("could not inject an error on QP {lane}"));
+                }
+                run_batches(&mut t, 100 + lane as u64, 3, seq, 64)?;
+            }
+            let k = t.counters();
+            if k.rebuilds < lanes as u64 {
+                return Err(format!(
+                    "{} rebuilds for {lanes} injected faults",
+                    k.rebuilds
+                ));
+            }
+            Ok(format!(
+                "{lanes} injected QP errors -> {} rebuilds, {} reads retried, all batches equal",
+                k.rebuilds, k.retried_reads
+            ))
+        })(),
+    );
+
+    // 4. Bad input is rejected with a clear error, nothing posted.
+    c.report(
+        "bad-input",
+        (|| {
+            let mut t = connect(&addr, devices.clone(), 1)?;
+            let mut dst = vec![0u8; 4096];
+            let oob = [ReadRequest {
+                region: RegionId(0),
+                offset: len as u64 - 10,
+                len: 100,
+                dst_offset: 0,
+            }];
+            let e1 = t
+                .read_batch(&oob, &mut dst)
+                .err()
+                .ok_or("out-of-bounds read accepted")?;
+            let unk = [ReadRequest {
+                region: RegionId(999),
+                offset: 0,
+                len: 10,
+                dst_offset: 0,
+            }];
+            let e2 = t
+                .read_batch(&unk, &mut dst)
+                .err()
+                .ok_or("unknown region accepted")?;
+            if e1.is_node_failure() || !e2.to_string().contains("999") {
+                return Err(format!("unexpected errors: {e1} / {e2}"));
+            }
+            run_batches(&mut t, 55, 2, seq, 16)?;
+            Ok(format!(
+                "rejected: '{e1}' and '{e2}'; transport still works"
+            ))
+        })(),
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    c.failed
+}
+
+fn killtest() -> u32 {
+    let mut c = Checks { failed: 0 };
+    let r = (|| -> Result<String, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .args(["serve", "127.0.0.1:0", "2", "1048576", "0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawning node: {e}"))?;
+        let mut line = String::new();
+        let out = child.stdout.take().ok_or("no stdout")?;
+        BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let addr = line
+            .trim()
+            .strip_prefix("READY ")
+            .ok_or(format!("node said {line:?}"))?
+            .to_string();
+        let mut t = connect(&addr, None, 2)?;
+        run_batches(&mut t, 3, 3, 16 << 10, 32)?;
+        child.kill().map_err(|e| e.to_string())?;
+        let _ = child.wait();
+        let t0 = Instant::now();
+        let (reads, _) = make_batch(
+            &mut rand::rngs::StdRng::seed_from_u64(9),
+            2,
+            1 << 20,
+            16 << 10,
+            32,
+        );
+        let mut dst = vec![0u8; 1 << 20];
+        match t.read_batch(&reads, &mut dst) {
+            Ok(_) => Err("reads succeeded after the node was killed".into()),
+            Err(e) if e.is_node_failure() => Ok(format!(
+                "node failure reported after {:.2}s: {e}",
+                t0.elapsed().as_secs_f64()
+            )),
+            Err(e) => Err(format!("error is not a node failure: {e}")),
+        }
+    })();
+    c.report("node-killed", r);
+    c.failed
+}
+
+fn node(args: &[String]) -> Result<(), String> {
+    let [addr, n, len, _seed] = args else {
+        return Err("serve ADDR REGIONS LEN SEED".into());
+    };
+    let n: u32 = n.parse().map_err(|e| format!("REGIONS: {e}"))?;
+    let len: usize = len.parse().map_err(|e| format!("LEN: {e}"))?;
+    let server = Arc::new(VerbsServer::open(None, regions(n, len)).map_err(|e| e.to_string())?);
+    let listener = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    println!(
+        "READY {}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    serve(server, listener, Arc::new(AtomicBool::new(false))).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = args.first().map(String::as_str).unwrap_or("");
+    let need_device = || match probe() {
+        Selection::Verbs { devices } => {
+            println!("DEVICES {}", devices.join(","));
+            true
+        }
+        Selection::Tcp { reason } => {
+            println!("CHECK device FAIL no usable RDMA device: {reason}");
+            false
+        }
+    };
+    let failed = match cmd {
+        "devices" => match seqfeed_verbs::list_devices() {
+            Ok(d) => {
+                for i in &d {
+                    println!(
+                        "{} port {} {} {} gid[{}]={} ({}) mtu {} rd_atom {}/{} max_qp_wr {} gids {:?}",
+                        i.name,
+                        i.port,
+                        if i.active { "ACTIVE" } else { "not-active" },
+                        i.link_layer,
+                        i.gid_index,
+                        std::net::Ipv6Addr::from(i.gid),
+                        i.gid_type,
+                        i.mtu_bytes(),
+                        i.max_qp_init_rd_atom,
+                        i.max_qp_rd_atom,
+                        i.max_qp_wr,
+                        i.gids
+                    );
+                }
+                u32::from(!d.iter().any(|i| i.active))
+            }
+            Err(e) => {
+                println!("no devices: {e}");
+                1
+            }
+        },
+        "serve" => match node(&args[1..]) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("serve: {e}");
+                1
+            }
+        },
+        "selftest" => {
+            if !need_device() {
+                return ExitCode::from(2);
+            }
+            let devs = args
+                .get(1)
+                .map(|s| s.split(',').map(str::to_string).collect());
+            selftest(devs)
+        }
+        "killtest" => {
+            if !need_device() {
+                return ExitCode::from(2);
+            }
+            killtest()
+        }
+        _ => {
+            eprintln!("usage: seqfeed-verbs-check devices | serve ADDR REGIONS LEN SEED | selftest [DEVICES] | killtest");
+            return ExitCode::from(64);
+        }
+    };
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,130 @@
+//! RDMA verbs transport for seqfeed: batched one-sided RDMA READs from a
+//! storage node's registered sequence files straight into the caller's buffer.
+//!
+//! * [`VerbsServer`] (node side) registers the node's mapped files as
+//!   remote-read-only memory regions on every RDMA device and accepts queue
+//!   pairs through the node's control service ([`VerbsServer::accept`]).
+//! * [`VerbsTransport`] (client side) implements
+//!   [`seqfeed_transport::Transport`]: RC queue pairs (several per device,
+//!   striped over every device), reads posted as chains of up to 32 work
+//!   requests per doorbell with selective signaling, at most the device's
+//!   read depth outstanding per QP, failed QPs rebuilt and their reads
+//!   retried a bounded number of times before a node failure is reported.
+//! * [`auto_select`] decides between verbs and tcp and logs why.
+//! * [`standalone`] is a minimal TCP exchange used by the self-test and bench
+//!   binaries before (and besides) the node's real control service.
+//!
+//! libibverbs is loaded at run time (`rdma-mummy-sys` dlopens
+//! `libibverbs.so.1`), so a binary linking this crate starts and works over
+//! tcp on a machine without rdma-core or RDMA devices: [`auto_select`] then
+//! answers [`Selection::Tcp`] with the reason.
+//!
+//! ```no_run
+//! use seqfeed_verbs::{auto_select, Selection};
+//! match auto_select() {
+//!     Selection::Verbs { devices } => println!("verbs over {devices:?}"),
+//!     Selection::Tcp { reason } => println!("tcp: {reason}"),
+//! }
+//! ```
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+mod client;
+mod device;
+mod endpoint;
+mod error;
+mod raw;
+mod server;
+pub mod standalone;
+mod wire;
+
+pub use client::{ClientOptions, VerbsCounters, VerbsTransport, MAX_CHAIN};
+pub use device::{list_devices, mtu_bytes, open_devices, DeviceInfo, Nic};
+pub use endpoint::{Accepted, QpEndpoint, QpExchange};
+pub use error::VerbsError;
+pub use server::{ServedRegion, ServerQps, VerbsServer, MAX_QPS_PER_CONNECT};
+pub use wire::{join_regions, ControlExchange, WireAcceptor, MAX_KEPT_QPS};
+
+/// What [`auto_select`] chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// RDMA verbs over these devices (each with an ACTIVE port and a usable GID).
+    Verbs {
+        /// Device names.
+        devices: Vec<String>,
+    },
+    /// TCP, because verbs is not usable here.
+    Tcp {
+        /// Why not verbs.
+        reason: String,
+    },
+}
+
+/// Probes for a usable RDMA device without failing: libibverbs must load and
+/// at least one device must have an ACTIVE port with a usable GID.
+pub fn probe() -> Selection {
+    match list_devices() {
+        Err(e) => Selection::Tcp {
+            reason: e.to_string(),
+        },
+        Ok(devs) if devs.is_empty() => Selection::Tcp {
+            reason:
+                "libibverbs loaded but no RDMA devices exist (no /sys/class/infiniband entries)"
+                    .into(),
+        },
+        Ok(devs) => {
+            let usable: Vec<String> = devs
+                .iter()
+                .filter(|d| d.active)
+                .map(|d| d.name.clone())
+                .collect();
+            if usable.is_empty() {
+                let seen: Vec<String> = devs
+                    .iter()
+                    .map(|d| format!("{} port {} not ACTIVE or without GID", d.name, d.port))
+                    .collect();
+                Selection::Tcp {
+                    reason: format!("no usable RDMA device: {}", seen.join(", ")),
+                }
+            } else {
+                Selection::Verbs { devices: usable }
+            }
+        }
+    }
+}
+
+/// [`probe`], plus one log line (`tracing` at info level) saying which
+/// transport `auto` picks and why.
+pub fn auto_select() -> Selection {
+    let s = probe();
+    match &s {
+        Selection::Verbs { devices } => {
+            tracing::info!(
+                "transport auto: verbs (RDMA devices with an ACTIVE port: {})",
+                devices.join(", ")
+            )
+        }
+        Selection::Tcp { reason } => tracing::info!("transport auto: tcp ({reason})"),
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a host without RDMA this must answer tcp with a reason, not fail or panic.
+    #[test]
+    fn probe_never_fails() {
+        match probe() {
+            Selection::Verbs { devices } => {
+                assert!(!devices.is_empty());
+                eprintln!("probe: verbs usable here over {devices:?}");
+            }
+            Selection::Tcp { reason } => {
+                assert!(!reason.is_empty());
+                eprintln!("probe: verbs NOT usable here ({reason}); device tests will skip");
+            }
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! The only place where queue pairs and completion queues touch raw
+//! libibverbs (through `rdma-mummy-sys`, the `-sys` crate under `sideway`).
+//!
+//! sideway's own `QueuePair` and `CompletionQueue` assert in `Drop` and
+//! allocate on every post; here a QP owns reusable work-request and
+//! scatter-gather arrays, posts a whole chain with one `ibv_post_send` (one
+//! doorbell), and `Drop` logs the errno instead of panicking.
+//!
+//! Everything in this module is `unsafe` FFI fenced behind a small safe API:
+//! callers pass plain numbers (addresses, keys, lengths); the memory those
+//! numbers name is guaranteed by the memory-region owners in `client.rs` and
+//! `server.rs` (a registered region stays alive as long as a read may target it).
+#![allow(unsafe_code)]
+
+use std::io;
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+
+use rdma_mummy_sys as sys;
+use sideway::ibverbs::device_context::DeviceContext;
+use sideway::ibverbs::protection_domain::ProtectionDomain;
+
+/// One RDMA READ work request, described by plain numbers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadWr {
+    /// Returned in the work completion when `signaled`.
+    pub wr_id: u64,
+    /// Whether this WR generates a completion on success.
+    pub signaled: bool,
+    /// Local destination address (inside a registered local-write MR).
+    pub local_addr: u64,
+    /// The destination MR's local key.
+    pub lkey: u32,
+    /// Bytes to read.
+    pub len: u32,
+    /// Remote source address (inside a remote-read MR of the peer).
+    pub remote_addr: u64,
+    /// The peer MR's remote key.
+    pub rkey: u32,
+}
+
+/// One work completion, copied out of the CQ.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Completion {
+    pub wr_id: u64,
+    pub status: u32,
+    pub vendor_err: u32,
+    pub qp_num: u32,
+}
+
+impl Completion {
+    pub fn ok(&self) -> bool {
+        self.status == sys::ibv_wc_status::IBV_WC_SUCCESS
+    }
+}
+
+/// Human-readable name of a work-completion status (`ibv_wc_status_str`).
+pub(crate) fn wc_status_str(status: u32) -> String {
+    // SAFETY: ibv_wc_status_str accepts any value and returns a pointer to a
+    // static string (or NULL when libibverbs is not loaded, handled below).
+    let p = unsafe { sys::ibv_wc_status_str(status) };
+    if p.is_null() {
+        return format!("status {status}");
+    }
+    // SAFETY: non-null pointer to a NUL-terminated static string owned by libibverbs.
+    let s = unsafe { std::ffi::CStr::from_ptr(p) };
+    format!("{} ({status})", s.to_string_lossy())
+}
+
+/// Scratch space for [`Cq::poll`], owned by whoever polls.
+pub(crate) struct WcBuf(Vec<sys::ibv_wc>);
+
+impl WcBuf {
+    pub fn new() -> WcBuf {
+        // SAFETY: ibv_wc is plain old data (integers and a union of integers); all-zero is valid.
+        let zero: sys::ibv_wc = unsafe { std::mem::zeroed() };
+        WcBuf(vec![zero; 64])
+    }
+}
+
+// SAFETY: ibv_wc holds only integers (no pointers); moving it across threads is fine.
+unsafe impl Send for WcBuf {}
+
+/// A completion queue. Keeps its device context alive.
+pub(crate) struct Cq {
+    cq: NonNull<sys::ibv_cq>,
+    _ctx: Arc<DeviceContext>,
+}
+
+// SAFETY: libibverbs objects may be used from any thread, and providers lock
+// their CQs internally, so polling through `&self` from several threads is sound.
+unsafe impl Send for Cq {}
+// SAFETY: see above.
+unsafe impl Sync for Cq {}
+
+impl Cq {
+    pub fn new(ctx: &Arc<DeviceContext>, entries: u32) -> io::Result<Cq> {
+        let entries = i32::try_from(entries).unwrap_or(i32::MAX);
+        // SAFETY: the context pointer is valid while `ctx` lives (we keep an Arc);
+        // no completion channel, no user context.
+        let cq = unsafe {
+            sys::ibv_create_cq(
+                ctx.context().as_ptr(),
+                entries,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                0,
+            )
+        };
+        let cq = NonNull::new(cq).ok_or_else(io::Error::last_os_error)?;
+        Ok(Cq {
+            cq,
+            _ctx: Arc::clone(ctx),
+        })
+    }
+
+    /// Polls up to 64 completions, appending them to `out`; returns how many.
+    pub fn poll(&self, buf: &mut WcBuf, out: &mut Vec<Completion>) -> io::Result<usize> {
+        let n = buf.0.len() as i32;
+        // SAFETY: the CQ is alive; `buf` has room for `n` entries.
+        let got = unsafe { sys::ibv_poll_cq(self.cq.as_ptr(), n, buf.0.as_mut_ptr()) };
+        if got < 0 {
+            return Err(io::Error::other(format!("ibv_poll_cq returned {got}")));
+        }
+        let got = got as usize;
+        for wc in &buf.0[..got] {
+            out.push(Completion {
+                wr_id: wc.wr_id,
+                status: wc.status,
+                vendor_err: wc.vendor_err,
+                qp_num: wc.qp_num,
+            });
+        }
+        Ok(got)
+    }
+
+    fn as_ptr(&self) -> *mut sys::ibv_cq {
+        self.cq.as_ptr()
+    }
+}
+
+impl Drop for Cq {
+    fn drop(&mut self) {
+        // SAFETY: the CQ was created by ibv_create_cq and is destroyed exactly once;
+        // every QP using it holds an Arc<Cq> and is therefore already gone.
+        let rc = unsafe { sys::ibv_destroy_cq(self.cq.as_ptr()) };
+        if rc != 0 {
+            tracing::error!(
+                errno = rc,
+                "ibv_destroy_cq failed: {}",
+                io::Error::from_raw_os_error(rc)
+            );
+        }
+    }
+}
+
+/// Parameters to bring an RC QP from RESET to RTS.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Connect {
+    pub port: u8,
+    pub sgid_index: u8,
+    pub remote_qpn: u32,
+    pub remote_psn: u32,
+    pub local_psn: u32,
+    pub remote_gid: [u8; 16],
+    pub remote_lid: u16,
+    /// `ibv_mtu` value (1 = 256 ... 5 = 4096).
+    pub path_mtu: u32,
+    /// Outstanding RDMA READs this QP may issue (initiator depth).
+    pub max_rd_atomic: u8,
+    /// Incoming RDMA READs this QP accepts (responder resources).
+    pub max_dest_rd_atomic: u8,
+    /// Access flags for remote peers (`IBV_ACCESS_REMOTE_READ` on the node).
+    pub access: u32,
+}
+
+/// Access flag constants re-exported for callers.
+pub(crate) const ACCESS_REMOTE_READ: u32 = sys::ibv_access_flags::IBV_ACCESS_REMOTE_READ.0;
+
+/// An RC queue pair used for RDMA READs.
+pub(crate) struct Qp {
+    qp: NonNull<sys::ibv_qp>,
+    _pd: Arc<ProtectionDomain>,
+    _cq: Arc<Cq>,
+    wrs: Vec<sys::ibv_send_wr>,
+    sges: Vec<sys::ibv_sge>,
+    max_chain: usize,
+}
+
+// SAFETY: libibverbs QPs may be used from any thread; a Qp is posted through `&mut self` only.
+unsafe impl Send for Qp {}
+
+impl Qp {
+    /// Creates an RC QP in RESET with room for `depth` send WRs.
+    pub fn new(
+        pd: &Arc<ProtectionDomain>,
+        cq: &Arc<Cq>,
+        depth: u32,
+        max_chain: usize,
+    ) -> io::Result<Qp> {
+        let mut init = sys::ibv_qp_init_attr {
+            qp_context: ptr::null_mut(),
+            send_cq: cq.as_ptr(),
+            recv_cq: cq.as_ptr(),
+            srq: ptr::null_mut(),
+            cap: sys::ibv_qp_cap {
+                max_send_wr: depth.max(1),
+                max_recv_wr: 1,
+                max_send_sge: 1,
+                max_recv_sge: 1,
+                max_inline_data: 0,
+            },
+            qp_type: sys::ibv_qp_type::IBV_QPT_RC,
+            sq_sig_all: 0,
+        };
+        // SAFETY: pd and cq are alive (we keep Arcs to both in the Qp); `init` is a valid init attr.
+        let qp = unsafe { sys::ibv_create_qp(pd.pd().as_ptr(), &mut init) };
+        let qp = NonNull::new(qp).ok_or_else(io::Error::last_os_error)?;
+        let max_chain = max_chain.max(1);
+        // SAFETY: ibv_send_wr / ibv_sge are plain C structs of integers, pointers and
+        // unions thereof; all-zero is a valid (empty) value.
+        let wrs = (0..max_chain)
+            .map(|_| unsafe { std::mem::zeroed::<sys::ibv_send_wr>() })
+            .collect();
+        // SAFETY: as above.
+        let sge0: sys::ibv_sge = unsafe { std::mem::zeroed() };
+        Ok(Qp {
+            qp,
+            _pd: Arc::clone(pd),
+            _cq: Arc::clone(cq),
+            wrs,
+            sges: vec![sge0; max_chain],
+            max_chain,
+        })
+    }
+
+    pub fn qp_num(&self) -> u32 {
+        // SAFETY: the QP is alive; qp_num is set at creation and never changes.
+        unsafe { self.qp.as_ref().qp_num }
+    }
+
+    fn modify(
+        &mut self,
+        attr: &mut sys::ibv_qp_attr,
+        mask: sys::ibv_qp_attr_mask,
+        step: &str,
+    ) -> io::Result<()> {
+        // SAFETY: the QP is alive and `attr` is a fully initialised attribute struct.
+        let rc = unsafe { sys::ibv_modify_qp(self.qp.as_ptr(), attr, mask.0 as i32) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            let e = io::Error::from_raw_os_error(rc);
+            Err(io::Error::new(
+                e.kind(),
+                format!("ibv_modify_qp to {step}: {e}"),
+            ))
+        }
+    }
+
+    /// RESET -> INIT -> RTR -> RTS.
+    pub fn connect(&mut self, c: &Connect) -> io::Result<()> {
+        use sys::ibv_qp_attr_mask as M;
+        // SAFETY: ibv_qp_attr is plain old data; zero is the neutral value for every field.
+        let zero = || -> sys::ibv_qp_attr { unsafe { std::mem::zeroed() } };
+
+        let mut a = zero();
+        a.qp_state = sys::ibv_qp_state::IBV_QPS_INIT;
+        a.pkey_index = 0;
+        a.port_num = c.port;
+        a.qp_access_flags = c.access;
+        self.modify(
+            &mut a,
+            M::IBV_QP_STATE | M::IBV_QP_PKEY_INDEX | M::IBV_QP_PORT | M::IBV_QP_ACCESS_FLAGS,
+            "INIT",
+        )?;
+
+        let mut a = zero();
+        a.qp_state = sys::ibv_qp_state::IBV_QPS_RTR;
+        a.path_mtu = c.path_mtu;
+        a.dest_qp_num = c.remote_qpn;
+        a.rq_psn = c.remote_psn;
+        a.max_dest_rd_atomic = c.max_dest_rd_atomic;
+        a.min_rnr_timer = 12;
+        a.ah_attr.is_global = 1;
+        a.ah_attr.dlid = c.remote_lid;
+        a.ah_attr.sl = 0;
+        a.ah_attr.src_path_bits = 0;
+        a.ah_attr.port_num = c.port;
+        a.ah_attr.grh.dgid = sys::ibv_gid { raw: c.remote_gid };
+        a.ah_attr.grh.sgid_index = c.sgid_index;
+        a.ah_attr.grh.hop_limit = 64;
+        a.ah_attr.grh.traffic_class = 0;
+        a.ah_attr.grh.flow_label = 0;
+        self.modify(
+            &mut a,
+            M::IBV_QP_STATE
+                | M::IBV_QP_AV
+                | M::IBV_QP_PATH_MTU
+                | M::IBV_QP_DEST_QPN
+                | M::IBV_QP_RQ_PSN
+                | M::IBV_QP_MAX_DEST_RD_ATOMIC
+                | M::IBV_QP_MIN_RNR_TIMER,
+            "RTR",
+        )?;
+
+        let mut a = zero();
+        a.qp_state = sys::ibv_qp_state::IBV_QPS_RTS;
+        a.sq_psn = c.local_psn;
+        a.timeout = 14; // 4.096 us * 2^14 = 67 ms per try
+        a.retry_cnt = 7;
+        a.rnr_retry = 7;
+        a.max_rd_atomic = c.max_rd_atomic;
+        self.modify(
+            &mut a,
+            M::IBV_QP_STATE
+                | M::IBV_QP_SQ_PSN
+                | M::IBV_QP_TIMEOUT
+                | M::IBV_QP_RETRY_CNT
+                | M::IBV_QP_RNR_RETRY
+                | M::IBV_QP_MAX_QP_RD_ATOMIC,
+            "RTS",
+        )
+    }
+
+    /// Moves the QP to the error state (flushes outstanding work requests).
+    pub fn set_error(&mut self) -> io::Result<()> {
+        // SAFETY: plain old data, see `connect`.
+        let mut a: sys::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = sys::ibv_qp_state::IBV_QPS_ERR;
+        self.modify(&mut a, sys::ibv_qp_attr_mask::IBV_QP_STATE, "ERR")
+    }
+
+    /// Posts `reads` (at most `max_chain`) as one linked list: one `ibv_post_send`, one doorbell.
+    pub fn post_reads(&mut self, reads: &[ReadWr]) -> io::Result<()> {
+        if reads.is_empty() {
+            return Ok(());
+        }
+        if reads.len() > self.max_chain {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "chain of {} work requests exceeds {}",
+                    reads.len(),
+                    self.max_chain
+                ),
+            ));
+        }
+        let n = reads.len();
+        let sge_base = self.sges.as_mut_ptr();
+        let wr_base = self.wrs.as_mut_ptr();
+        for (i, r) in reads.iter().enumerate() {
+            self.sges[i] = sys::ibv_sge {
+                addr: r.local_addr,
+                length: r.len,
+                lkey: r.lkey,
+            };
+            let wr = &mut self.wrs[i];
+            wr.wr_id = r.wr_id;
+            // SAFETY: i < n <= max_chain == sges.len() == wrs.len(); pointers stay in bounds
+            // and the vectors are never reallocated (fixed length since creation).
+            wr.sg_list = unsafe { sge_base.add(i) };
+            wr.num_sge = 1;
+            wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_READ;
+            wr.send_flags = if r.signaled {
+                sys::ibv_send_flags::IBV_SEND_SIGNALED.0
+            } else {
+                0
+            };
+            wr.wr.rdma = sys::rdma_t {
+                remote_addr: r.remote_addr,
+                rkey: r.rkey,
+            };
+            // SAFETY: as above, i + 1 <= max_chain; the last entry's `next` is overwritten below.
+            wr.next = unsafe { wr_base.add(i + 1) };
+        }
+        self.wrs[n - 1].next = ptr::null_mut();
+        let mut bad: *mut sys::ibv_send_wr = ptr::null_mut();
+        // SAFETY: the QP is alive; `wrs[..n]` is a valid NULL-terminated list whose
+        // sg_list pointers point into `sges`; libibverbs copies the WRs before returning.
+        // The addresses inside the SGEs/WRs are covered by live MRs (caller's invariant).
+        let rc = unsafe { sys::ibv_post_send(self.qp.as_ptr(), wr_base, &mut bad) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            let e = io::Error::from_raw_os_error(rc);
+            Err(io::Error::new(
+                e.kind(),
+                format!("ibv_post_send of {n} reads: {e}"),
+            ))
+        }
+    }
+}
+
+impl Drop for Qp {
+    fn drop(&mut self) {
+        // SAFETY: the QP was created by ibv_create_qp and is destroyed exactly once,
+        // before the Arcs to its PD and CQ are released (fields drop after this body).
+        let rc = unsafe { sys::ibv_destroy_qp(self.qp.as_ptr()) };
+        if rc != 0 {
+            tracing::error!(
+                errno = rc,
+                qp_num = self.qp_num(),
+                "ibv_destroy_qp failed: {}",
+                io::Error::from_raw_os_error(rc)
+            );
+        }
+    }
+}
+
+/// Whether `libibverbs.so.1` can be loaded in this process, with the loader's
+/// message when it cannot.
+pub(crate) fn libibverbs_loadable() -> Result<(), String> {
+    let name = c"libibverbs.so.1";
+    // SAFETY: dlopen with a valid NUL-terminated name; the handle is closed right away
+    // (the library stays loaded if rdma-mummy-sys's constructor opened it already).
+    let h = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
+    if h.is_null() {
+        // SAFETY: dlerror returns NULL or a pointer to a thread-local NUL-terminated string.
+        let e = unsafe { libc::dlerror() };
+        let msg = if e.is_null() {
+            "unknown dlopen error".to_string()
+        } else {
+            // SAFETY: non-null C string from dlerror, copied immediately.
+            unsafe { std::ffi::CStr::from_ptr(e) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        return Err(msg);
+    }
+    // SAFETY: `h` is a handle returned by dlopen above, closed once.
+    unsafe { libc::dlclose(h) };
+    Ok(())
+}
+
+/// Registers `len` bytes at `addr`, kept alive by `owner`, for remote read
+/// only (the node's sequence files).
+pub(crate) fn reg_remote_read(
+    pd: &Arc<ProtectionDomain>,
+    owner: &Arc<dyn AsRef<[u8]> + Send + Sync>,
+) -> Result<Arc<sideway::ibverbs::memory_region::MemoryRegion>, io::Error> {
+    let bytes: &[u8] = (**owner).as_ref();
+    // SAFETY: the range is the memory of `owner`, which the caller keeps alive for
+    // longer than the returned MR (the server stores both); remote-read-only access
+    // means the device never writes it.
+    let mr = unsafe {
+        pd.reg_mr(
+            bytes.as_ptr() as usize,
+            bytes.len(),
+            sideway::ibverbs::AccessFlags::RemoteRead,
+        )
+    };
+    mr.map_err(|e| match std::error::Error::source(&e) {
+        Some(s) => io::Error::other(format!("{e}: {s}")),
+        None => io::Error::other(e.to_string()),
+    })
+}
+
+/// Registers a client destination buffer for local write.
+pub(crate) fn reg_local_write(
+    pd: &Arc<ProtectionDomain>,
+    buf: &mut [u8],
+) -> Result<Arc<sideway::ibverbs::memory_region::MemoryRegion>, io::Error> {
+    // SAFETY: the range is a live, exclusively borrowed buffer. The MR pins its pages;
+    // the device writes them only for reads posted by `read_batch` into the buffer it
+    // is given at that moment (same address and length). If the buffer is freed
+    // later, the pinned pages stay owned by the MR until deregistration, so the device
+    // never writes memory that Rust has handed to anyone else.
+    let mr = unsafe {
+        pd.reg_mr(
+            buf.as_mut_ptr() as usize,
+            buf.len(),
+            sideway::ibverbs::AccessFlags::LocalWrite,
+        )
+    };
+    mr.map_err(|e| match std::error::Error::source(&e) {
+        Some(s) => io::Error::other(format!("{e}: {s}")),
+        None => io::Error::other(e.to_string()),
+    })
+}

@@ -1,0 +1,251 @@
+//! Storage-node side: register the node's mapped sequence files as
+//! remote-read-only memory regions on every device and accept queue-pair
+//! connections. After that the data path needs no node CPU.
+
+use std::sync::Arc;
+
+use seqfeed_transport::{RegionId, RegionInfo};
+use sideway::ibverbs::memory_region::MemoryRegion;
+
+use crate::device::{open_devices, Nic};
+use crate::endpoint::{Accepted, QpEndpoint};
+use crate::error::VerbsError;
+use crate::raw::{Connect, Cq, Qp, ACCESS_REMOTE_READ};
+
+/// Largest number of QPs one connect request may ask for.
+pub const MAX_QPS_PER_CONNECT: usize = 64;
+
+/// Memory the node serves as one region (usually a `memmap2::Mmap` of a
+/// sequence file's payload). The server keeps it alive while registered.
+pub struct ServedRegion {
+    /// Region id (unique within the node).
+    pub id: RegionId,
+    /// What the region holds (the file's path relative to the dataset root).
+    pub name: String,
+    /// The bytes: the server reads `as_ref()` once to register them.
+    pub data: Arc<dyn AsRef<[u8]> + Send + Sync>,
+}
+
+struct ServerRail {
+    nic: Arc<Nic>,
+    cq: Arc<Cq>,
+    /// Per region: the registration (None for empty regions).
+    mrs: Vec<Option<Arc<MemoryRegion>>>,
+}
+
+/// The node's verbs service: memory regions on each device plus the QPs it
+/// accepted. Shareable across the node's connection tasks (`Send + Sync`).
+pub struct VerbsServer {
+    rails: Vec<ServerRail>,
+    regions: Vec<(RegionId, String, u64, usize)>, // id, name, len, ptr
+    _data: Vec<Arc<dyn AsRef<[u8]> + Send + Sync>>,
+}
+
+impl std::fmt::Debug for VerbsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerbsServer")
+            .field(
+                "devices",
+                &self
+                    .rails
+                    .iter()
+                    .map(|r| r.nic.info.name.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .field("regions", &self.regions.len())
+            .finish()
+    }
+}
+
+/// QPs accepted for one client connection. Dropping it destroys them; the
+/// node keeps it for as long as the client's control connection lives.
+pub struct ServerQps {
+    _qps: Vec<Qp>,
+}
+
+impl std::fmt::Debug for ServerQps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerQps")
+            .field("qps", &self._qps.len())
+            .finish()
+    }
+}
+
+impl VerbsServer {
+    /// Opens the devices (all with an ACTIVE port, or those named) and
+    /// registers every region on each of them.
+    pub fn open(
+        devices: Option<&[String]>,
+        regions: Vec<ServedRegion>,
+    ) -> Result<VerbsServer, VerbsError> {
+        let nics: Vec<_> = open_devices(devices)?
+            .into_iter()
+            .filter(|n| n.info.active)
+            .collect();
+        if nics.is_empty() {
+            return Err(VerbsError::Device {
+                device: "-".into(),
+                step: "find device",
+                detail: "no RDMA device with an ACTIVE port and a usable GID".into(),
+            });
+        }
+        VerbsServer::new(nics, regions)
+    }
+
+    /// Registers every region (remote read only) on each of `nics`.
+    pub fn new(nics: Vec<Arc<Nic>>, regions: Vec<ServedRegion>) -> Result<VerbsServer, VerbsError> {
+        let mut table = Vec::with_capacity(regions.len());
+        let mut data = Vec::with_capacity(regions.len());
+        for r in &regions {
+            let bytes: &[u8] = (*r.data).as_ref();
+            table.push((
+                r.id,
+                r.name.clone(),
+                bytes.len() as u64,
+                bytes.as_ptr() as usize,
+            ));
+            data.push(Arc::clone(&r.data));
+        }
+        let mut rails = Vec::with_capacity(nics.len());
+        for nic in nics {
+            let derr = |step: &'static str, detail: String| VerbsError::Device {
+                device: nic.info.name.clone(),
+                step,
+                detail,
+            };
+            let cqe = (MAX_QPS_PER_CONNECT as u32 * 4).min(nic.info.max_cqe);
+            let cq =
+                Arc::new(Cq::new(&nic.ctx, cqe).map_err(|e| derr("ibv_create_cq", e.to_string()))?);
+            let mut mrs = Vec::with_capacity(table.len());
+            for (idx, (id, name, len, _ptr)) in table.iter().enumerate() {
+                if *len == 0 {
+                    mrs.push(None);
+                    continue;
+                }
+                let mr = crate::raw::reg_remote_read(&nic.pd, &data[idx]).map_err(|e| {
+                    derr(
+                        "ibv_reg_mr (remote read)",
+                        format!("region {} ({name}, {len} bytes): {e}", id.0),
+                    )
+                })?;
+                mrs.push(Some(mr));
+            }
+            tracing::info!(
+                device = %nic.info.name,
+                regions = table.len(),
+                "verbs server: registered regions remote-read-only"
+            );
+            rails.push(ServerRail { nic, cq, mrs });
+        }
+        Ok(VerbsServer {
+            rails,
+            regions: table,
+            _data: data,
+        })
+    }
+
+    /// The devices this server uses, in rail order.
+    pub fn devices(&self) -> Vec<crate::DeviceInfo> {
+        self.rails.iter().map(|r| r.nic.info.clone()).collect()
+    }
+
+    /// The region table as seen through the device serving `client_device` /
+    /// `rail` (addresses and rkeys of that device).
+    pub fn regions(&self, client_device: &str, rail: u32) -> Vec<RegionInfo> {
+        let r = self.rail_for(client_device, rail);
+        self.regions
+            .iter()
+            .zip(&r.mrs)
+            .map(|((id, name, len, ptr), mr)| RegionInfo {
+                id: *id,
+                name: name.clone(),
+                len: *len,
+                addr: if mr.is_some() { *ptr as u64 } else { 0 },
+                rkey: mr.as_ref().map(|m| m.rkey()).unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Picks the node device for a client device: the one with the same name
+    /// (multi-rail hosts name their NICs alike), else device `rail % count`.
+    fn rail_for(&self, client_device: &str, rail: u32) -> &ServerRail {
+        self.rails
+            .iter()
+            .find(|r| r.nic.info.name == client_device)
+            .unwrap_or(&self.rails[rail as usize % self.rails.len()])
+    }
+
+    /// Accepts a client's QPs from its device `client_device` (rail index
+    /// `rail`; see `rail_for`): creates one QP per client QP,
+    /// connects it (RTR/RTS, smaller MTU), and returns the node's endpoints
+    /// and region table. Keep the returned [`ServerQps`] while the client's
+    /// control connection lives.
+    pub fn accept(
+        &self,
+        client_device: &str,
+        rail: u32,
+        client: &[QpEndpoint],
+    ) -> Result<(Accepted, ServerQps), VerbsError> {
+        let r = self.rail_for(client_device, rail);
+        let info = &r.nic.info;
+        let nerr = |step: &str, detail: String| VerbsError::Node {
+            node: "client".into(),
+            step: step.to_string(),
+            detail: format!("device {}: {detail}", info.name),
+        };
+        if client.is_empty() || client.len() > MAX_QPS_PER_CONNECT {
+            return Err(nerr(
+                "VerbsConnect",
+                format!(
+                    "asked for {} QPs (1..={MAX_QPS_PER_CONNECT} allowed)",
+                    client.len()
+                ),
+            ));
+        }
+        let responder = info.max_qp_rd_atom.min(255) as u8;
+        let mut qps = Vec::with_capacity(client.len());
+        let mut eps = Vec::with_capacity(client.len());
+        for (i, c) in client.iter().enumerate() {
+            if !(1..=5).contains(&c.mtu) || c.psn > 0xff_ffff {
+                return Err(nerr(
+                    "VerbsConnect",
+                    format!("QP {i}: bad endpoint (mtu {}, psn {:#x})", c.mtu, c.psn),
+                ));
+            }
+            let mut qp = Qp::new(&r.nic.pd, &r.cq, 1, 1)
+                .map_err(|e| nerr("ibv_create_qp", e.to_string()))?;
+            let psn = rand::random::<u32>() & 0xff_ffff;
+            qp.connect(&Connect {
+                port: info.port,
+                sgid_index: info.gid_index,
+                remote_qpn: c.qp_num,
+                remote_psn: c.psn,
+                local_psn: psn,
+                remote_gid: c.gid,
+                remote_lid: c.lid,
+                path_mtu: u32::from(c.mtu.min(info.mtu)),
+                max_rd_atomic: 1,
+                max_dest_rd_atomic: responder,
+                access: ACCESS_REMOTE_READ,
+            })
+            .map_err(|e| nerr("QP RESET->RTS", e.to_string()))?;
+            eps.push(QpEndpoint {
+                qp_num: qp.qp_num(),
+                psn,
+                gid: info.gid,
+                lid: info.lid,
+                mtu: info.mtu,
+                rd_atom: responder,
+            });
+            qps.push(qp);
+        }
+        tracing::debug!(device = %info.name, qps = qps.len(), "verbs server: accepted QPs");
+        Ok((
+            Accepted {
+                qps: eps,
+                regions: self.regions(client_device, rail),
+            },
+            ServerQps { _qps: qps },
+        ))
+    }
+}
