@@ -504,35 +504,48 @@ impl SeqFile {
     }
 
     /// Recomputes every CRC (stopping at the first bad sequence) and the payload
-    /// hash. `progress` is called with payload bytes checked since the last call.
+    /// hash. `progress` is called with payload bytes hashed since the last call.
+    ///
+    /// Each ~1 MiB run is CRC-checked and then hashed while it is still in cache
+    /// (measured faster than checking CRCs on a second thread, which streams
+    /// the payload from memory twice).
     pub fn verify(&self, progress: &dyn Fn(u64)) -> Result<()> {
         let seq_bytes = self.seq_bytes() as usize;
         let payload = self.payload();
         let table = self.crc_table();
-        // Work in ~1 MiB runs of whole sequences: CRC each sequence, then hash the run
-        // while it is still in cache.
-        let per_run = (1usize << 20).div_ceil(seq_bytes).max(1);
+        // ~1 MiB runs of whole sequences.
+        let run_bytes = (1usize << 20).div_ceil(seq_bytes).max(1) * seq_bytes;
         let mut hasher = blake3::Hasher::new();
-        let mut index = 0u64;
-        for run in payload.chunks(per_run * seq_bytes) {
-            if let Some(table) = table {
-                for seq in run.chunks_exact(seq_bytes) {
-                    let computed = crc32c::crc32c(seq);
-                    let stored = table[index as usize];
-                    if computed != stored {
-                        return Err(FormatError::CrcMismatch {
-                            path: self.path.clone(),
-                            index,
-                            offset: self.sequence_offset(index),
-                            stored,
-                            computed,
-                        });
+        let bad = match table {
+            Some(table) => {
+                let mut bad = None;
+                for (r, run) in payload.chunks(run_bytes).enumerate() {
+                    let first = (r * run_bytes / seq_bytes) as u64;
+                    bad = first_bad_crc(run, seq_bytes, &table[first as usize..], first);
+                    if bad.is_some() {
+                        break;
                     }
-                    index += 1;
+                    hasher.update(run);
+                    progress(run.len() as u64);
                 }
+                bad
             }
-            hasher.update(run);
-            progress(run.len() as u64);
+            None => {
+                for run in payload.chunks(run_bytes) {
+                    hasher.update(run);
+                    progress(run.len() as u64);
+                }
+                None
+            }
+        };
+        if let Some((index, stored, computed)) = bad {
+            return Err(FormatError::CrcMismatch {
+                path: self.path.clone(),
+                index,
+                offset: self.sequence_offset(index),
+                stored,
+                computed,
+            });
         }
         let computed = hasher.finalize();
         if computed.as_bytes() != &self.header.payload_hash {
@@ -550,6 +563,24 @@ impl SeqFile {
         }
         Ok(())
     }
+}
+
+/// The first sequence of `payload` whose CRC32C differs from `table`, as
+/// `(first + index, stored, computed)`.
+fn first_bad_crc(
+    payload: &[u8],
+    seq_bytes: usize,
+    table: &[u32],
+    first: u64,
+) -> Option<(u64, u32, u32)> {
+    payload
+        .chunks_exact(seq_bytes)
+        .zip(table)
+        .enumerate()
+        .find_map(|(i, (seq, &stored))| {
+            let computed = crc32c::crc32c(seq);
+            (computed != stored).then_some((first + i as u64, stored, computed))
+        })
 }
 
 /// Checks `bytes` (one sequence, e.g. just read from a remote node) against its

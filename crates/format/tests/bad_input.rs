@@ -81,7 +81,10 @@ fn every_header_byte_flip_is_detected() {
     // Every header byte, a sample of the padding (every 61st byte and the last),
     // and every byte of the CRC table.
     let padding = (header_len..4096).filter(|o| o % 61 == 0 || *o == 4095);
-    for off in (0..header_len).chain(padding).chain(4096 + 5 * 64..good.len()) {
+    for off in (0..header_len)
+        .chain(padding)
+        .chain(4096 + 5 * 64..good.len())
+    {
         let mut b = good.clone();
         b[off] ^= 0x01;
         std::fs::write(&file, &b).unwrap();
@@ -569,4 +572,33 @@ fn ragged_raw_array_and_bad_npy() {
         ),
         Err(FormatError::Truncated { .. })
     ));
+}
+
+#[test]
+fn large_file_verify_finds_the_first_bad_sequence_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    // 5000 x 2 KiB = 10 MB, many 1 MiB verification runs.
+    let src_dir = synth(
+        dir.path(),
+        "big",
+        Dtype::U16,
+        1024,
+        5000,
+        DEFAULT_MAX_FILE_BYTES,
+    );
+    let file = src_dir.join("part-00000.seq");
+    Source::open(&src_dir).unwrap().verify(&|_| {}).unwrap();
+    flip(&file, 4096 + 4999 * 2048 + 1);
+    flip(&file, 4096 + 4321 * 2048 + 1000);
+    let src = Source::open(&src_dir).unwrap();
+    let hashed = std::sync::atomic::AtomicU64::new(0);
+    let err = src.verify(&|n| {
+        hashed.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert!(
+        matches!(err, Err(FormatError::CrcMismatch { index: 4321, .. })),
+        "{err:?}"
+    );
+    // Stopped at the run holding sequence 4321: never hashed the last runs.
+    assert!(hashed.into_inner() < 4400 * 2048);
 }
