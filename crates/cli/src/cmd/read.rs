@@ -62,6 +62,10 @@ pub struct Args {
     /// Shared secret of the nodes (also SEQFEED_SECRET).
     #[arg(long, env = "SEQFEED_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// Socket read/write timeout of the tcp transport (ms): how long a silent
+    /// node (partitioned, stopped) blocks a read before it counts as failed.
+    #[arg(long, default_value_t = 10_000)]
+    io_timeout_ms: u64,
     /// Longest wait for a live replica before a step fails (ms).
     #[arg(long, default_value_t = 10_000)]
     failover_ms: u64,
@@ -196,6 +200,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         secret: args.secret.clone().filter(|s| !s.is_empty()),
         expected_fingerprint: opened.fingerprint.clone(),
         connections: args.connections.max(1),
+        connect_timeout: Duration::from_millis(args.io_timeout_ms.clamp(100, 2_000)),
+        io_timeout: Duration::from_millis(args.io_timeout_ms.max(100)),
         ..ConnectOptions::default()
     };
     let reader = connect(opened.source.files(), &endpoints, kind, &opts, config.retry)?;
