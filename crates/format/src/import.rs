@@ -121,7 +121,8 @@ impl Input {
         let path = path.as_ref();
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         let kind = match ext {
-            "idx" | "bin" => {
+            // A `.bin` is Megatron only next to its `.idx`; otherwise it may be a raw array.
+            "idx" | "bin" if ext == "idx" || path.with_extension("idx").exists() => {
                 return Ok(Input {
                     path: path.with_extension(""),
                     kind: InputKind::Megatron,
@@ -532,17 +533,44 @@ pub fn megatron_paths(prefix: &Path) -> (PathBuf, PathBuf) {
     (PathBuf::from(idx), PathBuf::from(bin))
 }
 
-/// A parsed, validated Megatron index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MegatronIndex {
+/// A validated Megatron index: a view of the `.idx` bytes (nothing is copied,
+/// so indexes of any size cost no memory beyond their mapping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MegatronIndex<'a> {
     /// Token type of the `.bin`.
     pub dtype: InDtype,
-    /// Length in tokens of each sequence.
-    pub lengths: Vec<u64>,
-    /// Byte offset in the `.bin` of each sequence.
-    pub pointers: Vec<u64>,
-    /// Document boundaries in sequence indices (`doc_idx`), D entries.
-    pub doc_idx: Vec<u64>,
+    /// Number of sequences S.
+    pub sequences: u64,
+    /// Number of document-index entries D.
+    pub doc_entries: u64,
+    idx: &'a [u8],
+}
+
+impl MegatronIndex<'_> {
+    /// Length in tokens of sequence `i` (`i < sequences`).
+    pub fn length(&self, i: u64) -> u64 {
+        let o = MEGATRON_ARRAYS_OFFSET as usize + 4 * i as usize;
+        u64::from(u32::from_le_bytes([
+            self.idx[o],
+            self.idx[o + 1],
+            self.idx[o + 2],
+            self.idx[o + 3],
+        ]))
+    }
+    /// Byte offset in the `.bin` of sequence `i` (`i < sequences`).
+    pub fn pointer(&self, i: u64) -> u64 {
+        le_u64(
+            self.idx,
+            MEGATRON_ARRAYS_OFFSET as usize + 4 * self.sequences as usize + 8 * i as usize,
+        )
+    }
+    /// Document-index entry `j` (`j < doc_entries`).
+    pub fn doc_index(&self, j: u64) -> u64 {
+        le_u64(
+            self.idx,
+            MEGATRON_ARRAYS_OFFSET as usize + 12 * self.sequences as usize + 8 * j as usize,
+        )
+    }
 }
 
 fn le_u64(b: &[u8], off: usize) -> u64 {
@@ -552,12 +580,12 @@ fn le_u64(b: &[u8], off: usize) -> u64 {
 }
 
 /// Parses `idx` (the `.idx` bytes) and checks every pointer against `bin_len`.
-pub fn parse_megatron_index(
+pub fn parse_megatron_index<'a>(
     idx_path: &Path,
-    idx: &[u8],
+    idx: &'a [u8],
     bin_path: &Path,
     bin_len: u64,
-) -> Result<MegatronIndex> {
+) -> Result<MegatronIndex<'a>> {
     let bad = |offset: u64, reason: String| FormatError::Megatron {
         path: idx_path.to_path_buf(),
         offset,
@@ -646,8 +674,6 @@ pub fn parse_megatron_index(
     let ptr_off = len_off + 4 * s_us;
     let doc_off = ptr_off + 8 * s_us;
     let size = dtype.size() as u64;
-    let mut lengths = Vec::with_capacity(s_us);
-    let mut pointers = Vec::with_capacity(s_us);
     for i in 0..s_us {
         let lo = len_off + 4 * i;
         let len = i32::from_le_bytes([idx[lo], idx[lo + 1], idx[lo + 2], idx[lo + 3]]);
@@ -675,10 +701,7 @@ pub fn parse_megatron_index(
                 ),
             ));
         }
-        lengths.push(len as u64);
-        pointers.push(ptr as u64);
     }
-    let mut doc_idx = Vec::with_capacity(d as usize);
     let mut prev = 0u64;
     for j in 0..d as usize {
         let o = doc_off + 8 * j;
@@ -690,19 +713,18 @@ pub fn parse_megatron_index(
             ));
         }
         prev = v as u64;
-        doc_idx.push(v as u64);
     }
     Ok(MegatronIndex {
         dtype,
-        lengths,
-        pointers,
-        doc_idx,
+        sequences: s,
+        doc_entries: d,
+        idx,
     })
 }
 
 fn import_megatron(packer: &mut Packer, prefix: &Path, progress: &dyn Fn(u64)) -> Result<()> {
     let (idx_path, bin_path) = megatron_paths(prefix);
-    let idx = std::fs::read(&idx_path).map_err(|e| FormatError::io("read", &idx_path, e))?;
+    let idx = crate::mmap::map_path(&idx_path)?;
     let bin = crate::mmap::map_path(&bin_path)?;
     let index = parse_megatron_index(&idx_path, &idx, &bin_path, bin.len() as u64)?;
     let size = index.dtype.size();
@@ -711,11 +733,12 @@ fn import_megatron(packer: &mut Packer, prefix: &Path, progress: &dyn Fn(u64)) -
         f: progress,
         pending: 0,
     };
-    for (seq, (&len, &ptr)) in index.lengths.iter().zip(&index.pointers).enumerate() {
+    for seq in 0..index.sequences {
+        let (len, ptr) = (index.length(seq), index.pointer(seq));
         let start = ptr as usize;
         let bytes = &bin[start..start + len as usize * size];
         let pos = |token: u64, byte: u64| TokenPos::Megatron {
-            sequence: seq as u64,
+            sequence: seq,
             token,
             byte,
         };

@@ -376,3 +376,42 @@ fn writer_leaves_nothing_when_dropped() {
         Err(FormatError::OutputExists { .. })
     ));
 }
+
+#[test]
+fn bin_extension_is_megatron_only_next_to_an_idx() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("tokens.v2.bin");
+    std::fs::write(&bin, [0u8; 8]).unwrap();
+    let i = Input::detect(&bin, Some(InDtype::U32), "x").unwrap();
+    assert_eq!(i.kind, InputKind::Raw(InDtype::U32));
+    assert!(Input::detect(&bin, None, "x").is_err());
+    write_megatron(
+        &dir.path().join("tokens.v2"),
+        8,
+        2,
+        &[vec![1, 2], vec![3]],
+        5,
+    );
+    let i = Input::detect(&bin, Some(InDtype::U32), "x").unwrap();
+    assert_eq!(i.kind, InputKind::Megatron);
+    assert_eq!(i.path, dir.path().join("tokens.v2"));
+    // The index view reads the documented fields.
+    let idx = std::fs::read(dir.path().join("tokens.v2.idx")).unwrap();
+    let bin_len = std::fs::metadata(&bin).unwrap().len();
+    let view = import::parse_megatron_index(&dir.path().join("tokens.v2.idx"), &idx, &bin, bin_len)
+        .unwrap();
+    assert_eq!(
+        (view.dtype, view.sequences, view.doc_entries),
+        (InDtype::U16, 2, 3)
+    );
+    assert_eq!(
+        (
+            view.length(0),
+            view.pointer(0),
+            view.length(1),
+            view.pointer(1)
+        ),
+        (2, 5, 1, 14)
+    );
+    assert_eq!(view.doc_index(2), 2);
+}

@@ -171,8 +171,13 @@ pub fn write_megatron(prefix: &Path, dtype_code: u8, elem: usize, docs: &[Vec<i6
     for j in 0..=docs.len() as i64 {
         idx.extend_from_slice(&j.to_le_bytes());
     }
-    std::fs::write(prefix.with_extension("idx"), idx).unwrap();
-    std::fs::write(prefix.with_extension("bin"), bin).unwrap();
+    let with = |ext: &str| {
+        let mut s = prefix.as_os_str().to_owned();
+        s.push(ext);
+        std::path::PathBuf::from(s)
+    };
+    std::fs::write(with(".idx"), idx).unwrap();
+    std::fs::write(with(".bin"), bin).unwrap();
 }
 
 /// A version-1 .npy file with a 1-D array.
