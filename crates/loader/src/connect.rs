@@ -2,9 +2,8 @@
 //! endpoint into a [`NodeSpec`] whose connector opens that transport.
 //!
 //! Backends: `local` (the node's files are on this host: read straight from
-//! their mapping) and `tcp`; `auto` picks the best available one and logs
-//! why. A `verbs` backend slots in as one more [`TransportKind`] variant and
-//! one more arm of [`node_spec`].
+//! their mapping), `tcp` and `verbs` (RDMA); `auto` picks the best available
+//! one and logs why.
 
 use std::path::PathBuf;
 
@@ -22,8 +21,12 @@ pub enum TransportKind {
     Local,
     /// The tcp transport (one-sided reads emulated over TCP).
     Tcp,
+    /// RDMA verbs (one-sided RDMA READs; queue pairs set up through the
+    /// node's control service).
+    Verbs,
     /// The best available: local for an endpoint without an address, else
-    /// tcp (verbs once a usable RDMA device is found).
+    /// verbs when this host has a usable RDMA device (and the node accepts
+    /// verbs), else tcp.
     #[default]
     Auto,
 }
@@ -34,9 +37,10 @@ impl std::str::FromStr for TransportKind {
         match s {
             "local" => Ok(TransportKind::Local),
             "tcp" => Ok(TransportKind::Tcp),
+            "verbs" => Ok(TransportKind::Verbs),
             "auto" => Ok(TransportKind::Auto),
             other => Err(format!(
-                "unknown transport {other:?} (expected local, tcp or auto)"
+                "unknown transport {other:?} (expected local, tcp, verbs or auto)"
             )),
         }
     }
@@ -47,6 +51,7 @@ impl std::fmt::Display for TransportKind {
         f.write_str(match self {
             TransportKind::Local => "local",
             TransportKind::Tcp => "tcp",
+            TransportKind::Verbs => "verbs",
             TransportKind::Auto => "auto",
         })
     }
@@ -108,16 +113,23 @@ pub fn node_spec_with(
     endpoint: &Endpoint,
     opts: &ConnectOptions,
 ) -> Result<NodeSpec, LoaderError> {
+    let mut verbs_fallback = false;
     let kind = match kind {
+        TransportKind::Auto if endpoint.addr.is_some() => {
+            // Probed once per process; `auto_select` logs which and why.
+            static PROBE: std::sync::OnceLock<seqfeed_verbs::Selection> =
+                std::sync::OnceLock::new();
+            match PROBE.get_or_init(seqfeed_verbs::auto_select) {
+                seqfeed_verbs::Selection::Verbs { .. } => {
+                    verbs_fallback = true;
+                    TransportKind::Verbs
+                }
+                seqfeed_verbs::Selection::Tcp { .. } => TransportKind::Tcp,
+            }
+        }
         TransportKind::Auto => {
-            let pick = if endpoint.addr.is_some() {
-                TransportKind::Tcp
-            } else {
-                TransportKind::Local
-            };
-            tracing::debug!(node = %endpoint.name, transport = %pick, "auto transport: no RDMA backend built in; {}",
-                if pick == TransportKind::Tcp { "node has an address" } else { "node is a local dataset" });
-            pick
+            tracing::debug!(node = %endpoint.name, "auto transport: local (node is a local dataset)");
+            TransportKind::Local
         }
         k => k,
     };
@@ -164,6 +176,33 @@ pub fn node_spec_with(
                 connect: Box::new(move || {
                     TcpTransport::connect(addr.as_str(), &opts)
                         .map(|t| Box::new(t) as Box<dyn Transport>)
+                }),
+            })
+        }
+        TransportKind::Verbs => {
+            let addr = endpoint.addr.clone().ok_or_else(|| LoaderError::Config {
+                what: format!(
+                    "node {}: the verbs transport needs an address",
+                    endpoint.name
+                ),
+            })?;
+            let mut opts = opts.clone();
+            opts.retries = 0;
+            Ok(NodeSpec {
+                name: endpoint.name.clone(),
+                files: endpoint.files.clone(),
+                connect: Box::new(move || {
+                    let vopts = seqfeed_verbs::ClientOptions::default();
+                    match seqfeed_verbs::VerbsTransport::connect_node(addr.as_str(), &opts, vopts) {
+                        Ok(t) => Ok(Box::new(t) as Box<dyn Transport>),
+                        // auto: a node without verbs (it refuses VerbsConnect) is read over tcp.
+                        Err(e @ TransportError::Protocol { .. }) if verbs_fallback => {
+                            tracing::info!(node = %addr, "transport auto: tcp for this node (verbs refused: {e})");
+                            TcpTransport::connect(addr.as_str(), &opts)
+                                .map(|t| Box::new(t) as Box<dyn Transport>)
+                        }
+                        Err(e) => Err(e),
+                    }
                 }),
             })
         }

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod service;
+mod verbs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ use seqfeed_transport::{RegionError, RegionTable};
 use seqfeed_wire::{ClientCounters, Limits, NodeCounters, VerbsAccept, VerbsConnect};
 
 pub use service::NodeHandle;
+pub use verbs::verbs_factory;
 
 /// Answers RDMA queue-pair connect requests for a node (implemented by the
 /// verbs backend).

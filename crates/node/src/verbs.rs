@@ -1,0 +1,27 @@
+//! RDMA verbs for the node: a [`VerbsFactory`] that registers the node's
+//! mapped files on its RDMA devices (remote read only) and answers
+//! `VerbsConnect` with [`seqfeed_verbs::WireAcceptor`].
+
+use std::sync::Arc;
+
+use seqfeed_verbs::WireAcceptor;
+use seqfeed_wire::{VerbsAccept, VerbsConnect};
+
+use crate::{VerbsAcceptor, VerbsFactory};
+
+impl VerbsAcceptor for WireAcceptor {
+    fn accept(&self, client: &str, req: &VerbsConnect) -> Result<VerbsAccept, String> {
+        WireAcceptor::accept(self, client, req)
+    }
+}
+
+/// A factory enabling verbs on the named RDMA devices (`None`: every device
+/// with an ACTIVE port). Starting the node fails with the reason when no
+/// device is usable (libibverbs missing, no device, no ACTIVE port).
+pub fn verbs_factory(devices: Option<Vec<String>>) -> VerbsFactory {
+    Arc::new(move |table| {
+        let acceptor =
+            WireAcceptor::from_table(table, devices.as_deref()).map_err(|e| e.to_string())?;
+        Ok(Arc::new(acceptor) as Arc<dyn VerbsAcceptor>)
+    })
+}
