@@ -516,30 +516,49 @@ impl ClusterReader {
         }
 
         let files = &self.files;
+        // One unit of work per node with rows; the first runs on this thread
+        // (no spawn when a single node is involved), the others on scoped threads.
+        let mut work: Vec<NodeWork<'_, '_>> = self
+            .nodes
+            .iter_mut()
+            .enumerate()
+            .zip(per_node)
+            .filter(|(_, runs)| !runs.is_empty())
+            .map(|((ni, node), runs)| (ni, node, runs))
+            .collect();
+        let panicked = |node: &str, rows: Vec<usize>| NodeOutcome {
+            result: Err(TransportError::Protocol {
+                node: node.to_owned(),
+                what: "reader thread panicked".into(),
+            }),
+            rows,
+            batches: 0,
+            staged: 0,
+        };
         let outcomes: Vec<(usize, NodeOutcome)> = std::thread::scope(|s| {
-            let mut handles = Vec::new();
-            for ((ni, node), runs) in self.nodes.iter_mut().enumerate().zip(per_node) {
-                if runs.is_empty() {
-                    continue;
-                }
-                let h = s.spawn(move || read_node(node, step, reads, row_bytes, runs, files));
-                handles.push((ni, h));
-            }
-            handles
+            let first = if work.is_empty() {
+                None
+            } else {
+                Some(work.remove(0))
+            };
+            let handles: Vec<_> = work
                 .into_iter()
-                .map(|(ni, h)| {
-                    let out = h.join().unwrap_or_else(|_| NodeOutcome {
-                        result: Err(TransportError::Protocol {
-                            node: String::new(),
-                            what: "reader thread panicked".into(),
-                        }),
-                        rows: Vec::new(),
-                        batches: 0,
-                        staged: 0,
-                    });
-                    (ni, out)
+                .map(|(ni, node, runs)| {
+                    let name = node.spec.name.clone();
+                    let rows = run_rows(&runs, row_bytes);
+                    let h = s.spawn(move || read_node(node, step, reads, row_bytes, runs, files));
+                    (ni, name, rows, h)
                 })
-                .collect()
+                .collect();
+            let mut outcomes = Vec::with_capacity(handles.len() + 1);
+            if let Some((ni, node, runs)) = first {
+                outcomes.push((ni, read_node(node, step, reads, row_bytes, runs, files)));
+            }
+            for (ni, name, rows, h) in handles {
+                let out = h.join().unwrap_or_else(|_| panicked(&name, rows));
+                outcomes.push((ni, out));
+            }
+            outcomes
         });
 
         let mut failed = Vec::new();
@@ -570,6 +589,10 @@ impl ClusterReader {
     }
 }
 
+/// One node's share of a round: its index, its state, and its runs of rows
+/// (first row, destination slice).
+type NodeWork<'n, 'd> = (usize, &'n mut Node, Vec<(usize, &'d mut [u8])>);
+
 /// What one node's thread did in one round.
 struct NodeOutcome {
     result: Result<BatchStats, TransportError>,
@@ -589,10 +612,7 @@ fn read_node(
     mut runs: Vec<(usize, &mut [u8])>,
     files: &[String],
 ) -> NodeOutcome {
-    let rows: Vec<usize> = runs
-        .iter()
-        .flat_map(|(first, s)| *first..*first + s.len() / row_bytes.max(1))
-        .collect();
+    let rows = run_rows(&runs, row_bytes);
     let mut out = NodeOutcome {
         result: Ok(BatchStats::default()),
         rows,
@@ -650,6 +670,13 @@ fn read_node(
         }
     }
     out
+}
+
+/// The rows covered by `runs` (first row, slice of whole rows), in order.
+fn run_rows(runs: &[(usize, &mut [u8])], row_bytes: usize) -> Vec<usize> {
+    runs.iter()
+        .flat_map(|(first, s)| *first..*first + s.len() / row_bytes.max(1))
+        .collect()
 }
 
 /// Connects to a node, retrying with backoff up to `policy.start_attempts` times.
