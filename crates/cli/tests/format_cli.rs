@@ -241,6 +241,30 @@ fn megatron_and_jsonl_into_a_dataset() {
         p(&mega),
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
+    // The same corpus named by its prefix with --format megatron: same source.
+    let again = dir.path().join("mega");
+    let o2 = seqfeed(&[
+        "pack",
+        p(&dir.path().join("corpus")),
+        "--format",
+        "megatron",
+        "--seq-len",
+        "4",
+        "--eos",
+        "0",
+        "-o",
+        p(&again),
+    ]);
+    assert!(o2.status.success(), "{}", text(&o2).1);
+    let fp = |o: &Output| {
+        text(o)
+            .0
+            .lines()
+            .find(|l| l.starts_with("fingerprint"))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(fp(&o), fp(&o2));
     let js = ds.join("js");
     let o = seqfeed(&[
         "pack",

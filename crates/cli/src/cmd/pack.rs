@@ -126,7 +126,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for p in &args.inputs {
         let input = match args.format {
             FormatArg::Auto => Input::detect(p, args.input_dtype, &args.jsonl_field)?,
-            FormatArg::Megatron => Input::detect(p.with_extension("idx"), None, "")?,
+            FormatArg::Megatron => {
+                // Accept the prefix, `prefix.idx` or `prefix.bin`.
+                let ext = p.extension().and_then(|e| e.to_str());
+                let prefix = if matches!(ext, Some("idx" | "bin")) {
+                    p.with_extension("")
+                } else {
+                    p.clone()
+                };
+                Input {
+                    path: prefix,
+                    kind: InputKind::Megatron,
+                }
+            }
             FormatArg::Raw => Input {
                 path: p.clone(),
                 kind: InputKind::Raw(
