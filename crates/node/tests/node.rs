@@ -80,7 +80,8 @@ fn small_limits_split_batches_into_many_frames() {
     let files: Vec<String> = tcp.regions().iter().map(|r| r.name.clone()).collect();
     let mut local = LocalTransport::open(dir.path(), &files).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let (reads, len) = common::random_batch(&mut rng, local.regions(), 200, 30_000);
+    // Reads up to 120 KB: bigger than a frame's byte limit, so split.
+    let (reads, len) = common::random_batch(&mut rng, local.regions(), 200, 120_000);
     let mut want = vec![0u8; len];
     local.read_batch(&reads, &mut want).unwrap();
     let mut got = vec![0u8; len];
@@ -143,6 +144,17 @@ fn files_subset_health_stats_and_verbs_default() {
     bad.files = Some(vec!["web/nope.seq".into()]);
     let e = Node::start(bad).unwrap_err();
     assert!(e.to_string().contains("web/nope.seq"), "{e}");
+    // Overlapping destinations are refused (they would race between
+    // connections).
+    let two = |dst_offset| ReadRequest {
+        region: RegionId(0),
+        offset: 0,
+        len: 10,
+        dst_offset,
+    };
+    let e = tcp.read_batch(&[two(0), two(5)], &mut dst).unwrap_err();
+    assert!(e.to_string().contains("overlap"), "{e}");
+    tcp.read_batch(&[two(0), two(10)], &mut dst).unwrap();
     // Out-of-bounds reads are refused client-side, before any I/O.
     let e = tcp
         .read_batch(

@@ -24,7 +24,8 @@ use seqfeed_wire::{
 
 use crate::{BatchStats, ReadRequest, RegionInfo, Transport, TransportError};
 
-/// Largest piece of one read sent as one wire read (bigger reads are split).
+/// Largest piece of one read sent as one wire read (bigger reads, or reads
+/// bigger than the batch limit, are split).
 const MAX_PIECE: usize = 16 << 20;
 
 /// Below this many bytes per connection a batch uses fewer connections
@@ -412,6 +413,7 @@ impl TcpTransport {
 
 /// Cuts `dst` into one disjoint slice per wire piece, sorted by destination.
 fn carve<'a>(
+    piece_max: usize,
     node: &str,
     regions: &[RegionInfo],
     reads: &[ReadRequest],
@@ -456,7 +458,7 @@ fn carve<'a>(
         rest = tail;
         pos = r.dst_offset + u64::from(r.len);
         let mut off = r.offset;
-        for piece in mine.chunks_mut(MAX_PIECE) {
+        for piece in mine.chunks_mut(piece_max) {
             let len = piece.len() as u32;
             out.push((
                 WireRead {
@@ -484,9 +486,11 @@ fn run_on(
     while start < pieces.len() {
         let mut end = start;
         let mut bytes = 0u64;
+        // At least one piece per frame (pieces fit in max_batch_bytes).
         while end < pieces.len()
-            && end - start < limits.max_reads as usize
-            && bytes + u64::from(pieces[end].0.len) <= limits.max_batch_bytes
+            && (end == start
+                || (end - start < limits.max_reads as usize
+                    && bytes + u64::from(pieces[end].0.len) <= limits.max_batch_bytes))
         {
             bytes += u64::from(pieces[end].0.len);
             end += 1;
@@ -518,7 +522,8 @@ impl Transport for TcpTransport {
         dst: &mut [u8],
     ) -> Result<BatchStats, TransportError> {
         let node = self.node.clone();
-        let mut pieces = carve(&node, &self.welcome.regions, reads, dst)?;
+        let piece_max = (self.opts.limits.max_batch_bytes.min(MAX_PIECE as u64) as usize).max(1);
+        let mut pieces = carve(piece_max, &node, &self.welcome.regions, reads, dst)?;
         let total: u64 = pieces.iter().map(|p| u64::from(p.0.len)).sum();
         if pieces.is_empty() {
             return Ok(BatchStats {
