@@ -172,6 +172,9 @@ fn loader_lands_exact_bytes_in_the_selected_destination() {
     let dest = LoaderDestination::select(&TransportCaps::cpu_copy("local"), None).unwrap();
     match probe() {
         CudaProbe::NotAvailable { reason } => {
+            if std::env::var("SEQFEED_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+                panic!("SEQFEED_REQUIRE_CUDA=1 but CUDA is not available: {reason}");
+            }
             assert_eq!(dest.path, DevicePath::Host);
             assert!(dest.device.is_none());
             assert_eq!(dest.allocator.name(), "heap");
