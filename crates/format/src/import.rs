@@ -415,7 +415,8 @@ pub fn parse_npy_header(path: &Path, bytes: &[u8]) -> Result<NpyHeader> {
         .strip_prefix('\'')
         .and_then(|r| r.split('\'').next())
         .ok_or_else(|| bad(hstart, "descr is not a quoted string".into()))?;
-    let (endian, code) = descr.split_at(descr.len().min(1));
+    let split = descr.chars().next().map_or(0, char::len_utf8);
+    let (endian, code) = descr.split_at(split);
     let dtype = match code {
         "u1" => InDtype::U8,
         "i1" => InDtype::I8,
