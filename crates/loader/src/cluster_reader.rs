@@ -409,6 +409,10 @@ impl ClusterReader {
     /// Tries to reconnect every dead node whose backoff has expired.
     fn revive_due(&mut self) {
         let now = Instant::now();
+        let due = |n: &Node| !n.live() && !n.given_up && n.retry_at <= now;
+        if !self.nodes.iter().any(due) {
+            return;
+        }
         let index: HashMap<&str, usize> = self
             .files
             .iter()
@@ -416,7 +420,7 @@ impl ClusterReader {
             .map(|(i, f)| (f.as_str(), i))
             .collect();
         for node in &mut self.nodes {
-            if node.live() || node.given_up || node.retry_at > now {
+            if !due(node) {
                 continue;
             }
             match (node.spec.connect)() {
