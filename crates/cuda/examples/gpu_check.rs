@@ -235,10 +235,28 @@ fn run(data: &Data, net: &Net, alloc: Arc<dyn BufferAllocator>, verify: bool) ->
                 slot.event().synchronize().unwrap(); // the consumer's wait
                 if verify {
                     scratch.resize(db.bytes(), 0);
-                    slot.device_buffer().copy_to_host(0, &mut scratch).unwrap();
-                    if scratch != data.expected[step] {
-                        eprintln!("MISMATCH step {step}: device bytes differ from the files");
-                        bad += 1;
+                    match slot.widened_buffer() {
+                        None => {
+                            slot.device_buffer().copy_to_host(0, &mut scratch).unwrap();
+                            if scratch != data.expected[step] {
+                                eprintln!(
+                                    "MISMATCH step {step}: device bytes differ from the files"
+                                );
+                                bad += 1;
+                            }
+                        }
+                        Some(wide) => {
+                            wide.copy_to_host(0, &mut scratch).unwrap();
+                            let want = seqfeed_cuda::widen_u16_host(&data.expected[step]);
+                            let same = scratch
+                                .chunks_exact(8)
+                                .zip(&want)
+                                .all(|(g, w)| i64::from_le_bytes(g.try_into().unwrap()) == *w);
+                            if !same || scratch.len() != want.len() * 8 {
+                                eprintln!("MISMATCH step {step}: int64 ids differ from the files");
+                                bad += 1;
+                            }
+                        }
                     }
                 }
             }
@@ -502,6 +520,24 @@ fn loader_checks(dev: Option<&Device>, data: &Data, steps: u64) -> usize {
             host_rate,
             &format!("loader/{name} -> host memory"),
         );
+    }
+    if let Some(dev) = dev {
+        match CudaBounceAllocator::with_widening(dev, Dtype::U16) {
+            Ok(a) => {
+                let a: Arc<dyn BufferAllocator> = Arc::new(a);
+                let (bad, _) = run(data, &Net::Local, a.clone(), true);
+                println!(
+                    "int64 ids on the device via loader/local/bounce+widen: {} of {steps} steps match the files",
+                    steps as usize - bad
+                );
+                failures += bad;
+                let (_, rate) = run(data, &Net::Local, a, false);
+                for (rn, r) in &refs {
+                    ratio_line("loader/local -> bounce -> widen to int64", rate, *r, rn);
+                }
+            }
+            Err(e) => println!("loader with widening: skipped: {e}"),
+        }
     }
     if let Some(n) = node {
         n.shutdown();

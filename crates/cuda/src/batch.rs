@@ -5,6 +5,7 @@ use crate::device::Device;
 use crate::dlpack::{DLDataType, DLDevice, DlpackTensor};
 use crate::error::{CudaError, Result};
 use crate::memory::{DeviceBuffer, Event, PinnedBuffer, Stream};
+use crate::widen::Widener;
 use std::sync::Arc;
 
 /// Element type of a batch.
@@ -121,6 +122,16 @@ pub struct BounceSlot {
     stream: Arc<Stream>,
     in_flight: bool,
     filled: usize,
+    widen: Option<WidenTarget>,
+}
+
+/// On-device widening after each copy: `from` tokens in the step buffer
+/// become int64 in `out`.
+#[derive(Debug)]
+struct WidenTarget {
+    widener: Arc<Widener>,
+    from: DType,
+    out: DeviceBuffer,
 }
 
 impl BounceSlot {
@@ -138,7 +149,31 @@ impl BounceSlot {
             stream,
             in_flight: false,
             filled: 0,
+            widen: None,
         })
+    }
+
+    /// Also widens every submitted step of `from` tokens to int64 on the
+    /// device (same stream, before the completion event); batches then
+    /// describe the int64 buffer. Allocates that buffer (4x or 2x the slot).
+    pub fn with_widening(mut self, widener: Arc<Widener>, from: DType) -> Result<BounceSlot> {
+        if from == DType::I64 {
+            return Err(CudaError::InvalidArgument {
+                what: "widening int64 tokens: they are already int64".to_string(),
+            });
+        }
+        let tokens = self.dst.len() / from.size();
+        let out = self
+            .dst
+            .device()
+            .alloc(tokens.max(1) * 8, "the int64 widened step buffer")?;
+        self.widen = Some(WidenTarget { widener, from, out });
+        Ok(self)
+    }
+
+    /// The int64 buffer when widening is on.
+    pub fn widened_buffer(&self) -> Option<&DeviceBuffer> {
+        self.widen.as_ref().map(|w| &w.out)
     }
 
     /// Capacity in bytes.
@@ -197,8 +232,20 @@ impl BounceSlot {
         // Do not overwrite device memory a consumer stream may still read
         // (a never-recorded event is already complete).
         self.stream.wait_event(&self.released)?;
+        if let Some(w) = &self.widen {
+            if !len.is_multiple_of(w.from.size()) {
+                return Err(CudaError::InvalidArgument {
+                    what: format!("{len} bytes is not a whole number of {:?} tokens", w.from),
+                });
+            }
+        }
         self.dst
             .copy_from_pinned_async(0, &self.pinned, len, &self.stream)?;
+        if let Some(w) = &self.widen {
+            let n = len / w.from.size();
+            w.widener
+                .widen(&self.dst, 0, w.from, n, &w.out, 0, &self.stream)?;
+        }
         self.done.record(&self.stream)?;
         self.in_flight = true;
         self.filled = len;
@@ -230,7 +277,8 @@ impl BounceSlot {
         Ok(())
     }
 
-    /// Describes the last submitted bytes as a batch of `shape` × `dtype`.
+    /// Describes the last submitted bytes as a batch of `shape` × `dtype`
+    /// (the token dtype); with widening on, the batch is the int64 buffer.
     pub fn batch(&self, shape: &[usize], dtype: DType) -> Result<DeviceBatch> {
         let want = shape.iter().product::<usize>() * dtype.size();
         if want != self.filled {
@@ -241,9 +289,21 @@ impl BounceSlot {
                 ),
             });
         }
+        let (ptr, dtype) = match &self.widen {
+            None => (self.dst.device_ptr(), dtype),
+            Some(w) if w.from == dtype => (w.out.device_ptr(), DType::I64),
+            Some(w) => {
+                return Err(CudaError::InvalidArgument {
+                    what: format!(
+                        "batch of {dtype:?} from a slot widening {:?} tokens",
+                        w.from
+                    ),
+                })
+            }
+        };
         Ok(DeviceBatch {
             device: self.dst.device().index(),
-            ptr: self.dst.device_ptr(),
+            ptr,
             shape: shape.to_vec(),
             dtype,
             stream: self.stream.handle(),

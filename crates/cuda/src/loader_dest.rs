@@ -21,6 +21,7 @@ use crate::error::{CudaError, Result};
 use crate::gpu_side;
 use crate::memory::Stream;
 use crate::path::{choose_path, DevicePath, PathChoice, TransportCaps};
+use crate::widen::Widener;
 use seqfeed_loader::{Batch, BoxError, BufferAllocator, Dtype, HeapAllocator, HostBuffer};
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use std::sync::Arc;
 pub struct CudaBounceAllocator {
     device: Device,
     stream: Arc<Stream>,
+    widen: Option<(Arc<Widener>, DType)>,
 }
 
 impl CudaBounceAllocator {
@@ -38,7 +40,17 @@ impl CudaBounceAllocator {
         Ok(CudaBounceAllocator {
             device: device.clone(),
             stream: Arc::new(device.stream()?),
+            widen: None,
         })
+    }
+
+    /// Like [`CudaBounceAllocator::new`], and every step of `token` ids is
+    /// widened to int64 on the device (NVRTC kernel from `native/`); batches
+    /// then describe int64 buffers. Fails when NVRTC is missing.
+    pub fn with_widening(device: &Device, token: Dtype) -> Result<CudaBounceAllocator> {
+        let mut a = CudaBounceAllocator::new(device)?;
+        a.widen = Some((Arc::new(Widener::new(device)?), dtype_of(token)));
+        Ok(a)
     }
 
     /// The device.
@@ -58,7 +70,10 @@ impl BufferAllocator for CudaBounceAllocator {
     }
 
     fn allocate(&self, len: usize) -> std::result::Result<Box<dyn HostBuffer>, BoxError> {
-        let slot = BounceSlot::new(&self.device, self.stream.clone(), len)?;
+        let mut slot = BounceSlot::new(&self.device, self.stream.clone(), len)?;
+        if let Some((w, from)) = &self.widen {
+            slot = slot.with_widening(w.clone(), *from)?;
+        }
         Ok(Box::new(CudaStepBuffer { slot }))
     }
 }
@@ -104,11 +119,14 @@ impl HostBuffer for CudaStepBuffer {
 /// consuming stream wait on [`DeviceBatch::event`] before reading.
 pub fn device_batch(batch: &Batch) -> Option<Result<DeviceBatch>> {
     let buf = CudaStepBuffer::of(batch)?;
-    let dtype = match batch.dtype() {
+    Some(buf.slot.batch(&batch.shape(), dtype_of(batch.dtype())))
+}
+
+fn dtype_of(d: Dtype) -> DType {
+    match d {
         Dtype::U16 => DType::U16,
         Dtype::U32 => DType::U32,
-    };
-    Some(buf.slot.batch(&batch.shape(), dtype))
+    }
 }
 
 /// The step-buffer destination picked for a loader.
@@ -141,6 +159,17 @@ impl LoaderDestination {
     /// Without CUDA this is the heap allocator, not an error. A bad
     /// `LOCAL_RANK` or a device index beyond the GPUs present is an error.
     pub fn select(caps: &TransportCaps, force: Option<DevicePath>) -> Result<LoaderDestination> {
+        LoaderDestination::select_with(caps, force, None)
+    }
+
+    /// Like [`LoaderDestination::select`]; with `widen = Some(token dtype)`
+    /// device batches are widened to int64 on the GPU (an error when NVRTC
+    /// is missing; host destinations are never widened).
+    pub fn select_with(
+        caps: &TransportCaps,
+        force: Option<DevicePath>,
+        widen: Option<Dtype>,
+    ) -> Result<LoaderDestination> {
         let device = match Device::from_local_rank() {
             Ok(d) => Some(d),
             Err(e) if e.is_not_available() => None,
@@ -165,12 +194,16 @@ impl LoaderDestination {
                     })
                 }
                 (DevicePath::PinnedBounce, Some(d)) => {
+                    let alloc = match widen {
+                        Some(token) => CudaBounceAllocator::with_widening(d, token)?,
+                        None => CudaBounceAllocator::new(d)?,
+                    };
                     return Ok(LoaderDestination {
-                        allocator: Arc::new(CudaBounceAllocator::new(d)?),
+                        allocator: Arc::new(alloc),
                         path,
                         choice,
                         device: device.clone(),
-                    })
+                    });
                 }
                 (DevicePath::DmaBuf | DevicePath::PeerMem, Some(_)) => {
                     let next = choice

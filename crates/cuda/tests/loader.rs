@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use seqfeed_cuda::{
-    device_batch, probe, CudaProbe, CudaStepBuffer, DType, DevicePath, LoaderDestination,
-    TransportCaps,
+    device_batch, probe, widen_u16_host, CudaProbe, CudaStepBuffer, DType, DevicePath,
+    LoaderDestination, TransportCaps,
 };
 use seqfeed_loader::{
     node_spec, BlockSource, BoxError, ClusterReader, Dtype, Endpoint, Loader, LoaderConfig,
@@ -148,15 +148,29 @@ fn run_loader(f: &Files, dest: &LoaderDestination, steps: u64) -> u64 {
             Some(db) => {
                 let db = db.unwrap();
                 assert_eq!(db.shape, vec![32, seq_len]);
-                assert_eq!(db.dtype, DType::U16);
                 let slot = CudaStepBuffer::of(&batch).unwrap().slot();
                 slot.event().synchronize().unwrap();
                 let mut got = vec![0u8; db.bytes()];
-                slot.device_buffer().copy_to_host(0, &mut got).unwrap();
-                assert!(
-                    got == want,
-                    "step {step}: device bytes differ from the files"
-                );
+                match slot.widened_buffer() {
+                    None => {
+                        assert_eq!(db.dtype, DType::U16);
+                        slot.device_buffer().copy_to_host(0, &mut got).unwrap();
+                        assert!(
+                            got == want,
+                            "step {step}: device bytes differ from the files"
+                        );
+                    }
+                    Some(wide) => {
+                        assert_eq!(db.dtype, DType::I64);
+                        assert_eq!(db.ptr, wide.device_ptr());
+                        wide.copy_to_host(0, &mut got).unwrap();
+                        let ids: Vec<i64> = got
+                            .chunks_exact(8)
+                            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                            .collect();
+                        assert_eq!(ids, widen_u16_host(&want), "step {step}: int64 ids differ");
+                    }
+                }
             }
         }
         checked += want.len() as u64;
@@ -206,4 +220,31 @@ fn forcing_a_device_path_without_cuda_is_an_error_and_host_is_not() {
     let d = LoaderDestination::select(&TransportCaps::cpu_copy("local"), Some(DevicePath::Host))
         .unwrap();
     assert_eq!(d.path, DevicePath::Host);
+}
+
+#[test]
+fn loader_widens_tokens_to_int64_on_the_device() {
+    let require = |v: &str| std::env::var(v).is_ok_and(|x| x == "1");
+    if let CudaProbe::NotAvailable { reason } = probe() {
+        assert!(
+            !require("SEQFEED_REQUIRE_CUDA"),
+            "SEQFEED_REQUIRE_CUDA=1 but {reason}"
+        );
+        eprintln!("SKIP loader_widens_tokens_to_int64_on_the_device: no CUDA: {reason}");
+        return;
+    }
+    if let Err(why) = seqfeed_cuda::nvrtc_available() {
+        assert!(
+            !require("SEQFEED_REQUIRE_NVRTC"),
+            "SEQFEED_REQUIRE_NVRTC=1 but {why}"
+        );
+        eprintln!("SKIP loader_widens_tokens_to_int64_on_the_device: {why}");
+        return;
+    }
+    let f = files(2, 2 << 20);
+    let dest =
+        LoaderDestination::select_with(&TransportCaps::cpu_copy("local"), None, Some(Dtype::U16))
+            .unwrap();
+    assert_eq!(dest.path, DevicePath::PinnedBounce);
+    assert_eq!(run_loader(&f, &dest, 6), 6 * 32 * 1024 * 2);
 }
