@@ -5,12 +5,12 @@
 //! their mapping), `tcp` and `verbs` (RDMA); `auto` picks the best available
 //! one and logs why.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use seqfeed_transport::tcp::{ConnectOptions, TcpTransport};
-use seqfeed_transport::{LocalTransport, Transport, TransportError};
+use seqfeed_transport::{ClusterFile, LocalTransport, Transport, TransportError};
 
-use crate::cluster_reader::NodeSpec;
+use crate::cluster_reader::{ClusterReader, NodeSpec, RetryPolicy};
 use crate::error::LoaderError;
 
 /// Which transport the loader uses to reach storage nodes.
@@ -71,6 +71,21 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Every node of a cluster file; `root` is the dataset on this host,
+    /// when there is one (needed only by the local transport).
+    pub fn from_cluster(cluster: &ClusterFile, root: Option<&Path>) -> Vec<Endpoint> {
+        cluster
+            .nodes
+            .iter()
+            .map(|n| Endpoint {
+                name: n.name.clone(),
+                addr: Some(n.addr.clone()),
+                root: root.map(Path::to_owned),
+                files: Some(n.files.clone()),
+            })
+            .collect()
+    }
+
     /// A remote node `name` at `addr` holding `files`.
     pub fn remote(
         name: impl Into<String>,
@@ -95,6 +110,22 @@ impl Endpoint {
             files,
         }
     }
+}
+
+/// Connects a [`ClusterReader`] for the file table `files` to every node of
+/// `endpoints` over transport `kind` with network options `opts`.
+pub fn connect_endpoints(
+    files: &[String],
+    endpoints: &[Endpoint],
+    kind: TransportKind,
+    opts: &ConnectOptions,
+    retry: RetryPolicy,
+) -> Result<ClusterReader, LoaderError> {
+    let specs = endpoints
+        .iter()
+        .map(|e| node_spec_with(kind, e, opts))
+        .collect::<Result<Vec<_>, _>>()?;
+    ClusterReader::connect(files.to_vec(), specs, retry)
 }
 
 /// The [`NodeSpec`] for `endpoint` over transport `kind`, with default

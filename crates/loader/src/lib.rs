@@ -13,7 +13,13 @@
 //!   fail-over to replicas, reconnect with backoff.
 //! * [`alloc`]: where step buffers live ([`BufferAllocator`]); heap by
 //!   default, pinned or device memory from a CUDA backend.
-//! * [`block`]: the [`BlockSource`] abstraction.
+//! * [`block`]: the [`BlockSource`] abstraction; [`PlanSource`] serves the
+//!   plan's blocks.
+//! * [`connect`]: transport selection ([`TransportKind`]: local, tcp, verbs,
+//!   auto) and [`connect_endpoints`], from [`Endpoint`]s (e.g.
+//!   [`Endpoint::from_cluster`] of a cluster file) to a [`ClusterReader`].
+//! * [`verify`]: checks a [`Batch`] against the plan and direct reads of the
+//!   files ([`Verifier`]).
 //!
 //! ```no_run
 //! # fn demo(source: std::sync::Arc<dyn seqfeed_loader::BlockSource>,
@@ -48,7 +54,7 @@ pub mod verify;
 pub use alloc::{BufferAllocator, HeapAllocator, HostBuffer};
 pub use block::{BlockSource, Dtype, SeqRead};
 pub use cluster_reader::{ClusterReader, Connector, NodeSpec, RetryPolicy, StepReadStats};
-pub use connect::{node_spec, node_spec_with, Endpoint, TransportKind};
+pub use connect::{connect_endpoints, node_spec, node_spec_with, Endpoint, TransportKind};
 pub use dataset::dataset_files;
 pub use error::{BoxError, LoaderError};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderStats, DEFAULT_PREFETCH};

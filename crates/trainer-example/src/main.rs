@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use seqfeed_loader::{
-    node_spec_with, ClusterReader, Endpoint, Loader, LoaderConfig, PlanSource, RetryPolicy,
-    TransportKind, Verifier,
+    connect_endpoints, Endpoint, Loader, LoaderConfig, PlanSource, RetryPolicy, TransportKind,
+    Verifier,
 };
 use seqfeed_plan::{shapes_from_dataset, Plan, PlanConfig};
 use seqfeed_transport::tcp::ConnectOptions;
@@ -112,22 +112,11 @@ fn train(args: &Args) -> Result<()> {
         connections: 2,
         ..ConnectOptions::default()
     };
-    let specs = cluster
-        .nodes
-        .iter()
-        .map(|n| {
-            let e = Endpoint {
-                name: n.name.clone(),
-                addr: Some(n.addr.clone()),
-                root: Some(args.dataset.clone()),
-                files: Some(n.files.clone()),
-            };
-            node_spec_with(args.transport, &e, &opts)
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let reader = ClusterReader::connect(
-        seqfeed_loader::BlockSource::files(&*source).to_vec(),
-        specs,
+    let reader = connect_endpoints(
+        seqfeed_loader::BlockSource::files(&*source),
+        &Endpoint::from_cluster(&cluster, Some(&args.dataset)),
+        args.transport,
+        &opts,
         RetryPolicy::default(),
     )?;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use seqfeed_loader::{
-    node_spec_with, BlockSource, ClusterReader, Endpoint, Loader, LoaderConfig, PlanSource,
+    connect_endpoints, BlockSource, ClusterReader, Endpoint, Loader, LoaderConfig, PlanSource,
     RetryPolicy, TransportKind, Verifier,
 };
 use seqfeed_plan::{shapes_from_dataset, Plan, PlanConfig, ShapesFile};
@@ -112,16 +112,7 @@ pub(crate) fn open_plan(
 /// Endpoints of a cluster file's nodes (`root`: the dataset on this host,
 /// for the local transport).
 pub(crate) fn cluster_endpoints(cluster: &ClusterFile, root: Option<&Path>) -> Vec<Endpoint> {
-    cluster
-        .nodes
-        .iter()
-        .map(|n| Endpoint {
-            name: n.name.clone(),
-            addr: Some(n.addr.clone()),
-            root: root.map(Path::to_owned),
-            files: Some(n.files.clone()),
-        })
-        .collect()
+    Endpoint::from_cluster(cluster, root)
 }
 
 /// Connects a cluster reader to `endpoints` over `kind`.
@@ -132,11 +123,7 @@ pub(crate) fn connect(
     opts: &ConnectOptions,
     retry: RetryPolicy,
 ) -> anyhow::Result<ClusterReader> {
-    let specs = endpoints
-        .iter()
-        .map(|e| node_spec_with(kind, e, opts))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(ClusterReader::connect(files.to_vec(), specs, retry)?)
+    Ok(connect_endpoints(files, endpoints, kind, opts, retry)?)
 }
 
 /// Runs `seqfeed read`.
