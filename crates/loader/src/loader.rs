@@ -662,6 +662,34 @@ mod tests {
     }
 
     #[test]
+    fn prefetch_hides_reads_behind_a_slower_consumer() {
+        let f = files(2, 10, 64, 15);
+        let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 4, 10));
+        let (a, sa) = flaky_node(f.dir.path(), "a", f.names.clone());
+        sa.delay_ms.store(15, std::sync::atomic::Ordering::SeqCst);
+        let r = ClusterReader::connect(f.names.clone(), vec![a], RetryPolicy::default()).unwrap();
+        let mut l = Loader::new(LoaderConfig::new(0, 1), src, r).unwrap();
+        let mut n = 0;
+        while let Some(b) = l.next() {
+            let b = b.unwrap();
+            assert_eq!(b.bytes(), &expected(&f, b.reads())[..]);
+            std::thread::sleep(Duration::from_millis(60)); // the consumer's work
+            n += 1;
+        }
+        assert_eq!(n, 10);
+        let st = l.stats();
+        // The first batch waits for its read; after that, reads of the next
+        // steps overlap the consumer: without prefetch the stall would be at
+        // least 9 x 15 ms.
+        assert!(st.first_stall >= Duration::from_millis(15), "{st:?}");
+        assert!(
+            st.stall_after_warmup() < Duration::from_millis(60),
+            "{st:?}"
+        );
+        assert!(st.read_time >= Duration::from_millis(150), "{st:?}");
+    }
+
+    #[test]
     fn dropping_a_loader_mid_run_stops_its_reader() {
         let f = files(2, 10, 64, 13);
         let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 4, 1000));

@@ -133,6 +133,8 @@ pub struct Switch {
     pub batches: AtomicU64,
     /// Connects made.
     pub connects: AtomicU64,
+    /// Milliseconds each batch takes (a slow link).
+    pub delay_ms: AtomicU64,
 }
 
 /// A local transport that fails while its switch is down.
@@ -165,6 +167,10 @@ impl Transport for Flaky {
             });
         }
         self.switch.batches.fetch_add(1, Ordering::SeqCst);
+        let delay = self.switch.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
         self.inner.read_batch(reads, dst)
     }
 }
