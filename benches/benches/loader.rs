@@ -2,7 +2,8 @@
 //! consumer?
 //!
 //! One rank reads a 3-source plan of 16 KiB sequences (4096 x u32) through
-//! the local transport. First the transport alone: `read_step` for every
+//! the local transport, then through the tcp transport from a storage node
+//! on 127.0.0.1 (same run). First the transport alone: `read_step` for every
 //! step, back to back (time per step `T`). Then the loader with a consumer
 //! that works per step (sleeping, like a trainer thread waiting on its GPU):
 //!
@@ -22,9 +23,11 @@ use std::time::{Duration, Instant};
 use seqfeed_benches::print_ratio;
 use seqfeed_format::{write_synthetic_source, Dataset, Dtype};
 use seqfeed_loader::{
-    node_spec, BlockSource, ClusterReader, Endpoint, Loader, LoaderConfig, PlanSource, RetryPolicy,
-    TransportKind,
+    node_spec, node_spec_with, BlockSource, ClusterReader, Endpoint, Loader, LoaderConfig,
+    PlanSource, RetryPolicy, TransportKind,
 };
+use seqfeed_node::{Node, NodeConfig};
+use seqfeed_transport::tcp::ConnectOptions;
 use seqfeed_plan::{shapes_from_dataset, Plan, PlanConfig};
 
 const SEQ_LEN: u64 = 4096;
@@ -63,12 +66,46 @@ fn main() {
     let plan =
         Arc::new(Plan::new(config, shapes_from_dataset(&ds).expect("shapes")).expect("plan"));
     let source = Arc::new(PlanSource::new(plan.clone()).expect("plan source"));
-    let reader = || {
+    let local = || {
         let spec =
             node_spec(TransportKind::Local, &Endpoint::local(dir.path(), None)).expect("spec");
         ClusterReader::connect(source.files().to_vec(), vec![spec], RetryPolicy::default())
             .expect("connect")
     };
+    bench_transport("local", &source, steps, &local);
+
+    let node = Node::start(NodeConfig::new(
+        dir.path(),
+        "127.0.0.1:0".parse().expect("addr"),
+    ))
+    .expect("start node");
+    let addr = node.local_addr().to_string();
+    let tcp = || {
+        let opts = ConnectOptions {
+            connections: 4,
+            ..ConnectOptions::default()
+        };
+        let spec = node_spec_with(
+            TransportKind::Tcp,
+            &Endpoint::remote("node", addr.as_str(), None),
+            &opts,
+        )
+        .expect("spec");
+        ClusterReader::connect(source.files().to_vec(), vec![spec], RetryPolicy::default())
+            .expect("connect")
+    };
+    bench_transport("tcp, 4 connections, 127.0.0.1", &source, steps, &tcp);
+}
+
+/// Transport-only time per step, then the loader with consumers at
+/// `T / 0.8` and `0.8 T`.
+fn bench_transport(
+    name: &str,
+    source: &Arc<PlanSource>,
+    steps: u64,
+    reader: &dyn Fn() -> ClusterReader,
+) {
+    println!("== {name}");
     let step_bytes = GLOBAL_BATCH as usize * source.seq_bytes();
 
     // 1. Transport only: every step back to back (best of 3 passes after a
@@ -95,7 +132,7 @@ fn main() {
     let per_step = transport / steps as u32;
     let gbps = (step_bytes as f64 * steps as f64) / transport.as_secs_f64() / 1e9;
     println!(
-        "transport only (local): {steps} steps of {} KiB, T = {:.1} us/step, {gbps:.2} GB/s",
+        "transport only ({name}): {steps} steps of {} KiB, T = {:.1} us/step, {gbps:.2} GB/s",
         step_bytes >> 10,
         per_step.as_secs_f64() * 1e6
     );
@@ -103,7 +140,7 @@ fn main() {
     // 2. The case: transport time is 80% of the consumer's step
     //    (consumer = T / 0.8). Prefetching must hide the reads completely.
     let work = per_step.mul_f64(1.0 / 0.8);
-    let run = best_run(&source, &reader, work);
+    let run = best_run(source, reader, work);
     let consumer_alone = sleep_time(work, run.steps - 1);
     let stall_per_step = run.stall_after_warmup / (run.steps - 1) as u32;
     println!(
@@ -116,7 +153,7 @@ fn main() {
         if stall_per_step.as_secs_f64() <= 0.05 * per_step.as_secs_f64() { "met" } else { "NOT met" }
     );
     print_ratio(
-        "loader step rate vs consumer alone (T = 0.8 C)",
+        &format!("{name}: loader step rate vs consumer alone (T = 0.8 C)"),
         consumer_alone.as_secs_f64(),
         run.wall_after_first.as_secs_f64(),
         "consumer-only rate",
@@ -127,7 +164,7 @@ fn main() {
     //    run is transport-bound; a stall of ~0.2 T per step is unavoidable
     //    and the loader must run at the transport's own rate.
     let work = per_step.mul_f64(0.8);
-    let run = best_run(&source, &reader, work);
+    let run = best_run(source, reader, work);
     let stall_per_step = run.stall_after_warmup / (run.steps - 1) as u32;
     println!(
         "consumer = 0.8 T = {:.1} us/step: loader wall {:.1} us/step after warm-up; stall after warm-up {:.1} us/step = {:.3}x of T (unavoidable: 0.2x)",
@@ -137,7 +174,7 @@ fn main() {
         stall_per_step.as_secs_f64() / per_step.as_secs_f64(),
     );
     print_ratio(
-        "loader step rate vs transport alone (C = 0.8 T)",
+        &format!("{name}: loader step rate vs transport alone (C = 0.8 T)"),
         per_step.as_secs_f64() * (run.steps - 1) as f64,
         run.wall_after_first.as_secs_f64(),
         "transport-only rate",
