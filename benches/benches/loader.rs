@@ -27,8 +27,8 @@ use seqfeed_loader::{
     PlanSource, RetryPolicy, TransportKind,
 };
 use seqfeed_node::{Node, NodeConfig};
-use seqfeed_transport::tcp::ConnectOptions;
 use seqfeed_plan::{shapes_from_dataset, Plan, PlanConfig};
+use seqfeed_transport::tcp::ConnectOptions;
 
 const SEQ_LEN: u64 = 4096;
 const GLOBAL_BATCH: u64 = 256; // 4 MiB per step
