@@ -15,7 +15,7 @@ same sources (sizes, quotas, file counts) as the Rust plan, it builds:
 then resolves step 0 of rank 0 to (source, file, index, offset), and measures
 a vectorized resolution rate over the materialized arrays.
 
-Prints `key value` lines: open_s, import_s, peak_rss, base_rss, rate,
+Prints `key value` lines: open_s (wall), open_cpu_s, import_s, peak_rss, base_rss, rate,
 step0 (a checksum). Exits 3 with a message on stderr when numpy is missing.
 """
 import argparse
@@ -63,6 +63,7 @@ def main():
     base_rss = rss_kib("VmRSS")
 
     t0 = time.perf_counter()
+    c0 = time.process_time()
     rng = np.random.default_rng(a.seed)
     # Per-source shuffle index over all draws (epochs concatenated).
     shuffles = []
@@ -96,6 +97,7 @@ def main():
     per_rank = a.batch // a.world
     src, fil, idx, off = resolve(np.arange(0, per_rank))
     open_s = time.perf_counter() - t0
+    open_cpu_s = time.process_time() - c0
     step0 = int(src.sum() + fil.sum() + idx.sum())
 
     # Vectorized resolution rate over the materialized arrays (one core).
@@ -111,6 +113,7 @@ def main():
     peak = max(rss_kib("VmHWM"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
     print("open_s", open_s)
+    print("open_cpu_s", open_cpu_s)
     print("import_s", import_s)
     print("peak_rss", peak * 1024)
     print("base_rss", base_rss * 1024)

@@ -196,6 +196,24 @@ impl Plan {
             }
         }
         let seq_bytes = u64::from(first.seq_len) * u64::from(first.token_bytes);
+        // Every byte range a position can resolve to must fit u64.
+        for shape in &chosen {
+            for f in &shape.files {
+                let end = f
+                    .count
+                    .checked_mul(seq_bytes)
+                    .and_then(|n| n.checked_add(f.data_offset));
+                if end.is_none() {
+                    return Err(invalid(
+                        &format!("source '{}' file '{}'", shape.name, f.path),
+                        &format!(
+                            "data_offset {} + {} sequences of {seq_bytes} bytes overflows u64",
+                            f.data_offset, f.count
+                        ),
+                    ));
+                }
+            }
+        }
         let seq_bytes = u32::try_from(seq_bytes).map_err(|_| {
             invalid(
                 "seq_len",

@@ -586,6 +586,19 @@ fn rank_and_step_errors() {
 }
 
 #[test]
+fn byte_ranges_that_overflow_are_refused() {
+    let mut shapes = three_shapes();
+    shapes[2].files[1].data_offset = u64::MAX - 10;
+    let text = err_text(Plan::new(three_sources("global", 8, 2, 1.0), shapes).unwrap_err());
+    assert!(
+        text.contains("'books'")
+            && text.contains("books/part-00001.seq")
+            && text.contains("overflows"),
+        "{text}"
+    );
+}
+
+#[test]
 fn mismatched_sequence_shapes_are_refused() {
     let mut shapes = three_shapes();
     shapes[1].seq_len = 32;
