@@ -368,7 +368,9 @@ fn node_killed_mid_batch_gives_an_error_not_a_hang() {
     let dir = tempfile::tempdir().unwrap();
     common::make_dataset(dir.path());
     let node = ChildNode::spawn(dir.path());
-    let t = TcpTransport::connect(node.addr, &common::opts(4)).unwrap();
+    let mut o = common::opts(4);
+    o.receive_threads = 2;
+    let t = TcpTransport::connect(node.addr, &o).unwrap();
     let h = read_until_error(t);
     std::thread::sleep(Duration::from_millis(400));
     let killed = Instant::now();

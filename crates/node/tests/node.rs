@@ -34,8 +34,10 @@ fn tcp_matches_local_byte_for_byte() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let mut total_bytes = 0u64;
     let mut total_reads = 0u64;
-    for conns in [1, 4] {
+    // Connections driven by one thread (pipelined) and by several threads.
+    for (conns, threads) in [(1, 0), (4, 1), (4, 2), (3, 3)] {
         let mut o = common::opts(conns);
+        o.receive_threads = threads;
         o.expected_fingerprint = Some(ds.fingerprint().to_owned());
         let mut tcp = TcpTransport::connect(node.local_addr(), &o).unwrap();
         assert_eq!(tcp.backend(), "tcp");
@@ -48,7 +50,7 @@ fn tcp_matches_local_byte_for_byte() {
             local.read_batch(&reads, &mut want).unwrap();
             let mut got = vec![0x5au8; len];
             let st = tcp.read_batch(&reads, &mut got).unwrap();
-            assert_eq!(got, want, "conns {conns} n {n}");
+            assert_eq!(got, want, "conns {conns} threads {threads} n {n}");
             let bytes: u64 = reads.iter().map(|r| u64::from(r.len)).sum();
             assert_eq!(st.bytes, bytes);
             assert_eq!(st.reads, n as u64);
@@ -59,7 +61,7 @@ fn tcp_matches_local_byte_for_byte() {
     let stats = node.stats();
     assert_eq!(stats.node.bytes, total_bytes);
     assert_eq!(stats.node.reads, total_reads);
-    assert_eq!(stats.node.connections_total, 5);
+    assert_eq!(stats.node.connections_total, 12);
     assert_eq!(stats.node.errors, 0);
     assert_eq!(stats.node.refused, 0);
     node.shutdown();

@@ -57,6 +57,10 @@ pub struct ConnectOptions {
     pub backoff: Duration,
     /// Protocol limits (must not exceed the node's).
     pub limits: Limits,
+    /// Threads receiving one batch in parallel; connections beyond this
+    /// count are driven by the same threads with their requests pipelined.
+    /// 0 (the default) picks half the CPUs, at least 1.
+    pub receive_threads: usize,
 }
 
 impl Default for ConnectOptions {
@@ -71,6 +75,7 @@ impl Default for ConnectOptions {
             retries: 4,
             backoff: Duration::from_millis(100),
             limits: Limits::DEFAULT,
+            receive_threads: 0,
         }
     }
 }
@@ -266,19 +271,28 @@ impl ControlClient {
         &mut self.stream
     }
 
-    /// Sends one read batch and receives its payload straight into `dsts`
-    /// (one slice per read, in order, each exactly as long as its read).
-    fn read_into(
+    /// Sends one read batch frame for `pieces`.
+    fn send_reads(
         &mut self,
         id: u64,
-        pieces: &mut [(WireRead, &mut [u8])],
+        pieces: &[(WireRead, &mut [u8])],
     ) -> Result<(), TransportError> {
         let batch = ReadBatch {
             id,
             reads: pieces.iter().map(|p| p.0).collect(),
         };
-        let total = batch.total_len();
-        self.send(&Frame::ReadBatch(batch))?;
+        self.send(&Frame::ReadBatch(batch))
+    }
+
+    /// Receives the answer to [`ControlClient::send_reads`] straight into
+    /// the pieces' slices (one per read, in order, each exactly as long as
+    /// its read).
+    fn recv_reads(
+        &mut self,
+        id: u64,
+        pieces: &mut [(WireRead, &mut [u8])],
+    ) -> Result<(), TransportError> {
+        let total: u64 = pieces.iter().map(|p| u64::from(p.0.len)).sum();
         match self.recv()? {
             Frame::ReadData { id: got, total: t } if got == id && t == total => {}
             Frame::ReadData { id: got, total: t } => {
@@ -474,33 +488,84 @@ fn carve<'a>(
     Ok(out)
 }
 
-/// Receives a run of pieces on one connection, in frames within `limits`.
-fn run_on(
-    conn: &mut ControlClient,
-    mut id: u64,
-    pieces: &mut [(WireRead, &mut [u8])],
-    limits: &Limits,
-) -> Result<u64, TransportError> {
-    let mut posts = 0;
-    let mut start = 0;
-    while start < pieces.len() {
-        let mut end = start;
+type Piece<'a> = (WireRead, &'a mut [u8]);
+
+/// Cuts a run of pieces into frames within `limits` (at least one piece
+/// per frame; pieces already fit in `max_batch_bytes`).
+fn frames<'r, 'a>(mut run: &'r mut [Piece<'a>], limits: &Limits) -> Vec<&'r mut [Piece<'a>]> {
+    let mut out = Vec::new();
+    while !run.is_empty() {
+        let mut end = 0;
         let mut bytes = 0u64;
-        // At least one piece per frame (pieces fit in max_batch_bytes).
-        while end < pieces.len()
-            && (end == start
-                || (end - start < limits.max_reads as usize
-                    && bytes + u64::from(pieces[end].0.len) <= limits.max_batch_bytes))
+        while end < run.len()
+            && (end == 0
+                || (end < limits.max_reads as usize
+                    && bytes + u64::from(run[end].0.len) <= limits.max_batch_bytes))
         {
-            bytes += u64::from(pieces[end].0.len);
+            bytes += u64::from(run[end].0.len);
             end += 1;
         }
-        conn.read_into(id, &mut pieces[start..end])?;
-        id += 1;
-        posts += 1;
-        start = end;
+        let (frame, rest) = std::mem::take(&mut run).split_at_mut(end);
+        out.push(frame);
+        run = rest;
     }
-    Ok(posts)
+    out
+}
+
+/// The part of a batch one connection carries.
+struct Job<'r, 'a> {
+    slot: usize,
+    conn: &'r mut ControlClient,
+    id: u64,
+    frames: Vec<&'r mut [Piece<'a>]>,
+    posts: u64,
+    err: Option<TransportError>,
+}
+
+/// Drives several connections from one thread: the first frame of every
+/// connection is sent up front (so all of them stream at once), then each
+/// connection's answers are received in turn, later frames sent as earlier
+/// ones complete.
+fn drive(jobs: &mut [Job<'_, '_>]) {
+    for job in jobs.iter_mut() {
+        if let Some(first) = job.frames.first() {
+            if let Err(e) = job.conn.send_reads(job.id, first) {
+                job.err = Some(e);
+            }
+        }
+    }
+    for job in jobs.iter_mut() {
+        if job.err.is_some() {
+            continue;
+        }
+        let n = job.frames.len();
+        for i in 0..n {
+            let id = job.id + i as u64;
+            if i > 0 {
+                if let Err(e) = job.conn.send_reads(id, job.frames[i]) {
+                    job.err = Some(e);
+                    break;
+                }
+            }
+            if let Err(e) = job.conn.recv_reads(id, job.frames[i]) {
+                job.err = Some(e);
+                break;
+            }
+            job.posts += 1;
+        }
+    }
+}
+
+/// Receive threads for `conns` connections: `requested`, or (0) half the
+/// CPUs (on loopback the node's writers need the other half), at least 1.
+fn receive_threads(requested: usize, conns: usize) -> usize {
+    let auto = || {
+        std::thread::available_parallelism()
+            .map(|n| n.get() / 2)
+            .unwrap_or(1)
+    };
+    let t = if requested == 0 { auto() } else { requested };
+    t.clamp(1, conns.max(1))
 }
 
 impl Transport for TcpTransport {
@@ -560,39 +625,48 @@ impl Transport for TcpTransport {
         let base = self.next_id;
         self.next_id = self.next_id.wrapping_add(1 << 32);
         let limits = self.opts.limits;
-        let results: Vec<Result<u64, TransportError>> = if k == 1 {
-            let conn = self.conns[0]
-                .as_mut()
-                .ok_or_else(|| proto(&node, "no connection"))?;
-            vec![run_on(conn, base, runs.pop().unwrap_or_default(), &limits)]
+        let threads = receive_threads(self.opts.receive_threads, k);
+        let mut jobs: Vec<Job<'_, '_>> = Vec::with_capacity(k);
+        for (slot, (conn, run)) in self.conns.iter_mut().zip(runs).enumerate() {
+            let conn = conn.as_mut().ok_or_else(|| proto(&node, "no connection"))?;
+            jobs.push(Job {
+                slot,
+                conn,
+                id: base + ((slot as u64) << 24),
+                frames: frames(run, &limits),
+                posts: 0,
+                err: None,
+            });
+        }
+        if threads <= 1 {
+            drive(&mut jobs);
         } else {
+            // Connection i goes to thread i % threads.
+            let mut groups: Vec<Vec<Job<'_, '_>>> = (0..threads).map(|_| Vec::new()).collect();
+            for (i, job) in jobs.into_iter().enumerate() {
+                groups[i % threads].push(job);
+            }
             std::thread::scope(|s| {
-                let handles: Vec<_> = self
-                    .conns
+                let (mine, others) = groups.split_at_mut(1);
+                let handles: Vec<_> = others
                     .iter_mut()
-                    .zip(runs)
-                    .enumerate()
-                    .map(|(i, (slot, run))| {
-                        let limits = &limits;
-                        let node = &node;
-                        s.spawn(move || match slot.as_mut() {
-                            Some(c) => run_on(c, base + ((i as u64) << 24), run, limits),
-                            None => Err(proto(node, "no connection")),
-                        })
-                    })
+                    .map(|g| s.spawn(move || drive(g)))
                     .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(proto(&node, "a receive thread panicked")))
-                    })
-                    .collect()
-            })
-        };
+                drive(&mut mine[0]);
+                for h in handles {
+                    // drive() does not panic; a panic would be a bug.
+                    let _ = h.join();
+                }
+            });
+            jobs = groups.into_iter().flatten().collect();
+        }
+        let results: Vec<(usize, Result<u64, TransportError>)> = jobs
+            .into_iter()
+            .map(|j| (j.slot, j.err.map_or(Ok(j.posts), Err)))
+            .collect();
         let mut posts = 0;
         let mut first_err = None;
-        for (i, r) in results.into_iter().enumerate() {
+        for (i, r) in results {
             match r {
                 Ok(p) => posts += p,
                 Err(e) => {
