@@ -210,7 +210,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let t_run = Instant::now();
-    let mut records: Vec<StepRecord> = Vec::new();
+    let mut table = Table::new(world, plan.sources().len());
     let mut done: Vec<(usize, seqfeed_loader::LoaderStats, Option<String>)> = Vec::new();
     let mut nodes = nodes;
     let mut node_bytes_before_kill = None;
@@ -245,7 +245,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         }
                     }
                     bar.inc(1);
-                    records.push(r);
+                    table.add(plan, r);
                 }
                 Msg::Done { rank, stats, error } => done.push((rank, stats, error)),
             }
@@ -256,94 +256,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let wall = t_run.elapsed();
 
     // 4. The report.
-    let mut failures = Vec::new();
-    for r in &records {
-        if let Some(m) = &r.mismatch {
-            failures.push(m.clone());
-        }
-    }
     done.sort_by_key(|d| d.0);
+    let rank_failed = done.iter().any(|d| d.2.is_some());
+    table.finish(plan, rank_failed);
+    let mut failures = std::mem::take(&mut table.failures);
     for (rank, _, error) in &done {
         if let Some(e) = error {
             failures.push(format!("rank {rank}: {e}"));
         }
     }
-    let mut by_step: BTreeMap<u64, Vec<&StepRecord>> = BTreeMap::new();
-    for r in &records {
-        by_step.entry(r.step).or_default().push(r);
-    }
     let names: Vec<&str> = plan.sources().iter().map(|s| s.name.as_str()).collect();
     println!();
-    println!(
-        "{:>5} {:>5} {:>9} {:>width$} {:>9} {:>9} {:>6}  check",
-        "step",
-        "seqs",
-        "KiB",
-        names.join("/"),
-        "read ms",
-        "stall ms",
-        "moved",
-        width = 14
-    );
-    for (step, rs) in &by_step {
-        let mut rs = rs.clone();
-        rs.sort_by_key(|r| r.rank);
-        let seqs: usize = rs.iter().map(|r| r.rows).sum();
-        let bytes: u64 = rs.iter().map(|r| r.bytes).sum();
-        let mut mix = vec![0u64; names.len()];
-        for r in &rs {
-            for (m, c) in mix.iter_mut().zip(&r.per_source) {
-                *m += c;
-            }
-        }
-        let read = rs.iter().map(|r| r.read).max().unwrap_or_default();
-        let stall = rs.iter().map(|r| r.stall).max().unwrap_or_default();
-        let moved: u64 = rs.iter().map(|r| r.failed_over).sum();
-        // The ranks' blocks, in rank order, must be the plan's global batch.
-        let mut union_ok = rs.len() == world;
-        if union_ok {
-            let got: Vec<u64> = rs
-                .iter()
-                .flat_map(|r| r.positions.iter().copied())
-                .collect();
-            let want: Vec<u64> = plan
-                .step_block(*step)
-                .map(|b| b.iter().map(|r| r.position).collect())
-                .unwrap_or_default();
-            union_ok = got == want;
-        }
-        if !union_ok {
-            failures.push(format!(
-                "step {step}: the ranks' blocks are not the plan's global batch"
-            ));
-        }
-        let ok = union_ok && rs.iter().all(|r| r.mismatch.is_none());
-        println!(
-            "{:>5} {:>5} {:>9} {:>14} {:>9.3} {:>9.3} {:>6}  {}",
-            step,
-            seqs,
-            bytes >> 10,
-            mix.iter().map(u64::to_string).collect::<Vec<_>>().join("/"),
-            read.as_secs_f64() * 1e3,
-            stall.as_secs_f64() * 1e3,
-            moved,
-            if ok { "ok" } else { "MISMATCH" }
-        );
-    }
-    let total_bytes: u64 = records.iter().map(|r| r.bytes).sum();
-    let total_seqs: u64 = records.iter().map(|r| r.rows as u64).sum();
+    table.print(&names);
+    let (total_bytes, total_seqs, batches) = (table.bytes, table.seqs, table.batches);
     let expected_batches = steps * world as u64;
-    if (records.len() as u64) < expected_batches && failures.is_empty() {
-        failures.push(format!(
-            "{} of {expected_batches} batches read",
-            records.len()
-        ));
+    if batches < expected_batches && failures.is_empty() {
+        failures.push(format!("{batches} of {expected_batches} batches read"));
     }
     let max_read: Duration = done.iter().map(|d| d.1.read_time).max().unwrap_or_default();
     println!();
     println!(
         "summary: {} batches, {total_seqs} sequences, {:.2} MiB in {:.3} s; {:.3} GB/s and {:.0} sequences/s end to end (every byte checked); {:.3} GB/s while reading",
-        records.len(),
+        batches,
         total_bytes as f64 / (1 << 20) as f64,
         wall.as_secs_f64(),
         total_bytes as f64 / wall.as_secs_f64().max(1e-9) / 1e9,
@@ -390,6 +324,177 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// One finished step of the table (all ranks).
+struct StepRow {
+    step: u64,
+    seqs: usize,
+    bytes: u64,
+    mix: Vec<u64>,
+    read: Duration,
+    stall: Duration,
+    moved: u64,
+    /// `None`: ok; else what is wrong.
+    problem: Option<String>,
+    /// Some rank never read this step (it failed earlier).
+    incomplete: bool,
+}
+
+/// Collects the ranks' step records into per-step rows, checking each
+/// step's union as soon as every rank has reported it (positions are not
+/// kept longer than that).
+struct Table {
+    world: usize,
+    nsources: usize,
+    pending: BTreeMap<u64, Vec<StepRecord>>,
+    rows: Vec<StepRow>,
+    failures: Vec<String>,
+    bytes: u64,
+    seqs: u64,
+    batches: u64,
+}
+
+impl Table {
+    fn new(world: usize, nsources: usize) -> Self {
+        Table {
+            world,
+            nsources,
+            pending: BTreeMap::new(),
+            rows: Vec::new(),
+            failures: Vec::new(),
+            bytes: 0,
+            seqs: 0,
+            batches: 0,
+        }
+    }
+
+    fn add(&mut self, plan: &seqfeed_plan::Plan, r: StepRecord) {
+        self.bytes += r.bytes;
+        self.seqs += r.rows as u64;
+        self.batches += 1;
+        if let Some(m) = &r.mismatch {
+            self.failures.push(m.clone());
+        }
+        let step = r.step;
+        let entry = self.pending.entry(step).or_default();
+        entry.push(r);
+        if entry.len() == self.world {
+            if let Some(rs) = self.pending.remove(&step) {
+                self.close(plan, step, rs, false);
+            }
+        }
+    }
+
+    /// Closes the steps some rank never reported.
+    fn finish(&mut self, plan: &seqfeed_plan::Plan, rank_failed: bool) {
+        for (step, rs) in std::mem::take(&mut self.pending) {
+            self.close(plan, step, rs, rank_failed);
+        }
+        self.rows.sort_by_key(|r| r.step);
+    }
+
+    fn close(
+        &mut self,
+        plan: &seqfeed_plan::Plan,
+        step: u64,
+        mut rs: Vec<StepRecord>,
+        expected_gap: bool,
+    ) {
+        rs.sort_by_key(|r| r.rank);
+        let mut mix = vec![0u64; self.nsources];
+        for r in &rs {
+            for (m, c) in mix.iter_mut().zip(&r.per_source) {
+                *m += c;
+            }
+        }
+        let problem = if rs.len() < self.world {
+            let p = format!(
+                "step {step}: only {} of {} ranks read it",
+                rs.len(),
+                self.world
+            );
+            if !expected_gap {
+                self.failures.push(p.clone());
+            }
+            Some(p)
+        } else {
+            // The ranks' blocks, in rank order, must be the plan's global batch.
+            let got: Vec<u64> = rs
+                .iter()
+                .flat_map(|r| r.positions.iter().copied())
+                .collect();
+            let want: Vec<u64> = plan
+                .step_block(step)
+                .map(|b| b.iter().map(|r| r.position).collect())
+                .unwrap_or_default();
+            if got != want {
+                let p = format!("step {step}: the ranks' blocks are not the plan's global batch");
+                self.failures.push(p.clone());
+                Some(p)
+            } else {
+                rs.iter().find_map(|r| r.mismatch.clone())
+            }
+        };
+        self.rows.push(StepRow {
+            step,
+            seqs: rs.iter().map(|r| r.rows).sum(),
+            bytes: rs.iter().map(|r| r.bytes).sum(),
+            mix,
+            read: rs.iter().map(|r| r.read).max().unwrap_or_default(),
+            stall: rs.iter().map(|r| r.stall).max().unwrap_or_default(),
+            moved: rs.iter().map(|r| r.failed_over).sum(),
+            incomplete: rs.len() < self.world,
+            problem,
+        });
+    }
+
+    /// Prints the table: every step, or the first and last 25 (and every
+    /// step with a problem) when there are more than 60.
+    fn print(&self, names: &[&str]) {
+        println!(
+            "{:>6} {:>5} {:>9} {:>14} {:>9} {:>9} {:>6}  check",
+            "step",
+            "seqs",
+            "KiB",
+            names.join("/"),
+            "read ms",
+            "stall ms",
+            "moved",
+        );
+        let n = self.rows.len();
+        let mut elided = 0usize;
+        for (i, r) in self.rows.iter().enumerate() {
+            let show = n <= 60 || i < 25 || i >= n - 25 || r.problem.is_some();
+            if !show {
+                elided += 1;
+                continue;
+            }
+            if elided > 0 {
+                println!("   ... {elided} more steps, all ok ...");
+                elided = 0;
+            }
+            println!(
+                "{:>6} {:>5} {:>9} {:>14} {:>9.3} {:>9.3} {:>6}  {}",
+                r.step,
+                r.seqs,
+                r.bytes >> 10,
+                r.mix
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                r.read.as_secs_f64() * 1e3,
+                r.stall.as_secs_f64() * 1e3,
+                r.moved,
+                match (&r.problem, r.incomplete) {
+                    (None, _) => "ok",
+                    (Some(_), true) => "incomplete",
+                    (Some(_), false) => "MISMATCH",
+                }
+            );
+        }
+    }
+}
+
 /// One rank: connect, load, check every batch, report each step.
 #[allow(clippy::too_many_arguments)]
 fn run_rank(
@@ -407,7 +512,7 @@ fn run_rank(
 ) -> (seqfeed_loader::LoaderStats, Option<String>) {
     let reader = match connect(opened.source.files(), endpoints, kind, opts, retry) {
         Ok(r) => r,
-        Err(e) => return (Default::default(), Some(format!("{e:#}"))),
+        Err(e) => return (Default::default(), Some(e.to_string())),
     };
     let config = LoaderConfig::new(rank, world)
         .end_step(steps)
