@@ -4,8 +4,9 @@
 //! implements [`Transport`] with RDMA semantics:
 //!
 //! * a storage node publishes a table of [`RegionInfo`] (one region per
-//!   sequence file payload, with the address and remote key an RDMA peer
-//!   needs; other transports ignore `addr`/`rkey`);
+//!   whole sequence file, named by its dataset-relative path, ids in sorted
+//!   path order; with the address and remote key an RDMA peer needs, which
+//!   other transports ignore);
 //! * a client posts a batch of [`ReadRequest`]s, each copying
 //!   `len` bytes at `offset` of a region into `dst_offset` of a local
 //!   destination buffer;
@@ -16,8 +17,29 @@
 //! backends that must register memory (verbs) register a buffer on first use
 //! and keep the registration for as long as the buffer lives.
 //!
-//! The `local` backend is the reference implementation the others are tested
-//! against.
+//! The modules:
+//!
+//! * [`regions`]: [`RegionTable`], a node's read-only mappings (one per file);
+//! * [`local`]: [`LocalTransport`], same-host reads straight from the
+//!   mapping, the reference implementation the others are tested against;
+//! * [`tcp`]: [`TcpTransport`] (one-sided reads over several TCP
+//!   connections, received straight into the destination) and
+//!   [`ControlClient`] (handshake plus one request/one response, for
+//!   control frames such as `VerbsConnect`), configured by
+//!   [`ConnectOptions`];
+//! * [`cluster`]: [`ClusterFile`], which node holds which files, and
+//!   [`cluster::place`].
+//!
+//! ```
+//! use seqfeed_transport::{LocalTransport, ReadRequest, RegionId, Transport};
+//! let dir = tempfile::tempdir().unwrap();
+//! std::fs::write(dir.path().join("a.seq"), b"0123456789").unwrap();
+//! let mut t = LocalTransport::open(dir.path(), &["a.seq"]).unwrap();
+//! let mut dst = [0u8; 4];
+//! let read = ReadRequest { region: RegionId(0), offset: 3, len: 4, dst_offset: 0 };
+//! t.read_batch(&[read], &mut dst).unwrap();
+//! assert_eq!(&dst, b"3456");
+//! ```
 #![deny(missing_docs)]
 // Only the private `mmap` module (one call) holds `unsafe`.
 #![deny(unsafe_code)]

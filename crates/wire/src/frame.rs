@@ -306,7 +306,9 @@ pub enum Frame {
     Stats,
     /// Node: every client's counters.
     StatsOk(StatsOk),
-    /// Either side: an error; the node closes the connection after it.
+    /// Either side: an error. After a protocol violation (bad frame,
+    /// read outside a region, ...) the node closes the connection; after a
+    /// refused request (e.g. verbs not enabled) it stays open.
     Error {
         /// Code.
         code: ErrorCode,

@@ -33,6 +33,14 @@ pub struct Args {
     /// Tokio worker threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// Enable RDMA verbs (clients may connect queue pairs and read the
+    /// mapped files with one-sided RDMA READs).
+    #[arg(long)]
+    verbs: bool,
+    /// RDMA devices for --verbs (comma-separated or repeated; default:
+    /// every device with an ACTIVE port).
+    #[arg(long, value_delimiter = ',', requires = "verbs")]
+    verbs_device: Vec<String>,
     /// Write the bound address (host:port) to this file once listening.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -46,6 +54,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     cfg.secret = args.secret.filter(|s| !s.is_empty());
     cfg.worker_threads = args.threads;
+    if args.verbs {
+        let devices = (!args.verbs_device.is_empty()).then(|| args.verbs_device.clone());
+        cfg.verbs = Some(seqfeed_node::verbs_factory(devices));
+    }
     if let Some(path) = &args.cluster {
         let cluster = ClusterFile::load(path)?;
         let name = cfg.node_name.clone();
