@@ -49,13 +49,23 @@ fi
 # ---- 2. project binaries ---------------------------------------------------------
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN="$TARGET_DIR/release"
-GUEST_BINS=(seqfeed-verbs-check seqfeed-verbs-bench)
+GUEST_BINS=(seqfeed-verbs-check seqfeed)
 if [[ "${RXE_SKIP_BUILD:-0}" != 1 ]]; then
-  log "building release binaries (${GUEST_BINS[*]})"
+  log "building release binaries (${GUEST_BINS[*]}, rxe integration test, benchmark)"
   (cd "$ROOT" && cargo build --release -q -p seqfeed-verbs --bins)
-  # The node/loader integration test binary and the CLI, when the workspace has them.
-  if [[ -f "$ROOT/crates/cli/Cargo.toml" ]]; then
-    (cd "$ROOT" && cargo build --release -q -p seqfeed --bin seqfeed) || log "WARN: seqfeed CLI did not build"
+  (cd "$ROOT" && cargo build --release -q -p seqfeed --bin seqfeed)
+  # The node + loader integration test over verbs (tests/tests/rxe.rs), as a guest binary.
+  rm -rf "$VM/guest-tests"; mkdir -p "$VM/guest-tests"
+  exe=$(cd "$ROOT" && cargo test --release -q -p seqfeed-tests --test rxe --no-run --message-format=json 2>/dev/null |
+        grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+  [[ -x "$exe" ]] || { log "could not build the rxe integration test"; exit 2; }
+  cp "$exe" "$VM/guest-tests/seqfeed-rxe-integration"
+  # The benchmark (benches/benches/rxe_verbs.rs) for bench mode.
+  if [[ "$MODE" != test ]]; then
+    exe=$(cd "$ROOT" && cargo bench -q -p seqfeed-benches --bench rxe_verbs --no-run --message-format=json 2>/dev/null |
+          grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+    [[ -x "$exe" ]] || { log "could not build the rxe_verbs benchmark"; exit 2; }
+    cp "$exe" "$VM/guest-tests/seqfeed-rxe-bench"
   fi
 fi
 for b in "${GUEST_BINS[@]}"; do
@@ -134,7 +144,6 @@ for b in /usr/bin/ib_read_bw /usr/bin/rdma \
   copy_with_libs "$b"
 done
 for b in "${GUEST_BINS[@]}"; do copy_with_libs "$BIN/$b" "/usr/bin/$b"; done
-[[ -x "$BIN/seqfeed" ]] && copy_with_libs "$BIN/seqfeed" /usr/bin/seqfeed
 # Extra guest test binaries (e.g. the node/loader rxe integration test), if built.
 for t in "$VM"/guest-tests/*; do
   [[ -x "$t" ]] && copy_with_libs "$t" "/usr/bin/$(basename "$t")"

@@ -482,11 +482,17 @@ impl VerbsTransport {
         Ok(())
     }
 
-    /// Registration of `dst` on every rail: cached by (address, length).
+    /// Registration of `dst` on every rail: cached by address range (LRU).
     fn lkeys(&mut self, dst: &mut [u8]) -> Result<Vec<u32>, TransportError> {
         self.tick += 1;
         let (addr, len) = (dst.as_ptr() as usize, dst.len());
-        if let Some(e) = self.mrs.iter_mut().find(|e| e.addr == addr && e.len == len) {
+        // Any cached registration containing the range serves (an lkey is valid for
+        // every sub-range of its MR): sub-slices of a registered ring buffer hit.
+        if let Some(e) = self
+            .mrs
+            .iter_mut()
+            .find(|e| e.addr <= addr && addr + len <= e.addr + e.len)
+        {
             e.last_used = self.tick;
             return Ok(e.per_rail.iter().map(|m| m.lkey()).collect());
         }

@@ -122,12 +122,35 @@ impl VerbsServer {
                     mrs.push(None);
                     continue;
                 }
-                let mr = crate::raw::reg_remote_read(&nic.pd, &data[idx]).map_err(|e| {
-                    derr(
-                        "ibv_reg_mr (remote read)",
-                        format!("region {} ({name}, {len} bytes): {e}", id.0),
-                    )
-                })?;
+                let reg = |d: &Arc<dyn AsRef<[u8]> + Send + Sync>| {
+                    crate::raw::reg_remote_read(&nic.pd, d).map_err(|e| {
+                        let efault = e.to_string().contains("os error 14");
+                        let err = derr(
+                            "ibv_reg_mr (remote read)",
+                            format!("region {} ({name}, {len} bytes): {e}", id.0),
+                        );
+                        (efault, err)
+                    })
+                };
+                let mr = match reg(&data[idx]) {
+                    Ok(mr) => mr,
+                    // Linux < 6.2 pins every MR with FOLL_WRITE|FOLL_FORCE, which a read-only
+                    // shared file mapping refuses (EFAULT): serve an in-memory copy instead.
+                    Err((true, first)) => {
+                        tracing::warn!(
+                            device = %nic.info.name,
+                            region = id.0,
+                            %name,
+                            "this kernel cannot pin a read-only file mapping for RDMA ({first}); \
+                             registering an in-memory copy ({len} bytes) instead (Linux >= 6.2 needs no copy)"
+                        );
+                        let bytes: &[u8] = (*data[idx]).as_ref();
+                        let copy: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(bytes.to_vec());
+                        data[idx] = copy;
+                        reg(&data[idx]).map_err(|(_, e)| e)?
+                    }
+                    Err((false, e)) => return Err(e),
+                };
                 mrs.push(Some(mr));
             }
             tracing::info!(
@@ -156,11 +179,11 @@ impl VerbsServer {
         self.regions
             .iter()
             .zip(&r.mrs)
-            .map(|((id, name, len, ptr), mr)| RegionInfo {
+            .map(|((id, name, len, _ptr), mr)| RegionInfo {
                 id: *id,
                 name: name.clone(),
                 len: *len,
-                addr: if mr.is_some() { *ptr as u64 } else { 0 },
+                addr: mr.as_ref().map(|m| m.get_ptr() as u64).unwrap_or(0),
                 rkey: mr.as_ref().map(|m| m.rkey()).unwrap_or(0),
             })
             .collect()
