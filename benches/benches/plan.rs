@@ -52,7 +52,7 @@ fn shapes(scale: f64) -> Vec<SourceShape> {
     SOURCES
         .iter()
         .map(|&(name, _, size, _)| {
-            let size = ((size as f64 * scale) as u64).max(1);
+            let size = ((size as f64 * scale).round() as u64).max(1);
             let mut files = Vec::new();
             let mut left = size;
             while left > 0 {
