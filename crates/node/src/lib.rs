@@ -73,7 +73,8 @@ pub struct NodeConfig {
     pub worker_threads: usize,
     /// Protocol limits.
     pub limits: Limits,
-    /// A connection idle this long (no complete request) is closed.
+    /// A connection that leaves its handshake or a frame unfinished this
+    /// long is closed (default 30 s). Idling between requests is allowed.
     pub idle_timeout: Duration,
     /// RDMA connection setup; `None` answers verbs requests with an error.
     pub verbs: Option<VerbsFactory>,
@@ -109,7 +110,7 @@ impl NodeConfig {
             fingerprint: None,
             worker_threads: 4,
             limits: Limits::DEFAULT,
-            idle_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(30),
             verbs: None,
         }
     }

@@ -427,14 +427,28 @@ async fn drive(
                 return End::Error(format!("write failed: {e}"));
             }
         }
+        // A client may idle between requests for as long as it likes (a
+        // trainer checkpointing); the timeout only bounds an unfinished
+        // handshake or a partly received frame.
+        let bounded = conn.client().is_none() || conn.has_partial_frame();
+        let timeout = if bounded {
+            shared.idle_timeout
+        } else {
+            Duration::from_secs(365 * 24 * 3600)
+        };
         let read = tokio::select! {
-            r = tokio::time::timeout(shared.idle_timeout, stream.read(&mut buf)) => r,
+            r = tokio::time::timeout(timeout, stream.read(&mut buf)) => r,
             _ = shutdown.changed() => return End::Normal,
         };
         match read {
             Err(_) => {
                 return End::Error(format!(
-                    "idle for {:?} with no complete request",
+                    "no complete {} within {:?}",
+                    if conn.client().is_none() {
+                        "handshake"
+                    } else {
+                        "frame"
+                    },
                     shared.idle_timeout
                 ))
             }

@@ -144,6 +144,11 @@ impl ServerConn {
         }
     }
 
+    /// True while part of a frame has been received and not yet decoded.
+    pub fn has_partial_frame(&self) -> bool {
+        self.reader.buffered() > 0
+    }
+
     /// True once the connection must be closed.
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
