@@ -163,6 +163,18 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// The region table does not fit in one Welcome frame.
+    #[error("node {node}: the region table of {regions} files ({bytes} bytes encoded) exceeds the {max}-byte frame limit; serve fewer files per node")]
+    TableTooLarge {
+        /// Node name.
+        node: String,
+        /// Number of regions.
+        regions: usize,
+        /// Encoded Welcome size.
+        bytes: usize,
+        /// Frame limit.
+        max: u32,
+    },
     /// The verbs factory failed.
     #[error("node {node}: enabling verbs: {what}")]
     Verbs {

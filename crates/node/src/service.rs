@@ -246,6 +246,21 @@ pub(crate) fn start(
         regions: table.infos().to_vec(),
         limits: config.limits,
     });
+    let welcome = Frame::Welcome(seqfeed_wire::Welcome {
+        version: seqfeed_wire::PROTOCOL_VERSION,
+        node: node.clone(),
+        fingerprint: fingerprint.clone(),
+        regions: policy.regions.clone(),
+    })
+    .to_bytes();
+    if welcome.len() - seqfeed_wire::HEADER_LEN > config.limits.max_frame as usize {
+        return Err(NodeError::TableTooLarge {
+            node,
+            regions: policy.regions.len(),
+            bytes: welcome.len(),
+            max: config.limits.max_frame,
+        });
+    }
     let shared = Arc::new(Shared {
         node: node.clone(),
         policy,

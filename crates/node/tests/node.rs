@@ -157,6 +157,11 @@ fn files_subset_health_stats_and_verbs_default() {
     let e = tcp.read_batch(&[two(0), two(5)], &mut dst).unwrap_err();
     assert!(e.to_string().contains("overlap"), "{e}");
     tcp.read_batch(&[two(0), two(10)], &mut dst).unwrap();
+    // A region table larger than a frame is refused at start.
+    let mut tight = config(dir.path());
+    tight.limits.max_frame = 200;
+    let e = Node::start(tight).unwrap_err();
+    assert!(e.to_string().contains("frame limit"), "{e}");
     // Out-of-bounds reads are refused client-side, before any I/O.
     let e = tcp
         .read_batch(
