@@ -622,3 +622,54 @@ fn shapes_file_round_trips() {
         .to_string()
         .contains("cnt"));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// Any valid mixture: quotas sum to the run, every position maps to a
+    /// distinct draw below its source's quota, every draw resolves inside
+    /// its file, and each full epoch of a source is a permutation of it.
+    #[test]
+    fn any_mixture_is_exact(
+        weights in proptest::collection::vec(0.01f64..10.0, 1..5),
+        sizes in proptest::collection::vec(1u64..300, 5),
+        b in 1u64..40,
+        steps in 1u64..40,
+        stratified in proptest::bool::ANY,
+        seed in proptest::prelude::any::<u64>(),
+    ) {
+        let mut text = format!(
+            "seed = {}\nglobal_batch = {b}\nmode = \"{}\"\nmax_epochs = 1e9\n[run]\nsteps = {steps}\n",
+            seed >> 1,
+            if stratified { "stratified" } else { "global" }
+        );
+        let mut shapes = Vec::new();
+        for (i, w) in weights.iter().enumerate() {
+            text += &format!("[[sources]]\nname = \"s{i}\"\nweight = {w:?}\n");
+            let n = sizes[i];
+            shapes.push(shape(&format!("s{i}"), &[n / 3, 0, n - n / 3]));
+        }
+        let plan = Plan::new(config(&text), shapes.clone()).unwrap();
+        let total = plan.total_sequences();
+        proptest::prop_assert_eq!(total, b * steps);
+        let quotas: Vec<u64> = plan.sources().iter().map(|s| s.quota).collect();
+        proptest::prop_assert_eq!(quotas.iter().sum::<u64>(), total);
+        let mut seen: Vec<Vec<bool>> = quotas.iter().map(|&q| vec![false; q as usize]).collect();
+        for p in 0..total {
+            let (s, k) = plan.draw(p);
+            proptest::prop_assert!(k < quotas[s as usize]);
+            proptest::prop_assert!(!seen[s as usize][k as usize]);
+            seen[s as usize][k as usize] = true;
+            let r = plan.locate(p);
+            let f = &shapes[r.source as usize].files[r.file as usize];
+            proptest::prop_assert!(r.index < f.count);
+            proptest::prop_assert_eq!(r.offset, f.data_offset + r.index * 32);
+        }
+        for (i, s) in plan.sources().iter().enumerate() {
+            for e in 0..s.quota / s.size {
+                let mut idx: Vec<u64> = (0..s.size).map(|j| plan.source_index(i as u32, e * s.size + j)).collect();
+                idx.sort_unstable();
+                proptest::prop_assert_eq!(idx, (0..s.size).collect::<Vec<_>>());
+            }
+        }
+    }
+}

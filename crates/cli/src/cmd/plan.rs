@@ -477,3 +477,198 @@ fn pin(a: PinArgs) -> anyhow::Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn run_args(args: &[&str]) -> anyhow::Result<ExitCode> {
+        let mut v = vec!["plan"];
+        v.extend_from_slice(args);
+        run(Cli::try_parse_from(v)?.args)
+    }
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn setup(tag: &str) -> (Dir, String, String) {
+        let dir =
+            std::env::temp_dir().join(format!("seqfeed-plan-cli-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let shapes = ShapesFile {
+            sources: ["web", "code"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| SourceShape {
+                    name: name.to_string(),
+                    fingerprint: format!("fp-{name}"),
+                    seq_len: 8,
+                    token_bytes: 2,
+                    files: (0..3)
+                        .map(|f| seqfeed_plan::FileShape {
+                            path: format!("{name}/part-{f:05}.seq"),
+                            count: 40 + 10 * i as u64,
+                            data_offset: 4096,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        let shapes_path = dir.join("shapes.toml");
+        std::fs::write(&shapes_path, shapes.to_toml_string().unwrap()).unwrap();
+        let config_path = dir.join("plan.toml");
+        std::fs::write(
+            &config_path,
+            "seed = 3\nglobal_batch = 8\n[run]\nsteps = 12\n[[sources]]\nname = \"web\"\nweight = 0.75\n[[sources]]\nname = \"code\"\nweight = 0.25\n",
+        )
+        .unwrap();
+        (
+            Dir(dir),
+            config_path.display().to_string(),
+            shapes_path.display().to_string(),
+        )
+    }
+
+    fn plan_of(config: &str, shapes: &str) -> Plan {
+        let shapes = ShapesFile::from_file(Path::new(shapes)).unwrap().sources;
+        Plan::new(PlanConfig::from_file(Path::new(config)).unwrap(), shapes).unwrap()
+    }
+
+    #[test]
+    fn materialize_writes_the_plan_exactly() {
+        let (dir, config, shapes) = setup("mat");
+        let plan = plan_of(&config, &shapes);
+        let tsv = dir.0.join("t.tsv").display().to_string();
+        let c = [
+            "materialize",
+            "-c",
+            &config,
+            "--shapes",
+            &shapes,
+            "--from",
+            "2",
+            "--to",
+            "7",
+            "--world",
+            "4",
+            "-o",
+            &tsv,
+        ];
+        run_args(&c).unwrap();
+        let text = std::fs::read_to_string(&tsv).unwrap();
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .skip(1)
+            .collect();
+        assert_eq!(rows.len(), 5 * 8);
+        for row in rows {
+            let f: Vec<&str> = row.split('\t').collect();
+            let (step, rank, pos): (u64, u32, u64) = (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            );
+            let r = plan.locate(pos);
+            assert_eq!(step, pos / 8);
+            assert_eq!(u64::from(rank), pos % 8 / 2);
+            assert_eq!(f[6], plan.file_path(r.source, r.file));
+            assert_eq!(
+                f[7..].join(" "),
+                format!("{} {} {}", r.index, r.offset, r.len)
+            );
+        }
+        let bin = dir.0.join("t.bin").display().to_string();
+        let c = [
+            "materialize",
+            "-c",
+            &config,
+            "--shapes",
+            &shapes,
+            "--format",
+            "bin",
+            "-o",
+            &bin,
+        ];
+        run_args(&c).unwrap();
+        let bytes = std::fs::read(&bin).unwrap();
+        assert_eq!(bytes.len() as u64, 40 * plan.total_sequences());
+        for (p, rec) in bytes.chunks(40).enumerate() {
+            let u64_at = |o: usize| u64::from_le_bytes(rec[o..o + 8].try_into().unwrap());
+            let u32_at = |o: usize| u32::from_le_bytes(rec[o..o + 4].try_into().unwrap());
+            let r = plan.locate(p as u64);
+            assert_eq!(
+                (
+                    u64_at(0),
+                    u32_at(8),
+                    u32_at(12),
+                    u64_at(16),
+                    u64_at(24),
+                    u32_at(32)
+                ),
+                (r.position, r.source, r.file, r.index, r.offset, r.len)
+            );
+        }
+        // No temporary file is left behind.
+        let names: Vec<String> = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+    }
+
+    #[test]
+    fn bad_ranges_and_worlds_are_errors() {
+        let (dir, config, shapes) = setup("bad");
+        let out = dir.0.join("x.tsv").display().to_string();
+        let e =
+            run_args(&["show", "-c", &config, "--shapes", &shapes, "--world", "3"]).unwrap_err();
+        assert!(e.to_string().contains("not divisible"), "{e}");
+        let e =
+            run_args(&["show", "-c", &config, "--shapes", &shapes, "--step", "12"]).unwrap_err();
+        assert!(e.to_string().contains("step 12"), "{e}");
+        let e = run_args(&[
+            "materialize",
+            "-c",
+            &config,
+            "--shapes",
+            &shapes,
+            "--from",
+            "5",
+            "--to",
+            "13",
+            "-o",
+            &out,
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("past the end"), "{e}");
+        assert!(!Path::new(&out).exists());
+    }
+
+    #[test]
+    fn pinned_config_refuses_changed_data() {
+        let (dir, config, shapes) = setup("pin");
+        let pinned = dir.0.join("pinned.toml").display().to_string();
+        run_args(&["pin", "-c", &config, "--shapes", &shapes, "-o", &pinned]).unwrap();
+        run_args(&["stats", "-c", &pinned, "--shapes", &shapes, "--scan"]).unwrap();
+        let text = std::fs::read_to_string(&shapes)
+            .unwrap()
+            .replace("fp-code", "fp-code-2");
+        std::fs::write(&shapes, text).unwrap();
+        let e = run_args(&["stats", "-c", &pinned, "--shapes", &shapes]).unwrap_err();
+        assert!(e.to_string().contains("'code' changed"), "{e}");
+    }
+}
