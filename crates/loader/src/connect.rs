@@ -137,7 +137,7 @@ pub fn node_spec(kind: TransportKind, endpoint: &Endpoint) -> Result<NodeSpec, L
 /// The [`NodeSpec`] for `endpoint` over transport `kind`; network
 /// transports use `opts` (secret, expected fingerprint, connections,
 /// timeouts). Each connector call makes one connect attempt
-/// (`opts.retries` is ignored): the [`ClusterReader`](crate::ClusterReader)
+/// (`opts.retries` is ignored): the [`ClusterReader`]
 /// owns retries and backoff.
 pub fn node_spec_with(
     kind: TransportKind,
