@@ -4,8 +4,10 @@
 //! Measures, in this run, side by side:
 //! * the `tcp` transport (in-process node on 127.0.0.1, 1 connection and
 //!   several) against `iperf3` on the same loopback (single stream, and
-//!   `-P N` for information): targets >= 0.7x with one connection, >= 1.0x
-//!   with several;
+//!   `-P N`, and with 1 MiB writes (iperf3's largest), for information):
+//!   targets >= 0.7x with one connection, >= 1.0x with several. tcp and
+//!   iperf3 run in interleaved rounds (best of each) so both see the same
+//!   machine load;
 //! * the `local` transport against a single-threaded memcpy of the same
 //!   byte ranges from the same mapping: target >= 0.7x.
 //!
@@ -61,7 +63,9 @@ fn measure(secs: f64, bytes_per_batch: usize, mut f: impl FnMut(usize)) -> f64 {
     best
 }
 
-fn iperf3(streams: usize, secs: u64) -> Result<f64, String> {
+/// iperf3 on 127.0.0.1: `streams` parallel streams, `len` bytes per
+/// write/read (`None`: iperf3's default, 128 KiB).
+fn iperf3(streams: usize, secs: u64, len: Option<&str>) -> Result<f64, String> {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         l.local_addr().map_err(|e| e.to_string())?.port()
@@ -72,22 +76,29 @@ fn iperf3(streams: usize, secs: u64) -> Result<f64, String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("iperf3 not runnable ({e}); install it with scripts/setup.sh"))?;
-    let mut out = None;
+    let mut out = Err("iperf3 client could not reach its server".to_string());
     for _ in 0..50 {
         std::thread::sleep(Duration::from_millis(100));
         let o = Command::new("iperf3")
             .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-J"])
             .args(["-t", &secs.to_string(), "-P", &streams.to_string()])
+            .args(len.map(|l| ["-l", l]).into_iter().flatten())
             .output()
             .map_err(|e| e.to_string())?;
         if o.status.success() {
-            out = Some(o.stdout);
+            out = Ok(o.stdout);
+            break;
+        }
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        if !text.contains("unable to connect") {
+            // Not the server starting late: a real failure.
+            out = Err(format!("iperf3 client failed: {}", text.trim()));
             break;
         }
     }
     let _ = server.kill();
     let _ = server.wait();
-    let out = out.ok_or("iperf3 client failed to connect to its server")?;
+    let out = out?;
     let v: serde_json::Value =
         serde_json::from_slice(&out).map_err(|e| format!("iperf3 -J output: {e}"))?;
     let bps = v["end"]["sum_received"]["bits_per_second"]
@@ -232,6 +243,7 @@ fn main() {
     let rounds = 3;
     let mut iperf_single: Result<f64, String> = Err("not run".into());
     let mut iperf_multi: Result<f64, String> = Err("not run".into());
+    let mut iperf_big: Result<f64, String> = Err("not run".into());
     for round in 0..rounds {
         for (_, tcp, best) in transports.iter_mut() {
             let r = measure(secs / rounds as f64, workload.bytes_per_batch, |n| {
@@ -242,8 +254,12 @@ fn main() {
             *best = best.max(r);
         }
         if round == 0 || iperf_single.is_ok() {
-            for (streams, slot) in [(1, &mut iperf_single), (several, &mut iperf_multi)] {
-                let r = iperf3(streams, 2);
+            for (streams, len, slot) in [
+                (1, None, &mut iperf_single),
+                (several, None, &mut iperf_multi),
+                (1, Some("1M"), &mut iperf_big),
+            ] {
+                let r = iperf3(streams, 2, len);
                 *slot = match (&*slot, r) {
                     (Ok(a), Ok(b)) => Ok(a.max(b)),
                     (_, r) => r,
@@ -265,6 +281,12 @@ fn main() {
             if let Ok(m) = &multi {
                 println!("iperf3 loopback, {several} streams: {}", gbs(*m));
             }
+            if let Ok(b) = &iperf_big {
+                println!(
+                    "iperf3 loopback, 1 stream, 1 MiB writes (-l 1M): {}",
+                    gbs(*b)
+                );
+            }
             for (conns, r) in &tcp_rates {
                 let target = if *conns == 1 { 0.7 } else { 1.0 };
                 print_ratio(
@@ -274,6 +296,15 @@ fn main() {
                     "iperf3 1 stream",
                     Some(target),
                 );
+                if let Ok(b) = &iperf_big {
+                    print_ratio(
+                        &format!("tcp transport, {conns} connection(s)"),
+                        *r,
+                        *b,
+                        "iperf3 -l 1M",
+                        None,
+                    );
+                }
                 if *conns > 1 {
                     if let Ok(m) = &multi {
                         print_ratio(
