@@ -222,3 +222,36 @@ fn replica_takes_over_when_a_serve_process_is_sigkilled() {
     assert!(e.to_string().contains("node-"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn replica_takes_over_when_a_serve_process_hangs() {
+    // SIGSTOP: the node keeps its sockets open but answers nothing (like a
+    // wedged host). Reads must time out (io timeout 3 s) and move to the
+    // replica, never hang.
+    let c = corpus(256, 32, 14);
+    let placement = place(&c.files(), 2, 2);
+    let procs = [
+        serve(c.root(), "node-0", &placement[0]),
+        serve(c.root(), "node-1", &placement[1]),
+    ];
+    let na: Vec<NodeAddr> = procs
+        .iter()
+        .zip(&placement)
+        .enumerate()
+        .map(|(i, (p, files))| NodeAddr {
+            name: format!("node-{i}"),
+            addr: p.addr.clone(),
+            files: files.clone(),
+        })
+        .collect();
+    let pid = procs[0].child.id().to_string();
+    let t = Instant::now();
+    let runs = four_ranks_with_a_kill(&c, &na, &|| {
+        let st = Command::new("kill").args(["-STOP", &pid]).status();
+        assert!(st.is_ok_and(|s| s.success()), "kill -STOP {pid}");
+    });
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert_failed_over(&c, &runs, 14);
+    // One io timeout (3 s) plus slack; never the 10 s default or a hang.
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+}

@@ -15,10 +15,12 @@
 //!    batch and then copies each row into place (one round trip instead of
 //!    one per run);
 //! 3. when a node fails ([`TransportError::is_node_failure`]) marks it dead,
-//!    moves its rows to other replicas and reads them again, until every row
-//!    is read or [`RetryPolicy::failover_timeout`] has passed; then
-//!    [`LoaderError::NoReplica`] names the step, the file and each replica's
-//!    last error. Other errors (a read out of bounds) fail the step at once.
+//!    moves its rows to other live replicas and reads them again. When a
+//!    file has no live holder, it waits for a holder's reconnect for at most
+//!    [`RetryPolicy::failover_timeout`] (counted from the step's first
+//!    failure); then [`LoaderError::NoReplica`] names the step, the file and
+//!    each replica's last error. Other errors (a read out of bounds) fail the
+//!    step at once.
 //!
 //! A dead node is reconnected with exponential backoff
 //! ([`RetryPolicy::backoff_initial`] doubling up to
@@ -338,18 +340,33 @@ impl ClusterReader {
             bytes: reads.iter().map(|r| u64::from(r.len)).sum(),
             ..StepReadStats::default()
         };
-        let started = Instant::now();
-        let deadline = started + self.policy.failover_timeout;
+        // The fail-over window opens at the step's first node failure (or
+        // the first time a file has no live holder), not at the step's
+        // start: a slow read does not eat into it.
+        let mut window: Option<(Instant, Instant)> = None; // (opened, deadline)
+        let policy = self.policy;
+        let open = |w: &mut Option<(Instant, Instant)>| {
+            *w.get_or_insert_with(|| {
+                let now = Instant::now();
+                (now, now + policy.failover_timeout)
+            })
+        };
         let mut pending: Vec<usize> = (0..rows).collect();
         let mut round = 0u32;
         while !pending.is_empty() {
             round += 1;
-            self.revive_due();
+            // Reconnect dead nodes only while the window is open: once it has
+            // passed, the step finishes on the nodes still live or fails, so
+            // the rounds are bounded.
+            if window.is_none_or(|(_, deadline)| Instant::now() < deadline) {
+                self.revive_due();
+            }
             let owner = match self.assign(&pending, reads) {
                 Ok(owner) => owner,
                 Err(fi) => {
                     // No live holder of file `fi`: wait for a reconnect if one
                     // is due before the deadline, else give up.
+                    let (opened, deadline) = open(&mut window);
                     let now = Instant::now();
                     let next = self.holders[fi]
                         .iter()
@@ -361,13 +378,14 @@ impl ClusterReader {
                             std::thread::sleep(t.saturating_duration_since(now));
                             continue;
                         }
-                        _ => return Err(self.no_replica(step, fi, started.elapsed())),
+                        _ => return Err(self.no_replica(step, fi, opened.elapsed())),
                     }
                 }
             };
             let failed =
                 self.read_round(step, reads, row_bytes, dst, &pending, &owner, &mut stats)?;
             if !failed.is_empty() {
+                open(&mut window);
                 tracing::warn!(
                     step,
                     round,
@@ -377,10 +395,6 @@ impl ClusterReader {
                 stats.failed_over += failed.len() as u64;
             }
             pending = failed;
-            if !pending.is_empty() && Instant::now() >= deadline {
-                let fi = reads[pending[0]].file as usize;
-                return Err(self.no_replica(step, fi, started.elapsed()));
-            }
         }
         Ok(stats)
     }
