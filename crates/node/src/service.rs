@@ -227,18 +227,29 @@ pub(crate) fn start(
         .enable_all()
         .build()
         .map_err(|e| io_err("starting the runtime for", e))?;
-    let std_listener =
-        std::net::TcpListener::bind(config.listen).map_err(|e| io_err("binding", e))?;
-    std_listener
-        .set_nonblocking(true)
-        .map_err(|e| io_err("configuring", e))?;
-    let local_addr = std_listener
-        .local_addr()
-        .map_err(|e| io_err("reading the address of", e))?;
+    // SO_REUSEADDR lets a restarted node take its port back at once;
+    // SO_KEEPALIVE (inherited by accepted sockets on Linux) lets the kernel
+    // drop connections of clients that vanished while idle.
     let listener = {
         let _guard = runtime.enter();
-        tokio::net::TcpListener::from_std(std_listener).map_err(|e| io_err("registering", e))?
+        let socket = if config.listen.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(|e| io_err("creating a socket for", e))?;
+        socket
+            .set_reuseaddr(true)
+            .and_then(|()| socket.set_keepalive(true))
+            .map_err(|e| io_err("configuring the socket for", e))?;
+        socket
+            .bind(config.listen)
+            .map_err(|e| io_err("binding", e))?;
+        socket.listen(1024).map_err(|e| io_err("listening on", e))?
     };
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| io_err("reading the address of", e))?;
     let policy = Arc::new(ServerPolicy {
         node: node.clone(),
         fingerprint: fingerprint.clone(),
