@@ -562,6 +562,7 @@ impl VerbsTransport {
         &mut self,
         reads: &[ReadRequest],
         dst: &mut [u8],
+        region_of: &[u32],
         pending: &mut VecDeque<u32>,
         stats: &mut BatchStats,
     ) -> Result<(), TransportError> {
@@ -607,7 +608,7 @@ impl VerbsTransport {
                 for pos in 0..n {
                     let Some(i) = pending.pop_front() else { break };
                     let r = &reads[i as usize];
-                    let ri = self.region_index[&r.region];
+                    let ri = region_of[i as usize] as usize;
                     let (raddr, rkey) = rail.remote[ri];
                     chain.idx[pos] = i;
                     self.wrs.push(ReadWr {
@@ -723,7 +724,7 @@ impl VerbsTransport {
                 last_progress = Instant::now();
             } else {
                 idle += 1;
-                if idle & 63 == 0 {
+                if idle & 1023 == 0 {
                     // Stalled: ask the control connection whether the node is still there,
                     // so a dead node fails in about `stall_check`, not the full timeout.
                     if last_progress.elapsed() >= self.opts.stall_check
@@ -758,7 +759,6 @@ impl VerbsTransport {
                         )
                         .into());
                     }
-                    std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
                 }
@@ -831,6 +831,7 @@ impl Transport for VerbsTransport {
     ) -> Result<BatchStats, TransportError> {
         let mut stats = BatchStats::default();
         let mut pending = VecDeque::with_capacity(reads.len());
+        let mut region_of = Vec::with_capacity(reads.len());
         for (i, r) in reads.iter().enumerate() {
             let Some(&ri) = self.region_index.get(&r.region) else {
                 return Err(TransportError::UnknownRegion {
@@ -839,6 +840,7 @@ impl Transport for VerbsTransport {
                 });
             };
             r.check(self.regions[ri].len, dst.len())?;
+            region_of.push(ri as u32);
             if r.len == 0 {
                 stats.reads += 1;
             } else {
@@ -848,7 +850,7 @@ impl Transport for VerbsTransport {
         if pending.is_empty() {
             return Ok(stats);
         }
-        match self.run_batch(reads, dst, &mut pending, &mut stats) {
+        match self.run_batch(reads, dst, &region_of, &mut pending, &mut stats) {
             Ok(()) => Ok(stats),
             Err(e) => {
                 self.abandon_inflight();
