@@ -5,7 +5,8 @@
 #        scripts/setup.sh --vm       (also the soft-RoCE VM harness's host tools)
 set -euo pipefail
 
-pkgs=(build-essential pkg-config iproute2 iperf3 python3 python3-numpy)
+# cmake + libclang-dev: sideway's rdma-mummy-sys builds a dlopen shim of rdma-core and runs bindgen.
+pkgs=(build-essential pkg-config cmake libclang-dev iproute2 iperf3 python3 python3-numpy)
 if [[ "${1:-}" == "--vm" ]]; then
   pkgs+=(qemu-system-x86 busybox-static rdma-core ibverbs-providers libibverbs1 librdmacm1
          perftest cpio xz-utils zstd kmod)
