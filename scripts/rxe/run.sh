@@ -6,6 +6,10 @@
 #   scripts/rxe/run.sh test     # verbs self-tests + node/ranks over rxe (what .ci/run runs)
 #   scripts/rxe/run.sh bench    # verbs vs ib_read_bw vs tcp, printed as ratios
 #   scripts/rxe/run.sh all      # both in one boot
+#   scripts/rxe/run.sh host-test|host-bench|host-all
+#                               # the same checks directly on this host, for machines whose
+#                               # kernel has RDMA (rxe: `rdma link add rxe0 type rxe netdev IFACE`,
+#                               # or InfiniBand / RoCE hardware); no VM, no code change
 #
 # What it does: apt-installs the host tools it needs, builds the project's release
 # binaries, downloads Debian's generic kernel package (which ships rdma_rxe; the
@@ -23,7 +27,10 @@
 set -euo pipefail
 
 MODE=${1:-test}
-case "$MODE" in test|bench|all) ;; *) echo "usage: $0 test|bench|all" >&2; exit 2 ;; esac
+case "$MODE" in
+  test|bench|all|host-test|host-bench|host-all) ;;
+  *) echo "usage: $0 test|bench|all|host-test|host-bench|host-all" >&2; exit 2 ;;
+esac
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HERE="$ROOT/scripts/rxe"
@@ -61,7 +68,7 @@ if [[ "${RXE_SKIP_BUILD:-0}" != 1 ]]; then
   [[ -x "$exe" ]] || { log "could not build the rxe integration test"; exit 2; }
   cp "$exe" "$VM/guest-tests/seqfeed-rxe-integration"
   # The benchmark (benches/benches/rxe_verbs.rs) for bench mode.
-  if [[ "$MODE" != test ]]; then
+  if [[ "$MODE" != test && "$MODE" != host-test ]]; then
     exe=$(cd "$ROOT" && cargo bench -q -p seqfeed-benches --bench rxe_verbs --no-run --message-format=json 2>/dev/null |
           grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
     [[ -x "$exe" ]] || { log "could not build the rxe_verbs benchmark"; exit 2; }
@@ -71,6 +78,15 @@ fi
 for b in "${GUEST_BINS[@]}"; do
   [[ -x "$BIN/$b" ]] || { log "missing $BIN/$b (build failed?)"; exit 2; }
 done
+
+# ---- host mode: run the checks right here ----------------------------------------
+if [[ "$MODE" == host-* ]]; then
+  hb=$(mktemp -d); trap 'rm -rf "$hb"' EXIT
+  for b in "${GUEST_BINS[@]}"; do ln -s "$BIN/$b" "$hb/$b"; done
+  for t in "$VM"/guest-tests/*; do ln -s "$t" "$hb/$(basename "$t")"; done
+  PATH="$hb:$PATH" sh "$HERE/checks.sh" "${MODE#host-}" ${RXE_DEVICES:-}
+  exit $?
+fi
 
 # ---- 3. kernel with rdma_rxe -----------------------------------------------------
 KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
@@ -162,6 +178,7 @@ echo "root:x:0:0:root:/root:/bin/sh" > "$R/etc/passwd"
 echo "root:x:0:" > "$R/etc/group"
 echo "127.0.0.1 localhost" > "$R/etc/hosts"
 cp "$HERE/init" "$R/init"; chmod +x "$R/init"
+cp "$HERE/checks.sh" "$R/etc/rxe-checks.sh"
 (cd "$R" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 > "$VM/initrd.gz"
 log "initramfs $(du -h "$VM/initrd.gz" | cut -f1), kernel $KVER, prep $(( $(date +%s) - t_start ))s"
 
