@@ -301,6 +301,9 @@ fn main() {
                     continue;
                 }
             };
+            // The destination is a long-lived buffer (as a loader's ring): register it once.
+            v.register_buffer(&mut dst)
+                .expect("registering the destination");
             dst.fill(0);
             v.read_batch(&batches[0], &mut dst).expect("verbs read");
             assert!(dst == reference, "verbs batch differs from the files");

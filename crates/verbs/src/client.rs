@@ -49,7 +49,16 @@ pub struct ClientOptions {
     /// After this long without any completion, the node's control connection
     /// is checked ([`QpExchange::check_alive`]); a dead node fails the batch.
     pub stall_check: Duration,
-    /// Destination-buffer registrations kept (least recently used evicted).
+    /// Destination-buffer registrations kept, looked up by address range
+    /// (least recently used evicted; a new range overlapping a cached one
+    /// evicts it). 0 registers the destination for every batch instead.
+    ///
+    /// A cached registration pins the pages the buffer had when it was
+    /// registered: if that memory is unmapped and a *new* buffer is later
+    /// mapped at the very same addresses, reads would land in the old pages.
+    /// Long-lived destinations (a loader's ring of step buffers) are the
+    /// intended use; call [`VerbsTransport::forget_buffers`] before freeing
+    /// buffers, or set 0 when destinations come and go.
     pub mr_cache: usize,
 }
 
@@ -111,6 +120,8 @@ struct MrEntry {
     len: usize,
     per_rail: Vec<Arc<MemoryRegion>>,
     last_used: u64,
+    /// Registered through [`VerbsTransport::register_buffer`]: never evicted.
+    pinned: bool,
 }
 
 /// wr_id layout: lane (12 bits) | gen (12 bits) | seq (32 bits) | position in chain (8 bits).
@@ -140,6 +151,7 @@ pub struct VerbsTransport {
     exchange: Box<dyn QpExchange>,
     opts: ClientOptions,
     mrs: Vec<MrEntry>,
+    batch_mrs: Vec<Arc<MemoryRegion>>,
     next_lane: usize,
     tick: u64,
     comps: Vec<Completion>,
@@ -220,6 +232,7 @@ impl VerbsTransport {
             exchange,
             opts,
             mrs: Vec::new(),
+            batch_mrs: Vec::new(),
             next_lane: 0,
             tick: 0,
             comps: Vec::with_capacity(256),
@@ -270,6 +283,26 @@ impl VerbsTransport {
     /// freeing a buffer whose address range may be reused by a new mapping.
     pub fn forget_buffers(&mut self) {
         self.mrs.clear();
+    }
+
+    /// Registers `buf` (e.g. one step buffer of a ring) on every device and
+    /// keeps it until [`forget_buffers`](Self::forget_buffers): every batch
+    /// whose destination lies inside it needs no registration.
+    pub fn register_buffer(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+        let saved = self.opts.mr_cache;
+        self.opts.mr_cache = self.opts.mr_cache.max(self.mrs.len() + 1);
+        let r = self.lkeys(buf);
+        self.opts.mr_cache = saved;
+        r?;
+        let (addr, len) = (buf.as_ptr() as usize, buf.len());
+        if let Some(e) = self
+            .mrs
+            .iter_mut()
+            .find(|e| e.addr <= addr && addr + len <= e.addr + e.len)
+        {
+            e.pinned = true;
+        }
+        Ok(())
     }
 
     fn local_depth(&self, nic: &Nic) -> u32 {
@@ -496,17 +529,6 @@ impl VerbsTransport {
             e.last_used = self.tick;
             return Ok(e.per_rail.iter().map(|m| m.lkey()).collect());
         }
-        if self.mrs.len() >= self.opts.mr_cache.max(1) {
-            if let Some(i) = self
-                .mrs
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(i, _)| i)
-            {
-                self.mrs.swap_remove(i);
-            }
-        }
         let mut per_rail = Vec::with_capacity(self.rails.len());
         for r in &self.rails {
             let mr = crate::raw::reg_local_write(&r.nic.pd, dst).map_err(|e| {
@@ -519,12 +541,35 @@ impl VerbsTransport {
             per_rail.push(mr);
         }
         self.counters.registrations += 1;
+        if self.opts.mr_cache == 0 {
+            // Per-batch registration: kept until this batch ends.
+            let keys = per_rail.iter().map(|m| m.lkey()).collect();
+            self.batch_mrs = per_rail;
+            return Ok(keys);
+        }
+        // A new range overlapping cached ones means that memory was reused for a
+        // different buffer: those registrations may pin pages no longer mapped there.
+        self.mrs
+            .retain(|e| e.pinned || addr + len <= e.addr || e.addr + e.len <= addr);
+        if self.mrs.len() >= self.opts.mr_cache {
+            if let Some(i) = self
+                .mrs
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| !e.pinned)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(i, _)| i)
+            {
+                self.mrs.swap_remove(i);
+            }
+        }
         let keys = per_rail.iter().map(|m| m.lkey()).collect();
         self.mrs.push(MrEntry {
             addr,
             len,
             per_rail,
             last_used: self.tick,
+            pinned: false,
         });
         Ok(keys)
     }
@@ -850,12 +895,44 @@ impl Transport for VerbsTransport {
         if pending.is_empty() {
             return Ok(stats);
         }
-        match self.run_batch(reads, dst, &region_of, &mut pending, &mut stats) {
+        let r = match self.run_batch(reads, dst, &region_of, &mut pending, &mut stats) {
             Ok(()) => Ok(stats),
             Err(e) => {
                 self.abandon_inflight();
                 Err(e)
             }
+        };
+        // Per-batch registrations go only after no QP can still write into them.
+        self.batch_mrs.clear();
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wr_id_roundtrip() {
+        for (lane, gen, seq, pos) in [
+            (0, 0, 0, 0),
+            (4095, 4095, u32::MAX, 63),
+            (17, 3, 123_456, 31),
+        ] {
+            assert_eq!(
+                wr_id_parts(wr_id(lane, gen, seq, pos)),
+                (lane, gen, seq, pos)
+            );
         }
+        // Distinct lanes/generations never alias.
+        assert_ne!(wr_id(1, 0, 5, 0), wr_id(0, 1, 5, 0));
+    }
+
+    #[test]
+    fn default_options_are_bounded() {
+        let o = ClientOptions::default();
+        assert!(o.chain <= MAX_CHAIN && o.chain >= 1);
+        assert!(o.qps_per_rail >= 1 && o.max_rebuilds >= 1);
+        assert!(o.stall_check < o.timeout);
     }
 }

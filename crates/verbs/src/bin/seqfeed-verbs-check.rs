@@ -268,7 +268,36 @@ fn selftest(devices: Option<Vec<String>>) -> u32 {
         })(),
     );
 
-    // 4. Bad input is rejected with a clear error, nothing posted.
+    // 4. Registration modes: per batch (no cache), and one pre-registered ring buffer
+    //    whose sub-slices are the destinations (no registration per batch).
+    c.report(
+        &format!("registration[{tag}]"),
+        (|| {
+            let ex = TcpExchange::connect(&addr).map_err(|e| e.to_string())?;
+            let opts = ClientOptions { devices: devices.clone(), mr_cache: 0, ..Default::default() };
+            let mut t = VerbsTransport::connect(&addr, Box::new(ex), opts).map_err(|e| e.to_string())?;
+            run_batches(&mut t, 77, 3, seq, 16)?;
+            let per_batch = t.counters().registrations;
+            let mut t = connect(&addr, devices.clone(), 1)?;
+            let mut ring = vec![0u8; 8 << 20];
+            t.register_buffer(&mut ring).map_err(|e| e.to_string())?;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(78);
+            for b in 0..6 {
+                let (reads, expect) = make_batch(&mut rng, nregions, len, seq, 32);
+                let off = (b * 1_000_003) % (ring.len() - expect.len());
+                let dst = &mut ring[off..off + expect.len()];
+                t.read_batch(&reads, dst).map_err(|e| format!("ring batch {b}: {e}"))?;
+                compare(dst, &expect, &reads).map_err(|e| format!("ring batch {b}: {e}"))?;
+            }
+            let ring_regs = t.counters().registrations;
+            if per_batch != 3 || ring_regs != 1 {
+                return Err(format!("{per_batch} registrations for 3 uncached batches, {ring_regs} for a ring"));
+            }
+            Ok("3 batches registered per batch; 6 batches into sub-slices of one registered ring, 1 registration".into())
+        })(),
+    );
+
+    // 5. Bad input is rejected with a clear error, nothing posted.
     c.report(
         "bad-input",
         (|| {
