@@ -726,6 +726,10 @@ impl VerbsTransport {
                     }
                     progressed = true;
                     if c.ok() {
+                        if !l.inflight.iter().any(|ch| ch.seq == seq) {
+                            tracing::warn!(node = %self.node, lane, seq, "verbs: completion for no posted chain; ignored");
+                            continue;
+                        }
                         // In-order completion: this chain and all earlier ones are done.
                         while let Some(ch) = l.inflight.pop_front() {
                             l.outstanding -= u32::from(ch.n);

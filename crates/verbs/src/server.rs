@@ -94,6 +94,13 @@ impl VerbsServer {
 
     /// Registers every region (remote read only) on each of `nics`.
     pub fn new(nics: Vec<Arc<Nic>>, regions: Vec<ServedRegion>) -> Result<VerbsServer, VerbsError> {
+        if nics.is_empty() {
+            return Err(VerbsError::Device {
+                device: "-".into(),
+                step: "verbs server",
+                detail: "no RDMA device given".into(),
+            });
+        }
         let mut table = Vec::with_capacity(regions.len());
         let mut data = Vec::with_capacity(regions.len());
         for r in &regions {

@@ -268,6 +268,36 @@ fn selftest(devices: Option<Vec<String>>) -> u32 {
         })(),
     );
 
+    // 3b. With no rebuilds allowed, a QP error fails the batch as a node failure naming
+    //     the step; the next batch rebuilds the QP and succeeds.
+    c.report(
+        &format!("rebuild-budget[{tag}]"),
+        (|| {
+            let ex = TcpExchange::connect(&addr).map_err(|e| e.to_string())?;
+            let opts = ClientOptions {
+                devices: devices.clone(),
+                qps_per_rail: 1,
+                max_rebuilds: 0,
+                ..Default::default()
+            };
+            let mut t =
+                VerbsTransport::connect(&addr, Box::new(ex), opts).map_err(|e| e.to_string())?;
+            run_batches(&mut t, 90, 1, seq, 16)?;
+            t.inject_qp_error(0);
+            let err = match run_batches(&mut t, 91, 1, seq, 16) {
+                Ok(_) => {
+                    return Err("batch on a broken QP succeeded with no rebuild allowed".into())
+                }
+                Err(e) => e,
+            };
+            if !err.contains("RDMA READ completion") && !err.contains("ibv_post_send") {
+                return Err(format!("error does not name the step: {err}"));
+            }
+            run_batches(&mut t, 92, 2, seq, 16)?;
+            Ok(format!("failed as '{err}', then recovered"))
+        })(),
+    );
+
     // 4. Registration modes: per batch (no cache), and one pre-registered ring buffer
     //    whose sub-slices are the destinations (no registration per batch).
     c.report(
