@@ -515,6 +515,27 @@ impl VerbsTransport {
         Ok(())
     }
 
+    /// Registers `len` bytes at `addr` (local write) on every rail.
+    fn register_range(
+        &mut self,
+        addr: usize,
+        len: usize,
+    ) -> Result<Vec<Arc<MemoryRegion>>, TransportError> {
+        let mut per_rail = Vec::with_capacity(self.rails.len());
+        for r in &self.rails {
+            let mr = crate::raw::reg_local_write(&r.nic.pd, addr, len).map_err(|e| {
+                node_err(
+                    &self.node,
+                    "ibv_reg_mr (destination, local write)",
+                    format!("device {}: {len} bytes at {addr:#x}: {e}", r.nic.info.name),
+                )
+            })?;
+            per_rail.push(mr);
+        }
+        self.counters.registrations += 1;
+        Ok(per_rail)
+    }
+
     /// Registration of `dst` on every rail: cached by address range (LRU).
     fn lkeys(&mut self, dst: &mut [u8]) -> Result<Vec<u32>, TransportError> {
         self.tick += 1;
@@ -529,28 +550,43 @@ impl VerbsTransport {
             e.last_used = self.tick;
             return Ok(e.per_rail.iter().map(|m| m.lkey()).collect());
         }
-        let mut per_rail = Vec::with_capacity(self.rails.len());
-        for r in &self.rails {
-            let mr = crate::raw::reg_local_write(&r.nic.pd, dst).map_err(|e| {
-                node_err(
-                    &self.node,
-                    "ibv_reg_mr (destination, local write)",
-                    format!("device {}: {len} bytes at {addr:#x}: {e}", r.nic.info.name),
-                )
-            })?;
-            per_rail.push(mr);
-        }
-        self.counters.registrations += 1;
         if self.opts.mr_cache == 0 {
             // Per-batch registration: kept until this batch ends.
+            let per_rail = self.register_range(addr, len)?;
             let keys = per_rail.iter().map(|m| m.lkey()).collect();
             self.batch_mrs = per_rail;
             return Ok(keys);
         }
-        // A new range overlapping cached ones means that memory was reused for a
-        // different buffer: those registrations may pin pages no longer mapped there.
-        self.mrs
-            .retain(|e| e.pinned || addr + len <= e.addr || e.addr + e.len <= addr);
+        // Merge with every cached range it overlaps or touches: sub-slices of one ring
+        // buffer converge to one registration of (the used part of) the buffer, and the
+        // merged range is registered afresh, so it pins the pages mapped there now.
+        let (mut lo, mut hi) = (addr, addr + len);
+        loop {
+            let (l0, h0) = (lo, hi);
+            for e in &self.mrs {
+                if e.addr <= hi && lo <= e.addr + e.len {
+                    lo = lo.min(e.addr);
+                    hi = hi.max(e.addr + e.len);
+                }
+            }
+            if (lo, hi) == (l0, h0) {
+                break;
+            }
+        }
+        let (lo, hi, per_rail) = match self.register_range(lo, hi - lo) {
+            Ok(m) => (lo, hi, m),
+            // Part of the merged range is no longer mapped: register just this buffer.
+            Err(_) if (lo, hi) != (addr, addr + len) => {
+                (addr, addr + len, self.register_range(addr, len)?)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut pinned = false;
+        self.mrs.retain(|e| {
+            let inside = lo <= e.addr && e.addr + e.len <= hi;
+            pinned |= inside && e.pinned;
+            !inside
+        });
         if self.mrs.len() >= self.opts.mr_cache {
             if let Some(i) = self
                 .mrs
@@ -565,11 +601,11 @@ impl VerbsTransport {
         }
         let keys = per_rail.iter().map(|m| m.lkey()).collect();
         self.mrs.push(MrEntry {
-            addr,
-            len,
+            addr: lo,
+            len: hi - lo,
             per_rail,
             last_used: self.tick,
-            pinned: false,
+            pinned,
         });
         Ok(keys)
     }

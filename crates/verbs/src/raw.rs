@@ -456,23 +456,22 @@ pub(crate) fn reg_remote_read(
     })
 }
 
-/// Registers a client destination buffer for local write.
+/// Registers a client destination range for local write.
+///
+/// The range may extend beyond the buffer the caller borrows right now (merged
+/// sub-slices of one ring buffer); registration itself writes nothing.
 pub(crate) fn reg_local_write(
     pd: &Arc<ProtectionDomain>,
-    buf: &mut [u8],
+    addr: usize,
+    len: usize,
 ) -> Result<Arc<sideway::ibverbs::memory_region::MemoryRegion>, io::Error> {
-    // SAFETY: the range is a live, exclusively borrowed buffer. The MR pins its pages;
-    // the device writes them only for reads posted by `read_batch` into the buffer it
-    // is given at that moment (same address and length). If the buffer is freed
-    // later, the pinned pages stay owned by the MR until deregistration, so the device
+    // SAFETY: ibv_reg_mr only pins and maps the pages of `addr..addr+len` (it fails
+    // with EFAULT when part of it is unmapped); it writes nothing. The device writes
+    // through this MR only for reads posted by `read_batch`, whose destinations always
+    // lie inside the `&mut [u8]` borrowed for that batch. Pages pinned by an MR stay
+    // owned by it until deregistration, so even after the memory is freed the device
     // never writes memory that Rust has handed to anyone else.
-    let mr = unsafe {
-        pd.reg_mr(
-            buf.as_mut_ptr() as usize,
-            buf.len(),
-            sideway::ibverbs::AccessFlags::LocalWrite,
-        )
-    };
+    let mr = unsafe { pd.reg_mr(addr, len, sideway::ibverbs::AccessFlags::LocalWrite) };
     mr.map_err(|e| match std::error::Error::source(&e) {
         Some(s) => io::Error::other(format!("{e}: {s}")),
         None => io::Error::other(e.to_string()),

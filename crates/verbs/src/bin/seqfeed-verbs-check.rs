@@ -304,8 +304,13 @@ fn selftest(devices: Option<Vec<String>>) -> u32 {
         &format!("registration[{tag}]"),
         (|| {
             let ex = TcpExchange::connect(&addr).map_err(|e| e.to_string())?;
-            let opts = ClientOptions { devices: devices.clone(), mr_cache: 0, ..Default::default() };
-            let mut t = VerbsTransport::connect(&addr, Box::new(ex), opts).map_err(|e| e.to_string())?;
+            let opts = ClientOptions {
+                devices: devices.clone(),
+                mr_cache: 0,
+                ..Default::default()
+            };
+            let mut t =
+                VerbsTransport::connect(&addr, Box::new(ex), opts).map_err(|e| e.to_string())?;
             run_batches(&mut t, 77, 3, seq, 16)?;
             let per_batch = t.counters().registrations;
             let mut t = connect(&addr, devices.clone(), 1)?;
@@ -316,14 +321,39 @@ fn selftest(devices: Option<Vec<String>>) -> u32 {
                 let (reads, expect) = make_batch(&mut rng, nregions, len, seq, 32);
                 let off = (b * 1_000_003) % (ring.len() - expect.len());
                 let dst = &mut ring[off..off + expect.len()];
-                t.read_batch(&reads, dst).map_err(|e| format!("ring batch {b}: {e}"))?;
+                t.read_batch(&reads, dst)
+                    .map_err(|e| format!("ring batch {b}: {e}"))?;
                 compare(dst, &expect, &reads).map_err(|e| format!("ring batch {b}: {e}"))?;
             }
             let ring_regs = t.counters().registrations;
             if per_batch != 3 || ring_regs != 1 {
-                return Err(format!("{per_batch} registrations for 3 uncached batches, {ring_regs} for a ring"));
+                return Err(format!(
+                    "{per_batch} registrations for 3 uncached batches, {ring_regs} for a ring"
+                ));
             }
-            Ok("3 batches registered per batch; 6 batches into sub-slices of one registered ring, 1 registration".into())
+            // A loader-like pattern without pre-registration: overlapping sub-slices of one
+            // buffer merge into one registration of the span they cover.
+            let mut t = connect(&addr, devices.clone(), 1)?;
+            let offs = [0usize, 300_000, 600_000, 0, 300_000, 600_000, 150_000, 450_000];
+            let mut counts = Vec::new();
+            for pass in 0..2 {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(79);
+                for (b, off) in offs.into_iter().enumerate() {
+                    let (reads, expect) = make_batch(&mut rng, nregions, len, seq, 32);
+                    let dst = &mut ring[off..off + expect.len()];
+                    t.read_batch(&reads, dst).map_err(|e| format!("sliding pass {pass} batch {b}: {e}"))?;
+                    compare(dst, &expect, &reads).map_err(|e| format!("sliding pass {pass} batch {b}: {e}"))?;
+                }
+                counts.push(t.counters().registrations);
+            }
+            let sliding = counts[0];
+            if counts[1] != counts[0] || sliding >= offs.len() as u64 {
+                return Err(format!("registrations for 8 overlapping sub-slices: {counts:?} (want < 8, none new on the second pass)"));
+            }
+            Ok(format!(
+                "3 batches registered per batch; 6 batches in a registered ring: 1 registration; \
+                 8 overlapping sub-slices: {sliding} registrations, none on a second pass"
+            ))
         })(),
     );
 
