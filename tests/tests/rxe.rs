@@ -146,3 +146,41 @@ fn verbs_replica_takes_over_when_a_node_shuts_down() {
     assert_union_is_global_batch(&c.plan, &runs, 0..10);
     assert!(t.elapsed() < Duration::from_secs(120), "{:?}", t.elapsed());
 }
+
+fn auto_reader(c: &Corpus, nodes: &[NodeAddr]) -> ClusterReader {
+    let opts = tcp_options(&c.fingerprint);
+    let specs = nodes
+        .iter()
+        .map(|n| {
+            node_spec_with(
+                TransportKind::Auto,
+                &Endpoint::remote(&n.name, &n.addr, Some(n.files.clone())),
+                &opts,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .expect("specs");
+    ClusterReader::connect(c.files(), specs, quick_retry()).expect("connect (auto)")
+}
+
+#[test]
+fn auto_uses_verbs_and_falls_back_to_tcp_for_a_node_without_verbs() {
+    if !rdma_or_skip("auto_uses_verbs_and_falls_back_to_tcp_for_a_node_without_verbs") {
+        return;
+    }
+    let c = corpus(1024, 16, 4);
+    let placement = place(&c.files(), 2, 1);
+    // Node 0 with verbs, node 1 without: auto reads node 0 by RDMA, node 1 over tcp.
+    let mut nodes = start_verbs_nodes(c.root(), &placement[..1]);
+    nodes.extend(seqfeed_tests::start_nodes(c.root(), &placement[1..]));
+    let na = addrs(&nodes, &placement);
+    let run = run_rank(&c, auto_reader(&c, &na), 0, 1, 0, &|_| {});
+    assert_eq!(run.error, None);
+    assert_eq!(run.steps, (0..4).collect::<Vec<_>>());
+    let served: Vec<u64> = nodes.iter().map(|n| n.stats().node.bytes).collect();
+    assert_eq!(served[0], 0, "the verbs node served over tcp: {served:?}");
+    assert!(
+        served[1] > 0,
+        "the node without verbs served nothing: {served:?}"
+    );
+}
