@@ -153,8 +153,10 @@ impl AsRef<[u8]> for TableRegion {
 }
 
 /// Most accepted QPs a node keeps; beyond it the oldest connections' QPs
-/// are destroyed (their clients will have reconnected or gone).
-pub const MAX_KEPT_QPS: usize = 4096;
+/// are destroyed (a client still using one sees a QP error, rebuilds it and
+/// retries). The node's control service does not yet tell the acceptor when
+/// a client disconnects, so this bound is what reclaims QPs of gone clients.
+pub const MAX_KEPT_QPS: usize = 16384;
 
 /// The node side of `VerbsConnect`: a [`VerbsServer`] over the node's
 /// mapped files. The storage node calls [`WireAcceptor::accept`] for each
