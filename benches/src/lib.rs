@@ -20,7 +20,13 @@ pub fn rate(bytes: u64, d: Duration) -> f64 {
 }
 
 /// Prints one line of a ratio table: `name  value_vs_reference  target`.
-pub fn print_ratio(name: &str, ours: f64, reference: f64, reference_name: &str, target: Option<f64>) {
+pub fn print_ratio(
+    name: &str,
+    ours: f64,
+    reference: f64,
+    reference_name: &str,
+    target: Option<f64>,
+) {
     let ratio = ours / reference.max(1e-12);
     let verdict = match target {
         Some(t) if ratio >= t => format!("(target >= {t:.2}x: met)"),
