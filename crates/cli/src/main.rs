@@ -47,10 +47,28 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("seqfeed: error: {err:#}");
+            eprintln!("seqfeed: error: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Joins an error and its causes with ": ", skipping a cause whose text the
+/// message already holds (library errors often print their source inline
+/// *and* expose it as `source()`, which `{:#}` would repeat).
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 fn init_logging(filter: &str) {
@@ -72,5 +90,47 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Read(a) => cmd::read::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug)]
+    struct Inner;
+    impl std::fmt::Display for Inner {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("file.seq: truncated")
+        }
+    }
+    impl std::error::Error for Inner {}
+
+    #[derive(Debug)]
+    struct Outer(Inner);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "opening dataset: {}", self.0)
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let err = anyhow::Error::new(Outer(Inner)).context("starting the node");
+        assert_eq!(
+            error_chain(&err),
+            "starting the node: opening dataset: file.seq: truncated"
+        );
+    }
+
+    #[test]
+    fn causes_not_in_the_message_are_appended() {
+        let err = anyhow::Error::new(Inner).context("starting the node");
+        assert_eq!(error_chain(&err), "starting the node: file.seq: truncated");
     }
 }
