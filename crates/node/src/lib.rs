@@ -36,14 +36,38 @@ use seqfeed_wire::{ClientCounters, Limits, NodeCounters, VerbsAccept, VerbsConne
 pub use service::NodeHandle;
 pub use verbs::verbs_factory;
 
+/// Identifies one control connection of a node, unique for the node's
+/// lifetime (connections are numbered in accept order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u64);
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "connection {}", self.0)
+    }
+}
+
 /// Answers RDMA queue-pair connect requests for a node (implemented by the
 /// verbs backend).
+///
+/// The queue pairs a connection asked for belong to that control
+/// connection: when it closes (clean close, I/O or protocol error, killed
+/// client, unfinished-frame timeout, node shutdown) the node calls
+/// [`VerbsAcceptor::disconnected`] exactly once for it, provided it called
+/// [`VerbsAcceptor::accept`] for it at least once.
 pub trait VerbsAcceptor: Send + Sync {
     /// Connects the node's side of the client's queue pairs and returns the
     /// node's endpoints with every region's address and rkey, or a message
-    /// the client sees as an error. `client` is the client's name from its
-    /// Hello. Called on a blocking thread.
-    fn accept(&self, client: &str, req: &VerbsConnect) -> Result<VerbsAccept, String>;
+    /// the client sees as an error. `id` is the asking control connection,
+    /// `client` the client's name from its Hello. Called on a blocking
+    /// thread.
+    fn accept(&self, id: ClientId, client: &str, req: &VerbsConnect)
+        -> Result<VerbsAccept, String>;
+
+    /// The control connection `id` closed: release every queue pair
+    /// accepted for it. Called on a blocking thread, once, after its last
+    /// [`VerbsAcceptor::accept`] returned.
+    fn disconnected(&self, id: ClientId);
 }
 
 /// Builds a node's [`VerbsAcceptor`] from its mapped regions (called once

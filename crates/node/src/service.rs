@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::{NodeConfig, NodeError, NodeStats, VerbsAcceptor};
+use crate::{ClientId, NodeConfig, NodeError, NodeStats, VerbsAcceptor};
 
 /// Most slices handed to one `writev` call (Linux `IOV_MAX` is 1024).
 const MAX_IOV: usize = 1024;
@@ -179,8 +179,9 @@ impl NodeHandle {
         }))
     }
 
-    /// Stops accepting, closes every connection and stops the runtime
-    /// (waiting at most two seconds for in-flight writes).
+    /// Stops accepting, closes every connection (each releasing its verbs
+    /// queue pairs) and stops the runtime (waiting at most a second for the
+    /// connections to end and two more for blocking work).
     pub fn shutdown(mut self) {
         self.stop();
     }
@@ -188,6 +189,14 @@ impl NodeHandle {
     fn stop(&mut self) {
         if let Some(rt) = self.runtime.take() {
             let _ = self.shutdown_tx.send(true);
+            // Let the connections end on their own (briefly), so each one
+            // releases what it holds (its verbs queue pairs) in order.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while self.shared.counters.connections_open.load(Relaxed) > 0
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
             // The signal streams belong to the runtime: drop them first.
             self.signals = None;
             rt.shutdown_timeout(Duration::from_secs(2));
@@ -356,8 +365,28 @@ async fn connection(
         m.insert(id, Arc::clone(&entry));
     }
     tracing::debug!(node = %shared.node, %peer, "connection opened");
-    let end = drive(&mut stream, &shared, &entry, shutdown).await;
+    let mut verbs_used = false;
+    let end = drive(
+        &mut stream,
+        &shared,
+        &entry,
+        ClientId(id),
+        &mut verbs_used,
+        shutdown,
+    )
+    .await;
+    drop(stream);
     let client = entry.name.lock().map(|n| n.clone()).unwrap_or_default();
+    if verbs_used {
+        // The connection's queue pairs die with it (destroying QPs may block).
+        if let Some(acceptor) = shared.verbs.clone() {
+            let done =
+                tokio::task::spawn_blocking(move || acceptor.disconnected(ClientId(id))).await;
+            if let Err(e) = done {
+                tracing::warn!(node = %shared.node, %peer, %client, "releasing verbs queue pairs failed: {e}");
+            }
+        }
+    }
     match end {
         End::Normal => tracing::debug!(node = %shared.node, %peer, %client, "connection closed"),
         End::Refused(why) => {
@@ -379,6 +408,8 @@ async fn drive(
     stream: &mut TcpStream,
     shared: &Arc<Shared>,
     entry: &Arc<ClientEntry>,
+    id: ClientId,
+    verbs_used: &mut bool,
     mut shutdown: watch::Receiver<bool>,
 ) -> End {
     let mut conn = ServerConn::new(Arc::clone(&shared.policy));
@@ -429,7 +460,8 @@ async fn drive(
                     stream.write_all(&f.to_bytes()).await
                 }
                 ServerAction::VerbsConnect(req) => {
-                    let f = verbs_connect(shared, conn.client().unwrap_or(""), req).await;
+                    let f = verbs_connect(shared, id, conn.client().unwrap_or(""), req, verbs_used)
+                        .await;
                     stream.write_all(&f.to_bytes()).await
                 }
                 ServerAction::Close { frame, reason } => {
@@ -500,8 +532,10 @@ async fn linger_close(stream: &mut TcpStream) {
 
 async fn verbs_connect(
     shared: &Arc<Shared>,
+    id: ClientId,
     client: &str,
     req: seqfeed_wire::VerbsConnect,
+    verbs_used: &mut bool,
 ) -> Frame {
     let Some(acceptor) = shared.verbs.clone() else {
         return Frame::Error {
@@ -511,7 +545,9 @@ async fn verbs_connect(
     };
     let client = client.to_owned();
     let node = shared.node.clone();
-    match tokio::task::spawn_blocking(move || acceptor.accept(&client, &req)).await {
+    // From here on the acceptor may hold queue pairs for this connection.
+    *verbs_used = true;
+    match tokio::task::spawn_blocking(move || acceptor.accept(id, &client, &req)).await {
         Ok(Ok(accept)) => Frame::VerbsAccept(accept),
         Ok(Err(message)) => Frame::Error {
             code: ErrorCode::INTERNAL,

@@ -1,17 +1,27 @@
 //! RDMA verbs for the node: a [`VerbsFactory`] that registers the node's
 //! mapped files on its RDMA devices (remote read only) and answers
-//! `VerbsConnect` with [`seqfeed_verbs::WireAcceptor`].
+//! `VerbsConnect` with [`seqfeed_verbs::WireAcceptor`], which destroys a
+//! connection's queue pairs when the node reports it closed.
 
 use std::sync::Arc;
 
 use seqfeed_verbs::WireAcceptor;
 use seqfeed_wire::{VerbsAccept, VerbsConnect};
 
-use crate::{VerbsAcceptor, VerbsFactory};
+use crate::{ClientId, VerbsAcceptor, VerbsFactory};
 
 impl VerbsAcceptor for WireAcceptor {
-    fn accept(&self, client: &str, req: &VerbsConnect) -> Result<VerbsAccept, String> {
-        WireAcceptor::accept(self, client, req)
+    fn accept(
+        &self,
+        id: ClientId,
+        client: &str,
+        req: &VerbsConnect,
+    ) -> Result<VerbsAccept, String> {
+        WireAcceptor::accept(self, id.0, client, req)
+    }
+
+    fn disconnected(&self, id: ClientId) {
+        WireAcceptor::disconnected(self, id.0);
     }
 }
 

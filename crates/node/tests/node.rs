@@ -180,7 +180,14 @@ fn files_subset_health_stats_and_verbs_default() {
 struct FakeVerbs;
 
 impl seqfeed_node::VerbsAcceptor for FakeVerbs {
-    fn accept(&self, client: &str, req: &VerbsConnect) -> Result<VerbsAccept, String> {
+    fn disconnected(&self, _id: seqfeed_node::ClientId) {}
+
+    fn accept(
+        &self,
+        _id: seqfeed_node::ClientId,
+        client: &str,
+        req: &VerbsConnect,
+    ) -> Result<VerbsAccept, String> {
         if req.qps.is_empty() {
             return Err(format!("{client} asked for no queue pairs"));
         }
@@ -223,6 +230,7 @@ fn verbs_acceptor_plugs_in() {
         gid: [1; 16],
         lid: 0,
         mtu: 3,
+        rd_atomic: 4,
     };
     let r = c
         .request(&Frame::VerbsConnect(VerbsConnect {
@@ -230,7 +238,9 @@ fn verbs_acceptor_plugs_in() {
             device: "rxe0".into(),
         }))
         .unwrap();
-    assert!(matches!(r, Frame::VerbsAccept(a) if a.qps[0].qp_num == 1005));
+    assert!(
+        matches!(r, Frame::VerbsAccept(a) if a.qps[0].qp_num == 1005 && a.qps[0].rd_atomic == 4)
+    );
     let e = c
         .request(&Frame::VerbsConnect(VerbsConnect {
             qps: vec![],

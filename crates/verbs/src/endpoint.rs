@@ -55,6 +55,19 @@ impl QpEndpoint {
     }
 }
 
+/// The RDMA READ depth a QP is brought up with: the smaller of this side's
+/// `local` limit and the peer's advertised `remote` depth (0: the peer did
+/// not say, so `local` alone), clamped to 1..=255. The client uses it as
+/// its initiator depth (`max_rd_atomic`), the node as its responder
+/// resources (`max_dest_rd_atomic`), so both agree on the same number.
+pub(crate) fn read_depth(local: u32, remote: u8) -> u8 {
+    let mut d = local.min(255);
+    if remote != 0 {
+        d = d.min(u32::from(remote));
+    }
+    d.max(1) as u8
+}
+
 /// The node's answer to a connect request: its QP endpoints (one per client
 /// QP, same order) and its region table with the addresses and rkeys valid
 /// for the requested rail.
@@ -91,6 +104,17 @@ pub trait QpExchange: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_depth_is_the_smaller_side() {
+        assert_eq!(read_depth(128, 16), 16);
+        assert_eq!(read_depth(16, 128), 16);
+        assert_eq!(read_depth(16, 0), 16); // peer unknown: local limit
+        assert_eq!(read_depth(1000, 0), 255);
+        assert_eq!(read_depth(1000, 200), 200);
+        assert_eq!(read_depth(0, 0), 1);
+        assert_eq!(read_depth(0, 9), 1);
+    }
 
     #[test]
     fn endpoint_roundtrip() {

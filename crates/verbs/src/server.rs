@@ -8,7 +8,7 @@ use seqfeed_transport::{RegionId, RegionInfo};
 use sideway::ibverbs::memory_region::MemoryRegion;
 
 use crate::device::{open_devices, Nic};
-use crate::endpoint::{Accepted, QpEndpoint};
+use crate::endpoint::{read_depth, Accepted, QpEndpoint};
 use crate::error::VerbsError;
 use crate::raw::{Connect, Cq, Qp, ACCESS_REMOTE_READ};
 
@@ -232,7 +232,6 @@ impl VerbsServer {
                 ),
             ));
         }
-        let responder = info.max_qp_rd_atom.min(255) as u8;
         let mut qps = Vec::with_capacity(client.len());
         let mut eps = Vec::with_capacity(client.len());
         for (i, c) in client.iter().enumerate() {
@@ -242,6 +241,9 @@ impl VerbsServer {
                     format!("QP {i}: bad endpoint (mtu {}, psn {:#x})", c.mtu, c.psn),
                 ));
             }
+            // Responder resources: no more than the client will ever have
+            // outstanding (its initiator depth) nor than this device allows.
+            let responder = read_depth(info.max_qp_rd_atom, c.rd_atom);
             let mut qp = Qp::new(&r.nic.pd, &r.cq, 1, 1)
                 .map_err(|e| nerr("ibv_create_qp", e.to_string()))?;
             let psn = rand::random::<u32>() & 0xff_ffff;

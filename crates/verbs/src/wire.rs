@@ -3,7 +3,7 @@
 //! frames over a [`ControlClient`], and the node-side [`WireAcceptor`] that
 //! answers them from the node's mapped [`RegionTable`].
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use seqfeed_transport::tcp::{ConnectOptions, ControlClient};
@@ -22,18 +22,21 @@ fn to_wire(q: &QpEndpoint) -> seqfeed_wire::QpEndpoint {
         gid: q.gid,
         lid: q.lid,
         mtu: q.mtu,
+        rd_atomic: q.rd_atom,
     }
 }
 
+/// The wire endpoint as the verbs crate's; `rd_atom` carries the peer's
+/// read depth (the client's initiator depth in a `VerbsConnect`, the node's
+/// responder resources in a `VerbsAccept`; 0 = unknown).
 fn from_wire(q: &seqfeed_wire::QpEndpoint) -> QpEndpoint {
-    // The wire frame carries no read depth: 0 = "use the local device's".
     QpEndpoint {
         qp_num: q.qp_num,
         psn: q.psn,
         gid: q.gid,
         lid: q.lid,
         mtu: q.mtu,
-        rd_atom: 0,
+        rd_atom: q.rd_atomic,
     }
 }
 
@@ -152,24 +155,90 @@ impl AsRef<[u8]> for TableRegion {
     }
 }
 
-/// Most accepted QPs a node keeps; beyond it the oldest connections' QPs
-/// are destroyed (a client still using one sees a QP error, rebuilds it and
-/// retries). The node's control service does not yet tell the acceptor when
-/// a client disconnects, so this bound is what reclaims QPs of gone clients.
+/// Most accepted QPs a node keeps, a safety bound: the node's control
+/// service reports each closed connection ([`WireAcceptor::disconnected`])
+/// and its QPs are destroyed then; should connections stay open with more
+/// QPs than this, the oldest accepted QPs are destroyed first (a client
+/// still using one sees a QP error, rebuilds it and retries).
 pub const MAX_KEPT_QPS: usize = 16384;
+
+/// Accepted QP sets (`T`: a [`ServerQps`]) by connection, oldest first,
+/// bounded by a total QP count.
+#[derive(Debug)]
+struct Kept<T> {
+    /// QPs held in total.
+    total: usize,
+    /// Accept sequence number -> (connection, QP count, the QPs).
+    sets: BTreeMap<u64, (u64, usize, T)>,
+    next: u64,
+    cap: usize,
+}
+
+impl<T> Kept<T> {
+    fn new(cap: usize) -> Self {
+        Kept {
+            total: 0,
+            sets: BTreeMap::new(),
+            next: 0,
+            cap,
+        }
+    }
+
+    /// Keeps `qps` (`n` QPs) for connection `conn`; returns the sets
+    /// evicted (oldest first) to stay within the cap, to be dropped by the
+    /// caller outside any lock.
+    fn insert(&mut self, conn: u64, n: usize, qps: T) -> Vec<T> {
+        self.sets.insert(self.next, (conn, n, qps));
+        self.next += 1;
+        self.total += n;
+        let mut evicted = Vec::new();
+        while self.total > self.cap {
+            match self.sets.pop_first() {
+                Some((_, (_, m, old))) => {
+                    self.total -= m;
+                    evicted.push(old);
+                }
+                None => break,
+            }
+        }
+        evicted
+    }
+
+    /// Takes every set of connection `conn` out (QP count, the sets).
+    fn remove_conn(&mut self, conn: u64) -> (usize, Vec<T>) {
+        let keys: Vec<u64> = self
+            .sets
+            .iter()
+            .filter(|(_, (c, _, _))| *c == conn)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut n = 0;
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some((_, m, qps)) = self.sets.remove(&k) {
+                n += m;
+                out.push(qps);
+            }
+        }
+        self.total -= n;
+        (n, out)
+    }
+}
 
 /// The node side of `VerbsConnect`: a [`VerbsServer`] over the node's
 /// mapped files. The storage node calls [`WireAcceptor::accept`] for each
-/// request (on a blocking thread).
+/// request and [`WireAcceptor::disconnected`] when a control connection
+/// that made requests closes (both on a blocking thread).
 pub struct WireAcceptor {
     server: VerbsServer,
-    kept: Mutex<(usize, VecDeque<(usize, ServerQps)>)>,
+    kept: Mutex<Kept<ServerQps>>,
 }
 
 impl std::fmt::Debug for WireAcceptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WireAcceptor")
             .field("server", &self.server)
+            .field("kept_qps", &self.kept_qps())
             .finish()
     }
 }
@@ -201,7 +270,7 @@ impl WireAcceptor {
         );
         Ok(WireAcceptor {
             server,
-            kept: Mutex::new((0, VecDeque::new())),
+            kept: Mutex::new(Kept::new(MAX_KEPT_QPS)),
         })
     }
 
@@ -210,26 +279,42 @@ impl WireAcceptor {
         &self.server
     }
 
-    /// Connects the node's side of `req`'s queue pairs; `client` names the
-    /// client in errors and logs. The QPs stay alive (up to
-    /// [`MAX_KEPT_QPS`] in total, oldest destroyed first).
-    pub fn accept(&self, client: &str, req: &VerbsConnect) -> Result<VerbsAccept, String> {
+    /// Accepted QPs alive now (all connections).
+    pub fn kept_qps(&self) -> usize {
+        self.kept.lock().map(|k| k.total).unwrap_or(0)
+    }
+
+    /// Connects the node's side of `req`'s queue pairs for control
+    /// connection `conn` (a number unique per connection); `client` names
+    /// the client in errors and logs. The QPs stay alive until
+    /// [`WireAcceptor::disconnected`]`(conn)` (or, past [`MAX_KEPT_QPS`] in
+    /// total, until they are the oldest).
+    pub fn accept(
+        &self,
+        conn: u64,
+        client: &str,
+        req: &VerbsConnect,
+    ) -> Result<VerbsAccept, String> {
         let qps: Vec<QpEndpoint> = req.qps.iter().map(from_wire).collect();
         let (acc, keep) = self
             .server
             .accept(&req.device, 0, &qps)
             .map_err(|e| format!("client {client}: {e}"))?;
         let n = acc.qps.len();
-        if let Ok(mut k) = self.kept.lock() {
-            k.0 += n;
-            k.1.push_back((n, keep));
-            while k.0 > MAX_KEPT_QPS {
-                match k.1.pop_front() {
-                    Some((m, _old)) => k.0 -= m,
-                    None => break,
-                }
-            }
+        let evicted = match self.kept.lock() {
+            Ok(mut k) => k.insert(conn, n, keep),
+            // A poisoned lock (a panic elsewhere): refuse rather than leak.
+            Err(_) => return Err(format!("client {client}: verbs acceptor state poisoned")),
+        };
+        if !evicted.is_empty() {
+            tracing::warn!(
+                client,
+                sets = evicted.len(),
+                cap = MAX_KEPT_QPS,
+                "verbs: more accepted QPs than the cap; destroyed the oldest"
+            );
         }
+        drop(evicted);
         Ok(VerbsAccept {
             qps: acc.qps.iter().map(to_wire).collect(),
             regions: acc
@@ -242,6 +327,23 @@ impl WireAcceptor {
                 })
                 .collect(),
         })
+    }
+
+    /// Control connection `conn` closed: destroys every QP accepted for it
+    /// and returns how many.
+    pub fn disconnected(&self, conn: u64) -> usize {
+        let (n, sets) = match self.kept.lock() {
+            Ok(mut k) => k.remove_conn(conn),
+            Err(_) => return 0,
+        };
+        // Destroyed here, outside the lock.
+        drop(sets);
+        tracing::debug!(
+            conn,
+            qps = n,
+            "verbs: destroyed the QPs of a closed connection"
+        );
+        n
     }
 }
 
@@ -260,6 +362,65 @@ mod tests {
             rd_atom: 0,
         };
         assert_eq!(from_wire(&to_wire(&e)), e);
+        // The read depth crosses the wire (a VerbsConnect / VerbsAccept frame).
+        let deep = QpEndpoint { rd_atom: 128, ..e };
+        let f = Frame::VerbsAccept(VerbsAccept {
+            qps: vec![to_wire(&deep)],
+            regions: vec![],
+        });
+        let b = f.to_bytes();
+        match seqfeed_wire::decode(&b, &seqfeed_wire::Limits::DEFAULT).unwrap() {
+            seqfeed_wire::Decoded::Frame {
+                frame: Frame::VerbsAccept(a),
+                ..
+            } => assert_eq!(from_wire(&a.qps[0]), deep),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    /// Counts drops of the sets it stands for.
+    struct Set(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for Set {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn kept_sets_freed_per_connection_and_bounded() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let set = || Set(Arc::clone(&dropped));
+        let mut k = Kept::new(10);
+        // Connection 1: two requests (3 + 2 QPs); connection 2: one (4 QPs).
+        assert!(k.insert(1, 3, set()).is_empty());
+        assert!(k.insert(2, 4, set()).is_empty());
+        assert!(k.insert(1, 2, set()).is_empty());
+        assert_eq!(k.total, 9);
+        let (n, sets) = k.remove_conn(1);
+        assert_eq!((n, sets.len()), (5, 2));
+        assert_eq!(dropped.load(SeqCst), 0);
+        drop(sets);
+        assert_eq!(dropped.load(SeqCst), 2);
+        assert_eq!(k.total, 4);
+        // Unknown or already released connections release nothing.
+        assert_eq!(k.remove_conn(1).0, 0);
+        assert_eq!(k.remove_conn(7).0, 0);
+        // The cap evicts oldest first: 4 (conn 2) + 5 (conn 3) + 3 (conn 4) > 10.
+        assert!(k.insert(3, 5, set()).is_empty());
+        let ev = k.insert(4, 3, set());
+        assert_eq!(ev.len(), 1);
+        drop(ev);
+        assert_eq!(dropped.load(SeqCst), 3);
+        assert_eq!(k.total, 8);
+        assert_eq!(k.remove_conn(2).0, 0, "connection 2's set was the oldest");
+        assert_eq!(k.remove_conn(3).0, 5);
+        assert_eq!(k.remove_conn(4).0, 3);
+        assert_eq!(k.total, 0);
+        assert!(k.sets.is_empty());
+        drop(k);
+        assert_eq!(dropped.load(SeqCst), 5);
     }
 
     #[test]

@@ -15,7 +15,9 @@
 use std::fmt;
 
 /// Protocol version spoken by this crate; a node refuses other versions.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 added [`QpEndpoint::rd_atomic`] (the RDMA READ depth).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Magic bytes opening a [`Hello`] body.
 pub const HELLO_MAGIC: [u8; 4] = *b"SQFD";
@@ -245,6 +247,18 @@ pub struct QpEndpoint {
     pub lid: u16,
     /// Path MTU as the verbs enum value (1 = 256 .. 5 = 4096).
     pub mtu: u8,
+    /// RDMA READ depth of this side: in a [`VerbsConnect`], how many reads
+    /// the client keeps outstanding per QP (initiator depth,
+    /// `max_qp_init_rd_atom`); in a [`VerbsAccept`], how many the node
+    /// accepts per QP (responder resources, `max_qp_rd_atom`). Each side
+    /// brings its QPs up with the smaller of its own and the peer's value.
+    /// 0 means unknown (the peer then uses its own device limit).
+    pub rd_atomic: u8,
+}
+
+impl QpEndpoint {
+    /// Encoded size of one endpoint in bytes.
+    pub const ENCODED_LEN: usize = 4 + 4 + 16 + 2 + 1 + 1;
 }
 
 /// Client asks the node to connect RC queue pairs.
@@ -703,7 +717,7 @@ pub fn decode_body(kind: u8, body: &[u8], limits: &Limits) -> Result<Frame, Wire
             message: r.str("error message", MAX_STRING)?,
         },
         kind::VERBS_CONNECT => {
-            let n = r.count("queue pair count", MAX_QPS, 27)?;
+            let n = r.count("queue pair count", MAX_QPS, QpEndpoint::ENCODED_LEN)?;
             let mut qps = Vec::with_capacity(n);
             for _ in 0..n {
                 qps.push(r.qp()?);
@@ -714,7 +728,7 @@ pub fn decode_body(kind: u8, body: &[u8], limits: &Limits) -> Result<Frame, Wire
             })
         }
         kind::VERBS_ACCEPT => {
-            let n = r.count("queue pair count", MAX_QPS, 27)?;
+            let n = r.count("queue pair count", MAX_QPS, QpEndpoint::ENCODED_LEN)?;
             let mut qps = Vec::with_capacity(n);
             for _ in 0..n {
                 qps.push(r.qp()?);
@@ -799,7 +813,7 @@ impl Writer<'_> {
         self.u32(q.psn);
         self.bytes(&q.gid);
         self.u16(q.lid);
-        self.bytes(&[q.mtu]);
+        self.bytes(&[q.mtu, q.rd_atomic]);
     }
 }
 
@@ -912,6 +926,7 @@ impl<'a> Reader<'a> {
             gid: self.array("gid")?,
             lid: self.u16("lid")?,
             mtu: self.u8("mtu")?,
+            rd_atomic: self.u8("rd atomic depth")?,
         })
     }
 }

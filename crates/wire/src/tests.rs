@@ -22,6 +22,7 @@ fn qp(n: u32) -> QpEndpoint {
         gid: [n as u8; 16],
         lid: 7,
         mtu: 5,
+        rd_atomic: (n * 5) as u8,
     }
 }
 
@@ -134,6 +135,48 @@ fn round_trip_every_frame() {
         }
     }
     assert_eq!(got, samples());
+}
+
+/// A version-1 endpoint (27 bytes, no read depth) does not decode as a
+/// version-2 one: the count check and the exact-body rule refuse it.
+#[test]
+fn version_1_endpoints_refused() {
+    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(QpEndpoint::ENCODED_LEN, 28);
+    let f = Frame::VerbsConnect(VerbsConnect {
+        qps: vec![qp(1), qp(2)],
+        device: "rxe0".into(),
+    });
+    let b = f.to_bytes();
+    // The wire layout of one endpoint: qpn, psn, gid, lid, mtu, depth.
+    let ep = &b[HEADER_LEN + 4..HEADER_LEN + 4 + QpEndpoint::ENCODED_LEN];
+    assert_eq!(&ep[..4], &1u32.to_le_bytes());
+    assert_eq!(&ep[4..8], &3u32.to_le_bytes());
+    assert_eq!(&ep[8..24], &[1u8; 16]);
+    assert_eq!(&ep[24..26], &7u16.to_le_bytes());
+    assert_eq!((ep[26], ep[27]), (5, 5));
+    // Drop every endpoint's last byte: what a version-1 peer would send.
+    let mut body = b[HEADER_LEN..HEADER_LEN + 4].to_vec();
+    for i in 0..2 {
+        let at = HEADER_LEN + 4 + i * QpEndpoint::ENCODED_LEN;
+        body.extend_from_slice(&b[at..at + QpEndpoint::ENCODED_LEN - 1]);
+    }
+    body.extend_from_slice(&b[HEADER_LEN + 4 + 2 * QpEndpoint::ENCODED_LEN..]);
+    let mut v1 = (body.len() as u32).to_le_bytes().to_vec();
+    v1.push(b[4]);
+    v1.extend_from_slice(&body);
+    assert!(decode(&v1, &Limits::DEFAULT).is_err());
+    // A count promising more endpoints than the body can hold is refused
+    // before anything is allocated.
+    let mut hostile = b.clone();
+    hostile[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&3u32.to_le_bytes());
+    assert!(matches!(
+        decode(&hostile, &Limits::DEFAULT),
+        Err(WireError::Truncated {
+            what: "queue pair count",
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -276,6 +319,42 @@ proptest! {
         let mut conn = ServerConn::new(policy(None));
         conn.feed(&b);
         while conn.poll().is_some() {}
+    }
+
+    /// Random verbs endpoints round-trip in both verbs frames, every field
+    /// (the read depth included) at its encoded size; any cut of the body
+    /// is refused, never misread.
+    #[test]
+    fn verbs_endpoints_round_trip(
+        eps in proptest::collection::vec(
+            (any::<u32>(), any::<u32>(), any::<[u8; 16]>(), any::<u16>(), any::<u8>(), any::<u8>()),
+            0..40,
+        ),
+        cut in any::<usize>(),
+    ) {
+        let qps: Vec<QpEndpoint> = eps
+            .into_iter()
+            .map(|(qp_num, psn, gid, lid, mtu, rd_atomic)| QpEndpoint { qp_num, psn, gid, lid, mtu, rd_atomic })
+            .collect();
+        let n = qps.len();
+        for f in [
+            Frame::VerbsConnect(VerbsConnect { qps: qps.clone(), device: "mlx5_0".into() }),
+            Frame::VerbsAccept(VerbsAccept { qps: qps.clone(), regions: vec![] }),
+        ] {
+            let b = f.to_bytes();
+            // header + count + endpoints + (device string | region count)
+            prop_assert_eq!(b.len(), HEADER_LEN + 4 + n * QpEndpoint::ENCODED_LEN + if matches!(f, Frame::VerbsConnect(_)) { 2 + 6 } else { 4 });
+            prop_assert_eq!(decode(&b, &Limits::DEFAULT).unwrap(), Decoded::Frame { frame: f.clone(), consumed: b.len() });
+            // The same frame with a shorter body (its length field fixed up) is an error.
+            let body_len = b.len() - HEADER_LEN;
+            let keep = cut % body_len.max(1);
+            if keep < body_len {
+                let mut short = (keep as u32).to_le_bytes().to_vec();
+                short.push(b[4]);
+                short.extend_from_slice(&b[HEADER_LEN..HEADER_LEN + keep]);
+                prop_assert!(decode(&short, &Limits::DEFAULT).is_err());
+            }
+        }
     }
 
     /// Random read batches round-trip.
@@ -475,6 +554,14 @@ fn pair_refusals() {
             },
             "protocol version 99",
         ),
+        (
+            None,
+            Hello {
+                version: 1,
+                ..hello("c", None, None)
+            },
+            "protocol version 1,",
+        ),
     ];
     for (secret, h, want) in cases {
         let mut p = Pair::new(secret, 2);
@@ -544,7 +631,18 @@ fn client_checks_welcome() {
         Err(HandshakeError::Fingerprint { .. })
     ));
     assert!(matches!(
-        check_welcome(&h, Frame::Welcome(Welcome { version: 2, ..w })),
+        check_welcome(
+            &h,
+            Frame::Welcome(Welcome {
+                version: PROTOCOL_VERSION + 1,
+                ..w.clone()
+            })
+        ),
+        Err(HandshakeError::Version { .. })
+    ));
+    // A version-1 node (QP endpoints without the read depth) is refused.
+    assert!(matches!(
+        check_welcome(&h, Frame::Welcome(Welcome { version: 1, ..w })),
         Err(HandshakeError::Version { .. })
     ));
     assert!(matches!(
