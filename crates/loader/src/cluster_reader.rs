@@ -22,6 +22,15 @@
 //!    each replica's last error. Other errors (a read out of bounds) fail the
 //!    step at once.
 //!
+//! Destination memory: [`ClusterReader::register_buffer`] announces a
+//! long-lived destination (the loader's ring of step buffers) to every node
+//! transport, so RDMA transports register it once instead of per batch; a
+//! reconnected transport gets it again the next time it is the destination
+//! of a step. Each node's staging buffer is registered whenever it is
+//! (re)allocated, and unregistered before it is freed or reallocated: an
+//! RDMA registration pins the pages it was made on, so a registration must
+//! never outlive its memory.
+//!
 //! A dead node is reconnected with exponential backoff
 //! ([`RetryPolicy::backoff_initial`] doubling up to
 //! [`RetryPolicy::backoff_max`]) for at most
@@ -103,9 +112,17 @@ pub struct StepReadStats {
 }
 
 /// Per-node state.
+///
+/// Field order matters: `transport` is dropped before `staging`, so the
+/// staging buffer's registration goes before its memory.
 struct Node {
     spec: NodeSpec,
     transport: Option<Box<dyn Transport>>,
+    /// Buffers of [`ClusterReader::register_buffer`] (address, length) the
+    /// current transport has registered.
+    registered: Vec<(usize, usize)>,
+    /// Whether the current transport has `staging` registered.
+    staging_registered: bool,
     /// Region of each file of the reader's file table, when this node holds it.
     regions: Vec<Option<RegionId>>,
     /// Whether the node is given up for good.
@@ -126,12 +143,41 @@ impl Node {
     fn live(&self) -> bool {
         self.transport.is_some()
     }
+
+    /// Installs a new transport (or none, after a failure): registrations
+    /// belonged to the old one.
+    fn set_transport(&mut self, t: Option<Box<dyn Transport>>) {
+        self.transport = t;
+        self.registered.clear();
+        self.staging_registered = false;
+    }
+
+    /// Registers `buf` (one of the reader's registered buffers) with the
+    /// current transport if it is not yet; a refusal is logged and the
+    /// transport then registers per batch.
+    fn ensure_registered(&mut self, buf: &mut [u8]) {
+        let key = (buf.as_ptr() as usize, buf.len());
+        let Some(t) = self.transport.as_mut() else {
+            return;
+        };
+        if self.registered.contains(&key) {
+            return;
+        }
+        match t.register_buffer(buf) {
+            Ok(()) => self.registered.push(key),
+            Err(e) => {
+                tracing::warn!(node = %self.spec.name, len = key.1, error = %e, "cannot register a destination buffer; reads into it register per batch")
+            }
+        }
+    }
 }
 
 /// Reads blocks of sequences from a set of storage nodes; see the module docs.
 pub struct ClusterReader {
     files: Vec<String>,
     nodes: Vec<Node>,
+    /// Long-lived destinations announced by [`ClusterReader::register_buffer`].
+    buffers: Vec<(usize, usize)>,
     /// For each file, the nodes that hold it (per the node specs).
     holders: Vec<Vec<usize>>,
     policy: RetryPolicy,
@@ -169,6 +215,8 @@ impl ClusterReader {
             .map(|spec| Node {
                 spec,
                 transport: None,
+                registered: Vec::new(),
+                staging_registered: false,
                 regions: vec![None; files.len()],
                 given_up: false,
                 retry_at: now,
@@ -214,7 +262,7 @@ impl ClusterReader {
         for (node, res) in nodes.iter_mut().zip(results) {
             match res {
                 Ok(t) => {
-                    node.transport = Some(t);
+                    node.set_transport(Some(t));
                 }
                 Err(e) => {
                     tracing::warn!(node = %node.spec.name, error = %e, "node unreachable at start");
@@ -269,6 +317,7 @@ impl ClusterReader {
         Ok(ClusterReader {
             files,
             nodes,
+            buffers: Vec::new(),
             holders,
             policy,
         })
@@ -292,6 +341,40 @@ impl ClusterReader {
     /// The file table reads index into.
     pub fn files(&self) -> &[String] {
         &self.files
+    }
+
+    /// Announces `buf` as a long-lived destination of [`read_step`](Self::read_step)
+    /// (one step buffer of a ring) and registers it with every connected
+    /// node's transport; a node connected later registers it the first time
+    /// `buf` is a step's destination. Call
+    /// [`unregister_buffer`](Self::unregister_buffer) before freeing `buf`.
+    /// A transport that refuses the registration (logged) registers per
+    /// batch instead.
+    pub fn register_buffer(&mut self, buf: &mut [u8]) {
+        let key = (buf.as_ptr() as usize, buf.len());
+        if key.1 == 0 {
+            return;
+        }
+        let overlaps = |&(a, l): &(usize, usize)| a < key.0 + key.1 && key.0 < a + l;
+        self.buffers.retain(|b| !overlaps(b));
+        self.buffers.push(key);
+        for node in &mut self.nodes {
+            node.registered.retain(|b| !overlaps(b));
+            node.ensure_registered(buf);
+        }
+    }
+
+    /// Withdraws a buffer of [`register_buffer`](Self::register_buffer):
+    /// every node's transport drops its registration of those addresses.
+    pub fn unregister_buffer(&mut self, addr: usize, len: usize) {
+        let overlaps = |&(a, l): &(usize, usize)| a < addr + len.max(1) && addr < a + l;
+        self.buffers.retain(|b| !overlaps(b));
+        for node in &mut self.nodes {
+            node.registered.retain(|b| !overlaps(b));
+            if let Some(t) = node.transport.as_mut() {
+                t.unregister_buffer(addr, len);
+            }
+        }
     }
 
     /// Reads `reads[k]` into row `k` of `dst` (rows of `row_bytes` bytes)
@@ -335,6 +418,12 @@ impl ClusterReader {
             }
         }
 
+        // A registered buffer is registered with nodes connected since.
+        if self.buffers.contains(&(dst.as_ptr() as usize, dst.len())) {
+            for node in &mut self.nodes {
+                node.ensure_registered(dst);
+            }
+        }
         let mut stats = StepReadStats {
             rows: rows as u64,
             bytes: reads.iter().map(|r| u64::from(r.len)).sum(),
@@ -444,7 +533,7 @@ impl ClusterReader {
                         Ok(()) => {
                             tracing::info!(node = %node.spec.name, "node reconnected");
                             node.regions = regions;
-                            node.transport = Some(t);
+                            node.set_transport(Some(t));
                             node.failures = 0;
                         }
                         Err(e) => {
@@ -589,7 +678,7 @@ impl ClusterReader {
                     let node = &mut self.nodes[ni];
                     tracing::warn!(node = %node.spec.name, step, error = %e, "node failed; marking it dead");
                     node.last_error = Some(e.to_string());
-                    node.transport = None;
+                    node.set_transport(None);
                     schedule_retry(node, &self.policy);
                     failed.extend(out.rows);
                 }
@@ -673,7 +762,25 @@ fn read_node(
     }
     let need = out.rows.len() * row_bytes;
     if node.staging.len() < need {
-        node.staging.resize(need, 0);
+        // Unregister before the old memory is freed, register the new memory.
+        if node.staging_registered {
+            transport.unregister_buffer(node.staging.as_ptr() as usize, node.staging.len());
+            node.staging_registered = false;
+        }
+        // Grow geometrically (bounded by a whole step) so re-registrations stay rare.
+        let len = need
+            .max(2 * node.staging.len())
+            .min(reads.len() * row_bytes);
+        node.staging = Vec::new();
+        node.staging = vec![0; len];
+    }
+    if !node.staging_registered {
+        match transport.register_buffer(&mut node.staging) {
+            Ok(()) => node.staging_registered = true,
+            Err(e) => {
+                tracing::warn!(node = %name, len = node.staging.len(), error = %e, "cannot register the staging buffer; reads into it register per batch")
+            }
+        }
     }
     out.staged = out.rows.len() as u64;
     out.result = transport.read_batch(&requests, &mut node.staging[..need]);
@@ -784,7 +891,7 @@ fn schedule_retry(node: &mut Node, policy: &RetryPolicy) {
 mod tests {
     use super::*;
     use crate::block::BlockSource;
-    use crate::testutil::{expected, files, flaky_node, RandomBlocks};
+    use crate::testutil::{expected, files, flaky_node, RandomBlocks, Switch};
     use std::sync::atomic::Ordering;
 
     fn quick() -> RetryPolicy {
@@ -895,6 +1002,52 @@ mod tests {
         src.block(step, 0, 1, &mut reads).unwrap();
         r.read_step(step, &reads, 128, &mut dst).unwrap();
         assert!(sa.batches.load(Ordering::SeqCst) > served);
+    }
+
+    #[test]
+    fn registered_destination_is_registered_again_after_reconnect() {
+        let f = files(4, 16, 128, 9);
+        let (a, sa) = flaky_node(f.dir.path(), "a", f.names.clone());
+        let (b, sb) = flaky_node(f.dir.path(), "b", f.names.clone());
+        let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+        let src = RandomBlocks::new(&f, 8, 100);
+        let mut dst = vec![0u8; 8 * 128];
+        r.register_buffer(&mut dst);
+        let regs = |s: &Switch| s.registers.load(Ordering::SeqCst);
+        assert_eq!((regs(&sa), regs(&sb)), (1, 1));
+        let mut reads = Vec::new();
+        let mut step = 0;
+        let mut read = |r: &mut ClusterReader, dst: &mut Vec<u8>| {
+            reads.clear();
+            src.block(step, 0, 1, &mut reads).unwrap();
+            r.read_step(step, &reads, 128, dst).unwrap();
+            assert_eq!(*dst, expected(&f, &reads));
+            step += 1;
+        };
+        read(&mut r, &mut dst);
+        assert_eq!(sa.misses.load(Ordering::SeqCst), 0);
+        sa.down.store(true, Ordering::SeqCst);
+        read(&mut r, &mut dst);
+        sa.down.store(false, Ordering::SeqCst);
+        let t = Instant::now();
+        while r.live_nodes() != vec![true, true] {
+            assert!(t.elapsed() < Duration::from_secs(5), "a never reconnected");
+            std::thread::sleep(Duration::from_millis(5));
+            read(&mut r, &mut dst);
+        }
+        // The reconnected transport registers the buffer the next time it is the destination.
+        let misses = sa.misses.load(Ordering::SeqCst);
+        read(&mut r, &mut dst);
+        read(&mut r, &mut dst);
+        assert_eq!(regs(&sa), 2, "registered once per transport");
+        assert_eq!(sa.misses.load(Ordering::SeqCst), misses);
+        assert_eq!(sa.overlaps.load(Ordering::SeqCst), 0);
+        // Withdrawn: every transport drops it, later batches register per batch.
+        r.unregister_buffer(dst.as_ptr() as usize, dst.len());
+        assert_eq!(sb.unregisters.load(Ordering::SeqCst), 1);
+        let before = sb.misses.load(Ordering::SeqCst);
+        read(&mut r, &mut dst);
+        assert!(sb.misses.load(Ordering::SeqCst) > before);
     }
 
     #[test]

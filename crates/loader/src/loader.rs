@@ -8,6 +8,13 @@
 //! consumer works on step `s`, steps `s+1 ..= s+prefetch` are being read.
 //! [`Loader::next`] hands out a [`Batch`]; dropping the batch returns its
 //! buffer to the ring. The time `next` spends waiting is the stall time.
+//!
+//! The ring's buffers are registered with every node transport when they are
+//! allocated ([`ClusterReader::register_buffer`]), so RDMA transports never
+//! register per step. They are freed only after the reader (and with it every
+//! transport and its registrations) is gone: the reader thread drops the
+//! cluster reader before the ring, and buffers the consumer still holds are
+//! freed after that.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -353,13 +360,21 @@ impl Loader {
                 what: format!("{micro} rows of {row_bytes} bytes overflow"),
             })?;
         let ring = config.prefetch + 1;
-        let (ret_tx, ret_rx) = mpsc::channel::<Box<dyn HostBuffer>>();
+        let mut bufs = Vec::with_capacity(ring);
         for _ in 0..ring {
-            let buf = alloc.allocate(len).map_err(|source| LoaderError::Alloc {
+            bufs.push(alloc.allocate(len).map_err(|source| LoaderError::Alloc {
                 len,
                 allocator: alloc.name().to_owned(),
                 source,
-            })?;
+            })?);
+        }
+        // Nothing fails after this point but the thread spawn, whose closure
+        // (owning the reader and the ring) then drops the reader first.
+        for buf in &mut bufs {
+            reader.register_buffer(buf.bytes_mut());
+        }
+        let (ret_tx, ret_rx) = mpsc::channel::<Box<dyn HostBuffer>>();
+        for buf in bufs {
             let _ = ret_tx.send(buf);
         }
         let (filled_tx, filled_rx) = mpsc::sync_channel(ring);
@@ -371,7 +386,9 @@ impl Loader {
         let reader_thread = std::thread::Builder::new()
             .name(format!("seqfeed-reader-{rank}"))
             .spawn(move || {
-                reader_loop(ReaderArgs {
+                let mut reader = reader;
+                let free = ret_rx;
+                let held = reader_loop(ReaderArgs {
                     source,
                     reader: &mut reader,
                     rank,
@@ -379,10 +396,15 @@ impl Loader {
                     start,
                     end: end_step,
                     row_bytes,
-                    free: ret_rx,
+                    free: &free,
                     filled: filled_tx,
                     stop: thread_stop,
-                })
+                });
+                // The transports (and their registrations of the ring) go
+                // before any ring buffer can be freed.
+                drop(reader);
+                drop(held);
+                drop(free);
             })
             .map_err(|e| LoaderError::Config {
                 what: format!("cannot start the reader thread: {e}"),
@@ -496,14 +518,23 @@ impl Iterator for Loader {
 impl Drop for Loader {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Unblock a reader waiting to hand over a batch.
-        while self.filled.try_recv().is_ok() {}
+        // Unblock a reader waiting to hand over a batch. Filled buffers go
+        // back to the ring rather than being freed here: they are still
+        // registered with the reader's transports.
+        let drain = |l: &mut Loader| {
+            while let Ok(msg) = l.filled.try_recv() {
+                if let Ok(f) = msg {
+                    let _ = l.ret.send(f.buf);
+                }
+            }
+        };
+        drain(self);
         if let Some(h) = self.reader.take() {
             // Drain filled batches until the reader exits (it checks `stop`
             // between steps; a step's reads are bounded by the transports'
             // timeouts and the fail-over window).
             while !h.is_finished() {
-                while self.filled.try_recv().is_ok() {}
+                drain(self);
                 std::thread::sleep(Duration::from_millis(2));
             }
             let _ = h.join();
@@ -519,22 +550,25 @@ struct ReaderArgs<'a> {
     start: u64,
     end: u64,
     row_bytes: usize,
-    free: Receiver<Box<dyn HostBuffer>>,
+    free: &'a Receiver<Box<dyn HostBuffer>>,
     filled: SyncSender<Result<Filled, LoaderError>>,
     stop: Arc<AtomicBool>,
 }
 
-fn reader_loop(a: ReaderArgs<'_>) {
+/// Reads every step into a free ring buffer and hands it over. Returns the
+/// buffer it still holds when it stops early (freed by the caller after the
+/// reader's transports are gone).
+fn reader_loop(a: ReaderArgs<'_>) -> Option<Box<dyn HostBuffer>> {
     for step in a.start..a.end {
         // Wait for a free ring slot, checking for shutdown.
         let mut buf = loop {
             if a.stop.load(Ordering::Relaxed) {
-                return;
+                return None;
             }
             match a.free.recv_timeout(Duration::from_millis(20)) {
                 Ok(b) => break b,
                 Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => return None,
             }
         };
         let t = Instant::now();
@@ -557,18 +591,26 @@ fn reader_loop(a: ReaderArgs<'_>) {
                     .map(|()| stats)
                     .map_err(|source| LoaderError::Destination { step, source })
             });
-        let msg = result.map(|stats| Filled {
-            step,
-            buf,
-            rows,
-            read_time: t.elapsed(),
-            stats,
-        });
-        let failed = msg.is_err();
-        if a.filled.send(msg).is_err() || failed {
-            return;
+        match result {
+            Ok(stats) => {
+                let msg = Filled {
+                    step,
+                    buf,
+                    rows,
+                    read_time: t.elapsed(),
+                    stats,
+                };
+                if let Err(mpsc::SendError(msg)) = a.filled.send(Ok(msg)) {
+                    return msg.ok().map(|f| f.buf);
+                }
+            }
+            Err(e) => {
+                let _ = a.filled.send(Err(e));
+                return Some(buf);
+            }
         }
     }
+    None
 }
 
 #[cfg(test)]
@@ -576,6 +618,7 @@ mod tests {
     use super::*;
     use crate::testutil::{expected, files, flaky_node, Files, RandomBlocks};
     use std::collections::BTreeSet;
+    use std::sync::atomic::AtomicU64;
 
     fn reader(f: &Files) -> ClusterReader {
         let on = |n: usize| -> Vec<String> {
@@ -700,6 +743,51 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(2));
         // The batch outlives the loader.
         assert_eq!(b.bytes(), &expected(&f, b.reads())[..]);
+    }
+
+    #[test]
+    fn ring_and_staging_are_registered_and_every_batch_lands_in_registered_memory() {
+        let f = files(5, 30, 512, 16);
+        let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 16, 12));
+        let on = |n: usize| -> Vec<String> {
+            f.names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == n || *i == 0)
+                .map(|(_, s)| s.clone())
+                .collect()
+        };
+        let (a, sa) = flaky_node(f.dir.path(), "a", on(0));
+        let (b, sb) = flaky_node(f.dir.path(), "b", on(1));
+        let r =
+            ClusterReader::connect(f.names.clone(), vec![a, b], RetryPolicy::default()).unwrap();
+        let mut l = Loader::new(LoaderConfig::new(0, 2).prefetch(2), src, r).unwrap();
+        let mut staged = 0;
+        while let Some(b) = l.next() {
+            let b = b.unwrap();
+            assert_eq!(b.bytes(), &expected(&f, b.reads())[..]);
+            staged += b.read_stats().staged_rows;
+        }
+        drop(l);
+        assert!(staged > 0, "the test needs scattered rows");
+        for (name, s) in [("a", &sa), ("b", &sb)] {
+            let get = |x: &AtomicU64| x.load(Ordering::SeqCst);
+            let (reg, unreg) = (get(&s.registers), get(&s.unregisters));
+            assert_eq!(
+                get(&s.misses),
+                0,
+                "node {name}: a batch outside registered memory"
+            );
+            assert_eq!(get(&s.hits), get(&s.batches), "node {name}");
+            assert_eq!(get(&s.overlaps), 0, "node {name}: stale registration");
+            // 3 ring buffers, then the staging buffer: once, plus once per regrowth
+            // (each regrowth unregisters the old one first).
+            assert_eq!(
+                reg,
+                3 + 1 + unreg,
+                "node {name}: {reg} registrations, {unreg} removals"
+            );
+        }
     }
 
     #[test]

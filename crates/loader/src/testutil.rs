@@ -135,6 +135,17 @@ pub struct Switch {
     pub connects: AtomicU64,
     /// Milliseconds each batch takes (a slow link).
     pub delay_ms: AtomicU64,
+    /// `register_buffer` calls.
+    pub registers: AtomicU64,
+    /// `unregister_buffer` calls that removed a registration.
+    pub unregisters: AtomicU64,
+    /// Registrations that overlapped a live one (a buffer registered while a
+    /// stale registration of its addresses was still held).
+    pub overlaps: AtomicU64,
+    /// Batches whose destination lay inside a registered buffer.
+    pub hits: AtomicU64,
+    /// Batches whose destination lay outside every registered buffer.
+    pub misses: AtomicU64,
 }
 
 /// A local transport that fails while its switch is down.
@@ -142,6 +153,8 @@ pub struct Flaky {
     inner: LocalTransport,
     name: String,
     switch: Arc<Switch>,
+    /// Registered buffers (address, length), as an RDMA transport keeps them.
+    regs: Vec<(usize, usize)>,
 }
 
 impl Transport for Flaky {
@@ -167,11 +180,39 @@ impl Transport for Flaky {
             });
         }
         self.switch.batches.fetch_add(1, Ordering::SeqCst);
+        let (a, l) = (dst.as_ptr() as usize, dst.len());
+        if self
+            .regs
+            .iter()
+            .any(|&(ra, rl)| ra <= a && a + l <= ra + rl)
+        {
+            self.switch.hits.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.switch.misses.fetch_add(1, Ordering::SeqCst);
+        }
         let delay = self.switch.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             std::thread::sleep(std::time::Duration::from_millis(delay));
         }
         self.inner.read_batch(reads, dst)
+    }
+    fn register_buffer(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+        let (a, l) = (buf.as_ptr() as usize, buf.len());
+        let before = self.regs.len();
+        self.regs.retain(|&(ra, rl)| !(a < ra + rl && ra < a + l));
+        if self.regs.len() != before {
+            self.switch.overlaps.fetch_add(1, Ordering::SeqCst);
+        }
+        self.regs.push((a, l));
+        self.switch.registers.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn unregister_buffer(&mut self, addr: usize, len: usize) {
+        let before = self.regs.len();
+        self.regs
+            .retain(|&(ra, rl)| !(addr < ra + rl && ra < addr + len.max(1)));
+        let gone = (before - self.regs.len()) as u64;
+        self.switch.unregisters.fetch_add(gone, Ordering::SeqCst);
     }
 }
 
@@ -203,6 +244,7 @@ pub fn flaky_node(root: &Path, name: &str, files: Vec<String>) -> (NodeSpec, Arc
                 inner,
                 name: n.clone(),
                 switch: s.clone(),
+                regs: Vec::new(),
             }) as Box<dyn Transport>)
         }),
     };

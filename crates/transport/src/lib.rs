@@ -13,9 +13,14 @@
 //! * [`Transport::read_batch`] returns when every read of the batch has
 //!   completed, or with the first error (naming node, region and position).
 //!
-//! Destination buffers are reused across steps (a ring of step buffers), so
-//! backends that must register memory (verbs) register a buffer on first use
-//! and keep the registration for as long as the buffer lives.
+//! Destination buffers are reused across steps (a ring of step buffers).
+//! Backends that must register memory (verbs) keep a long-lived registration
+//! only for buffers announced with [`Transport::register_buffer`], until
+//! [`Transport::unregister_buffer`] (call it *before* freeing the buffer: a
+//! registration pins the pages it was made on, and a new allocation at the
+//! same addresses would otherwise receive nothing). Any other destination is
+//! registered for one batch only, so memory freed and reallocated between
+//! batches is always correct.
 //!
 //! The modules:
 //!
@@ -200,4 +205,24 @@ pub trait Transport: Send {
         reads: &[ReadRequest],
         dst: &mut [u8],
     ) -> Result<BatchStats, TransportError>;
+
+    /// Announces `buf` as a long-lived destination (e.g. one step buffer of
+    /// a ring): a backend that registers memory registers it now and every
+    /// later batch whose destination lies inside it needs no registration.
+    /// The registration lasts until [`unregister_buffer`](Self::unregister_buffer)
+    /// or until the transport is dropped; the caller must unregister before
+    /// freeing the buffer. Registering again replaces any registration that
+    /// overlaps `buf` (so a buffer reallocated at the same address is
+    /// registered afresh). Default: nothing to do (CPU-copying transports).
+    fn register_buffer(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+        let _ = buf;
+        Ok(())
+    }
+
+    /// Drops every long-lived registration overlapping the `len` bytes at
+    /// `addr` (see [`register_buffer`](Self::register_buffer)). Unknown
+    /// ranges are ignored. Default: nothing to do.
+    fn unregister_buffer(&mut self, addr: usize, len: usize) {
+        let _ = (addr, len);
+    }
 }

@@ -15,6 +15,15 @@
 //! rebuilds in one batch (or when the node cannot be reached to rebuild), the
 //! batch fails with a node failure naming the node, the region, the offsets,
 //! and the step, so the loader can fail over to a replica.
+//!
+//! Destination memory: buffers announced with
+//! [`Transport::register_buffer`] keep one registration per device until
+//! [`Transport::unregister_buffer`]; a batch whose destination lies inside one
+//! of them posts with its keys. Any other destination is registered for that
+//! batch only and deregistered when the batch ends (after no QP can still
+//! write into it). Nothing is cached by address alone: a registration pins
+//! the pages it was made on, so memory freed and reallocated at the same
+//! addresses must never be served by an old registration.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -49,17 +58,6 @@ pub struct ClientOptions {
     /// After this long without any completion, the node's control connection
     /// is checked ([`QpExchange::check_alive`]); a dead node fails the batch.
     pub stall_check: Duration,
-    /// Destination-buffer registrations kept, looked up by address range
-    /// (least recently used evicted; a new range overlapping a cached one
-    /// evicts it). 0 registers the destination for every batch instead.
-    ///
-    /// A cached registration pins the pages the buffer had when it was
-    /// registered: if that memory is unmapped and a *new* buffer is later
-    /// mapped at the very same addresses, reads would land in the old pages.
-    /// Long-lived destinations (a loader's ring of step buffers) are the
-    /// intended use; call [`VerbsTransport::forget_buffers`] before freeing
-    /// buffers, or set 0 when destinations come and go.
-    pub mr_cache: usize,
 }
 
 impl Default for ClientOptions {
@@ -72,7 +70,6 @@ impl Default for ClientOptions {
             max_rebuilds: 3,
             timeout: Duration::from_secs(30),
             stall_check: Duration::from_secs(1),
-            mr_cache: 32,
         }
     }
 }
@@ -84,8 +81,11 @@ pub struct VerbsCounters {
     pub rebuilds: u64,
     /// Reads re-posted after their QP failed.
     pub retried_reads: u64,
-    /// Destination buffers registered.
+    /// Destination registrations made (long-lived and per batch).
     pub registrations: u64,
+    /// Of [`registrations`](Self::registrations), those made for one batch
+    /// only (destination outside every registered buffer).
+    pub batch_registrations: u64,
     /// Doorbells (ibv_post_send calls).
     pub doorbells: u64,
 }
@@ -115,13 +115,22 @@ struct Lane {
     inflight: VecDeque<Chain>,
 }
 
+/// A long-lived destination registration (one MR per rail), made by
+/// [`Transport::register_buffer`].
 struct MrEntry {
     addr: usize,
     len: usize,
     per_rail: Vec<Arc<MemoryRegion>>,
-    last_used: u64,
-    /// Registered through [`VerbsTransport::register_buffer`]: never evicted.
-    pinned: bool,
+}
+
+impl MrEntry {
+    fn contains(&self, addr: usize, len: usize) -> bool {
+        self.addr <= addr && addr + len <= self.addr + self.len
+    }
+
+    fn overlaps(&self, addr: usize, len: usize) -> bool {
+        addr < self.addr + self.len && self.addr < addr + len
+    }
 }
 
 /// wr_id layout: lane (12 bits) | gen (12 bits) | seq (32 bits) | position in chain (8 bits).
@@ -153,7 +162,6 @@ pub struct VerbsTransport {
     mrs: Vec<MrEntry>,
     batch_mrs: Vec<Arc<MemoryRegion>>,
     next_lane: usize,
-    tick: u64,
     comps: Vec<Completion>,
     wrs: Vec<ReadWr>,
     counters: VerbsCounters,
@@ -234,7 +242,6 @@ impl VerbsTransport {
             mrs: Vec::new(),
             batch_mrs: Vec::new(),
             next_lane: 0,
-            tick: 0,
             comps: Vec::with_capacity(256),
             wrs: Vec::with_capacity(MAX_CHAIN),
             counters: VerbsCounters::default(),
@@ -279,30 +286,16 @@ impl VerbsTransport {
         self.lanes.len()
     }
 
-    /// Drops every cached destination-buffer registration. Call this before
-    /// freeing a buffer whose address range may be reused by a new mapping.
+    /// Drops every long-lived destination registration (as
+    /// [`Transport::unregister_buffer`] on each registered buffer). Call it
+    /// before freeing registered buffers.
     pub fn forget_buffers(&mut self) {
         self.mrs.clear();
     }
 
-    /// Registers `buf` (e.g. one step buffer of a ring) on every device and
-    /// keeps it until [`forget_buffers`](Self::forget_buffers): every batch
-    /// whose destination lies inside it needs no registration.
-    pub fn register_buffer(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
-        let saved = self.opts.mr_cache;
-        self.opts.mr_cache = self.opts.mr_cache.max(self.mrs.len() + 1);
-        let r = self.lkeys(buf);
-        self.opts.mr_cache = saved;
-        r?;
-        let (addr, len) = (buf.as_ptr() as usize, buf.len());
-        if let Some(e) = self
-            .mrs
-            .iter_mut()
-            .find(|e| e.addr <= addr && addr + len <= e.addr + e.len)
-        {
-            e.pinned = true;
-        }
-        Ok(())
+    /// Number of long-lived destination registrations held.
+    pub fn registered_buffers(&self) -> usize {
+        self.mrs.len()
     }
 
     fn local_depth(&self, nic: &Nic) -> u32 {
@@ -536,77 +529,18 @@ impl VerbsTransport {
         Ok(per_rail)
     }
 
-    /// Registration of `dst` on every rail: cached by address range (LRU).
+    /// Keys of `dst` on every rail: those of the registered buffer holding it,
+    /// else of a registration made for this batch only (kept in `batch_mrs`
+    /// until the batch has ended).
     fn lkeys(&mut self, dst: &mut [u8]) -> Result<Vec<u32>, TransportError> {
-        self.tick += 1;
         let (addr, len) = (dst.as_ptr() as usize, dst.len());
-        // Any cached registration containing the range serves (an lkey is valid for
-        // every sub-range of its MR): sub-slices of a registered ring buffer hit.
-        if let Some(e) = self
-            .mrs
-            .iter_mut()
-            .find(|e| e.addr <= addr && addr + len <= e.addr + e.len)
-        {
-            e.last_used = self.tick;
+        if let Some(e) = self.mrs.iter().find(|e| e.contains(addr, len)) {
             return Ok(e.per_rail.iter().map(|m| m.lkey()).collect());
         }
-        if self.opts.mr_cache == 0 {
-            // Per-batch registration: kept until this batch ends.
-            let per_rail = self.register_range(addr, len)?;
-            let keys = per_rail.iter().map(|m| m.lkey()).collect();
-            self.batch_mrs = per_rail;
-            return Ok(keys);
-        }
-        // Merge with every cached range it overlaps or touches: sub-slices of one ring
-        // buffer converge to one registration of (the used part of) the buffer, and the
-        // merged range is registered afresh, so it pins the pages mapped there now.
-        let (mut lo, mut hi) = (addr, addr + len);
-        loop {
-            let (l0, h0) = (lo, hi);
-            for e in &self.mrs {
-                if e.addr <= hi && lo <= e.addr + e.len {
-                    lo = lo.min(e.addr);
-                    hi = hi.max(e.addr + e.len);
-                }
-            }
-            if (lo, hi) == (l0, h0) {
-                break;
-            }
-        }
-        let (lo, hi, per_rail) = match self.register_range(lo, hi - lo) {
-            Ok(m) => (lo, hi, m),
-            // Part of the merged range is no longer mapped: register just this buffer.
-            Err(_) if (lo, hi) != (addr, addr + len) => {
-                (addr, addr + len, self.register_range(addr, len)?)
-            }
-            Err(e) => return Err(e),
-        };
-        let mut pinned = false;
-        self.mrs.retain(|e| {
-            let inside = lo <= e.addr && e.addr + e.len <= hi;
-            pinned |= inside && e.pinned;
-            !inside
-        });
-        if self.mrs.len() >= self.opts.mr_cache {
-            if let Some(i) = self
-                .mrs
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| !e.pinned)
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(i, _)| i)
-            {
-                self.mrs.swap_remove(i);
-            }
-        }
+        let per_rail = self.register_range(addr, len)?;
+        self.counters.batch_registrations += 1;
         let keys = per_rail.iter().map(|m| m.lkey()).collect();
-        self.mrs.push(MrEntry {
-            addr: lo,
-            len: hi - lo,
-            per_rail,
-            last_used: self.tick,
-            pinned,
-        });
+        self.batch_mrs = per_rail;
         Ok(keys)
     }
 
@@ -945,6 +879,30 @@ impl Transport for VerbsTransport {
         // Per-batch registrations go only after no QP can still write into them.
         self.batch_mrs.clear();
         r
+    }
+
+    fn register_buffer(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+        let (addr, len) = (buf.as_ptr() as usize, buf.len());
+        if len == 0 {
+            return Ok(());
+        }
+        // Whatever overlaps `buf` was made on pages that `buf` owns now (or
+        // that were freed): it must not serve reads any more.
+        self.mrs.retain(|e| !e.overlaps(addr, len));
+        let per_rail = self.register_range(addr, len)?;
+        self.mrs.push(MrEntry {
+            addr,
+            len,
+            per_rail,
+        });
+        tracing::debug!(node = %self.node, addr, len, buffers = self.mrs.len(), "verbs: destination buffer registered");
+        Ok(())
+    }
+
+    fn unregister_buffer(&mut self, addr: usize, len: usize) {
+        // No read is in flight between batches (`read_batch` returns only when
+        // none can still write), so the MRs can go at once.
+        self.mrs.retain(|e| !e.overlaps(addr, len.max(1)));
     }
 }
 

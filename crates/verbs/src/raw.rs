@@ -458,8 +458,9 @@ pub(crate) fn reg_remote_read(
 
 /// Registers a client destination range for local write.
 ///
-/// The range may extend beyond the buffer the caller borrows right now (merged
-/// sub-slices of one ring buffer); registration itself writes nothing.
+/// The range is a buffer the caller borrows mutably right now (a buffer
+/// announced through `register_buffer`, or one batch's destination);
+/// registration itself writes nothing.
 pub(crate) fn reg_local_write(
     pd: &Arc<ProtectionDomain>,
     addr: usize,

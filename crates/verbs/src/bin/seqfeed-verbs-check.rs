@@ -150,10 +150,13 @@ fn run_batches(
     let (mut reads_done, mut bytes) = (0u64, 0u64);
     for b in 0..batches {
         let (reads, expect) = make_batch(&mut rng, nregions, len, seq, per);
-        // One buffer for the whole run (a ring of one): registered once.
+        // One buffer for the whole run (a ring of one): registered once,
+        // unregistered before it is freed.
         if dst.len() < expect.len() {
-            t.forget_buffers();
+            t.unregister_buffer(dst.as_ptr() as usize, dst.len());
             dst = vec![0u8; expect.len() + (1 << 20)];
+            t.register_buffer(&mut dst)
+                .map_err(|e| format!("registering the destination: {e}"))?;
         }
         dst[..expect.len()].fill(0xAA);
         let st = t
@@ -298,25 +301,33 @@ fn selftest(devices: Option<Vec<String>>) -> u32 {
         })(),
     );
 
-    // 4. Registration modes: per batch (no cache), and one pre-registered ring buffer
-    //    whose sub-slices are the destinations (no registration per batch).
+    // 4. Registration: a destination outside every registered buffer is registered for
+    //    its batch only; sub-slices of a registered ring buffer need no registration; a
+    //    destination freed and reallocated (at the same address, if the allocator
+    //    reuses it) still receives the data, registered or not.
     c.report(
         &format!("registration[{tag}]"),
         (|| {
-            let ex = TcpExchange::connect(&addr).map_err(|e| e.to_string())?;
-            let opts = ClientOptions {
-                devices: devices.clone(),
-                mr_cache: 0,
-                ..Default::default()
-            };
-            let mut t =
-                VerbsTransport::connect(&addr, Box::new(ex), opts).map_err(|e| e.to_string())?;
-            run_batches(&mut t, 77, 3, seq, 16)?;
-            let per_batch = t.counters().registrations;
+            let mut t = connect(&addr, devices.clone(), 1)?;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(77);
+            for b in 0..3 {
+                let (reads, expect) = make_batch(&mut rng, nregions, len, seq, 16);
+                let mut dst = vec![0u8; expect.len()];
+                t.read_batch(&reads, &mut dst)
+                    .map_err(|e| format!("unregistered batch {b}: {e}"))?;
+                compare(&dst, &expect, &reads).map_err(|e| format!("unregistered batch {b}: {e}"))?;
+            }
+            let k = t.counters();
+            if k.batch_registrations != 3 || t.registered_buffers() != 0 {
+                return Err(format!(
+                    "{} per-batch registrations and {} buffers kept for 3 unregistered batches",
+                    k.batch_registrations,
+                    t.registered_buffers()
+                ));
+            }
             let mut t = connect(&addr, devices.clone(), 1)?;
             let mut ring = vec![0u8; 8 << 20];
             t.register_buffer(&mut ring).map_err(|e| e.to_string())?;
-            let mut rng = rand::rngs::StdRng::seed_from_u64(78);
             for b in 0..6 {
                 let (reads, expect) = make_batch(&mut rng, nregions, len, seq, 32);
                 let off = (b * 1_000_003) % (ring.len() - expect.len());
@@ -325,34 +336,64 @@ fn selftest(devices: Option<Vec<String>>) -> u32 {
                     .map_err(|e| format!("ring batch {b}: {e}"))?;
                 compare(dst, &expect, &reads).map_err(|e| format!("ring batch {b}: {e}"))?;
             }
-            let ring_regs = t.counters().registrations;
-            if per_batch != 3 || ring_regs != 1 {
+            let k = t.counters();
+            if k.registrations != 1 || k.batch_registrations != 0 {
                 return Err(format!(
-                    "{per_batch} registrations for 3 uncached batches, {ring_regs} for a ring"
+                    "{} registrations ({} per batch) for 6 batches in a registered ring",
+                    k.registrations, k.batch_registrations
                 ));
             }
-            // A loader-like pattern without pre-registration: overlapping sub-slices of one
-            // buffer merge into one registration of the span they cover.
-            let mut t = connect(&addr, devices.clone(), 1)?;
-            let offs = [0usize, 300_000, 600_000, 0, 300_000, 600_000, 150_000, 450_000];
-            let mut counts = Vec::new();
-            for pass in 0..2 {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(79);
-                for (b, off) in offs.into_iter().enumerate() {
-                    let (reads, expect) = make_batch(&mut rng, nregions, len, seq, 32);
-                    let dst = &mut ring[off..off + expect.len()];
-                    t.read_batch(&reads, dst).map_err(|e| format!("sliding pass {pass} batch {b}: {e}"))?;
-                    compare(dst, &expect, &reads).map_err(|e| format!("sliding pass {pass} batch {b}: {e}"))?;
-                }
-                counts.push(t.counters().registrations);
+            t.unregister_buffer(ring.as_ptr() as usize, ring.len());
+            drop(ring);
+
+            // Free + reallocate. Above glibc's largest mmap threshold (32 MiB) every
+            // buffer is its own mapping, and the kernel tends to hand the same
+            // addresses back: exactly the case a registration cache keyed by address
+            // gets wrong (reads would land in the old, unmapped pages).
+            let big = 40 << 20;
+            let (reads, expect) = make_batch(&mut rng, nregions, len, seq, 64);
+            let off = big / 2;
+            let mut same = [false; 2];
+            // a) never registered: per-batch registrations.
+            let mut a = vec![0u8; big];
+            let a_addr = a.as_ptr() as usize;
+            t.read_batch(&reads, &mut a[off..off + expect.len()])
+                .map_err(|e| format!("first buffer: {e}"))?;
+            compare(&a[off..off + expect.len()], &expect, &reads).map_err(|e| format!("first buffer: {e}"))?;
+            drop(a);
+            let mut b = vec![0u8; big];
+            same[0] = b.as_ptr() as usize == a_addr;
+            t.read_batch(&reads, &mut b[off..off + expect.len()])
+                .map_err(|e| format!("reallocated buffer: {e}"))?;
+            compare(&b[off..off + expect.len()], &expect, &reads)
+                .map_err(|e| format!("reallocated buffer (same address: {}): {e}", same[0]))?;
+            // b) registered, unregistered before the free, the new buffer registered.
+            t.register_buffer(&mut b).map_err(|e| e.to_string())?;
+            t.read_batch(&reads, &mut b[off..off + expect.len()])
+                .map_err(|e| format!("registered buffer: {e}"))?;
+            compare(&b[off..off + expect.len()], &expect, &reads).map_err(|e| format!("registered buffer: {e}"))?;
+            let b_addr = b.as_ptr() as usize;
+            t.unregister_buffer(b_addr, big);
+            drop(b);
+            let mut c2 = vec![0u8; big];
+            same[1] = c2.as_ptr() as usize == b_addr;
+            t.register_buffer(&mut c2).map_err(|e| e.to_string())?;
+            t.read_batch(&reads, &mut c2[off..off + expect.len()])
+                .map_err(|e| format!("re-registered reallocated buffer: {e}"))?;
+            compare(&c2[off..off + expect.len()], &expect, &reads).map_err(|e| {
+                format!("re-registered reallocated buffer (same address: {}): {e}", same[1])
+            })?;
+            t.unregister_buffer(c2.as_ptr() as usize, big);
+            drop(c2);
+            if t.registered_buffers() != 0 {
+                return Err(format!("{} buffers still registered after unregistering all", t.registered_buffers()));
             }
-            let sliding = counts[0];
-            if counts[1] != counts[0] || sliding >= offs.len() as u64 {
-                return Err(format!("registrations for 8 overlapping sub-slices: {counts:?} (want < 8, none new on the second pass)"));
-            }
+            let k = t.counters();
             Ok(format!(
-                "3 batches registered per batch; 6 batches in a registered ring: 1 registration; \
-                 8 overlapping sub-slices: {sliding} registrations, none on a second pass"
+                "3 unregistered batches: 3 per-batch registrations; 6 batches in a registered ring: 1 registration; \
+                 40 MiB destination freed and reallocated (same address: {}), then registered, freed and \
+                 reallocated (same address: {}): all bytes equal ({} registrations, {} per batch)",
+                same[0], same[1], k.registrations, k.batch_registrations
             ))
         })(),
     );
