@@ -4,7 +4,8 @@
 # itself (kernel rxe, InfiniBand or RoCE hardware): the same binaries, no code change.
 #
 # usage: checks.sh test|bench|all [DEV0 [DEV1]]
-# Needs on PATH: seqfeed-verbs-check, seqfeed-rxe-integration, seqfeed (test),
+# Needs on PATH: seqfeed-verbs-check, seqfeed-rxe-integration, seqfeed (test: also runs
+# `seqfeed demo --transport verbs` and requires every rank to have read over verbs),
 # seqfeed-rxe-bench (bench). Prints CHECK lines and, last, one line
 #   RXE_RESULT: PASS mode=...   or   RXE_RESULT: FAIL mode=... failed: <checks>
 # and exits non-zero on FAIL. A missing RDMA device is a FAIL.
@@ -46,6 +47,19 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
   ts "integration done"
   # The CLI: starts, and `auto` picks verbs here (and says why).
   if seqfeed --help >/dev/null 2>&1; then echo "CHECK seqfeed-cli PASS seqfeed starts"; else fail seqfeed-cli "seqfeed --help failed"; fi
+  # The main job over verbs: `seqfeed demo` with in-process nodes accepting RDMA queue pairs,
+  # four ranks, every byte checked against the files and the plan; it must pass and report
+  # that every node connection of every rank used verbs (`transports: verbs=N`, nothing else).
+  dlog=${TMPDIR:-/tmp}/seqfeed-demo-verbs.log
+  timeout 240 seqfeed --log warn demo --transport verbs --steps 8 >"$dlog" 2>&1
+  drc=$?
+  if [ "$drc" = 0 ] && grep -q '^demo OK' "$dlog" && grep -qE '^transports: verbs=[1-9][0-9]*$' "$dlog"; then
+    echo "CHECK demo-verbs PASS $(grep '^transports:' "$dlog"); $(grep '^demo OK' "$dlog")"
+  else
+    tail -40 "$dlog"
+    fail demo-verbs "seqfeed demo --transport verbs (exit $drc): $(grep -E '^(transports|demo |seqfeed: error)' "$dlog" | tr '\n' ' ')"
+  fi
+  ts "demo-verbs done"
 fi
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then

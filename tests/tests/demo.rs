@@ -63,3 +63,46 @@ fn demo_without_a_replica_fails_naming_the_node() {
     assert!(err.contains("demo FAILED"), "{err}");
     assert!(err.contains("node-0") && err.contains("step "), "{err}");
 }
+
+/// `--transport auto` and `verbs` pick verbs for the in-process nodes when
+/// this host has a usable RDMA device, and say which transport each rank
+/// used; without one, auto says why it reads over tcp and verbs refuses
+/// to start, naming the reason.
+#[test]
+fn demo_transport_selection_is_logged() {
+    let small = ["--steps", "4", "--global-batch", "32", "--seq-len", "1024"];
+    let rdma = seqfeed_node::verbs_devices();
+    let (ok, out, err) = demo(&[&["--transport", "auto"][..], &small[..]].concat());
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("demo OK: 4 ranks x 4 steps"), "{out}");
+    for rank in 0..4 {
+        assert!(
+            out.contains(&format!("  rank {rank} connected: node-0 over ")),
+            "{out}"
+        );
+    }
+    let (ok, vout, verr) = demo(&[&["--transport", "verbs"][..], &small[..]].concat());
+    match rdma {
+        Ok(devices) => {
+            assert!(out.contains("transport auto: verbs (RDMA devices"), "{out}");
+            assert!(out.contains("\ntransports: verbs=8\n"), "{out}");
+            assert!(ok, "{vout}\n{verr}");
+            assert!(vout.contains("\ntransports: verbs=8\n"), "{vout}");
+            eprintln!("verbs usable here ({devices:?}): both runs read over verbs");
+        }
+        Err(reason) => {
+            assert!(out.contains("transport auto: tcp ("), "{out}");
+            assert!(
+                out.contains("  rank 0 transports: node-0 over tcp, node-1 over tcp"),
+                "{out}"
+            );
+            assert!(out.contains("\ntransports: tcp=8\n"), "{out}");
+            assert!(!ok, "--transport verbs must fail without RDMA:\n{vout}");
+            assert!(
+                verr.contains("--transport verbs: no usable RDMA device on this host"),
+                "{verr}"
+            );
+            eprintln!("no RDMA here ({reason}): auto read over tcp, verbs refused");
+        }
+    }
+}

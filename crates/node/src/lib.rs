@@ -34,7 +34,7 @@ use seqfeed_transport::{RegionError, RegionTable};
 use seqfeed_wire::{ClientCounters, Limits, NodeCounters, VerbsAccept, VerbsConnect};
 
 pub use service::NodeHandle;
-pub use verbs::verbs_factory;
+pub use verbs::{verbs_devices, verbs_factory};
 
 /// Identifies one control connection of a node, unique for the node's
 /// lifetime (connections are numbered in accept order).

@@ -25,6 +25,16 @@ impl VerbsAcceptor for WireAcceptor {
     }
 }
 
+/// The RDMA devices this host could serve verbs on (each with an ACTIVE
+/// port and a usable GID), or why there are none (libibverbs missing, no
+/// device, no ACTIVE port). Never fails hard: callers fall back to tcp.
+pub fn verbs_devices() -> Result<Vec<String>, String> {
+    match seqfeed_verbs::probe() {
+        seqfeed_verbs::Selection::Verbs { devices } => Ok(devices),
+        seqfeed_verbs::Selection::Tcp { reason } => Err(reason),
+    }
+}
+
 /// A factory enabling verbs on the named RDMA devices (`None`: every device
 /// with an ACTIVE port). Starting the node fails with the reason when no
 /// device is usable (libibverbs missing, no device, no ACTIVE port).

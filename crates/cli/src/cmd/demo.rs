@@ -12,24 +12,30 @@
 //!
 //! With `--dataset DIR --plan CONFIG` it runs against a real dataset, on
 //! in-process nodes, or on running nodes with `--cluster FILE`.
+//!
+//! `--transport verbs` (or `auto`, when this host has a usable RDMA device)
+//! enables verbs on the in-process nodes, so the ranks read with one-sided
+//! RDMA READs; each rank prints which transport it uses for each node, and
+//! the summary counts the node connections per transport.
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use seqfeed_format::{pack_tokens, Dtype, PackOptions, Tail};
 use seqfeed_loader::{
-    BlockSource, Endpoint, Loader, LoaderConfig, RetryPolicy, TransportKind, Verifier,
+    node_spec_with, BlockSource, ClusterReader, Endpoint, Loader, LoaderConfig, LoaderError,
+    RetryPolicy, TransportKind, Verifier,
 };
 use seqfeed_node::{Node, NodeConfig, NodeHandle};
 use seqfeed_transport::cluster::place;
 use seqfeed_transport::tcp::ConnectOptions;
 use seqfeed_transport::ClusterFile;
 
-use super::read::{cluster_endpoints, connect, open_plan, OpenedPlan};
+use super::read::{cluster_endpoints, open_plan, OpenedPlan};
 
 /// Flags of `seqfeed demo`.
 #[derive(clap::Args, Debug)]
@@ -64,7 +70,8 @@ pub struct Args {
     /// Tokens per sequence of the generated corpus (u16 tokens).
     #[arg(long, default_value_t = 4096)]
     seq_len: u64,
-    /// Transport: tcp, local or auto.
+    /// Transport: tcp, local, verbs or auto (verbs needs a usable RDMA
+    /// device; auto uses verbs when there is one, else tcp).
     #[arg(long, default_value = "tcp")]
     transport: TransportKind,
     /// Steps read ahead by each rank's loader.
@@ -103,12 +110,21 @@ struct StepRecord {
     mismatch: Option<String>,
 }
 
+/// Which transport a rank's connection to one node uses.
+type Used = Vec<(String, &'static str)>;
+
 enum Msg {
+    Connected {
+        rank: usize,
+        used: Used,
+    },
     Step(StepRecord),
     Done {
         rank: usize,
         stats: seqfeed_loader::LoaderStats,
         error: Option<String>,
+        /// Every node connection the rank made (reconnects included).
+        used: Used,
     },
 }
 
@@ -178,7 +194,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let cluster = ClusterFile::load(path)?;
             (Vec::new(), cluster_endpoints(&cluster, Some(&root)))
         }
-        None => start_nodes(&root, &opened, args.nodes, args.replicas, &args.secret)?,
+        None => {
+            let verbs = nodes_verbs(args.transport)?;
+            start_nodes(
+                &root,
+                &opened,
+                args.nodes,
+                args.replicas,
+                &args.secret,
+                verbs,
+                args.transport == TransportKind::Verbs,
+            )?
+        }
     };
     for e in &endpoints {
         println!(
@@ -212,6 +239,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let t_run = Instant::now();
     let mut table = Table::new(world, plan.sources().len());
     let mut done: Vec<(usize, seqfeed_loader::LoaderStats, Option<String>)> = Vec::new();
+    let mut used_by_rank: Vec<(usize, Used)> = Vec::new();
     let mut nodes = nodes;
     let mut node_bytes_before_kill = None;
     std::thread::scope(|s| -> anyhow::Result<()> {
@@ -221,33 +249,57 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let kind = args.transport;
             let prefetch = args.prefetch;
             s.spawn(move || {
+                let used = Arc::new(Mutex::new(Used::new()));
                 let (stats, error) = run_rank(
                     opened, root, endpoints, kind, opts, retry, rank, world, steps, prefetch, &tx,
+                    &used,
                 );
-                let _ = tx.send(Msg::Done { rank, stats, error });
+                let used = used.lock().map(|u| u.clone()).unwrap_or_default();
+                let _ = tx.send(Msg::Done {
+                    rank,
+                    stats,
+                    error,
+                    used,
+                });
             });
         }
         drop(tx);
         for msg in rx {
             match msg {
+                Msg::Connected { rank, used } => {
+                    let line = describe_used(&used);
+                    tracing::info!(rank, transports = %line, "rank connected");
+                    say(&bar, format!("  rank {rank} connected: {line}"));
+                }
                 Msg::Step(r) => {
                     if let (Some(k), false) = (args.kill_node_after, nodes.is_empty()) {
                         if r.step >= k && node_bytes_before_kill.is_none() {
                             let n = nodes.remove(0);
                             node_bytes_before_kill =
                                 Some((n.name().to_owned(), n.stats().node.bytes));
-                            bar.println(format!(
-                                "  -- shutting down node {} after step {} --",
-                                n.name(),
-                                r.step
-                            ));
+                            say(
+                                &bar,
+                                format!(
+                                    "  -- shutting down node {} after step {} --",
+                                    n.name(),
+                                    r.step
+                                ),
+                            );
                             n.shutdown();
                         }
                     }
                     bar.inc(1);
                     table.add(plan, r);
                 }
-                Msg::Done { rank, stats, error } => done.push((rank, stats, error)),
+                Msg::Done {
+                    rank,
+                    stats,
+                    error,
+                    used,
+                } => {
+                    done.push((rank, stats, error));
+                    used_by_rank.push((rank, used));
+                }
             }
         }
         Ok(())
@@ -295,6 +347,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             st.failed_over
         );
     }
+    used_by_rank.sort_by_key(|u| u.0);
+    let mut per_backend: BTreeMap<&str, usize> = BTreeMap::new();
+    for (rank, used) in &used_by_rank {
+        println!("  rank {rank} transports: {}", describe_used(used));
+        for (_, b) in used {
+            *per_backend.entry(b).or_default() += 1;
+        }
+    }
+    println!(
+        "transports: {}",
+        per_backend
+            .iter()
+            .map(|(b, n)| format!("{b}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     if let Some((name, bytes)) = &node_bytes_before_kill {
         println!(
             "  node {name}: {:.2} MiB served, then shut down",
@@ -509,11 +577,15 @@ fn run_rank(
     steps: u64,
     prefetch: usize,
     tx: &mpsc::Sender<Msg>,
+    used: &Arc<Mutex<Used>>,
 ) -> (seqfeed_loader::LoaderStats, Option<String>) {
-    let reader = match connect(opened.source.files(), endpoints, kind, opts, retry) {
+    let reader = match connect_recording(opened.source.files(), endpoints, kind, opts, retry, used)
+    {
         Ok(r) => r,
         Err(e) => return (Default::default(), Some(e.to_string())),
     };
+    let first = used.lock().map(|u| u.clone()).unwrap_or_default();
+    let _ = tx.send(Msg::Connected { rank, used: first });
     let config = LoaderConfig::new(rank, world)
         .end_step(steps)
         .prefetch(prefetch)
@@ -562,6 +634,96 @@ fn run_rank(
     (loader.stats(), error)
 }
 
+/// Connects a cluster reader like `seqfeed read` does, recording in `used`
+/// the transport of every node connection it makes (reconnects included).
+fn connect_recording(
+    files: &[String],
+    endpoints: &[Endpoint],
+    kind: TransportKind,
+    opts: &ConnectOptions,
+    retry: RetryPolicy,
+    used: &Arc<Mutex<Used>>,
+) -> Result<ClusterReader, LoaderError> {
+    let specs = endpoints
+        .iter()
+        .map(|e| {
+            let mut spec = node_spec_with(kind, e, opts)?;
+            let inner = spec.connect;
+            let (name, used) = (e.name.clone(), Arc::clone(used));
+            spec.connect = Box::new(move || {
+                let t = inner()?;
+                if let Ok(mut u) = used.lock() {
+                    u.push((name.clone(), t.backend()));
+                }
+                Ok(t)
+            });
+            Ok(spec)
+        })
+        .collect::<Result<Vec<_>, LoaderError>>()?;
+    ClusterReader::connect(files.to_vec(), specs, retry)
+}
+
+/// Prints a line above the progress bar (or plainly when the bar is hidden,
+/// e.g. stdout is not a terminal, where `println` of the bar prints nothing).
+fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+/// `node-0 over verbs, node-1 over tcp` by node name, with the connection
+/// count when a node was connected more than once (reconnects) and every
+/// transport it was read over.
+fn describe_used(used: &Used) -> String {
+    if used.is_empty() {
+        return "no node connected".into();
+    }
+    let mut seen: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (node, b) in used {
+        seen.entry(node.as_str()).or_default().push(b);
+    }
+    seen.iter()
+        .map(|(n, v)| {
+            let times = if v.len() > 1 {
+                format!(" ({} connections)", v.len())
+            } else {
+                String::new()
+            };
+            let mut kinds: Vec<&str> = v.clone();
+            kinds.dedup();
+            format!("{n} over {}{times}", kinds.join("+"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Devices to enable verbs on for the in-process nodes: `Some` for
+/// `--transport verbs` (an error when this host has no usable RDMA
+/// device) and for `auto` when there is one; `None` otherwise.
+fn nodes_verbs(kind: TransportKind) -> anyhow::Result<Option<Vec<String>>> {
+    if !matches!(kind, TransportKind::Verbs | TransportKind::Auto) {
+        return Ok(None);
+    }
+    match seqfeed_node::verbs_devices() {
+        Ok(devices) => {
+            println!(
+                "  transport {kind}: verbs (RDMA devices {}); the nodes accept RDMA queue pairs",
+                devices.join(", ")
+            );
+            Ok(Some(devices))
+        }
+        Err(reason) if kind == TransportKind::Verbs => {
+            bail!("--transport verbs: no usable RDMA device on this host ({reason}); use --transport tcp or auto")
+        }
+        Err(reason) => {
+            println!("  transport auto: tcp ({reason})");
+            Ok(None)
+        }
+    }
+}
+
 /// Packs the three generated sources under `root`.
 fn build_corpus(root: &Path, seq_len: u64) -> anyhow::Result<()> {
     let t = Instant::now();
@@ -608,6 +770,8 @@ fn start_nodes(
     n: usize,
     replicas: usize,
     secret: &Option<String>,
+    verbs: Option<Vec<String>>,
+    verbs_required: bool,
 ) -> anyhow::Result<(Vec<NodeHandle>, Vec<Endpoint>)> {
     if n == 0 {
         bail!("--nodes must be at least 1");
@@ -632,7 +796,19 @@ fn start_nodes(
         cfg.node_name = node.name.clone();
         cfg.secret = secret.clone().filter(|s| !s.is_empty());
         cfg.worker_threads = 2;
-        let h = Node::start(cfg).with_context(|| format!("starting {}", node.name))?;
+        cfg.verbs = verbs
+            .as_ref()
+            .map(|d| seqfeed_node::verbs_factory(Some(d.clone())));
+        let h = match Node::start(cfg.clone()) {
+            // auto: a node that cannot enable verbs serves tcp (and says so).
+            Err(e) if cfg.verbs.is_some() && !verbs_required => {
+                println!("  {}: verbs not enabled ({e}); serving tcp only", node.name);
+                cfg.verbs = None;
+                Node::start(cfg)
+            }
+            r => r,
+        }
+        .with_context(|| format!("starting {}", node.name))?;
         endpoints.push(Endpoint {
             name: node.name.clone(),
             addr: Some(h.local_addr().to_string()),
