@@ -53,8 +53,11 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
   dlog=${TMPDIR:-/tmp}/seqfeed-demo-verbs.log
   timeout 240 seqfeed --log warn demo --transport verbs --steps 8 >"$dlog" 2>&1
   drc=$?
-  if [ "$drc" = 0 ] && grep -q '^demo OK' "$dlog" && grep -qE '^transports: verbs=[1-9][0-9]*$' "$dlog"; then
-    echo "CHECK demo-verbs PASS $(grep '^transports:' "$dlog"); $(grep '^demo OK' "$dlog")"
+  # The nodes must also have released every queue pair once the ranks left.
+  if [ "$drc" = 0 ] && grep -q '^demo OK' "$dlog" && grep -qE '^transports: verbs=[1-9][0-9]*$' "$dlog" \
+     && [ "$(grep -c 'verbs QPs open after the ranks left: 0$' "$dlog")" -ge 1 ] \
+     && ! grep -qE 'verbs QPs open after the ranks left: [1-9]' "$dlog"; then
+    echo "CHECK demo-verbs PASS $(grep '^transports:' "$dlog"); $(grep -c 'verbs QPs open after the ranks left: 0$' "$dlog") nodes hold 0 QPs after the ranks left; $(grep '^demo OK' "$dlog")"
   else
     tail -40 "$dlog"
     fail demo-verbs "seqfeed demo --transport verbs (exit $drc): $(grep -E '^(transports|demo |seqfeed: error)' "$dlog" | tr '\n' ' ')"

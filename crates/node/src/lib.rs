@@ -68,6 +68,12 @@ pub trait VerbsAcceptor: Send + Sync {
     /// accepted for it. Called on a blocking thread, once, after its last
     /// [`VerbsAcceptor::accept`] returned.
     fn disconnected(&self, id: ClientId);
+
+    /// Queue pairs held now for all connections, when the acceptor counts
+    /// them (`None`: it does not).
+    fn open_qps(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Builds a node's [`VerbsAcceptor`] from its mapped regions (called once

@@ -135,6 +135,18 @@ impl NodeHandle {
         &self.shared.table
     }
 
+    /// Whether verbs is enabled on this node.
+    pub fn verbs_enabled(&self) -> bool {
+        self.shared.verbs.is_some()
+    }
+
+    /// RDMA queue pairs the node holds now for its clients (`None`: verbs
+    /// not enabled, or the acceptor does not count them). Each control
+    /// connection's QPs are released when it closes.
+    pub fn verbs_open_qps(&self) -> Option<usize> {
+        self.shared.verbs.as_ref().and_then(|v| v.open_qps())
+    }
+
     /// Current counters, node-wide and per open connection.
     pub fn stats(&self) -> NodeStats {
         NodeStats {

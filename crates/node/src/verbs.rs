@@ -23,6 +23,10 @@ impl VerbsAcceptor for WireAcceptor {
     fn disconnected(&self, id: ClientId) {
         WireAcceptor::disconnected(self, id.0);
     }
+
+    fn open_qps(&self) -> Option<usize> {
+        Some(self.kept_qps())
+    }
 }
 
 /// The RDMA devices this host could serve verbs on (each with an ACTIVE

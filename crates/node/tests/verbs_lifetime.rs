@@ -30,6 +30,8 @@ struct Calls {
     disconnects: Vec<ClientId>,
     /// A call for a connection after its disconnect (must never happen).
     late: Vec<String>,
+    /// QPs held per connection (accepted, not yet released).
+    held: BTreeMap<ClientId, usize>,
 }
 
 /// A fake acceptor recording each call.
@@ -51,6 +53,7 @@ impl VerbsAcceptor for Recorder {
             return Err(format!("{client}: refused on purpose"));
         }
         *c.accepts.entry(id).or_default() += 1;
+        *c.held.entry(id).or_default() += req.qps.len();
         Ok(VerbsAccept {
             qps: req
                 .qps
@@ -71,6 +74,11 @@ impl VerbsAcceptor for Recorder {
             c.late.push(format!("second disconnect for {id}"));
         }
         c.disconnects.push(id);
+        c.held.remove(&id);
+    }
+
+    fn open_qps(&self) -> Option<usize> {
+        Some(self.0.lock().unwrap().held.values().sum())
     }
 }
 
@@ -233,6 +241,7 @@ fn clean_close_and_errors_release_each_connection_once() {
         "a connection without QPs is not reported: {d:?}"
     );
     assert!(late.is_empty(), "{late:?}");
+    assert_eq!(node.verbs_open_qps(), Some(0));
     // The stalled socket was closed by the node (read gives EOF or reset).
     stalled
         .set_read_timeout(Some(Duration::from_secs(2)))
@@ -280,6 +289,8 @@ fn killed_client_releases_its_qps() {
     let (accepts, d, _) = rec.snapshot();
     assert_eq!(accepts.len(), 2, "{accepts:?}");
     assert!(d.is_empty(), "{d:?}");
+    assert!(node.verbs_enabled());
+    assert_eq!(node.verbs_open_qps(), Some(1 + 3));
     // SIGKILL: the kernel closes the child's socket, no goodbye.
     child.kill().unwrap();
     child.wait().unwrap();
@@ -288,13 +299,20 @@ fn killed_client_releases_its_qps() {
     let stay_id = *accepts.keys().min().unwrap(); // connected first
     let child_id = *accepts.keys().max().unwrap();
     assert_eq!(d, vec![child_id]);
+    assert_eq!(
+        node.verbs_open_qps(),
+        Some(1),
+        "the killed client's 3 QPs released"
+    );
     // The survivor still works and is released only when it leaves.
     ask(&mut stay, 2);
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(rec.snapshot().1, vec![child_id]);
+    assert_eq!(node.verbs_open_qps(), Some(3));
     drop(stay);
     let d = rec.wait_disconnects(2);
     assert_eq!(d, vec![child_id, stay_id]);
+    assert_eq!(node.verbs_open_qps(), Some(0));
     assert!(rec.snapshot().2.is_empty());
     node.shutdown();
 }

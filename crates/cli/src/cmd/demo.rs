@@ -306,6 +306,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     bar.finish_and_clear();
     let wall = t_run.elapsed();
+    // Every rank has dropped its connections: the verbs nodes must release
+    // every queue pair they accepted (each on its connection's close).
+    let open_qps = wait_qps_released(&nodes, Duration::from_secs(5));
 
     // 4. The report.
     done.sort_by_key(|d| d.0);
@@ -369,12 +372,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             *bytes as f64 / (1 << 20) as f64
         );
     }
-    for n in &nodes {
+    for (n, open) in nodes.iter().zip(&open_qps) {
+        let qps = match open {
+            Some(q) => format!(", verbs QPs open after the ranks left: {q}"),
+            None => String::new(),
+        };
         println!(
-            "  node {}: {:.2} MiB served",
+            "  node {}: {:.2} MiB served{qps}",
             n.name(),
             n.stats().node.bytes as f64 / (1 << 20) as f64
         );
+        if let Some(q @ 1..) = open {
+            failures.push(format!(
+                "node {} still holds {q} verbs queue pairs after every rank disconnected",
+                n.name()
+            ));
+        }
     }
     println!("  total time {:.2} s", started.elapsed().as_secs_f64());
     if failures.is_empty() {
@@ -661,6 +674,19 @@ fn connect_recording(
         })
         .collect::<Result<Vec<_>, LoaderError>>()?;
     ClusterReader::connect(files.to_vec(), specs, retry)
+}
+
+/// Waits (up to `limit`) until every verbs node holds no queue pair;
+/// returns each node's count at the end (`None`: verbs not enabled).
+fn wait_qps_released(nodes: &[NodeHandle], limit: Duration) -> Vec<Option<usize>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let open: Vec<Option<usize>> = nodes.iter().map(NodeHandle::verbs_open_qps).collect();
+        if open.iter().all(|q| q.unwrap_or(0) == 0) || Instant::now() >= deadline {
+            return open;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Prints a line above the progress bar (or plainly when the bar is hidden,
