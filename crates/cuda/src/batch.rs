@@ -232,15 +232,49 @@ impl BounceSlot {
         // Do not overwrite device memory a consumer stream may still read
         // (a never-recorded event is already complete).
         self.stream.wait_event(&self.released)?;
-        if let Some(w) = &self.widen {
-            if !len.is_multiple_of(w.from.size()) {
-                return Err(CudaError::InvalidArgument {
-                    what: format!("{len} bytes is not a whole number of {:?} tokens", w.from),
-                });
-            }
-        }
+        self.check_widen_len(len)?;
         self.dst
             .copy_from_pinned_async(0, &self.pinned, len, &self.stream)?;
+        self.finish(len)
+    }
+
+    /// Direct path (GPUDirect RDMA): blocks until the device buffer may be
+    /// overwritten by the NIC: the last submitted work on it has completed
+    /// and the consumer released the previous batch
+    /// ([`BounceSlot::release_after`]). Call before the RDMA reads.
+    pub fn begin_direct(&mut self) -> Result<()> {
+        self.wait()?;
+        self.released.synchronize()
+    }
+
+    /// Direct path: the NIC has written the first `len` bytes of the device
+    /// buffer (every read completed). Widens them if widening is on and
+    /// records the ready event on the stream; no copy. Returns at once.
+    pub fn complete_direct(&mut self, len: usize) -> Result<()> {
+        if len > self.dst.len() {
+            return Err(CudaError::InvalidArgument {
+                what: format!(
+                    "{len} bytes written into a {}-byte device buffer",
+                    self.dst.len()
+                ),
+            });
+        }
+        self.check_widen_len(len)?;
+        self.finish(len)
+    }
+
+    fn check_widen_len(&self, len: usize) -> Result<()> {
+        match &self.widen {
+            Some(w) if !len.is_multiple_of(w.from.size()) => Err(CudaError::InvalidArgument {
+                what: format!("{len} bytes is not a whole number of {:?} tokens", w.from),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// After the bytes are (or, enqueued, will be) in `dst`: widening, then
+    /// the ready event.
+    fn finish(&mut self, len: usize) -> Result<()> {
         if let Some(w) = &self.widen {
             let n = len / w.from.size();
             w.widener

@@ -9,9 +9,16 @@
 //!   [`BounceSlot`]: the transport writes its pinned memory, the loader's
 //!   reader thread calls `HostBuffer::filled`, which enqueues the async copy
 //!   on the rank's stream and records the completion event.
-//! * dmabuf / peer memory need a transport that reads into registered
-//!   device memory; the loader's transports write host slices, so these fall
-//!   back to the bounce path with a log line saying so.
+//! * dmabuf / peer memory (GPUDirect RDMA): the same [`CudaStepBuffer`]s
+//!   also offer their device memory ([`HostBuffer::device_regions`]: a dmabuf
+//!   export of it, then its device pointer for a peer-memory registration,
+//!   in the order of [`PathChoice::direct_chain`]). The loader registers the
+//!   first one every node's transport accepts; each step is then read by the
+//!   NICs straight into device memory and the ready event is recorded after
+//!   the reads (no copy). A refusal (rxe has no dmabuf MRs; without
+//!   `nvidia_peermem` the kernel refuses a device pointer) is logged with its
+//!   reason and the next path is used, ending at the pinned bounce buffer,
+//!   which every buffer keeps for that purpose.
 //!
 //! A consumer gets the device side of a batch with [`device_batch`].
 
@@ -19,10 +26,13 @@ use crate::batch::{BounceSlot, DType, DeviceBatch};
 use crate::device::Device;
 use crate::error::{CudaError, Result};
 use crate::gpu_side;
-use crate::memory::Stream;
+use crate::memory::{DmaBufRange, Stream};
 use crate::path::{choose_path, DevicePath, PathChoice, TransportCaps};
 use crate::widen::Widener;
-use seqfeed_loader::{Batch, BoxError, BufferAllocator, Dtype, HeapAllocator, HostBuffer};
+use seqfeed_loader::{
+    Batch, BoxError, BufferAllocator, DeviceRegion, DmaBuf, Dtype, HeapAllocator, HostBuffer,
+};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 /// Allocates [`CudaStepBuffer`]s on one device, all copying on one stream
@@ -32,6 +42,8 @@ pub struct CudaBounceAllocator {
     device: Device,
     stream: Arc<Stream>,
     widen: Option<(Arc<Widener>, DType)>,
+    /// GPUDirect paths whose device regions the buffers offer, best first.
+    direct: Vec<DevicePath>,
 }
 
 impl CudaBounceAllocator {
@@ -41,7 +53,17 @@ impl CudaBounceAllocator {
             device: device.clone(),
             stream: Arc::new(device.stream()?),
             widen: None,
+            direct: Vec::new(),
         })
+    }
+
+    /// Buffers also offer their device memory for GPUDirect RDMA along
+    /// `paths` (best first; [`PathChoice::direct_chain`]): a dmabuf export
+    /// for [`DevicePath::DmaBuf`], the device pointer for
+    /// [`DevicePath::PeerMem`]. Other paths are ignored.
+    pub fn with_direct(mut self, paths: &[DevicePath]) -> CudaBounceAllocator {
+        self.direct = paths.iter().copied().filter(|p| p.is_direct()).collect();
+        self
     }
 
     /// Like [`CudaBounceAllocator::new`], and every step of `token` ids is
@@ -74,20 +96,54 @@ impl BufferAllocator for CudaBounceAllocator {
         if let Some((w, from)) = &self.widen {
             slot = slot.with_widening(w.clone(), *from)?;
         }
-        Ok(Box::new(CudaStepBuffer { slot }))
+        let mut direct = self.direct.clone();
+        let mut dmabuf = None;
+        if direct.contains(&DevicePath::DmaBuf) {
+            match slot.device_buffer().export_dmabuf(0, len) {
+                Ok(d) => dmabuf = Some(d),
+                Err(e) => {
+                    direct.retain(|p| *p != DevicePath::DmaBuf);
+                    let next = direct.first().map_or("bounce", |p| p.name());
+                    tracing::warn!(
+                        "device destination dmabuf: exporting the step buffer failed ({e}); falling back to {next}"
+                    );
+                }
+            }
+        }
+        Ok(Box::new(CudaStepBuffer {
+            dmabuf,
+            slot,
+            direct,
+            last_direct: None,
+        }))
     }
 }
 
-/// A loader step buffer in device memory, filled through pinned memory.
+/// A loader step buffer in device memory, filled through pinned memory
+/// (bounce) or, where the transports accept its device memory, directly by
+/// the NICs (GPUDirect RDMA).
 #[derive(Debug)]
 pub struct CudaStepBuffer {
+    /// The dmabuf export offered for [`DevicePath::DmaBuf`] (its fd stays
+    /// open as long as the buffer; the loader unregisters it first).
+    dmabuf: Option<DmaBufRange>,
     slot: BounceSlot,
+    /// GPUDirect paths offered, best first.
+    direct: Vec<DevicePath>,
+    /// The GPUDirect path of the step being / last written directly.
+    last_direct: Option<DevicePath>,
 }
 
 impl CudaStepBuffer {
     /// The bounce slot (device buffer, copy event).
     pub fn slot(&self) -> &BounceSlot {
         &self.slot
+    }
+
+    /// How the last step reached device memory: dmabuf / peer memory when
+    /// the NICs wrote it directly, else the pinned bounce copy.
+    pub fn last_path(&self) -> DevicePath {
+        self.last_direct.unwrap_or(DevicePath::PinnedBounce)
     }
 
     /// The CUDA step buffer behind a loader batch, if it has one.
@@ -107,6 +163,45 @@ impl HostBuffer for CudaStepBuffer {
 
     fn filled(&mut self, len: usize) -> std::result::Result<(), BoxError> {
         self.slot.submit(len)?;
+        self.last_direct = None;
+        Ok(())
+    }
+
+    fn device_regions(&self) -> Vec<DeviceRegion> {
+        let dev = self.slot.device_buffer();
+        self.direct
+            .iter()
+            .filter_map(|p| match p {
+                DevicePath::DmaBuf => self.dmabuf.as_ref().map(|d| DeviceRegion {
+                    addr: d.iova,
+                    len: d.len as usize,
+                    dmabuf: Some(DmaBuf {
+                        fd: d.fd.as_raw_fd(),
+                        offset: d.fd_offset,
+                    }),
+                }),
+                DevicePath::PeerMem => Some(DeviceRegion {
+                    addr: dev.device_ptr(),
+                    len: dev.len(),
+                    dmabuf: None,
+                }),
+                DevicePath::PinnedBounce | DevicePath::Host => None,
+            })
+            .collect()
+    }
+
+    fn begin_device_fill(&mut self, region: &DeviceRegion) -> std::result::Result<(), BoxError> {
+        self.slot.begin_direct()?;
+        self.last_direct = Some(if region.dmabuf.is_some() {
+            DevicePath::DmaBuf
+        } else {
+            DevicePath::PeerMem
+        });
+        Ok(())
+    }
+
+    fn filled_device(&mut self, len: usize) -> std::result::Result<(), BoxError> {
+        self.slot.complete_direct(len)?;
         Ok(())
     }
 
@@ -133,7 +228,10 @@ fn dtype_of(d: Dtype) -> DType {
 pub struct LoaderDestination {
     /// The allocator to pass to `Loader::with_allocator`.
     pub allocator: Arc<dyn BufferAllocator>,
-    /// The path in use.
+    /// The path chosen. For dmabuf / peer memory this is what the buffers
+    /// offer; the loader falls back (logged) when a node refuses it, so each
+    /// batch says how it arrived ([`CudaStepBuffer::last_path`],
+    /// `Batch::filled_directly`).
     pub path: DevicePath,
     /// The decision, with reasons (already logged).
     pub choice: PathChoice,
@@ -182,39 +280,33 @@ impl LoaderDestination {
         let choice =
             choose_path(&side, caps, force).map_err(|what| CudaError::InvalidArgument { what })?;
         choice.log();
-        let mut path = choice.path();
-        loop {
-            match (path, &device) {
-                (DevicePath::Host, _) | (_, None) => {
-                    return Ok(LoaderDestination {
-                        allocator: Arc::new(HeapAllocator),
-                        path: DevicePath::Host,
-                        choice,
-                        device: None,
-                    })
-                }
-                (DevicePath::PinnedBounce, Some(d)) => {
-                    let alloc = match widen {
-                        Some(token) => CudaBounceAllocator::with_widening(d, token)?,
-                        None => CudaBounceAllocator::new(d)?,
-                    };
-                    return Ok(LoaderDestination {
-                        allocator: Arc::new(alloc),
-                        path,
-                        choice,
-                        device: device.clone(),
-                    });
-                }
-                (DevicePath::DmaBuf | DevicePath::PeerMem, Some(_)) => {
-                    let next = choice
-                        .fallback_after(path)
-                        .unwrap_or(DevicePath::PinnedBounce);
-                    tracing::warn!(
-                        "device destination {path} is not wired into the loader's transports (they write host memory); falling back to {next}"
-                    );
-                    path = next;
-                }
-            }
+        let path = choice.path();
+        let Some(d) = device.as_ref().filter(|_| path != DevicePath::Host) else {
+            return Ok(LoaderDestination {
+                allocator: Arc::new(HeapAllocator),
+                path: DevicePath::Host,
+                choice,
+                device: None,
+            });
+        };
+        let alloc = match widen {
+            Some(token) => CudaBounceAllocator::with_widening(d, token)?,
+            None => CudaBounceAllocator::new(d)?,
+        };
+        // dmabuf / peer memory: the buffers offer their device memory; the
+        // loader registers it with every node or falls back (logged).
+        let chain = choice.direct_chain();
+        if !chain.is_empty() {
+            tracing::info!(
+                "device destination {path}: step buffers are offered to the transports for GPUDirect RDMA ({}), with the pinned bounce buffer as the fallback when a node refuses",
+                chain.iter().map(|p| p.name()).collect::<Vec<_>>().join(", then ")
+            );
         }
+        Ok(LoaderDestination {
+            allocator: Arc::new(alloc.with_direct(&chain)),
+            path,
+            choice,
+            device: device.clone(),
+        })
     }
 }

@@ -144,6 +144,20 @@ impl PathChoice {
         self.candidates.get(i + 1).copied()
     }
 
+    /// The direct (GPUDirect) paths to try, best first: the chosen path and
+    /// each [`fallback_after`](Self::fallback_after) it while direct. Empty
+    /// when the chosen path is not direct. When all are refused, the
+    /// transport writes the pinned bounce buffer.
+    pub fn direct_chain(&self) -> Vec<DevicePath> {
+        let mut chain = Vec::new();
+        let mut p = Some(self.path());
+        while let Some(path) = p.filter(|p| p.is_direct()) {
+            chain.push(path);
+            p = self.fallback_after(path);
+        }
+        chain
+    }
+
     /// One human line: `dmabuf (because ...); passed over: peermem (...)`.
     pub fn summary(&self) -> String {
         let mut s = format!("{} ({})", self.path(), self.reason);
@@ -351,6 +365,10 @@ mod tests {
             Some(DevicePath::PinnedBounce)
         );
         assert_eq!(c.fallback_after(DevicePath::PinnedBounce), None);
+        assert_eq!(
+            c.direct_chain(),
+            vec![DevicePath::DmaBuf, DevicePath::PeerMem]
+        );
     }
 
     #[test]
@@ -362,6 +380,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.path(), DevicePath::PeerMem);
+        assert_eq!(c.direct_chain(), vec![DevicePath::PeerMem]);
         assert_eq!(c.rejected.len(), 1);
         assert!(c.rejected[0].1.contains("no dmabuf memory registration"));
     }
@@ -375,6 +394,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.candidates, vec![DevicePath::PinnedBounce]);
+        assert!(c.direct_chain().is_empty());
         let s = c.summary();
         assert!(s.contains("does not support dmabuf export"), "{s}");
         assert!(

@@ -6,8 +6,15 @@
 //! 64-byte aligned heap memory. A CUDA backend adds a pinned-host allocator by
 //! implementing the same trait (and copies a filled buffer to the device
 //! itself); nothing else in the loader changes.
+//!
+//! A buffer backed by device memory may also offer it for GPUDirect RDMA
+//! ([`HostBuffer::device_regions`]): when every node's transport registers
+//! one of those regions, the loader has the NICs write each step straight
+//! into device memory and calls [`HostBuffer::filled_device`] instead of
+//! [`HostBuffer::filled`] (no host-to-device copy).
 
 use crate::error::BoxError;
+use seqfeed_transport::DeviceRegion;
 
 /// A host-addressable step buffer. Transports write into
 /// [`bytes_mut`](HostBuffer::bytes_mut); the consumer reads
@@ -25,6 +32,33 @@ pub trait HostBuffer: Send + 'static {
     fn filled(&mut self, len: usize) -> Result<(), BoxError> {
         let _ = len;
         Ok(())
+    }
+
+    /// Device memory this buffer's steps can be read into directly by RDMA
+    /// (GPUDirect), best first: e.g. a dmabuf export of the device buffer,
+    /// then the same memory for a peer-memory registration. The loader
+    /// registers the first one every node accepts and logs each refusal.
+    /// The regions must stay valid as long as the buffer. Default: none.
+    fn device_regions(&self) -> Vec<DeviceRegion> {
+        Vec::new()
+    }
+
+    /// Called before a step is read straight into `region` (one of
+    /// [`device_regions`](HostBuffer::device_regions)): returns once nothing
+    /// reads that device memory any more (e.g. a consumer stream still
+    /// working on the batch this buffer held before). Default: nothing.
+    fn begin_device_fill(&mut self, region: &DeviceRegion) -> Result<(), BoxError> {
+        let _ = region;
+        Ok(())
+    }
+
+    /// Called by the reader thread once a step's first `len` bytes have
+    /// landed in device memory by RDMA (instead of
+    /// [`filled`](HostBuffer::filled)): the backend marks the batch ready
+    /// (records its ready event; no copy). Default: an error, since a buffer
+    /// without device regions is never filled this way.
+    fn filled_device(&mut self, len: usize) -> Result<(), BoxError> {
+        Err(format!("filled_device({len}) on a buffer without device memory").into())
     }
 
     /// The backend's own buffer type, for backends that expose more than

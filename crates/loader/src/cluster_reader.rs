@@ -31,6 +31,16 @@
 //! RDMA registration pins the pages it was made on, so a registration must
 //! never outlive its memory.
 //!
+//! Device memory (GPUDirect RDMA): [`ClusterReader::register_device`]
+//! registers a [`DeviceRegion`] with every connected node, all or none (a
+//! refusal is returned so the caller can fall back to a host bounce buffer);
+//! [`ClusterReader::read_step_device`] then has each node read its rows
+//! straight into the region (no staging: every read carries its own
+//! destination offset). A node reconnected later registers the region
+//! again; if it refuses, the region is withdrawn from every node and the
+//! step in progress fails with [`LoaderError::DeviceDestination`], which
+//! the loader answers by reading through the host buffer.
+//!
 //! A dead node is reconnected with exponential backoff
 //! ([`RetryPolicy::backoff_initial`] doubling up to
 //! [`RetryPolicy::backoff_max`]) for at most
@@ -41,7 +51,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use seqfeed_transport::{BatchStats, ReadRequest, RegionId, Transport, TransportError};
+use seqfeed_transport::{
+    BatchStats, DeviceRegion, ReadRequest, RegionId, Transport, TransportError,
+};
 
 use crate::block::SeqRead;
 use crate::error::LoaderError;
@@ -123,6 +135,8 @@ struct Node {
     registered: Vec<(usize, usize)>,
     /// Whether the current transport has `staging` registered.
     staging_registered: bool,
+    /// Device regions the current transport has registered.
+    device: Vec<DeviceRegion>,
     /// Region of each file of the reader's file table, when this node holds it.
     regions: Vec<Option<RegionId>>,
     /// Whether the node is given up for good.
@@ -150,6 +164,7 @@ impl Node {
         self.transport = t;
         self.registered.clear();
         self.staging_registered = false;
+        self.device.clear();
     }
 
     /// Registers `buf` (one of the reader's registered buffers) with the
@@ -178,6 +193,8 @@ pub struct ClusterReader {
     nodes: Vec<Node>,
     /// Long-lived destinations announced by [`ClusterReader::register_buffer`].
     buffers: Vec<(usize, usize)>,
+    /// Device regions every live node has registered.
+    device: Vec<DeviceRegion>,
     /// For each file, the nodes that hold it (per the node specs).
     holders: Vec<Vec<usize>>,
     policy: RetryPolicy,
@@ -217,6 +234,7 @@ impl ClusterReader {
                 transport: None,
                 registered: Vec::new(),
                 staging_registered: false,
+                device: Vec::new(),
                 regions: vec![None; files.len()],
                 given_up: false,
                 retry_at: now,
@@ -318,6 +336,7 @@ impl ClusterReader {
             files,
             nodes,
             buffers: Vec::new(),
+            device: Vec::new(),
             holders,
             policy,
         })
@@ -377,6 +396,85 @@ impl ClusterReader {
         }
     }
 
+    /// Registers device memory with every connected node's transport
+    /// (GPUDirect RDMA), all or none: when one refuses, the others'
+    /// registrations are withdrawn and the refusal (naming the node) is
+    /// returned. Call [`unregister_device`](Self::unregister_device) before
+    /// the memory is freed.
+    pub fn register_device(&mut self, region: &DeviceRegion) -> Result<(), String> {
+        if !self.nodes.iter().any(Node::live) {
+            return Err("no node is connected".into());
+        }
+        let mut refused = None;
+        for node in &mut self.nodes {
+            let Some(t) = node.transport.as_mut() else {
+                continue;
+            };
+            match t.register_device(region) {
+                Ok(()) => node.device.push(*region),
+                Err(e) => {
+                    refused = Some(format!("node {}: {e}", node.spec.name));
+                    break;
+                }
+            }
+        }
+        match refused {
+            None => {
+                self.device.push(*region);
+                Ok(())
+            }
+            Some(why) => {
+                self.unregister_device(region.addr, region.len);
+                Err(why)
+            }
+        }
+    }
+
+    /// Withdraws device memory registered with
+    /// [`register_device`](Self::register_device) from every node.
+    pub fn unregister_device(&mut self, addr: u64, len: usize) {
+        let end = addr.saturating_add(len.max(1) as u64);
+        let overlaps =
+            |r: &DeviceRegion| r.addr < end && addr < r.addr.saturating_add(r.len as u64);
+        self.device.retain(|r| !overlaps(r));
+        for node in &mut self.nodes {
+            if node.device.iter().any(overlaps) {
+                node.device.retain(|r| !overlaps(r));
+                if let Some(t) = node.transport.as_mut() {
+                    t.unregister_device(addr, len);
+                }
+            }
+        }
+    }
+
+    /// Whether `region` lies inside device memory registered with every node.
+    pub fn has_device(&self, region: &DeviceRegion) -> bool {
+        self.device.iter().any(|r| r.contains(region))
+    }
+
+    /// Like [`read_step`](Self::read_step), straight into device memory
+    /// registered with [`register_device`](Self::register_device): row `k`
+    /// lands at `dst.addr + k * row_bytes`. Fails with
+    /// [`LoaderError::DeviceDestination`] when a node cannot write `dst`
+    /// (then nothing is promised about its contents; read the step through
+    /// host memory).
+    pub fn read_step_device(
+        &mut self,
+        step: u64,
+        reads: &[SeqRead],
+        row_bytes: usize,
+        dst: &DeviceRegion,
+    ) -> Result<StepReadStats, LoaderError> {
+        if !self.has_device(dst) {
+            return Err(LoaderError::DeviceDestination {
+                step,
+                node: "(all)".into(),
+                what: format!("{dst} is not registered with the nodes"),
+            });
+        }
+        self.read_dest(step, reads, row_bytes, Dest::Device(*dst))
+    }
+
     /// Reads `reads[k]` into row `k` of `dst` (rows of `row_bytes` bytes)
     /// for `step`; see the module docs for placement and fail-over.
     pub fn read_step(
@@ -386,14 +484,33 @@ impl ClusterReader {
         row_bytes: usize,
         dst: &mut [u8],
     ) -> Result<StepReadStats, LoaderError> {
+        // A registered buffer is registered with nodes connected since.
+        if self.buffers.contains(&(dst.as_ptr() as usize, dst.len())) {
+            for node in &mut self.nodes {
+                node.ensure_registered(dst);
+            }
+        }
+        self.read_dest(step, reads, row_bytes, Dest::Host(dst))
+    }
+
+    fn read_dest(
+        &mut self,
+        step: u64,
+        reads: &[SeqRead],
+        row_bytes: usize,
+        mut dst: Dest<'_>,
+    ) -> Result<StepReadStats, LoaderError> {
         let rows = reads.len();
-        if rows.checked_mul(row_bytes).is_none_or(|n| n > dst.len()) {
+        let dst_len = match &dst {
+            Dest::Host(d) => d.len(),
+            Dest::Device(r) => r.len,
+        };
+        if rows.checked_mul(row_bytes).is_none_or(|n| n > dst_len) {
             return Err(LoaderError::BadRow {
                 step,
                 row: rows.saturating_sub(1),
                 what: format!(
-                    "{rows} rows of {row_bytes} bytes do not fit a {}-byte buffer",
-                    dst.len()
+                    "{rows} rows of {row_bytes} bytes do not fit a {dst_len}-byte buffer"
                 ),
             });
         }
@@ -418,12 +535,6 @@ impl ClusterReader {
             }
         }
 
-        // A registered buffer is registered with nodes connected since.
-        if self.buffers.contains(&(dst.as_ptr() as usize, dst.len())) {
-            for node in &mut self.nodes {
-                node.ensure_registered(dst);
-            }
-        }
         let mut stats = StepReadStats {
             rows: rows as u64,
             bytes: reads.iter().map(|r| u64::from(r.len)).sum(),
@@ -471,8 +582,9 @@ impl ClusterReader {
                     }
                 }
             };
-            let failed =
-                self.read_round(step, reads, row_bytes, dst, &pending, &owner, &mut stats)?;
+            let failed = self.read_round(
+                step, reads, row_bytes, &mut dst, &pending, &owner, &mut stats,
+            )?;
             if !failed.is_empty() {
                 open(&mut window);
                 tracing::warn!(
@@ -516,6 +628,7 @@ impl ClusterReader {
         if !self.nodes.iter().any(due) {
             return;
         }
+        let mut withdrawn: Vec<DeviceRegion> = Vec::new();
         let index: HashMap<&str, usize> = self
             .files
             .iter()
@@ -535,6 +648,20 @@ impl ClusterReader {
                             node.regions = regions;
                             node.set_transport(Some(t));
                             node.failures = 0;
+                            // Device memory: the new transport registers it too, or
+                            // the region is withdrawn (steps then read through host memory).
+                            for region in &self.device {
+                                let Some(t) = node.transport.as_mut() else {
+                                    break;
+                                };
+                                match t.register_device(region) {
+                                    Ok(()) => node.device.push(*region),
+                                    Err(e) => {
+                                        tracing::warn!(node = %node.spec.name, error = %e, "reconnected node refuses device memory {region}; reading those steps through host memory");
+                                        withdrawn.push(*region);
+                                    }
+                                }
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(node = %node.spec.name, error = %e, "reconnected node has a wrong region table; giving it up");
@@ -548,6 +675,9 @@ impl ClusterReader {
                     schedule_retry(node, &self.policy);
                 }
             }
+        }
+        for r in withdrawn {
+            self.unregister_device(r.addr, r.len);
         }
     }
 
@@ -595,7 +725,7 @@ impl ClusterReader {
         step: u64,
         reads: &[SeqRead],
         row_bytes: usize,
-        dst: &mut [u8],
+        dst: &mut Dest<'_>,
         pending: &[usize],
         owner: &[usize],
         stats: &mut StepReadStats,
@@ -608,19 +738,36 @@ impl ClusterReader {
                 _ => runs.push((row, 1, n)),
             }
         }
-        // Split the destination into one disjoint slice per run.
-        let mut per_node: Vec<Vec<(usize, &mut [u8])>> =
-            (0..self.nodes.len()).map(|_| Vec::new()).collect();
-        let mut rest: &mut [u8] = dst;
-        let mut at = 0usize; // row where `rest` starts
-        for &(first, count, node) in &runs {
-            let skip = (first - at) * row_bytes;
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
-            let (run, tail) = tail.split_at_mut(count * row_bytes);
-            per_node[node].push((first, run));
-            rest = tail;
-            at = first + count;
-        }
+        let device = matches!(dst, Dest::Device(_));
+        let per_node: Vec<NodeRuns<'_>> = match dst {
+            Dest::Host(dst) => {
+                // Split the destination into one disjoint slice per run.
+                let mut per_node: Vec<Vec<(usize, &mut [u8])>> =
+                    (0..self.nodes.len()).map(|_| Vec::new()).collect();
+                let mut rest: &mut [u8] = dst;
+                let mut at = 0usize; // row where `rest` starts
+                for &(first, count, node) in &runs {
+                    let skip = (first - at) * row_bytes;
+                    let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
+                    let (run, tail) = tail.split_at_mut(count * row_bytes);
+                    per_node[node].push((first, run));
+                    rest = tail;
+                    at = first + count;
+                }
+                per_node.into_iter().map(NodeRuns::Host).collect()
+            }
+            Dest::Device(region) => {
+                // Device memory: every read carries its own offset, no split.
+                let mut per_node: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
+                for (&row, &n) in pending.iter().zip(owner) {
+                    per_node[n].push(row);
+                }
+                per_node
+                    .into_iter()
+                    .map(|rows| NodeRuns::Device(rows, *region))
+                    .collect()
+            }
+        };
 
         let files = &self.files;
         // One unit of work per node with rows; the first runs on this thread
@@ -652,7 +799,7 @@ impl ClusterReader {
                 .into_iter()
                 .map(|(ni, node, runs)| {
                     let name = node.spec.name.clone();
-                    let rows = run_rows(&runs, row_bytes);
+                    let rows = runs.rows(row_bytes);
                     let h = s.spawn(move || read_node(node, step, reads, row_bytes, runs, files));
                     (ni, name, rows, h)
                 })
@@ -674,6 +821,13 @@ impl ClusterReader {
             stats.staged_rows += out.staged;
             match out.result {
                 Ok(st) => self.nodes[ni].bytes += st.bytes,
+                Err(TransportError::Unsupported { what, .. }) if device => {
+                    return Err(LoaderError::DeviceDestination {
+                        step,
+                        node: self.nodes[ni].spec.name.clone(),
+                        what,
+                    })
+                }
                 Err(e) if e.is_node_failure() => {
                     let node = &mut self.nodes[ni];
                     tracing::warn!(node = %node.spec.name, step, error = %e, "node failed; marking it dead");
@@ -696,9 +850,41 @@ impl ClusterReader {
     }
 }
 
-/// One node's share of a round: its index, its state, and its runs of rows
-/// (first row, destination slice).
-type NodeWork<'n, 'd> = (usize, &'n mut Node, Vec<(usize, &'d mut [u8])>);
+/// Where a step lands.
+enum Dest<'a> {
+    /// Host memory, row `k` at byte `k * row_bytes`.
+    Host(&'a mut [u8]),
+    /// Registered device memory, row `k` at `addr + k * row_bytes`.
+    Device(DeviceRegion),
+}
+
+/// One node's share of a round's destination.
+enum NodeRuns<'d> {
+    /// Runs of rows (first row, slice of whole rows) of a host destination.
+    Host(Vec<(usize, &'d mut [u8])>),
+    /// Rows, each read to `row * row_bytes` of the device region.
+    Device(Vec<usize>, DeviceRegion),
+}
+
+impl NodeRuns<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            NodeRuns::Host(runs) => runs.is_empty(),
+            NodeRuns::Device(rows, _) => rows.is_empty(),
+        }
+    }
+
+    /// The rows, in order.
+    fn rows(&self, row_bytes: usize) -> Vec<usize> {
+        match self {
+            NodeRuns::Host(runs) => run_rows(runs, row_bytes),
+            NodeRuns::Device(rows, _) => rows.clone(),
+        }
+    }
+}
+
+/// One node's share of a round: its index, its state, and its rows.
+type NodeWork<'n, 'd> = (usize, &'n mut Node, NodeRuns<'d>);
 
 /// What one node's thread did in one round.
 struct NodeOutcome {
@@ -716,10 +902,10 @@ fn read_node(
     step: u64,
     reads: &[SeqRead],
     row_bytes: usize,
-    mut runs: Vec<(usize, &mut [u8])>,
+    runs: NodeRuns<'_>,
     files: &[String],
 ) -> NodeOutcome {
-    let rows = run_rows(&runs, row_bytes);
+    let rows = runs.rows(row_bytes);
     let mut out = NodeOutcome {
         result: Ok(BatchStats::default()),
         rows,
@@ -735,6 +921,10 @@ fn read_node(
         return out;
     };
     let mut requests = Vec::with_capacity(out.rows.len());
+    let (mut runs, device) = match runs {
+        NodeRuns::Host(runs) => (runs, None),
+        NodeRuns::Device(_, region) => (Vec::new(), Some(region)),
+    };
     let single = runs.len() == 1;
     for (i, &row) in out.rows.iter().enumerate() {
         let r = &reads[row];
@@ -746,7 +936,13 @@ fn read_node(
             });
             return out;
         };
-        let dst_row = if single { row - out.rows[0] } else { i };
+        let dst_row = if device.is_some() {
+            row
+        } else if single {
+            row - out.rows[0]
+        } else {
+            i
+        };
         requests.push(ReadRequest {
             region,
             offset: r.offset,
@@ -755,6 +951,18 @@ fn read_node(
         });
     }
     out.batches = 1;
+    if let Some(region) = device {
+        out.result = if node.device.iter().any(|r| r.contains(&region)) {
+            transport.read_batch_device(&requests, &region)
+        } else {
+            Err(TransportError::Unsupported {
+                node: name,
+                backend: transport.backend(),
+                what: format!("{region} is not registered with this node's transport"),
+            })
+        };
+        return out;
+    }
     if single {
         let (_, dst) = &mut runs[0];
         out.result = transport.read_batch(&requests, dst);

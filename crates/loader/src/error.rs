@@ -118,6 +118,19 @@ pub enum LoaderError {
         #[source]
         source: BoxError,
     },
+    /// A step could not be read straight into device memory (a node's
+    /// transport has no registration of it, e.g. it reconnected and refused
+    /// the registration). The loader then reads the step through the host
+    /// buffer instead.
+    #[error("step {step}: node {node}: cannot read into device memory: {what}")]
+    DeviceDestination {
+        /// The step.
+        step: u64,
+        /// The node.
+        node: String,
+        /// Why.
+        what: String,
+    },
     /// The background reader thread ended unexpectedly (it panicked).
     #[error("the loader's reader thread ended unexpectedly before step {step}")]
     ReaderGone {

@@ -59,4 +59,6 @@ pub use dataset::dataset_files;
 pub use error::{BoxError, LoaderError};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderStats, DEFAULT_PREFETCH};
 pub use plan_source::PlanSource;
+/// Device-memory destinations (GPUDirect RDMA), as the transports take them.
+pub use seqfeed_transport::{DeviceRegion, DmaBuf};
 pub use verify::{Mismatch, Verifier};

@@ -15,6 +15,15 @@
 //! transport and its registrations) is gone: the reader thread drops the
 //! cluster reader before the ring, and buffers the consumer still holds are
 //! freed after that.
+//!
+//! GPUDirect: when the allocator's buffers offer device memory
+//! ([`HostBuffer::device_regions`], e.g. seqfeed-cuda's dmabuf / peer-memory
+//! paths), the loader registers it with every node ([`ClusterReader::register_device`]);
+//! each step is then read straight into device memory and the buffer's
+//! ready event recorded after the reads ([`HostBuffer::filled_device`], no
+//! host-to-device copy). A refusal is logged with its reason and the next
+//! region (or the host bounce path) is used; a step whose device read is
+//! refused later (a node reconnected without it) is read through the host.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -146,6 +155,8 @@ pub struct LoaderStats {
     pub read_time: Duration,
     /// Rows re-read from a replica after a node failure.
     pub failed_over: u64,
+    /// Steps the NICs wrote straight into device memory (GPUDirect).
+    pub direct_steps: u64,
 }
 
 impl LoaderStats {
@@ -162,6 +173,7 @@ struct Filled {
     rows: Vec<SeqRead>,
     read_time: Duration,
     stats: StepReadStats,
+    direct: bool,
 }
 
 /// One step of one rank: `[micro_batch, seq_len]` tokens. Its memory stays
@@ -178,6 +190,7 @@ pub struct Batch {
     stall: Duration,
     read_time: Duration,
     stats: StepReadStats,
+    direct: bool,
     ret: Sender<Box<dyn HostBuffer>>,
 }
 
@@ -208,12 +221,21 @@ impl Batch {
     }
 
     /// All rows' bytes, row-major (`micro_batch * seq_len * dtype.size()`).
+    ///
+    /// Empty for a batch the NICs wrote straight into device memory
+    /// ([`filled_directly`](Self::filled_directly)): its bytes exist only on
+    /// the device (see the buffer's backend, e.g. seqfeed-cuda's
+    /// `device_batch`), and the host memory holds an older step.
     pub fn bytes(&self) -> &[u8] {
+        if self.direct {
+            return &[];
+        }
         let n = self.rows.len() * self.row_bytes;
         self.buf.as_ref().map_or(&[][..], |b| &b.bytes()[..n])
     }
 
-    /// Row `k`'s bytes.
+    /// Row `k`'s bytes (panics for a batch filled directly into device
+    /// memory; see [`bytes`](Self::bytes)).
     pub fn row(&self, k: usize) -> &[u8] {
         &self.bytes()[k * self.row_bytes..(k + 1) * self.row_bytes]
     }
@@ -265,6 +287,12 @@ impl Batch {
     /// Counters of the read.
     pub fn read_stats(&self) -> StepReadStats {
         self.stats
+    }
+
+    /// True when the NICs wrote this step straight into the buffer's device
+    /// memory (GPUDirect); false when it went through host memory.
+    pub fn filled_directly(&self) -> bool {
+        self.direct
     }
 
     /// The step buffer, for backends that expose more than bytes (see
@@ -373,6 +401,7 @@ impl Loader {
         for buf in &mut bufs {
             reader.register_buffer(buf.bytes_mut());
         }
+        register_device_memory(&mut reader, &bufs);
         let (ret_tx, ret_rx) = mpsc::channel::<Box<dyn HostBuffer>>();
         for buf in bufs {
             let _ = ret_tx.send(buf);
@@ -491,6 +520,7 @@ impl Loader {
         self.stats.bytes += (filled.rows.len() * self.row_bytes) as u64;
         self.stats.read_time += filled.read_time;
         self.stats.failed_over += filled.stats.failed_over;
+        self.stats.direct_steps += u64::from(filled.direct);
         Some(Ok(Batch {
             step: filled.step,
             buf: Some(filled.buf),
@@ -503,6 +533,7 @@ impl Loader {
             stall,
             read_time: filled.read_time,
             stats: filled.stats,
+            direct: filled.direct,
             ret: self.ret.clone(),
         }))
     }
@@ -581,24 +612,16 @@ fn reader_loop(a: ReaderArgs<'_>) -> Option<Box<dyn HostBuffer>> {
                 rank: a.rank,
                 source,
             })
-            .and_then(|()| {
-                a.reader
-                    .read_step(step, &rows, a.row_bytes, buf.bytes_mut())
-            })
-            .and_then(|stats| {
-                // Let a device backend start moving the step (e.g. H2D copy).
-                buf.filled(rows.len() * a.row_bytes)
-                    .map(|()| stats)
-                    .map_err(|source| LoaderError::Destination { step, source })
-            });
+            .and_then(|()| read_into(a.reader, step, &rows, a.row_bytes, buf.as_mut()));
         match result {
-            Ok(stats) => {
+            Ok((stats, direct)) => {
                 let msg = Filled {
                     step,
                     buf,
                     rows,
                     read_time: t.elapsed(),
                     stats,
+                    direct,
                 };
                 if let Err(mpsc::SendError(msg)) = a.filled.send(Ok(msg)) {
                     return msg.ok().map(|f| f.buf);
@@ -613,10 +636,97 @@ fn reader_loop(a: ReaderArgs<'_>) -> Option<Box<dyn HostBuffer>> {
     None
 }
 
+/// Registers device memory of the ring (GPUDirect) with every node: for each
+/// buffer, the first of its regions all nodes accept. Refusals are logged
+/// with their reason (once per kind); those buffers use the host path.
+fn register_device_memory(reader: &mut ClusterReader, bufs: &[Box<dyn HostBuffer>]) {
+    let mut refused: Vec<&'static str> = Vec::new();
+    let mut direct = 0usize;
+    for buf in bufs {
+        let regions = buf.device_regions();
+        if regions.is_empty() {
+            continue;
+        }
+        let mut accepted = false;
+        for region in &regions {
+            if refused.contains(&region.kind()) {
+                continue;
+            }
+            match reader.register_device(region) {
+                Ok(()) => {
+                    accepted = true;
+                    break;
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        kind = region.kind(),
+                        "device destination: {} registration refused ({why}); falling back",
+                        region.kind()
+                    );
+                    refused.push(region.kind());
+                }
+            }
+        }
+        if accepted {
+            direct += 1;
+        }
+    }
+    if direct > 0 {
+        tracing::info!(
+            buffers = direct,
+            of = bufs.len(),
+            "device destination: GPUDirect RDMA, the NICs write step buffers in device memory (no host copy)"
+        );
+    } else if !refused.is_empty() {
+        tracing::warn!("device destination: no GPUDirect registration accepted; steps go through the host bounce buffer");
+    }
+}
+
+/// Reads one step into `buf`: straight into its device memory when the
+/// nodes registered it, else (or when that is refused) into its host bytes.
+/// Returns the counters and whether the step went direct.
+fn read_into(
+    reader: &mut ClusterReader,
+    step: u64,
+    rows: &[SeqRead],
+    row_bytes: usize,
+    buf: &mut dyn HostBuffer,
+) -> Result<(StepReadStats, bool), LoaderError> {
+    let len = rows.len() * row_bytes;
+    let region = buf
+        .device_regions()
+        .into_iter()
+        .find(|r| reader.has_device(r));
+    if let Some(region) = region {
+        buf.begin_device_fill(&region)
+            .map_err(|source| LoaderError::Destination { step, source })?;
+        match reader.read_step_device(step, rows, row_bytes, &region) {
+            Ok(stats) => {
+                buf.filled_device(len)
+                    .map_err(|source| LoaderError::Destination { step, source })?;
+                return Ok((stats, true));
+            }
+            Err(e @ LoaderError::DeviceDestination { .. }) => {
+                tracing::warn!(step, error = %e, "device destination refused; this buffer now goes through host memory");
+                reader.unregister_device(region.addr, region.len);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let stats = reader.read_step(step, rows, row_bytes, buf.bytes_mut())?;
+    // Let a device backend start moving the step (e.g. H2D copy).
+    buf.filled(len)
+        .map_err(|source| LoaderError::Destination { step, source })?;
+    Ok((stats, false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{expected, files, flaky_node, Files, RandomBlocks};
+    use crate::testutil::{
+        expected, files, flaky_node, DeviceCounters, FakeDeviceAllocator, FakeDeviceBuffer, Files,
+        RandomBlocks, Switch,
+    };
     use std::collections::BTreeSet;
     use std::sync::atomic::AtomicU64;
 
@@ -788,6 +898,192 @@ mod tests {
                 "node {name}: {reg} registrations, {unreg} removals"
             );
         }
+    }
+
+    /// A two-node reader (partial placement, so some rows are scattered) with
+    /// the nodes' device modes set before connecting.
+    /// (`full`: every file on both nodes.)
+    fn device_reader(f: &Files, modes: [u8; 2], full: bool) -> (ClusterReader, Vec<Arc<Switch>>) {
+        let on = |n: usize| -> Vec<String> {
+            f.names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| full || i % 2 == n || *i == 0)
+                .map(|(_, s)| s.clone())
+                .collect()
+        };
+        let (a, sa) = flaky_node(f.dir.path(), "a", on(0));
+        let (b, sb) = flaky_node(f.dir.path(), "b", on(1));
+        sa.device_mode.store(modes[0], Ordering::SeqCst);
+        sb.device_mode.store(modes[1], Ordering::SeqCst);
+        let policy = RetryPolicy {
+            backoff_initial: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(20),
+            ..RetryPolicy::default()
+        };
+        let r = ClusterReader::connect(f.names.clone(), vec![a, b], policy).unwrap();
+        (r, vec![sa, sb])
+    }
+
+    fn device_loader(
+        f: &Files,
+        modes: [u8; 2],
+        steps: u64,
+    ) -> (Loader, Vec<Arc<Switch>>, Arc<DeviceCounters>) {
+        let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(f, 16, steps));
+        let (r, sw) = device_reader(f, modes, false);
+        let counters = Arc::new(DeviceCounters::default());
+        let alloc = Arc::new(FakeDeviceAllocator {
+            dmabuf: true,
+            counters: counters.clone(),
+        });
+        let l = Loader::with_allocator(LoaderConfig::new(0, 2), src, r, alloc).unwrap();
+        (l, sw, counters)
+    }
+
+    fn device_bytes(b: &Batch) -> Vec<u8> {
+        let buf = b.buffer().unwrap().backend().unwrap();
+        let fake = buf.downcast_ref::<FakeDeviceBuffer>().unwrap();
+        let n = b.reads().len() * 512;
+        fake.device_bytes()[..n].to_vec()
+    }
+
+    #[test]
+    fn gpudirect_fills_device_memory_directly_when_every_node_accepts() {
+        let f = files(5, 30, 512, 21);
+        let (mut l, sw, counters) = device_loader(&f, [2, 2], 8);
+        // dmabuf (the first region offered) registered with both nodes for all 3 buffers.
+        for s in &sw {
+            assert_eq!(s.device_live.load(Ordering::SeqCst), 3);
+            assert_eq!(s.device_dmabuf.load(Ordering::SeqCst), 3);
+        }
+        let mut n = 0;
+        while let Some(b) = l.next() {
+            let b = b.unwrap();
+            assert!(b.filled_directly(), "step {}", b.step());
+            assert!(b.bytes().is_empty(), "no stale host view of a device batch");
+            assert_eq!(
+                device_bytes(&b),
+                expected(&f, b.reads()),
+                "step {}",
+                b.step()
+            );
+            assert_eq!(
+                b.read_stats().staged_rows,
+                0,
+                "no staging on the device path"
+            );
+            n += 1;
+        }
+        assert_eq!(n, 8);
+        assert_eq!(l.stats().direct_steps, 8);
+        assert_eq!(counters.direct.load(Ordering::SeqCst), 8);
+        assert_eq!(counters.begun.load(Ordering::SeqCst), 8);
+        assert_eq!(counters.bounced.load(Ordering::SeqCst), 0, "no host copy");
+        let device_batches: u64 = sw
+            .iter()
+            .map(|s| s.device_batches.load(Ordering::SeqCst))
+            .sum();
+        assert!(device_batches >= 8, "{device_batches}");
+        drop(l);
+        // The transports (and their device registrations) are gone with the loader.
+        for s in &sw {
+            assert_eq!(s.device_live.load(Ordering::SeqCst), 0);
+        }
+    }
+
+    #[test]
+    fn gpudirect_dmabuf_refused_by_one_node_falls_back_to_peer_memory() {
+        let f = files(5, 30, 512, 22);
+        let (mut l, sw, counters) = device_loader(&f, [2, 1], 6);
+        // a accepted dmabuf for the first buffer, b refused: a's was withdrawn, and
+        // peer memory (the next region) was registered with both for every buffer.
+        for s in &sw {
+            assert_eq!(s.device_live.load(Ordering::SeqCst), 3);
+        }
+        assert_eq!(sw[0].device_dmabuf.load(Ordering::SeqCst), 1);
+        assert_eq!(sw[1].device_dmabuf.load(Ordering::SeqCst), 0);
+        while let Some(b) = l.next() {
+            let b = b.unwrap();
+            assert!(b.filled_directly());
+            assert_eq!(device_bytes(&b), expected(&f, b.reads()));
+        }
+        assert_eq!(l.stats().direct_steps, 6);
+        assert_eq!(counters.bounced.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn gpudirect_refused_everywhere_uses_the_host_bounce_path() {
+        let f = files(5, 30, 512, 23);
+        let (mut l, sw, counters) = device_loader(&f, [2, 0], 6);
+        for s in &sw {
+            assert_eq!(
+                s.device_live.load(Ordering::SeqCst),
+                0,
+                "all-or-none registration"
+            );
+        }
+        while let Some(b) = l.next() {
+            let b = b.unwrap();
+            assert!(!b.filled_directly());
+            assert_eq!(b.bytes(), &expected(&f, b.reads())[..]);
+            assert_eq!(device_bytes(&b), expected(&f, b.reads()), "bounce copy");
+        }
+        assert_eq!(l.stats().direct_steps, 0);
+        assert_eq!(counters.bounced.load(Ordering::SeqCst), 6);
+        assert_eq!(counters.direct.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn gpudirect_node_reconnecting_without_device_memory_moves_steps_to_host() {
+        let f = files(5, 30, 512, 24);
+        let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 16, 40));
+        let (mut r, sw) = device_reader(&f, [2, 2], true);
+        let mut buf = FakeDeviceAllocator {
+            dmabuf: false,
+            counters: Arc::new(DeviceCounters::default()),
+        }
+        .allocate(8 * 512)
+        .unwrap();
+        let region = buf.device_regions()[0];
+        r.register_device(&region).unwrap();
+        let mut rows = Vec::new();
+        let mut step = 0;
+        let mut next = |r: &mut ClusterReader, buf: &mut Box<dyn HostBuffer>| {
+            rows.clear();
+            src.block(step, 0, 2, &mut rows).unwrap();
+            let (_, direct) = read_into(r, step, &rows, 512, buf.as_mut()).unwrap();
+            let dev = buf
+                .backend()
+                .unwrap()
+                .downcast_ref::<FakeDeviceBuffer>()
+                .unwrap()
+                .device_bytes();
+            assert_eq!(dev, expected(&f, &rows), "step {step}");
+            step += 1;
+            direct
+        };
+        assert!(next(&mut r, &mut buf));
+        // a fails; it comes back refusing device memory.
+        sw[0].down.store(true, Ordering::SeqCst);
+        assert!(next(&mut r, &mut buf), "b serves everything, directly");
+        sw[0].device_mode.store(0, Ordering::SeqCst);
+        sw[0].down.store(false, Ordering::SeqCst);
+        let t = Instant::now();
+        let mut host_steps = 0;
+        while r.live_nodes() != vec![true, true] || host_steps < 2 {
+            assert!(t.elapsed() < Duration::from_secs(5), "a never reconnected");
+            std::thread::sleep(Duration::from_millis(5));
+            if !next(&mut r, &mut buf) {
+                host_steps += 1;
+            }
+        }
+        // Withdrawn from every node; later steps go through host memory.
+        assert!(!r.has_device(&region));
+        for s in &sw {
+            assert_eq!(s.device_live.load(Ordering::SeqCst), 0);
+        }
+        assert!(!next(&mut r, &mut buf));
     }
 
     #[test]

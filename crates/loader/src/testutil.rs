@@ -2,14 +2,16 @@
 //! wrapper that fails on demand (failure injection for fail-over tests).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rand::{Rng, SeedableRng};
 use seqfeed_transport::{
-    BatchStats, LocalTransport, ReadRequest, RegionInfo, Transport, TransportError,
+    BatchStats, DeviceRegion, DmaBuf, LocalTransport, ReadRequest, RegionInfo, Transport,
+    TransportError,
 };
 
+use crate::alloc::{BufferAllocator, HostBuffer};
 use crate::block::{BlockSource, Dtype, SeqRead};
 use crate::cluster_reader::NodeSpec;
 use crate::error::BoxError;
@@ -146,6 +148,14 @@ pub struct Switch {
     pub hits: AtomicU64,
     /// Batches whose destination lay outside every registered buffer.
     pub misses: AtomicU64,
+    /// Device memory accepted: 0 none, 1 peer memory only, 2 dmabuf too.
+    pub device_mode: AtomicU8,
+    /// Live device registrations (register minus unregister), all transports.
+    pub device_live: AtomicI64,
+    /// Device registrations accepted, dmabuf ones.
+    pub device_dmabuf: AtomicU64,
+    /// Batches read into device memory.
+    pub device_batches: AtomicU64,
 }
 
 /// A local transport that fails while its switch is down.
@@ -155,6 +165,16 @@ pub struct Flaky {
     switch: Arc<Switch>,
     /// Registered buffers (address, length), as an RDMA transport keeps them.
     regs: Vec<(usize, usize)>,
+    /// Registered device regions.
+    dev: Vec<DeviceRegion>,
+}
+
+impl Drop for Flaky {
+    fn drop(&mut self) {
+        self.switch
+            .device_live
+            .fetch_sub(self.dev.len() as i64, Ordering::SeqCst);
+    }
 }
 
 impl Transport for Flaky {
@@ -214,6 +234,182 @@ impl Transport for Flaky {
         let gone = (before - self.regs.len()) as u64;
         self.switch.unregisters.fetch_add(gone, Ordering::SeqCst);
     }
+    fn register_device(&mut self, region: &DeviceRegion) -> Result<(), TransportError> {
+        let mode = self.switch.device_mode.load(Ordering::SeqCst);
+        if mode == 0 || (mode == 1 && region.dmabuf.is_some()) {
+            return Err(TransportError::Unsupported {
+                node: self.name.clone(),
+                backend: "fake-rdma",
+                what: format!("{} registration refused", region.kind()),
+            });
+        }
+        self.dev.push(*region);
+        self.switch.device_live.fetch_add(1, Ordering::SeqCst);
+        if region.dmabuf.is_some() {
+            self.switch.device_dmabuf.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+    fn unregister_device(&mut self, addr: u64, len: usize) {
+        let before = self.dev.len();
+        self.dev
+            .retain(|r| !(r.addr < addr + len as u64 && addr < r.addr + r.len as u64));
+        let gone = (before - self.dev.len()) as i64;
+        self.switch.device_live.fetch_sub(gone, Ordering::SeqCst);
+    }
+    fn read_batch_device(
+        &mut self,
+        reads: &[ReadRequest],
+        dst: &DeviceRegion,
+    ) -> Result<BatchStats, TransportError> {
+        if self.switch.down.load(Ordering::SeqCst) {
+            return Err(TransportError::Io {
+                node: self.name.clone(),
+                what: "device read".into(),
+                source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+            });
+        }
+        if !self.dev.iter().any(|r| r.contains(dst)) {
+            return Err(TransportError::Unsupported {
+                node: self.name.clone(),
+                backend: "fake-rdma",
+                what: format!("{dst} not registered"),
+            });
+        }
+        self.switch.batches.fetch_add(1, Ordering::SeqCst);
+        self.switch.device_batches.fetch_add(1, Ordering::SeqCst);
+        // The "NIC": read each request, then place it in the fake device memory.
+        let (base, mem) = fake_device_memory(dst.addr).expect("unknown fake device address");
+        let mut mem = mem.lock().unwrap();
+        let mut stats = BatchStats::default();
+        for r in reads {
+            let mut tmp = vec![0u8; r.len as usize];
+            let one = ReadRequest {
+                dst_offset: 0,
+                ..*r
+            };
+            let st = self.inner.read_batch(&[one], &mut tmp)?;
+            let at = (dst.addr - base + r.dst_offset) as usize;
+            mem[at..at + tmp.len()].copy_from_slice(&tmp);
+            stats.reads += st.reads;
+            stats.bytes += st.bytes;
+        }
+        stats.posts = 1;
+        Ok(stats)
+    }
+}
+
+/// Fake device memory: (address, bytes) blocks at made-up device addresses.
+type DeviceBlock = (u64, usize, Arc<Mutex<Vec<u8>>>);
+static DEVICE_MEMORY: Mutex<Vec<DeviceBlock>> = Mutex::new(Vec::new());
+static NEXT_DEVICE_ADDR: AtomicU64 = AtomicU64::new(0x7e00_0000_0000);
+
+/// The fake device block holding `addr`.
+fn fake_device_memory(addr: u64) -> Option<(u64, Arc<Mutex<Vec<u8>>>)> {
+    DEVICE_MEMORY
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(a, l, _)| *a <= addr && addr < *a + *l as u64)
+        .map(|(a, _, m)| (*a, m.clone()))
+}
+
+/// Counters of [`FakeDeviceBuffer`]s.
+#[derive(Default)]
+pub struct DeviceCounters {
+    /// `filled` calls (host path: the bounce copy).
+    pub bounced: AtomicU64,
+    /// `filled_device` calls (direct path).
+    pub direct: AtomicU64,
+    /// `begin_device_fill` calls.
+    pub begun: AtomicU64,
+}
+
+/// A step buffer with host bytes and fake device memory: `filled` copies
+/// host to device (the bounce path), `filled_device` only marks readiness.
+pub struct FakeDeviceBuffer {
+    host: Vec<u8>,
+    addr: u64,
+    dev: Arc<Mutex<Vec<u8>>>,
+    /// Offer a dmabuf region before the peer-memory one.
+    dmabuf: bool,
+    counters: Arc<DeviceCounters>,
+}
+
+impl FakeDeviceBuffer {
+    /// The device bytes.
+    pub fn device_bytes(&self) -> Vec<u8> {
+        self.dev.lock().unwrap().clone()
+    }
+}
+
+impl HostBuffer for FakeDeviceBuffer {
+    fn bytes(&self) -> &[u8] {
+        &self.host
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.host
+    }
+    fn filled(&mut self, len: usize) -> Result<(), BoxError> {
+        self.dev.lock().unwrap()[..len].copy_from_slice(&self.host[..len]);
+        self.counters.bounced.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn device_regions(&self) -> Vec<DeviceRegion> {
+        let len = self.host.len();
+        let mut v = Vec::new();
+        if self.dmabuf {
+            v.push(DeviceRegion {
+                addr: self.addr,
+                len,
+                dmabuf: Some(DmaBuf {
+                    fd: 1000,
+                    offset: 0,
+                }),
+            });
+        }
+        v.push(DeviceRegion {
+            addr: self.addr,
+            len,
+            dmabuf: None,
+        });
+        v
+    }
+    fn begin_device_fill(&mut self, _region: &DeviceRegion) -> Result<(), BoxError> {
+        self.counters.begun.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn filled_device(&mut self, _len: usize) -> Result<(), BoxError> {
+        self.counters.direct.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn backend(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+/// Allocates [`FakeDeviceBuffer`]s.
+pub struct FakeDeviceAllocator {
+    pub dmabuf: bool,
+    pub counters: Arc<DeviceCounters>,
+}
+
+impl BufferAllocator for FakeDeviceAllocator {
+    fn name(&self) -> &str {
+        "fake-device"
+    }
+    fn allocate(&self, len: usize) -> Result<Box<dyn HostBuffer>, BoxError> {
+        let addr = NEXT_DEVICE_ADDR.fetch_add(len as u64 + 4096, Ordering::SeqCst);
+        let dev = Arc::new(Mutex::new(vec![0u8; len]));
+        DEVICE_MEMORY.lock().unwrap().push((addr, len, dev.clone()));
+        Ok(Box::new(FakeDeviceBuffer {
+            host: vec![0; len],
+            addr,
+            dev,
+            dmabuf: self.dmabuf,
+            counters: self.counters.clone(),
+        }))
+    }
 }
 
 /// A node over `root` holding `files`, controlled by the returned switch.
@@ -245,6 +441,7 @@ pub fn flaky_node(root: &Path, name: &str, files: Vec<String>) -> (NodeSpec, Arc
                 name: n.clone(),
                 switch: s.clone(),
                 regs: Vec::new(),
+                dev: Vec::new(),
             }) as Box<dyn Transport>)
         }),
     };

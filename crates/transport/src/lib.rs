@@ -22,6 +22,14 @@
 //! registered for one batch only, so memory freed and reallocated between
 //! batches is always correct.
 //!
+//! Device (GPU) memory is a destination too, for transports whose NIC can
+//! write it (GPUDirect RDMA): [`Transport::register_device`] registers a
+//! [`DeviceRegion`] (through a dmabuf export, or a plain registration of the
+//! device pointer where a peer-memory client such as `nvidia_peermem` is
+//! loaded) and [`Transport::read_batch_device`] reads straight into it. Other
+//! transports refuse with [`TransportError::Unsupported`], and the caller
+//! falls back to a host bounce buffer.
+//!
 //! The modules:
 //!
 //! * [`regions`]: [`RegionTable`], a node's read-only mappings (one per file);
@@ -102,6 +110,63 @@ impl ReadRequest {
     }
 }
 
+/// A dmabuf export of device memory (`cuMemGetHandleForAddressRange(...,
+/// DMA_BUF_FD)`): what `ibv_reg_dmabuf_mr` takes besides the length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DmaBuf {
+    /// The dmabuf file descriptor. The exporter owns it and keeps it open
+    /// until the region is unregistered.
+    pub fd: i32,
+    /// Offset of the region's first byte inside the dmabuf.
+    pub offset: u64,
+}
+
+/// Device memory as a read destination: `len` bytes at device virtual
+/// address `addr`, optionally with a dmabuf export of the same bytes.
+///
+/// Plain numbers, no borrow: the owner of the memory keeps it allocated
+/// from [`Transport::register_device`] until after
+/// [`Transport::unregister_device`] (or the transport's drop), and does not
+/// read it while a [`Transport::read_batch_device`] into it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceRegion {
+    /// Device virtual address of the first byte.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: usize,
+    /// A dmabuf export of the region: registered with `ibv_reg_dmabuf_mr`;
+    /// `None`: the device pointer itself is registered (peer memory).
+    pub dmabuf: Option<DmaBuf>,
+}
+
+impl DeviceRegion {
+    /// How the region is registered: `dmabuf` or `peer-memory`.
+    pub fn kind(&self) -> &'static str {
+        if self.dmabuf.is_some() {
+            "dmabuf"
+        } else {
+            "peer-memory"
+        }
+    }
+
+    /// True when `[addr, addr + len)` of `other` lies inside this region.
+    pub fn contains(&self, other: &DeviceRegion) -> bool {
+        self.addr <= other.addr
+            && other.addr.saturating_add(other.len as u64)
+                <= self.addr.saturating_add(self.len as u64)
+    }
+}
+
+impl std::fmt::Display for DeviceRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes of device memory at {:#x}", self.len, self.addr)?;
+        if let Some(d) = self.dmabuf {
+            write!(f, " (dmabuf fd {}, offset {})", d.fd, d.offset)?;
+        }
+        Ok(())
+    }
+}
+
 /// Counters a transport returns for one completed batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchStats {
@@ -158,6 +223,18 @@ pub enum TransportError {
         node: String,
         /// The node's reason.
         reason: String,
+    },
+    /// The transport cannot do what was asked (e.g. write device memory, or
+    /// register a dmabuf on a provider without dmabuf support). Not a node
+    /// failure: the caller falls back (to a host bounce buffer).
+    #[error("node {node}: {backend}: unsupported: {what}")]
+    Unsupported {
+        /// Node address or name.
+        node: String,
+        /// Backend name.
+        backend: &'static str,
+        /// What was refused, and why.
+        what: String,
     },
     /// A backend-specific failure (e.g. an RDMA work completion error).
     #[error("node {node}: {backend}: {what}")]
@@ -224,5 +301,92 @@ pub trait Transport: Send {
     /// ranges are ignored. Default: nothing to do.
     fn unregister_buffer(&mut self, addr: usize, len: usize) {
         let _ = (addr, len);
+    }
+
+    /// Registers device memory as a destination of
+    /// [`read_batch_device`](Self::read_batch_device) (GPUDirect RDMA): by
+    /// its dmabuf export when `region.dmabuf` is set, else by its device
+    /// address (peer memory). Registering again replaces any overlapping
+    /// registration. Default: [`TransportError::Unsupported`] (the transport
+    /// copies with the CPU and cannot write device memory).
+    fn register_device(&mut self, region: &DeviceRegion) -> Result<(), TransportError> {
+        Err(TransportError::Unsupported {
+            node: self.node().to_string(),
+            backend: self.backend(),
+            what: format!(
+                "the {} transport copies with the CPU and cannot write {region}",
+                self.backend()
+            ),
+        })
+    }
+
+    /// Drops every device registration overlapping the `len` bytes at
+    /// `addr`. Call it before the device memory is freed. Default: nothing.
+    fn unregister_device(&mut self, addr: u64, len: usize) {
+        let _ = (addr, len);
+    }
+
+    /// Like [`read_batch`](Self::read_batch), into device memory inside a
+    /// region registered with [`register_device`](Self::register_device)
+    /// (`dst_offset`s are relative to `dst.addr`). Returns when every read
+    /// has landed. Default: [`TransportError::Unsupported`].
+    fn read_batch_device(
+        &mut self,
+        reads: &[ReadRequest],
+        dst: &DeviceRegion,
+    ) -> Result<BatchStats, TransportError> {
+        let _ = reads;
+        Err(TransportError::Unsupported {
+            node: self.node().to_string(),
+            backend: self.backend(),
+            what: format!("the {} transport cannot read into {dst}", self.backend()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_transports_refuse_device_memory_cleanly_and_accept_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.seq"), b"0123456789").unwrap();
+        let mut t = LocalTransport::open(dir.path(), &["a.seq"]).unwrap();
+        let region = DeviceRegion {
+            addr: 0x7000_0000,
+            len: 4096,
+            dmabuf: Some(DmaBuf { fd: 9, offset: 0 }),
+        };
+        let e = t.register_device(&region).unwrap_err();
+        assert!(matches!(e, TransportError::Unsupported { .. }), "{e}");
+        assert!(!e.is_node_failure());
+        let msg = e.to_string();
+        assert!(
+            msg.contains("local") && msg.contains("0x70000000") && msg.contains("dmabuf fd 9"),
+            "{msg}"
+        );
+        let read = ReadRequest {
+            region: RegionId(0),
+            offset: 0,
+            len: 4,
+            dst_offset: 0,
+        };
+        let e = t.read_batch_device(&[read], &region).unwrap_err();
+        assert!(matches!(e, TransportError::Unsupported { .. }), "{e}");
+        // Host buffers: registration is a no-op and reads still work.
+        let mut dst = [0u8; 4];
+        t.register_buffer(&mut dst).unwrap();
+        t.read_batch(&[read], &mut dst).unwrap();
+        t.unregister_buffer(dst.as_ptr() as usize, dst.len());
+        assert_eq!(&dst, b"0123");
+        assert_eq!(region.kind(), "dmabuf");
+        let inner = DeviceRegion {
+            addr: 0x7000_0010,
+            len: 16,
+            dmabuf: None,
+        };
+        assert!(region.contains(&inner) && !inner.contains(&region));
+        assert_eq!(inner.kind(), "peer-memory");
     }
 }

@@ -24,12 +24,22 @@
 //! write into it). Nothing is cached by address alone: a registration pins
 //! the pages it was made on, so memory freed and reallocated at the same
 //! addresses must never be served by an old registration.
+//!
+//! Device memory (GPUDirect RDMA): [`Transport::register_device`] registers a
+//! [`DeviceRegion`] with `ibv_reg_dmabuf_mr` when it carries a dmabuf export
+//! (its device address as the MR's iova), else with `ibv_reg_mr` on the
+//! device pointer (peer memory, e.g. `nvidia_peermem`). A provider that
+//! refuses (rxe has no dmabuf MRs) yields [`TransportError::Unsupported`]
+//! naming the device and the reason. [`Transport::read_batch_device`] then
+//! posts the same chained READs with device addresses as local addresses.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use seqfeed_transport::{BatchStats, ReadRequest, RegionId, RegionInfo, Transport, TransportError};
+use seqfeed_transport::{
+    BatchStats, DeviceRegion, ReadRequest, RegionId, RegionInfo, Transport, TransportError,
+};
 use sideway::ibverbs::memory_region::MemoryRegion;
 
 use crate::device::{open_devices, Nic};
@@ -123,6 +133,13 @@ struct MrEntry {
     per_rail: Vec<Arc<MemoryRegion>>,
 }
 
+/// A device-memory registration (one MR per rail), made by
+/// [`Transport::register_device`].
+struct DeviceMr {
+    region: DeviceRegion,
+    per_rail: Vec<Arc<MemoryRegion>>,
+}
+
 impl MrEntry {
     fn contains(&self, addr: usize, len: usize) -> bool {
         self.addr <= addr && addr + len <= self.addr + self.len
@@ -160,6 +177,7 @@ pub struct VerbsTransport {
     exchange: Box<dyn QpExchange>,
     opts: ClientOptions,
     mrs: Vec<MrEntry>,
+    device_mrs: Vec<DeviceMr>,
     batch_mrs: Vec<Arc<MemoryRegion>>,
     next_lane: usize,
     comps: Vec<Completion>,
@@ -240,6 +258,7 @@ impl VerbsTransport {
             exchange,
             opts,
             mrs: Vec::new(),
+            device_mrs: Vec::new(),
             batch_mrs: Vec::new(),
             next_lane: 0,
             comps: Vec::with_capacity(256),
@@ -296,6 +315,11 @@ impl VerbsTransport {
     /// Number of long-lived destination registrations held.
     pub fn registered_buffers(&self) -> usize {
         self.mrs.len()
+    }
+
+    /// Number of device-memory registrations held.
+    pub fn registered_device_regions(&self) -> usize {
+        self.device_mrs.len()
     }
 
     fn local_depth(&self, nic: &Nic) -> u32 {
@@ -573,16 +597,65 @@ impl VerbsTransport {
         }
     }
 
+    /// Checks `reads` against the regions and a destination of `dst_len`
+    /// bytes. Returns each read's region index and the reads to post (empty
+    /// ones are counted as done in `stats`).
+    fn plan(
+        &self,
+        reads: &[ReadRequest],
+        dst_len: usize,
+        stats: &mut BatchStats,
+    ) -> Result<(Vec<u32>, VecDeque<u32>), TransportError> {
+        let mut pending = VecDeque::with_capacity(reads.len());
+        let mut region_of = Vec::with_capacity(reads.len());
+        for (i, r) in reads.iter().enumerate() {
+            let Some(&ri) = self.region_index.get(&r.region) else {
+                return Err(TransportError::UnknownRegion {
+                    node: self.node.clone(),
+                    region: r.region,
+                });
+            };
+            r.check(self.regions[ri].len, dst_len)?;
+            region_of.push(ri as u32);
+            if r.len == 0 {
+                stats.reads += 1;
+            } else {
+                pending.push_back(i as u32);
+            }
+        }
+        Ok((region_of, pending))
+    }
+
+    /// Posts and completes `pending` reads into the destination at `base`
+    /// (host or device address) covered by `lkeys` (one per rail). On error,
+    /// no QP can still write into the destination when this returns.
+    fn execute(
+        &mut self,
+        reads: &[ReadRequest],
+        base: u64,
+        lkeys: &[u32],
+        region_of: &[u32],
+        mut pending: VecDeque<u32>,
+        mut stats: BatchStats,
+    ) -> Result<BatchStats, TransportError> {
+        match self.run_batch(reads, base, lkeys, region_of, &mut pending, &mut stats) {
+            Ok(()) => Ok(stats),
+            Err(e) => {
+                self.abandon_inflight();
+                Err(e)
+            }
+        }
+    }
+
     fn run_batch(
         &mut self,
         reads: &[ReadRequest],
-        dst: &mut [u8],
+        base: u64,
+        lkeys: &[u32],
         region_of: &[u32],
         pending: &mut VecDeque<u32>,
         stats: &mut BatchStats,
     ) -> Result<(), TransportError> {
-        let lkeys = self.lkeys(dst)?;
-        let base = dst.as_mut_ptr() as u64;
         let deadline = Instant::now() + self.opts.timeout;
         let mut rebuilds = 0u32;
         let mut idle = 0u32;
@@ -849,36 +922,93 @@ impl Transport for VerbsTransport {
         dst: &mut [u8],
     ) -> Result<BatchStats, TransportError> {
         let mut stats = BatchStats::default();
-        let mut pending = VecDeque::with_capacity(reads.len());
-        let mut region_of = Vec::with_capacity(reads.len());
-        for (i, r) in reads.iter().enumerate() {
-            let Some(&ri) = self.region_index.get(&r.region) else {
-                return Err(TransportError::UnknownRegion {
-                    node: self.node.clone(),
-                    region: r.region,
-                });
-            };
-            r.check(self.regions[ri].len, dst.len())?;
-            region_of.push(ri as u32);
-            if r.len == 0 {
-                stats.reads += 1;
-            } else {
-                pending.push_back(i as u32);
-            }
-        }
+        let (region_of, pending) = self.plan(reads, dst.len(), &mut stats)?;
         if pending.is_empty() {
             return Ok(stats);
         }
-        let r = match self.run_batch(reads, dst, &region_of, &mut pending, &mut stats) {
-            Ok(()) => Ok(stats),
-            Err(e) => {
-                self.abandon_inflight();
-                Err(e)
-            }
-        };
+        let lkeys = self.lkeys(dst)?;
+        let base = dst.as_mut_ptr() as u64;
+        let r = self.execute(reads, base, &lkeys, &region_of, pending, stats);
         // Per-batch registrations go only after no QP can still write into them.
         self.batch_mrs.clear();
         r
+    }
+
+    fn register_device(&mut self, region: &DeviceRegion) -> Result<(), TransportError> {
+        if region.len == 0 {
+            return Err(TransportError::Unsupported {
+                node: self.node.clone(),
+                backend: "verbs",
+                what: format!("registering {region}: empty region"),
+            });
+        }
+        let mut per_rail = Vec::with_capacity(self.rails.len());
+        for r in &self.rails {
+            let mr = match region.dmabuf {
+                Some(d) => crate::raw::reg_dmabuf_local_write(
+                    &r.nic.pd,
+                    d.fd,
+                    d.offset,
+                    region.len,
+                    region.addr,
+                )
+                .map_err(|e| ("ibv_reg_dmabuf_mr", e)),
+                None => crate::raw::reg_device_local_write(&r.nic.pd, region.addr, region.len)
+                    .map_err(|e| ("ibv_reg_mr on the device pointer (peer memory)", e)),
+            };
+            match mr {
+                Ok(mr) => per_rail.push(mr),
+                Err((call, e)) => {
+                    return Err(TransportError::Unsupported {
+                        node: self.node.clone(),
+                        backend: "verbs",
+                        what: format!("device {} refused {call} of {region}: {e}", r.nic.info.name),
+                    })
+                }
+            }
+        }
+        self.counters.registrations += 1;
+        let end = |x: &DeviceRegion| x.addr.saturating_add(x.len as u64);
+        self.device_mrs
+            .retain(|m| !(m.region.addr < end(region) && region.addr < end(&m.region)));
+        self.device_mrs.push(DeviceMr {
+            region: *region,
+            per_rail,
+        });
+        tracing::info!(node = %self.node, kind = region.kind(), "verbs: registered {region} for GPUDirect RDMA");
+        Ok(())
+    }
+
+    fn unregister_device(&mut self, addr: u64, len: usize) {
+        let end = addr.saturating_add(len.max(1) as u64);
+        self.device_mrs.retain(|m| {
+            !(m.region.addr < end && addr < m.region.addr.saturating_add(m.region.len as u64))
+        });
+    }
+
+    fn read_batch_device(
+        &mut self,
+        reads: &[ReadRequest],
+        dst: &DeviceRegion,
+    ) -> Result<BatchStats, TransportError> {
+        let Some(lkeys) = self
+            .device_mrs
+            .iter()
+            .find(|m| m.region.contains(dst))
+            .map(|m| m.per_rail.iter().map(|mr| mr.lkey()).collect::<Vec<u32>>())
+        else {
+            return Err(TransportError::Unsupported {
+                node: self.node.clone(),
+                backend: "verbs",
+                what: format!("reading into {dst}: not inside a registered device region"),
+            });
+        };
+        let mut stats = BatchStats::default();
+        let (region_of, pending) = self.plan(reads, dst.len, &mut stats)?;
+        if pending.is_empty() {
+            return Ok(stats);
+        }
+        self.execute(reads, dst.addr, &lkeys, &region_of, pending, stats)
     }
 
     fn register_buffer(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {

@@ -478,3 +478,62 @@ pub(crate) fn reg_local_write(
         None => io::Error::other(e.to_string()),
     })
 }
+
+/// Registers device memory by its address for local write (GPUDirect RDMA
+/// through a peer-memory client such as `nvidia_peermem`). On a provider
+/// without one, the kernel refuses an address that is not host memory.
+pub(crate) fn reg_device_local_write(
+    pd: &Arc<ProtectionDomain>,
+    addr: u64,
+    len: usize,
+) -> Result<Arc<sideway::ibverbs::memory_region::MemoryRegion>, io::Error> {
+    let addr = usize::try_from(addr)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "address beyond usize"))?;
+    // SAFETY: ibv_reg_mr only resolves and pins the pages (or the peer-memory
+    // client's device pages) of `addr..addr+len`, failing cleanly when they are
+    // not mapped; it writes nothing. The device writes through this MR only for
+    // reads posted by `read_batch_device` into a region the caller registered
+    // and keeps allocated until it unregisters it (the `DeviceRegion` contract).
+    let mr = unsafe { pd.reg_mr(addr, len, sideway::ibverbs::AccessFlags::LocalWrite) };
+    mr.map_err(|e| match std::error::Error::source(&e) {
+        Some(s) => io::Error::other(format!("{e}: {s}")),
+        None => io::Error::other(e.to_string()),
+    })
+}
+
+/// Registers `len` bytes at `offset` of the dmabuf `fd` for local write, with
+/// `iova` (the device address of the first byte) as the MR's address, so work
+/// requests use device addresses. Providers without dmabuf support (rxe, or a
+/// libibverbs older than rdma-core 34) refuse with an error.
+pub(crate) fn reg_dmabuf_local_write(
+    pd: &Arc<ProtectionDomain>,
+    fd: i32,
+    offset: u64,
+    len: usize,
+    iova: u64,
+) -> Result<Arc<sideway::ibverbs::memory_region::MemoryRegion>, io::Error> {
+    if fd < 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("dmabuf fd {fd} is not a file descriptor"),
+        ));
+    }
+    // SAFETY: the kernel validates that `fd` is a dmabuf and that
+    // `offset..offset+len` lies inside it (EINVAL/EBADF/EOPNOTSUPP otherwise);
+    // registration writes nothing. The exporter keeps the dmabuf and its memory
+    // alive until the region is unregistered (the `DeviceRegion` contract), and
+    // the device writes only for reads posted by `read_batch_device` into it.
+    let mr = unsafe {
+        pd.reg_dmabuf_mr(
+            offset,
+            len,
+            iova,
+            fd,
+            sideway::ibverbs::AccessFlags::LocalWrite,
+        )
+    };
+    mr.map_err(|e| match std::error::Error::source(&e) {
+        Some(s) => io::Error::other(format!("{e}: {s}")),
+        None => io::Error::other(e.to_string()),
+    })
+}

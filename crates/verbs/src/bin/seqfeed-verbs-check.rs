@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use seqfeed_transport::{ReadRequest, RegionId, Transport};
+use seqfeed_transport::{DeviceRegion, DmaBuf, ReadRequest, RegionId, Transport, TransportError};
 use seqfeed_verbs::standalone::{serve, synthetic_byte, synthetic_region, TcpExchange};
 use seqfeed_verbs::{probe, ClientOptions, Selection, ServedRegion, VerbsServer, VerbsTransport};
 
@@ -394,6 +394,100 @@ fn selftest(devices: Option<Vec<String>>) -> u32 {
                  40 MiB destination freed and reallocated (same address: {}), then registered, freed and \
                  reallocated (same address: {}): all bytes equal ({} registrations, {} per batch)",
                 same[0], same[1], k.registrations, k.batch_registrations
+            ))
+        })(),
+    );
+
+    // 4b. GPUDirect read path without a GPU: a peer-memory-style region whose address
+    //     is ordinary host memory (rxe's ibv_reg_mr takes any valid address) is filled
+    //     by read_batch_device, byte for byte; reads outside a registered region and
+    //     after unregistering are refused; a dmabuf registration (rxe has none, and the
+    //     fd is no dmabuf) is refused cleanly and the transport keeps working.
+    c.report(
+        &format!("gpudirect[{tag}]"),
+        (|| {
+            let mut t = connect(&addr, devices.clone(), 2)?;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(88);
+            let mut mem = vec![0u8; 8 << 20];
+            let base = mem.as_mut_ptr() as u64;
+            let whole = DeviceRegion {
+                addr: base,
+                len: mem.len(),
+                dmabuf: None,
+            };
+            t.register_device(&whole)
+                .map_err(|e| format!("peer-memory registration of host memory: {e}"))?;
+            let mut bytes = 0u64;
+            for b in 0..4u64 {
+                let (reads, expect) = make_batch(&mut rng, nregions, len, seq, 48);
+                let off = (b as usize * 1_500_007) % (mem.len() - expect.len());
+                let dst = DeviceRegion {
+                    addr: base + off as u64,
+                    len: expect.len(),
+                    dmabuf: None,
+                };
+                let st = t
+                    .read_batch_device(&reads, &dst)
+                    .map_err(|e| format!("device batch {b}: {e}"))?;
+                compare(&mem[off..off + expect.len()], &expect, &reads)
+                    .map_err(|e| format!("device batch {b}: {e}"))?;
+                if st.reads != reads.len() as u64 {
+                    return Err(format!(
+                        "device batch {b}: {} reads reported for {}",
+                        st.reads,
+                        reads.len()
+                    ));
+                }
+                bytes += st.bytes;
+            }
+            let (reads, _) = make_batch(&mut rng, nregions, len, seq, 4);
+            let mut other = vec![0u8; 1 << 20];
+            let outside = DeviceRegion {
+                addr: other.as_mut_ptr() as u64,
+                len: other.len(),
+                dmabuf: None,
+            };
+            let e1 = match t.read_batch_device(&reads, &outside) {
+                Ok(_) => return Err("read into an unregistered device region accepted".into()),
+                Err(e) => e,
+            };
+            t.unregister_device(base, mem.len());
+            let e2 = match t.read_batch_device(&reads, &whole) {
+                Ok(_) => return Err("read into an unregistered device region accepted".into()),
+                Err(e) => e,
+            };
+            if e1.is_node_failure() || e2.is_node_failure() || t.registered_device_regions() != 0 {
+                return Err(format!(
+                    "unexpected: '{e1}' / '{e2}' / {} regions",
+                    t.registered_device_regions()
+                ));
+            }
+            drop(mem);
+            // dmabuf: any fd that is not a dmabuf export must be refused, and rxe has no
+            // dmabuf MRs at all.
+            let file = std::fs::File::open(std::env::current_exe().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+            let dmabuf = DeviceRegion {
+                addr: outside.addr,
+                len: outside.len,
+                dmabuf: Some(DmaBuf { fd, offset: 0 }),
+            };
+            let e3 = match t.register_device(&dmabuf) {
+                Ok(()) => return Err("rxe accepted a dmabuf registration of a regular file".into()),
+                Err(e) => e,
+            };
+            if !matches!(e3, TransportError::Unsupported { .. })
+                || !e3.to_string().contains("ibv_reg_dmabuf_mr")
+            {
+                return Err(format!(
+                    "dmabuf refusal is not a clean Unsupported naming the call: {e3}"
+                ));
+            }
+            run_batches(&mut t, 89, 2, seq, 16)?;
+            Ok(format!(
+                "4 device batches into a registered peer-memory region: {bytes} bytes equal; \
+                 refused: '{e1}', '{e2}'; dmabuf refused cleanly: '{e3}'; transport still works"
             ))
         })(),
     );
