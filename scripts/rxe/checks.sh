@@ -4,7 +4,7 @@
 # itself (kernel rxe, InfiniBand or RoCE hardware): the same binaries, no code change.
 #
 # usage: checks.sh test|bench|all [DEV0 [DEV1]]
-# Needs on PATH: seqfeed-verbs-check, seqfeed-rxe-integration, seqfeed (test: also runs
+# Needs on PATH: seqfeed-verbs-check, seqfeed-rxe-integration, seqfeed-node-verbs, seqfeed (test: also runs
 # `seqfeed demo --transport verbs` and requires every rank to have read over verbs),
 # seqfeed-rxe-bench (bench). Prints CHECK lines and, last, one line
 #   RXE_RESULT: PASS mode=...   or   RXE_RESULT: FAIL mode=... failed: <checks>
@@ -45,6 +45,18 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
     fail integration "node+ranks over verbs: $(grep -E 'panicked|FAILED|test result' "$log" | head -3 | tr '\n' ' ')"
   fi
   ts "integration done"
+  # The node's real verbs acceptor over its control service: the read depth it answers is
+  # min(client, device), and a connection's QPs are destroyed when it closes (node count and
+  # the kernel's `rdma resource show qp`).
+  nlog=${TMPDIR:-/tmp}/seqfeed-node-verbs.log
+  SEQFEED_REQUIRE_RDMA=1 timeout 120 seqfeed-node-verbs --test-threads=1 --nocapture >"$nlog" 2>&1
+  if grep -q '^test result: ok. 1 passed' "$nlog"; then
+    echo "CHECK node-qps PASS $(grep '^depths' "$nlog")"
+  else
+    cat "$nlog"
+    fail node-qps "node verbs acceptor: $(grep -E 'panicked|FAILED|test result' "$nlog" | head -3 | tr '\n' ' ')"
+  fi
+  ts "node-qps done"
   # The CLI: starts, and `auto` picks verbs here (and says why).
   if seqfeed --help >/dev/null 2>&1; then echo "CHECK seqfeed-cli PASS seqfeed starts"; else fail seqfeed-cli "seqfeed --help failed"; fi
   # The main job over verbs: `seqfeed demo` with in-process nodes accepting RDMA queue pairs,

@@ -67,6 +67,11 @@ if [[ "${RXE_SKIP_BUILD:-0}" != 1 ]]; then
         grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
   [[ -x "$exe" ]] || { log "could not build the rxe integration test"; exit 2; }
   cp "$exe" "$VM/guest-tests/seqfeed-rxe-integration"
+  # The node's real verbs acceptor (crates/node/tests/verbs_real.rs): read depth, QPs freed on close.
+  exe=$(cd "$ROOT" && cargo test --release -q -p seqfeed-node --test verbs_real --no-run --message-format=json 2>/dev/null |
+        grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+  [[ -x "$exe" ]] || { log "could not build the node verbs test"; exit 2; }
+  cp "$exe" "$VM/guest-tests/seqfeed-node-verbs"
   # The benchmark (benches/benches/rxe_verbs.rs) for bench mode.
   if [[ "$MODE" != test && "$MODE" != host-test ]]; then
     exe=$(cd "$ROOT" && cargo bench -q -p seqfeed-benches --bench rxe_verbs --no-run --message-format=json 2>/dev/null |
