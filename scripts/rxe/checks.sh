@@ -61,20 +61,23 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
   if seqfeed --help >/dev/null 2>&1; then echo "CHECK seqfeed-cli PASS seqfeed starts"; else fail seqfeed-cli "seqfeed --help failed"; fi
   # The main job over verbs: `seqfeed demo` with in-process nodes accepting RDMA queue pairs,
   # four ranks, every byte checked against the files and the plan; it must pass and report
-  # that every node connection of every rank used verbs (`transports: verbs=N`, nothing else).
-  dlog=${TMPDIR:-/tmp}/seqfeed-demo-verbs.log
-  timeout 240 seqfeed --log warn demo --transport verbs --steps 8 >"$dlog" 2>&1
-  drc=$?
-  # The nodes must also have released every queue pair once the ranks left.
-  if [ "$drc" = 0 ] && grep -q '^demo OK' "$dlog" && grep -qE '^transports: verbs=[1-9][0-9]*$' "$dlog" \
-     && [ "$(grep -c 'verbs QPs open after the ranks left: 0$' "$dlog")" -ge 1 ] \
-     && ! grep -qE 'verbs QPs open after the ranks left: [1-9]' "$dlog"; then
-    echo "CHECK demo-verbs PASS $(grep '^transports:' "$dlog"); $(grep -c 'verbs QPs open after the ranks left: 0$' "$dlog") nodes hold 0 QPs after the ranks left; $(grep '^demo OK' "$dlog")"
-  else
-    tail -40 "$dlog"
-    fail demo-verbs "seqfeed demo --transport verbs (exit $drc): $(grep -E '^(transports|demo |seqfeed: error)' "$dlog" | tr '\n' ' ')"
-  fi
-  ts "demo-verbs done"
+  # that every node connection of every rank used verbs (`transports: verbs=N`, nothing else),
+  # both with `--transport verbs` and with `auto` (which must pick verbs here). The nodes must
+  # also have released every queue pair once the ranks left.
+  for kind in verbs auto; do
+    dlog=${TMPDIR:-/tmp}/seqfeed-demo-$kind.log
+    timeout 240 seqfeed --log warn demo --transport $kind --steps 8 >"$dlog" 2>&1
+    drc=$?
+    if [ "$drc" = 0 ] && grep -q '^demo OK' "$dlog" && grep -qE '^transports: verbs=[1-9][0-9]*$' "$dlog" \
+       && [ "$(grep -c 'verbs QPs open after the ranks left: 0$' "$dlog")" -ge 1 ] \
+       && ! grep -qE 'verbs QPs open after the ranks left: [1-9]' "$dlog"; then
+      echo "CHECK demo-$kind PASS $(grep '^transports:' "$dlog"); $(grep -c 'verbs QPs open after the ranks left: 0$' "$dlog") nodes hold 0 QPs after the ranks left; $(grep '^demo OK' "$dlog")"
+    else
+      tail -40 "$dlog"
+      fail "demo-$kind" "seqfeed demo --transport $kind (exit $drc): $(grep -E '^(transports|demo |seqfeed: error)' "$dlog" | tr '\n' ' ')"
+    fi
+    ts "demo-$kind done"
+  done
 fi
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
