@@ -199,7 +199,7 @@ timeout "${RXE_TIMEOUT:-540}" qemu-system-x86_64 -accel tcg -m "${RXE_MEM:-2048}
 qrc=$?
 set -e
 # Show the guest's check/result lines (and the whole log on failure).
-grep -E '^(CHECK|RATIO|BENCH|DEVICES|RXE_|\[T\+)' "$LOG" | tr -d '\r' || true
+grep -aE '^(CHECK|RATIO|BENCH|DEVICES|RXE_|\[T\+)' "$LOG" | tr -d '\r' || true
 res=$(grep -a '^RXE_RESULT:' "$LOG" | tail -1 | tr -d '\r')
 log "qemu rc=$qrc, guest wall $(( $(date +%s) - t_boot ))s, total $(( $(date +%s) - t_start ))s"
 if [[ -z "$res" ]]; then
