@@ -294,3 +294,52 @@ fn batch_converts_to_dlpack() {
     assert_eq!((m.dl_tensor.dtype.code, m.dl_tensor.dtype.bits), (1, 16));
     slot.wait().unwrap();
 }
+
+#[test]
+fn direct_fill_records_the_ready_event_and_step_buffers_offer_device_memory() {
+    use seqfeed_cuda::{CudaBounceAllocator, CudaStepBuffer};
+    use seqfeed_loader::BufferAllocator;
+    let Some(dev) =
+        gpu_or_skip("direct_fill_records_the_ready_event_and_step_buffers_offer_device_memory")
+    else {
+        return;
+    };
+    let len = 1 << 20;
+    let stream = Arc::new(dev.stream().unwrap());
+    let mut slot = BounceSlot::new(&dev, stream, len).unwrap();
+    let bytes = pattern(len, 5);
+    slot.begin_direct().unwrap();
+    // A synchronous copy stands in for the NIC writing device memory.
+    slot.device_buffer().copy_from_host(0, &bytes).unwrap();
+    slot.complete_direct(len).unwrap();
+    slot.wait().unwrap();
+    let b = slot.batch(&[256, 1024], DType::U32).unwrap();
+    assert_eq!(b.ptr, slot.device_buffer().device_ptr());
+    assert_eq!(b.event, slot.event().handle());
+    let mut back = vec![0u8; len];
+    slot.device_buffer().copy_to_host(0, &mut back).unwrap();
+    assert!(back == bytes);
+    assert!(slot.complete_direct(len + 1).is_err());
+
+    let alloc = CudaBounceAllocator::new(&dev)
+        .unwrap()
+        .with_direct(&[DevicePath::DmaBuf, DevicePath::PeerMem]);
+    let buf = alloc.allocate(4096).unwrap();
+    let ptr = buf
+        .backend()
+        .and_then(|b| b.downcast_ref::<CudaStepBuffer>())
+        .unwrap()
+        .slot()
+        .device_buffer()
+        .device_ptr();
+    let regions = buf.device_regions();
+    let peer = regions.last().unwrap();
+    assert_eq!((peer.addr, peer.len, peer.dmabuf), (ptr, 4096, None));
+    if regions.len() == 2 {
+        // dmabuf export worked: offered first, same device addresses.
+        assert!(regions[0].dmabuf.is_some());
+        assert_eq!((regions[0].addr, regions[0].len), (ptr, 4096));
+    } else {
+        assert_eq!(regions.len(), 1, "export refused: only peer memory offered");
+    }
+}
