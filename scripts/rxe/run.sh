@@ -36,6 +36,9 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HERE="$ROOT/scripts/rxe"
 VM="$ROOT/.vm"
 mkdir -p "$VM/debs"
+# One harness run at a time per checkout: runs share the .vm/ cache (root fs, initrd, logs).
+exec 9>"$VM/.lock"
+if ! flock -w 900 9; then echo "[rxe] another run.sh holds $VM/.lock for over 15 min" >&2; exit 2; fi
 log() { echo "[rxe] $*" >&2; }
 t_start=$(date +%s)
 
