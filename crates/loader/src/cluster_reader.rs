@@ -311,6 +311,19 @@ impl ClusterReader {
         }
         for (fi, h) in holders.iter().enumerate() {
             if h.is_empty() {
+                // A node without a file list that could not be reached may
+                // hold the file: its connect error is the real cause.
+                let unknown = nodes
+                    .iter()
+                    .find(|n| n.spec.files.is_none() && !n.live())
+                    .map(|n| n.spec.name.clone());
+                if let Some(name) = unknown {
+                    if let Some(pos) = connect_errors.iter().position(
+                        |e| matches!(e, LoaderError::Connect { node, .. } if *node == name),
+                    ) {
+                        return Err(connect_errors.swap_remove(pos));
+                    }
+                }
                 return Err(LoaderError::Unplaced {
                     file: files[fi].clone(),
                 });
@@ -1296,6 +1309,21 @@ mod tests {
         assert!(matches!(e, LoaderError::Connect { attempts: 3, .. }), "{e}");
         assert!(e.to_string().contains("10.0.0.1:1"), "{e}");
         assert_eq!(sa.connects.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn unreachable_node_without_a_file_list_reports_its_connect_error() {
+        // A single `--node` has no file list: its holdings are only known
+        // once connected, so "no node holds file" would hide the real cause.
+        let f = files(1, 4, 64, 5);
+        let (mut a, sa) = flaky_node(f.dir.path(), "10.0.0.1:1", f.names.clone());
+        a.files = None;
+        sa.down.store(true, Ordering::SeqCst);
+        let mut p = quick();
+        p.start_attempts = 2;
+        let e = ClusterReader::connect(f.names.clone(), vec![a], p).unwrap_err();
+        assert!(matches!(e, LoaderError::Connect { attempts: 2, .. }), "{e}");
+        assert!(e.to_string().contains("10.0.0.1:1"), "{e}");
     }
 
     #[test]
