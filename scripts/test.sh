@@ -9,6 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh --vm
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  echo "== installing rustfmt and clippy (rustup components)"
+  rustup component add rustfmt clippy
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
