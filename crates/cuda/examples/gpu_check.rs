@@ -25,9 +25,10 @@ use seqfeed_cuda::{
     choose_path, device_batch, gpu_side, probe, CudaBounceAllocator, CudaProbe, CudaStepBuffer,
     DType, Device, DeviceBuffer, TransportCaps, Widener,
 };
+use seqfeed_loader::testutil::{self, xorshift_files, RandomBlocks};
 use seqfeed_loader::{
-    node_spec_with, BlockSource, BoxError, BufferAllocator, ClusterReader, Dtype, Endpoint,
-    HeapAllocator, Loader, LoaderConfig, RetryPolicy, SeqRead, TransportKind,
+    node_spec_with, BlockSource, BufferAllocator, ClusterReader, Dtype, Endpoint, HeapAllocator,
+    Loader, LoaderConfig, RetryPolicy, TransportKind,
 };
 use seqfeed_transport::tcp::ConnectOptions;
 use std::process::ExitCode;
@@ -46,113 +47,27 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn xorshift(mut x: u64) -> u64 {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
-}
-
-struct Blocks {
-    files: Vec<String>,
-    sources: Vec<String>,
-    seqs_per_file: usize,
-    steps: u64,
-}
-
-impl Blocks {
-    fn read(&self, pos: u64) -> SeqRead {
-        let r = xorshift(pos.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
-        SeqRead {
-            file: (r % self.files.len() as u64) as u32,
-            offset: ((r >> 20) % self.seqs_per_file as u64) * (SEQ_LEN * 2) as u64,
-            len: (SEQ_LEN * 2) as u32,
-            source: 0,
-            position: pos,
-        }
-    }
-}
-
-impl BlockSource for Blocks {
-    fn steps(&self) -> u64 {
-        self.steps
-    }
-    fn global_batch(&self) -> usize {
-        ROWS
-    }
-    fn seq_len(&self) -> usize {
-        SEQ_LEN
-    }
-    fn dtype(&self) -> Dtype {
-        Dtype::U16
-    }
-    fn files(&self) -> &[String] {
-        &self.files
-    }
-    fn sources(&self) -> &[String] {
-        &self.sources
-    }
-    fn block(
-        &self,
-        step: u64,
-        rank: usize,
-        world: usize,
-        out: &mut Vec<SeqRead>,
-    ) -> Result<(), BoxError> {
-        let micro = self.micro_batch(world)?;
-        let first = step * ROWS as u64 + (rank * micro) as u64;
-        out.extend((first..first + micro as u64).map(|p| self.read(p)));
-        Ok(())
-    }
-}
-
 struct Data {
     dir: tempfile::TempDir,
     names: Vec<String>,
-    blocks: Arc<Blocks>,
+    blocks: Arc<RandomBlocks>,
     /// Expected bytes of every step (pageable host memory).
     expected: Vec<Vec<u8>>,
 }
 
 fn make_data(steps: u64, file_mb: usize) -> Data {
-    let dir = tempfile::tempdir().unwrap();
-    let len = file_mb << 20;
-    let mut names = Vec::new();
-    let mut bytes = Vec::new();
-    for i in 0..FILES {
-        let name = format!("part-{i:05}.seq");
-        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
-        let mut b = vec![0u8; len];
-        for c in b.chunks_exact_mut(8) {
-            x = xorshift(x);
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        std::fs::write(dir.path().join(&name), &b).unwrap();
-        names.push(name);
-        bytes.push(b);
-    }
-    let blocks = Arc::new(Blocks {
-        files: names.clone(),
-        sources: vec!["random".into()],
-        seqs_per_file: len / (SEQ_LEN * 2),
-        steps,
-    });
+    let f = xorshift_files(FILES, (file_mb << 20) / (SEQ_LEN * 2), SEQ_LEN * 2);
+    let blocks = Arc::new(RandomBlocks::xorshift(&f, ROWS, steps));
     let mut expected = Vec::new();
     let mut rows = Vec::new();
     for s in 0..steps {
         rows.clear();
         blocks.block(s, 0, 1, &mut rows).unwrap();
-        let mut v = Vec::with_capacity(ROWS * SEQ_LEN * 2);
-        for r in &rows {
-            v.extend_from_slice(
-                &bytes[r.file as usize][r.offset as usize..r.offset as usize + r.len as usize],
-            );
-        }
-        expected.push(v);
+        expected.push(testutil::expected(&f, &rows));
     }
     Data {
-        dir,
-        names,
+        dir: f.dir,
+        names: f.names,
         blocks,
         expected,
     }

@@ -9,112 +9,21 @@ use seqfeed_cuda::{
     device_batch, probe, widen_u16_host, CudaProbe, CudaStepBuffer, DType, DevicePath,
     LoaderDestination, TransportCaps,
 };
+use seqfeed_loader::testutil::{expected, xorshift_files, Files, RandomBlocks};
 use seqfeed_loader::{
-    node_spec, BlockSource, BoxError, ClusterReader, Dtype, Endpoint, Loader, LoaderConfig,
-    RetryPolicy, SeqRead, TransportKind,
+    node_spec, ClusterReader, Dtype, Endpoint, Loader, LoaderConfig, RetryPolicy, TransportKind,
 };
 use std::sync::Arc;
 
-struct Files {
-    dir: tempfile::TempDir,
-    names: Vec<String>,
-    bytes: Vec<Vec<u8>>,
-}
+const SEQ_LEN: usize = 1024;
 
-fn xorshift(mut x: u64) -> u64 {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
-}
-
+/// `n` files of u16 rows of [`SEQ_LEN`] tokens, `len` bytes each.
 fn files(n: usize, len: usize) -> Files {
-    let dir = tempfile::tempdir().unwrap();
-    let mut names = Vec::new();
-    let mut bytes = Vec::new();
-    for i in 0..n {
-        let name = format!("part-{i:05}.seq");
-        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
-        let b: Vec<u8> = (0..len)
-            .map(|_| {
-                x = xorshift(x);
-                (x >> 32) as u8
-            })
-            .collect();
-        std::fs::write(dir.path().join(&name), &b).unwrap();
-        names.push(name);
-        bytes.push(b);
-    }
-    Files { dir, names, bytes }
-}
-
-/// Rows drawn pseudo-randomly (keyed by global position) from the files.
-struct Blocks {
-    files: Vec<String>,
-    sources: Vec<String>,
-    seqs_per_file: usize,
-    seq_len: usize,
-    global: usize,
-    steps: u64,
-}
-
-impl Blocks {
-    fn read(&self, pos: u64) -> SeqRead {
-        let r = xorshift(pos.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
-        let seq_bytes = self.seq_len * 2;
-        SeqRead {
-            file: (r % self.files.len() as u64) as u32,
-            offset: ((r >> 20) % self.seqs_per_file as u64) * seq_bytes as u64,
-            len: seq_bytes as u32,
-            source: 0,
-            position: pos,
-        }
-    }
-}
-
-impl BlockSource for Blocks {
-    fn steps(&self) -> u64 {
-        self.steps
-    }
-    fn global_batch(&self) -> usize {
-        self.global
-    }
-    fn seq_len(&self) -> usize {
-        self.seq_len
-    }
-    fn dtype(&self) -> Dtype {
-        Dtype::U16
-    }
-    fn files(&self) -> &[String] {
-        &self.files
-    }
-    fn sources(&self) -> &[String] {
-        &self.sources
-    }
-    fn block(
-        &self,
-        step: u64,
-        rank: usize,
-        world: usize,
-        out: &mut Vec<SeqRead>,
-    ) -> Result<(), BoxError> {
-        let micro = self.micro_batch(world)?;
-        let first = step * self.global as u64 + (rank * micro) as u64;
-        out.extend((first..first + micro as u64).map(|p| self.read(p)));
-        Ok(())
-    }
+    xorshift_files(n, len / (SEQ_LEN * 2), SEQ_LEN * 2)
 }
 
 fn run_loader(f: &Files, dest: &LoaderDestination, steps: u64) -> u64 {
-    let seq_len = 1024;
-    let source = Arc::new(Blocks {
-        files: f.names.clone(),
-        sources: vec!["s".into()],
-        seqs_per_file: f.bytes[0].len() / (seq_len * 2),
-        seq_len,
-        global: 64,
-        steps,
-    });
+    let source = Arc::new(RandomBlocks::xorshift(f, 64, steps));
     let spec = node_spec(
         TransportKind::Local,
         &Endpoint::local(f.dir.path(), Some(f.names.clone())),
@@ -130,15 +39,7 @@ fn run_loader(f: &Files, dest: &LoaderDestination, steps: u64) -> u64 {
     while let Some(batch) = loader.next() {
         let batch = batch.unwrap();
         assert_eq!(batch.step(), step);
-        let want: Vec<u8> = batch
-            .reads()
-            .iter()
-            .flat_map(|r| {
-                f.bytes[r.file as usize][r.offset as usize..r.offset as usize + r.len as usize]
-                    .iter()
-                    .copied()
-            })
-            .collect();
+        let want = expected(f, batch.reads());
         assert!(
             batch.bytes() == want.as_slice(),
             "step {step}: host view differs from the files"
@@ -147,7 +48,7 @@ fn run_loader(f: &Files, dest: &LoaderDestination, steps: u64) -> u64 {
             None => assert_eq!(dest.path, DevicePath::Host),
             Some(db) => {
                 let db = db.unwrap();
-                assert_eq!(db.shape, vec![32, seq_len]);
+                assert_eq!(db.shape, vec![32, SEQ_LEN]);
                 let slot = CudaStepBuffer::of(&batch).unwrap().slot();
                 slot.event().synchronize().unwrap();
                 let mut got = vec![0u8; db.bytes()];

@@ -47,8 +47,8 @@ mod dataset;
 mod error;
 mod loader;
 mod plan_source;
-#[cfg(test)]
-mod testutil;
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;
 pub mod verify;
 
 pub use alloc::{BufferAllocator, HeapAllocator, HostBuffer};

@@ -1,5 +1,12 @@
-//! Test support: real files on disk, a seeded block source, and a transport
+//! Test support: real files on disk, seeded block sources, and a transport
 //! wrapper that fails on demand (failure injection for fail-over tests).
+//!
+//! Public behind the `testutil` feature so that other crates' tests and
+//! examples (the CUDA destinations' loader test and GPU check) share these
+//! fixtures; not part of the loader's API.
+
+// Fixtures: a failed set-up is a failed test.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
@@ -18,23 +25,67 @@ use crate::error::BoxError;
 
 /// A dataset of `nfiles` files of `seqs` sequences of `seq_bytes` random bytes.
 pub struct Files {
+    /// The dataset root (removed on drop).
     pub dir: tempfile::TempDir,
+    /// Each file's dataset-relative path.
     pub names: Vec<String>,
+    /// Each file's bytes.
     pub bytes: Vec<Vec<u8>>,
+    /// Bytes per sequence.
     pub seq_bytes: usize,
+    /// Sequences per file.
     pub seqs: usize,
 }
 
+/// Files `s{i % 3}/part-{i:05}.seq` of bytes from a `StdRng` seeded with `seed`.
 pub fn files(nfiles: usize, seqs: usize, seq_bytes: usize, seed: u64) -> Files {
-    let dir = tempfile::tempdir().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    write_files(
+        nfiles,
+        seqs,
+        seq_bytes,
+        |i| format!("s{}/part-{i:05}.seq", i % 3),
+        |_, b| b.iter_mut().for_each(|x| *x = rng.gen()),
+    )
+}
+
+/// Files `part-{i:05}.seq` of xorshift bytes (file `i` seeded by `i`);
+/// cheap enough for GiB-sized data sets. `seqs * seq_bytes` must be a
+/// multiple of 8.
+pub fn xorshift_files(nfiles: usize, seqs: usize, seq_bytes: usize) -> Files {
+    write_files(
+        nfiles,
+        seqs,
+        seq_bytes,
+        |i| format!("part-{i:05}.seq"),
+        |i, b| {
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+            for c in b.chunks_exact_mut(8) {
+                x = xorshift(x);
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+        },
+    )
+}
+
+/// Writes file `i` as `name(i)`, its `seqs * seq_bytes` bytes set by `fill(i, ..)`.
+fn write_files(
+    nfiles: usize,
+    seqs: usize,
+    seq_bytes: usize,
+    name: impl Fn(usize) -> String,
+    mut fill: impl FnMut(usize, &mut [u8]),
+) -> Files {
+    let dir = tempfile::tempdir().unwrap();
     let mut names = Vec::new();
     let mut bytes = Vec::new();
     for i in 0..nfiles {
-        let name = format!("s{}/part-{i:05}.seq", i % 3);
-        std::fs::create_dir_all(dir.path().join(format!("s{}", i % 3))).unwrap();
-        let b: Vec<u8> = (0..seqs * seq_bytes).map(|_| rng.gen()).collect();
-        std::fs::write(dir.path().join(&name), &b).unwrap();
+        let name = name(i);
+        let path = dir.path().join(&name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut b = vec![0u8; seqs * seq_bytes];
+        fill(i, &mut b);
+        std::fs::write(path, &b).unwrap();
         names.push(name);
         bytes.push(b);
     }
@@ -47,37 +98,95 @@ pub fn files(nfiles: usize, seqs: usize, seq_bytes: usize, seed: u64) -> Files {
     }
 }
 
-/// Blocks drawn from a seeded RNG keyed by (step, position).
+fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+/// How a [`RandomBlocks`] picks the sequence at each global position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Draw {
+    /// A `StdRng` seeded with the position.
+    StdRng,
+    /// xorshift of the position.
+    Xorshift,
+}
+
+/// Blocks drawn pseudo-randomly, keyed by global position: rank `r` of
+/// `world` reads, at step `s`, the `micro` positions from
+/// `s * global + r * micro`. Position `p`'s sequence is in source
+/// `file % sources.len()`.
 pub struct RandomBlocks {
+    /// The file table.
     pub files: Vec<String>,
+    /// The source table.
     pub sources: Vec<String>,
+    /// Sequences per file.
     pub seqs: usize,
+    /// Tokens per sequence.
     pub seq_len: usize,
+    /// Token type.
+    pub dtype: Dtype,
+    /// Sequences per step, all ranks.
     pub global: usize,
+    /// Steps.
     pub steps: u64,
+    /// How positions pick sequences.
+    pub draw: Draw,
 }
 
 impl RandomBlocks {
+    /// u32 rows over [`files`]' three sources, drawn by `StdRng`.
     pub fn new(f: &Files, global: usize, steps: u64) -> Self {
         RandomBlocks {
             files: f.names.clone(),
             sources: vec!["s0".into(), "s1".into(), "s2".into()],
             seqs: f.seqs,
             seq_len: f.seq_bytes / 4,
+            dtype: Dtype::U32,
             global,
             steps,
+            draw: Draw::StdRng,
         }
     }
 
+    /// u16 rows over one source, drawn by xorshift (for [`xorshift_files`]).
+    pub fn xorshift(f: &Files, global: usize, steps: u64) -> Self {
+        RandomBlocks {
+            files: f.names.clone(),
+            sources: vec!["random".into()],
+            seqs: f.seqs,
+            seq_len: f.seq_bytes / 2,
+            dtype: Dtype::U16,
+            global,
+            steps,
+            draw: Draw::Xorshift,
+        }
+    }
+
+    /// The sequence at global position `pos`.
     pub fn position(&self, pos: u64) -> SeqRead {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(pos.wrapping_mul(0x9E37_79B9));
-        let file = rng.gen_range(0..self.files.len());
-        let index = rng.gen_range(0..self.seqs);
+        let (file, index) = match self.draw {
+            Draw::StdRng => {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(pos.wrapping_mul(0x9E37_79B9));
+                let file = rng.gen_range(0..self.files.len());
+                (file, rng.gen_range(0..self.seqs))
+            }
+            Draw::Xorshift => {
+                let r = xorshift(pos.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+                let file = r % self.files.len() as u64;
+                let index = (r >> 20) % self.seqs as u64;
+                (file as usize, index as usize)
+            }
+        };
+        let seq_bytes = self.seq_bytes();
         SeqRead {
             file: file as u32,
-            offset: (index * self.seq_len * 4) as u64,
-            len: (self.seq_len * 4) as u32,
-            source: (file % 3) as u32,
+            offset: (index * seq_bytes) as u64,
+            len: seq_bytes as u32,
+            source: (file % self.sources.len()) as u32,
             position: pos,
         }
     }
@@ -94,7 +203,7 @@ impl BlockSource for RandomBlocks {
         self.seq_len
     }
     fn dtype(&self) -> Dtype {
-        Dtype::U32
+        self.dtype
     }
     fn files(&self) -> &[String] {
         &self.files
@@ -390,7 +499,9 @@ impl HostBuffer for FakeDeviceBuffer {
 
 /// Allocates [`FakeDeviceBuffer`]s.
 pub struct FakeDeviceAllocator {
+    /// Buffers offer a dmabuf region before the peer-memory one.
     pub dmabuf: bool,
+    /// Counters shared by every buffer allocated.
     pub counters: Arc<DeviceCounters>,
 }
 
