@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use seqfeed_format::{write_synthetic_source, Dataset, Dtype};
@@ -98,6 +98,15 @@ pub fn place(files: &[String], nodes: usize, replicas: usize) -> Vec<Vec<String>
 
 /// Starts one storage node on 127.0.0.1 (ephemeral port) per file list.
 pub fn start_nodes(root: &Path, placement: &[Vec<String>]) -> Vec<NodeHandle> {
+    start_nodes_with(root, placement, &|_| {})
+}
+
+/// [`start_nodes`], with `configure` applied to each node's config first.
+pub fn start_nodes_with(
+    root: &Path,
+    placement: &[Vec<String>],
+    configure: &dyn Fn(&mut NodeConfig),
+) -> Vec<NodeHandle> {
     placement
         .iter()
         .enumerate()
@@ -106,6 +115,7 @@ pub fn start_nodes(root: &Path, placement: &[Vec<String>]) -> Vec<NodeHandle> {
             cfg.files = Some(files.clone());
             cfg.node_name = format!("node-{i}");
             cfg.worker_threads = 2;
+            configure(&mut cfg);
             Node::start(cfg).expect("start node")
         })
         .collect()
@@ -186,12 +196,23 @@ pub fn tcp_reader(
     nodes: &[NodeAddr],
     retry: RetryPolicy,
 ) -> Result<ClusterReader, LoaderError> {
+    reader(corpus, nodes, TransportKind::Tcp, retry)
+}
+
+/// A cluster reader over `kind` to `nodes` (with the tcp options of
+/// [`tcp_options`]).
+pub fn reader(
+    corpus: &Corpus,
+    nodes: &[NodeAddr],
+    kind: TransportKind,
+    retry: RetryPolicy,
+) -> Result<ClusterReader, LoaderError> {
     let opts = tcp_options(&corpus.fingerprint);
     let specs = nodes
         .iter()
         .map(|n| {
             node_spec_with(
-                TransportKind::Tcp,
+                kind,
                 &Endpoint::remote(&n.name, &n.addr, Some(n.files.clone())),
                 &opts,
             )
@@ -251,6 +272,68 @@ pub fn run_rank(
     }
     run.stats = loader.stats();
     run
+}
+
+/// Runs ranks `0..world` of `world` at once, a thread each over its own
+/// `reader()`, with [`run_rank`] from step 0; `after_step(rank, step)` is
+/// called after each checked batch.
+pub fn run_ranks(
+    corpus: &Corpus,
+    world: usize,
+    reader: &(dyn Fn() -> ClusterReader + Sync),
+    after_step: &(dyn Fn(usize, u64) + Sync),
+) -> Vec<RankRun> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..world)
+            .map(|rank| {
+                s.spawn(move || {
+                    run_rank(corpus, reader(), rank, world, 0, &|step| {
+                        after_step(rank, step)
+                    })
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("rank thread"))
+            .collect()
+    })
+}
+
+/// [`run_ranks`] with a failure injected: once every rank has checked step
+/// `at` (all holding that batch, so nothing past step `at + 2` has been
+/// read), rank 0 calls `kill` once, then they all go on.
+pub fn run_ranks_with_a_kill(
+    corpus: &Corpus,
+    world: usize,
+    at: u64,
+    reader: &(dyn Fn() -> ClusterReader + Sync),
+    kill: &(dyn Fn() + Sync),
+) -> Vec<RankRun> {
+    let barrier = Barrier::new(world);
+    run_ranks(corpus, world, reader, &|rank, step| {
+        if step == at {
+            barrier.wait();
+            if rank == 0 {
+                kill();
+            }
+            barrier.wait();
+        }
+    })
+}
+
+/// Asserts that every rank read every step of `0..steps` without an error,
+/// moving at least one row to a replica, and that together they read the
+/// plan's global batches ([`assert_union_is_global_batch`]).
+pub fn assert_failed_over(plan: &Plan, runs: &[RankRun], steps: u64) {
+    for (rank, r) in runs.iter().enumerate() {
+        assert_eq!(r.error, None, "rank {rank}");
+        assert_eq!(r.steps, (0..steps).collect::<Vec<_>>(), "rank {rank}");
+        assert!(
+            r.stats.failed_over > 0,
+            "rank {rank}: no row was moved to the replica"
+        );
+    }
+    assert_union_is_global_batch(plan, runs, 0..steps);
 }
 
 /// Asserts that, step by step, the ranks' blocks concatenated in rank order

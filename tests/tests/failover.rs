@@ -5,88 +5,56 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Barrier, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use seqfeed_loader::LoaderError;
 use seqfeed_tests::{
-    addrs, assert_union_is_global_batch, corpus, place, quick_retry, run_rank, seqfeed_bin,
+    addrs, assert_failed_over, corpus, place, quick_retry, run_ranks_with_a_kill, seqfeed_bin,
     start_nodes, tcp_reader, Corpus, NodeAddr, RankRun,
 };
 
 const KILL_AFTER: u64 = 4;
 
-/// Runs four ranks over `nodes`; after every rank has checked step
-/// `KILL_AFTER` (all holding that batch, so nothing past step
-/// `KILL_AFTER + 2` has been read), calls `kill` once, then lets them go on.
+/// Runs four ranks over tcp to `nodes`; after every rank has checked step
+/// `KILL_AFTER`, calls `kill` once, then lets them go on
+/// ([`run_ranks_with_a_kill`]).
 fn four_ranks_with_a_kill(
     c: &Corpus,
     nodes: &[NodeAddr],
     kill: &(dyn Fn() + Sync),
 ) -> Vec<RankRun> {
-    let barrier = Barrier::new(4);
-    std::thread::scope(|s| {
-        let hs: Vec<_> = (0..4)
-            .map(|rank| {
-                let barrier = &barrier;
-                s.spawn(move || {
-                    let reader = tcp_reader(c, nodes, quick_retry()).expect("connect");
-                    run_rank(c, reader, rank, 4, 0, &|step| {
-                        if step == KILL_AFTER {
-                            barrier.wait();
-                            if rank == 0 {
-                                kill();
-                            }
-                            barrier.wait();
-                        }
-                    })
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("rank thread"))
-            .collect()
-    })
+    let reader = || tcp_reader(c, nodes, quick_retry()).expect("connect");
+    run_ranks_with_a_kill(c, 4, KILL_AFTER, &reader, kill)
 }
 
-fn assert_failed_over(c: &Corpus, runs: &[RankRun], steps: u64) {
-    for (rank, r) in runs.iter().enumerate() {
-        assert_eq!(r.error, None, "rank {rank}");
-        assert_eq!(r.steps, (0..steps).collect::<Vec<_>>(), "rank {rank}");
-        assert!(
-            r.stats.failed_over > 0,
-            "rank {rank}: no row was moved to the replica"
-        );
-    }
-    assert_union_is_global_batch(&c.plan, runs, 0..steps);
+/// Four ranks over two in-process nodes (each file on `replicas` of them)
+/// of a 14-step corpus; node `victim` is shut down after step `KILL_AFTER`.
+/// Returns the corpus, the runs and when they started.
+fn shut_down_mid_run(replicas: usize, victim: usize) -> (Corpus, Vec<RankRun>, Instant) {
+    let c = corpus(256, 32, 14);
+    let placement = place(&c.files(), 2, replicas);
+    let nodes = start_nodes(c.root(), &placement);
+    let na = addrs(&nodes, &placement);
+    let nodes = Mutex::new(nodes);
+    let t = Instant::now();
+    let runs = four_ranks_with_a_kill(&c, &na, &|| {
+        let n = nodes.lock().expect("nodes").remove(victim);
+        n.shutdown();
+    });
+    (c, runs, t)
 }
 
 #[test]
 fn replica_takes_over_when_a_node_shuts_down() {
-    let c = corpus(256, 32, 14);
-    let placement = place(&c.files(), 2, 2);
-    let nodes = Mutex::new(start_nodes(c.root(), &placement));
-    let na = addrs(&nodes.lock().unwrap(), &placement);
-    let t = Instant::now();
-    let runs = four_ranks_with_a_kill(&c, &na, &|| {
-        let n = nodes.lock().unwrap().remove(0);
-        n.shutdown();
-    });
-    assert_failed_over(&c, &runs, 14);
+    let (c, runs, t) = shut_down_mid_run(2, 0);
+    assert_failed_over(&c.plan, &runs, 14);
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 }
 
 #[test]
 fn without_a_replica_the_error_names_the_node_and_the_step() {
-    let c = corpus(256, 32, 14);
-    let placement = place(&c.files(), 2, 1);
-    let nodes = Mutex::new(start_nodes(c.root(), &placement));
-    let na = addrs(&nodes.lock().unwrap(), &placement);
-    let t = Instant::now();
-    let runs = four_ranks_with_a_kill(&c, &na, &|| {
-        let n = nodes.lock().unwrap().remove(1);
-        n.shutdown();
-    });
+    let (_c, runs, t) = shut_down_mid_run(1, 1);
     for (rank, r) in runs.iter().enumerate() {
         let e = r
             .error
@@ -182,19 +150,17 @@ fn serve(root: &Path, name: &str, files: &[String]) -> Serve {
     }
 }
 
-#[test]
-fn replica_takes_over_when_a_serve_process_is_sigkilled() {
-    let c = corpus(256, 32, 14);
-    let placement = place(&c.files(), 2, 2);
-    let procs = Mutex::new(vec![
-        serve(c.root(), "node-0", &placement[0]),
-        serve(c.root(), "node-1", &placement[1]),
-    ]);
-    let na: Vec<NodeAddr> = procs
-        .lock()
-        .unwrap()
+/// Starts `seqfeed serve` processes `node-0`, `node-1`, ... one per file list;
+/// returns them with their addresses.
+fn serve_nodes(root: &Path, placement: &[Vec<String>]) -> (Vec<Serve>, Vec<NodeAddr>) {
+    let procs: Vec<Serve> = placement
         .iter()
-        .zip(&placement)
+        .enumerate()
+        .map(|(i, files)| serve(root, &format!("node-{i}"), files))
+        .collect();
+    let na = procs
+        .iter()
+        .zip(placement)
         .enumerate()
         .map(|(i, (p, files))| NodeAddr {
             name: format!("node-{i}"),
@@ -202,13 +168,22 @@ fn replica_takes_over_when_a_serve_process_is_sigkilled() {
             files: files.clone(),
         })
         .collect();
+    (procs, na)
+}
+
+#[test]
+fn replica_takes_over_when_a_serve_process_is_sigkilled() {
+    let c = corpus(256, 32, 14);
+    let placement = place(&c.files(), 2, 2);
+    let (procs, na) = serve_nodes(c.root(), &placement);
+    let procs = Mutex::new(procs);
     let t = Instant::now();
     let runs = four_ranks_with_a_kill(&c, &na, &|| {
         let mut p = procs.lock().unwrap();
         p[0].child.kill().expect("SIGKILL node-0"); // Child::kill sends SIGKILL
         p[0].child.wait().expect("reap node-0");
     });
-    assert_failed_over(&c, &runs, 14);
+    assert_failed_over(&c.plan, &runs, 14);
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 
     // With node-1 SIGKILLed too, a rank fails in bounded time naming a node.
@@ -230,20 +205,7 @@ fn replica_takes_over_when_a_serve_process_hangs() {
     // replica, never hang.
     let c = corpus(256, 32, 14);
     let placement = place(&c.files(), 2, 2);
-    let procs = [
-        serve(c.root(), "node-0", &placement[0]),
-        serve(c.root(), "node-1", &placement[1]),
-    ];
-    let na: Vec<NodeAddr> = procs
-        .iter()
-        .zip(&placement)
-        .enumerate()
-        .map(|(i, (p, files))| NodeAddr {
-            name: format!("node-{i}"),
-            addr: p.addr.clone(),
-            files: files.clone(),
-        })
-        .collect();
+    let (procs, na) = serve_nodes(c.root(), &placement);
     let pid = procs[0].child.id().to_string();
     let t = Instant::now();
     let runs = four_ranks_with_a_kill(&c, &na, &|| {
@@ -251,7 +213,7 @@ fn replica_takes_over_when_a_serve_process_hangs() {
         assert!(st.is_ok_and(|s| s.success()), "kill -STOP {pid}");
     });
     let _ = Command::new("kill").args(["-CONT", &pid]).status();
-    assert_failed_over(&c, &runs, 14);
+    assert_failed_over(&c.plan, &runs, 14);
     // One io timeout (3 s) plus slack; never the 10 s default or a hang.
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 }

@@ -12,17 +12,17 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use seqfeed_loader::{
-    node_spec_with, BlockSource, BoxError, BufferAllocator, ClusterReader, DeviceRegion, Endpoint,
-    HostBuffer, Loader, LoaderConfig, TransportKind,
+    BlockSource, BoxError, BufferAllocator, ClusterReader, DeviceRegion, HostBuffer, Loader,
+    LoaderConfig, TransportKind,
 };
-use seqfeed_node::{verbs_factory, Node, NodeConfig, NodeHandle};
+use seqfeed_node::{verbs_factory, NodeHandle};
 use seqfeed_tests::{
-    addrs, assert_union_is_global_batch, corpus, place, quick_retry, run_rank, tcp_options, Corpus,
-    NodeAddr, RankRun,
+    addrs, assert_failed_over, assert_union_is_global_batch, corpus, place, quick_retry, reader,
+    run_rank, run_ranks, run_ranks_with_a_kill, start_nodes, start_nodes_with, Corpus, NodeAddr,
 };
 
 fn rdma_or_skip(test: &str) -> bool {
@@ -44,50 +44,36 @@ fn rdma_or_skip(test: &str) -> bool {
 }
 
 fn start_verbs_nodes(root: &Path, placement: &[Vec<String>]) -> Vec<NodeHandle> {
-    placement
-        .iter()
-        .enumerate()
-        .map(|(i, files)| {
-            let mut cfg = NodeConfig::new(root, "127.0.0.1:0".parse().expect("addr"));
-            cfg.files = Some(files.clone());
-            cfg.node_name = format!("node-{i}");
-            cfg.worker_threads = 2;
-            cfg.verbs = Some(verbs_factory(None));
-            Node::start(cfg).expect("start node with verbs")
-        })
-        .collect()
+    start_nodes_with(root, placement, &|cfg| {
+        cfg.verbs = Some(verbs_factory(None))
+    })
+}
+
+/// Two verbs nodes over `c`, each file on `replicas` of them; the nodes and
+/// their addresses.
+fn verbs_cluster(c: &Corpus, replicas: usize) -> (Vec<NodeHandle>, Vec<NodeAddr>) {
+    let placement = place(&c.files(), 2, replicas);
+    let nodes = start_verbs_nodes(c.root(), &placement);
+    let na = addrs(&nodes, &placement);
+    (nodes, na)
+}
+
+/// Two nodes over `c`, node 0 with verbs and node 1 without; the nodes and
+/// their addresses.
+fn verbs_and_tcp_nodes(c: &Corpus) -> (Vec<NodeHandle>, Vec<NodeAddr>) {
+    let placement = place(&c.files(), 2, 1);
+    let mut nodes = start_verbs_nodes(c.root(), &placement[..1]);
+    nodes.extend(start_nodes(c.root(), &placement[1..]));
+    let na = addrs(&nodes, &placement);
+    (nodes, na)
 }
 
 fn verbs_reader(c: &Corpus, nodes: &[NodeAddr]) -> ClusterReader {
-    let opts = tcp_options(&c.fingerprint);
-    let specs = nodes
-        .iter()
-        .map(|n| {
-            node_spec_with(
-                TransportKind::Verbs,
-                &Endpoint::remote(&n.name, &n.addr, Some(n.files.clone())),
-                &opts,
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .expect("specs");
-    ClusterReader::connect(c.files(), specs, quick_retry()).expect("connect over verbs")
+    reader(c, nodes, TransportKind::Verbs, quick_retry()).expect("connect over verbs")
 }
 
-fn ranks(c: &Corpus, na: &[NodeAddr], hook: &(dyn Fn(usize, u64) + Sync)) -> Vec<RankRun> {
-    std::thread::scope(|s| {
-        let hs: Vec<_> = (0..4)
-            .map(|rank| {
-                s.spawn(move || {
-                    let reader = verbs_reader(c, na);
-                    run_rank(c, reader, rank, 4, 0, &|step| hook(rank, step))
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("rank thread"))
-            .collect()
-    })
+fn auto_reader(c: &Corpus, nodes: &[NodeAddr]) -> ClusterReader {
+    reader(c, nodes, TransportKind::Auto, quick_retry()).expect("connect (auto)")
 }
 
 #[test]
@@ -97,11 +83,9 @@ fn verbs_two_nodes_four_ranks_every_byte_checked() {
     }
     // 4096-token u32 sequences: 16 KiB per row, the benchmark's message size.
     let c = corpus(4096, 32, 8);
-    let placement = place(&c.files(), 2, 1);
-    let nodes = start_verbs_nodes(c.root(), &placement);
-    let na = addrs(&nodes, &placement);
+    let (nodes, na) = verbs_cluster(&c, 1);
     let t = Instant::now();
-    let runs = ranks(&c, &na, &|_, _| {});
+    let runs = run_ranks(&c, 4, &|| verbs_reader(&c, &na), &|_, _| {});
     for (rank, r) in runs.iter().enumerate() {
         assert_eq!(r.error, None, "rank {rank}");
         assert_eq!(r.steps, (0..8).collect::<Vec<_>>(), "rank {rank}");
@@ -126,47 +110,15 @@ fn verbs_replica_takes_over_when_a_node_shuts_down() {
         return;
     }
     let c = corpus(1024, 32, 10);
-    let placement = place(&c.files(), 2, 2);
-    let nodes = Mutex::new(start_verbs_nodes(c.root(), &placement));
-    let na = addrs(&nodes.lock().unwrap(), &placement);
-    let barrier = Barrier::new(4);
+    let (nodes, na) = verbs_cluster(&c, 2);
+    let nodes = Mutex::new(nodes);
     let t = Instant::now();
-    let runs = ranks(&c, &na, &|rank, step| {
-        if step == 3 {
-            barrier.wait();
-            if rank == 0 {
-                let n = nodes.lock().unwrap().remove(0);
-                n.shutdown();
-            }
-            barrier.wait();
-        }
+    let runs = run_ranks_with_a_kill(&c, 4, 3, &|| verbs_reader(&c, &na), &|| {
+        let n = nodes.lock().unwrap().remove(0);
+        n.shutdown();
     });
-    for (rank, r) in runs.iter().enumerate() {
-        assert_eq!(r.error, None, "rank {rank}");
-        assert_eq!(r.steps, (0..10).collect::<Vec<_>>(), "rank {rank}");
-        assert!(
-            r.stats.failed_over > 0,
-            "rank {rank}: nothing moved to the replica"
-        );
-    }
-    assert_union_is_global_batch(&c.plan, &runs, 0..10);
+    assert_failed_over(&c.plan, &runs, 10);
     assert!(t.elapsed() < Duration::from_secs(120), "{:?}", t.elapsed());
-}
-
-fn auto_reader(c: &Corpus, nodes: &[NodeAddr]) -> ClusterReader {
-    let opts = tcp_options(&c.fingerprint);
-    let specs = nodes
-        .iter()
-        .map(|n| {
-            node_spec_with(
-                TransportKind::Auto,
-                &Endpoint::remote(&n.name, &n.addr, Some(n.files.clone())),
-                &opts,
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .expect("specs");
-    ClusterReader::connect(c.files(), specs, quick_retry()).expect("connect (auto)")
 }
 
 #[test]
@@ -175,11 +127,8 @@ fn auto_uses_verbs_and_falls_back_to_tcp_for_a_node_without_verbs() {
         return;
     }
     let c = corpus(1024, 16, 4);
-    let placement = place(&c.files(), 2, 1);
     // Node 0 with verbs, node 1 without: auto reads node 0 by RDMA, node 1 over tcp.
-    let mut nodes = start_verbs_nodes(c.root(), &placement[..1]);
-    nodes.extend(seqfeed_tests::start_nodes(c.root(), &placement[1..]));
-    let na = addrs(&nodes, &placement);
+    let (nodes, na) = verbs_and_tcp_nodes(&c);
     let run = run_rank(&c, auto_reader(&c, &na), 0, 1, 0, &|_| {});
     assert_eq!(run.error, None);
     assert_eq!(run.steps, (0..4).collect::<Vec<_>>());
@@ -285,9 +234,7 @@ fn verbs_gpudirect_loader_reads_steps_straight_into_registered_device_memory() {
         return;
     }
     let c = corpus(2048, 16, 6);
-    let placement = place(&c.files(), 2, 1);
-    let nodes = start_verbs_nodes(c.root(), &placement);
-    let na = addrs(&nodes, &placement);
+    let (nodes, na) = verbs_cluster(&c, 1);
     let (steps, direct) = run_sim_device(&c, verbs_reader(&c, &na));
     assert_eq!(
         (steps, direct),
@@ -304,12 +251,9 @@ fn gpudirect_refused_by_a_tcp_node_falls_back_to_the_host_path() {
         return;
     }
     let c = corpus(1024, 16, 4);
-    let placement = place(&c.files(), 2, 1);
     // Node 0 with verbs, node 1 without: auto reads node 1 over tcp, which cannot
     // write device memory, so the device registration is refused (all or none).
-    let mut nodes = start_verbs_nodes(c.root(), &placement[..1]);
-    nodes.extend(seqfeed_tests::start_nodes(c.root(), &placement[1..]));
-    let na = addrs(&nodes, &placement);
+    let (_nodes, na) = verbs_and_tcp_nodes(&c);
     let (steps, direct) = run_sim_device(&c, auto_reader(&c, &na));
     assert_eq!((steps, direct), (4, 0), "every step through host memory");
 }
