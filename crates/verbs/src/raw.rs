@@ -433,6 +433,15 @@ pub(crate) fn libibverbs_loadable() -> Result<(), String> {
     Ok(())
 }
 
+/// A memory-registration error as an `io::Error`, with its source (the
+/// provider's errno) appended to the message.
+fn mr_error(e: impl std::error::Error) -> io::Error {
+    match e.source() {
+        Some(s) => io::Error::other(format!("{e}: {s}")),
+        None => io::Error::other(e.to_string()),
+    }
+}
+
 /// Registers `len` bytes at `addr`, kept alive by `owner`, for remote read
 /// only (the node's sequence files).
 pub(crate) fn reg_remote_read(
@@ -450,10 +459,7 @@ pub(crate) fn reg_remote_read(
             sideway::ibverbs::AccessFlags::RemoteRead,
         )
     };
-    mr.map_err(|e| match std::error::Error::source(&e) {
-        Some(s) => io::Error::other(format!("{e}: {s}")),
-        None => io::Error::other(e.to_string()),
-    })
+    mr.map_err(mr_error)
 }
 
 /// Registers a client destination range for local write.
@@ -473,10 +479,7 @@ pub(crate) fn reg_local_write(
     // owned by it until deregistration, so even after the memory is freed the device
     // never writes memory that Rust has handed to anyone else.
     let mr = unsafe { pd.reg_mr(addr, len, sideway::ibverbs::AccessFlags::LocalWrite) };
-    mr.map_err(|e| match std::error::Error::source(&e) {
-        Some(s) => io::Error::other(format!("{e}: {s}")),
-        None => io::Error::other(e.to_string()),
-    })
+    mr.map_err(mr_error)
 }
 
 /// Registers device memory by its address for local write (GPUDirect RDMA
@@ -495,10 +498,7 @@ pub(crate) fn reg_device_local_write(
     // reads posted by `read_batch_device` into a region the caller registered
     // and keeps allocated until it unregisters it (the `DeviceRegion` contract).
     let mr = unsafe { pd.reg_mr(addr, len, sideway::ibverbs::AccessFlags::LocalWrite) };
-    mr.map_err(|e| match std::error::Error::source(&e) {
-        Some(s) => io::Error::other(format!("{e}: {s}")),
-        None => io::Error::other(e.to_string()),
-    })
+    mr.map_err(mr_error)
 }
 
 /// Registers `len` bytes at `offset` of the dmabuf `fd` for local write, with
@@ -532,8 +532,5 @@ pub(crate) fn reg_dmabuf_local_write(
             sideway::ibverbs::AccessFlags::LocalWrite,
         )
     };
-    mr.map_err(|e| match std::error::Error::source(&e) {
-        Some(s) => io::Error::other(format!("{e}: {s}")),
-        None => io::Error::other(e.to_string()),
-    })
+    mr.map_err(mr_error)
 }
