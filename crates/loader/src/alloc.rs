@@ -19,7 +19,7 @@ use seqfeed_transport::DeviceRegion;
 /// A host-addressable step buffer. Transports write into
 /// [`bytes_mut`](HostBuffer::bytes_mut); the consumer reads
 /// [`bytes`](HostBuffer::bytes).
-pub trait HostBuffer: Send + 'static {
+pub trait HostBuffer: Send + Sync + 'static {
     /// The buffer's bytes.
     fn bytes(&self) -> &[u8];
     /// The buffer's bytes, writable.
@@ -59,6 +59,18 @@ pub trait HostBuffer: Send + 'static {
     /// without device regions is never filled this way.
     fn filled_device(&mut self, len: usize) -> Result<(), BoxError> {
         Err(format!("filled_device({len}) on a buffer without device memory").into())
+    }
+
+    /// Called once the consumer has released the step this buffer holds
+    /// (every view of it dropped), before the buffer goes back to the ring.
+    /// `consumer_streams` are the raw stream handles (e.g. `CUstream`) the
+    /// consumer used the step on ([`crate::Batch::record_stream`]): a
+    /// device backend records an event on each and orders its next write
+    /// into this buffer after them. An error retires the buffer (it is
+    /// never written again). Default: nothing.
+    fn release(&mut self, consumer_streams: &[u64]) -> Result<(), BoxError> {
+        let _ = consumer_streams;
+        Ok(())
     }
 
     /// The backend's own buffer type, for backends that expose more than

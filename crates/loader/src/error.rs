@@ -16,6 +16,17 @@ pub enum LoaderError {
         /// What is wrong.
         what: String,
     },
+    /// The consumer holds every step buffer of the ring, so the reader
+    /// cannot fill the next step without overwriting memory still in use.
+    #[error("step {step}: the consumer holds all {ring} step buffers (prefetch + 1) and released none for {waited:?}; the reader cannot read ahead without overwriting a batch still in use: drop batches (and tensors made from them) sooner, or raise prefetch")]
+    RingHeld {
+        /// The step `next` was waiting for.
+        step: u64,
+        /// Ring size.
+        ring: usize,
+        /// How long `next` waited.
+        waited: std::time::Duration,
+    },
     /// An environment variable (RANK, WORLD_SIZE, LOCAL_RANK) is malformed.
     #[error("environment variable {var}={value:?}: {why}")]
     Env {

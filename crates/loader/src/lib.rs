@@ -40,8 +40,10 @@
 #![forbid(unsafe_code)]
 
 pub mod alloc;
+pub mod batch;
 pub mod block;
 pub mod cluster_reader;
+pub mod config;
 pub mod connect;
 mod dataset;
 mod error;
@@ -52,12 +54,14 @@ pub mod testutil;
 pub mod verify;
 
 pub use alloc::{BufferAllocator, HeapAllocator, HostBuffer};
+pub use batch::Batch;
 pub use block::{BlockSource, Dtype, SeqRead};
 pub use cluster_reader::{ClusterReader, Connector, NodeSpec, RetryPolicy, StepReadStats};
+pub use config::{LoaderConfig, DEFAULT_PREFETCH, DEFAULT_RING_WAIT};
 pub use connect::{connect_endpoints, node_spec, node_spec_with, Endpoint, TransportKind};
 pub use dataset::dataset_files;
 pub use error::{BoxError, LoaderError};
-pub use loader::{Batch, Loader, LoaderConfig, LoaderStats, DEFAULT_PREFETCH};
+pub use loader::{Loader, LoaderStats, Next};
 pub use plan_source::PlanSource;
 /// Device-memory destinations (GPUDirect RDMA), as the transports take them.
 pub use seqfeed_transport::{DeviceRegion, DmaBuf};

@@ -1,13 +1,16 @@
 //! The trainer-side loader: a ring of step buffers filled ahead by a
 //! background reader thread.
 //!
-//! [`Loader::new`] allocates `prefetch + 1` step buffers of
-//! `[micro_batch, seq_len]` tokens and starts a reader thread that, for each
-//! step from the start step on, takes a free buffer, asks the block source
-//! for the rank's block and reads it with the [`ClusterReader`]. While the
-//! consumer works on step `s`, steps `s+1 ..= s+prefetch` are being read.
-//! [`Loader::next`] hands out a [`Batch`]; dropping the batch returns its
-//! buffer to the ring. The time `next` spends waiting is the stall time.
+//! [`Loader::new`] allocates `prefetch + 1` step buffers of the rank's
+//! block (`global_batch / dp_size` rows) and starts a reader thread that,
+//! for each step from the start step on, takes a free buffer, asks the
+//! block source for the rank's block and reads it with the
+//! [`ClusterReader`]. While the consumer works on step `s`, steps
+//! `s+1 ..= s+prefetch` are being read. [`Loader::next`] hands out the
+//! step's micro-batches ([`Batch`]) in order; the step's buffer goes back
+//! to the ring once every micro-batch of it, and every clone, is dropped
+//! (see [`crate::batch`] for the release rules). The time `next` spends
+//! waiting is the stall time.
 //!
 //! The ring's buffers are registered with every node transport when they are
 //! allocated ([`ClusterReader::register_buffer`]), so RDMA transports never
@@ -25,124 +28,29 @@
 //! region (or the host bounce path) is used; a step whose device read is
 //! refused later (a node reconnected without it) is read through the host.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::alloc::{BufferAllocator, HeapAllocator, HostBuffer};
+use crate::batch::{Batch, StepSlot};
 use crate::block::{BlockSource, Dtype, SeqRead};
-use crate::cluster_reader::{ClusterReader, RetryPolicy, StepReadStats};
+use crate::cluster_reader::{ClusterReader, StepReadStats};
+use crate::config::LoaderConfig;
 use crate::error::LoaderError;
 
-/// Default prefetch depth (steps read ahead of the consumer).
-pub const DEFAULT_PREFETCH: usize = 2;
-
-/// Loader settings. [`LoaderConfig::from_env`] takes rank and world from the
-/// launcher's environment (torchrun, `mpirun` wrappers, SLURM scripts).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoaderConfig {
-    /// This process's rank, `0..world`.
-    pub rank: usize,
-    /// Number of ranks.
-    pub world: usize,
-    /// Rank within this host (for picking a GPU or NIC; informational here).
-    pub local_rank: usize,
-    /// First step to read (resume at step N).
-    pub start_step: u64,
-    /// One past the last step to read; `None`: the plan's last step.
-    pub end_step: Option<u64>,
-    /// Steps read ahead of the consumer (ring size is `prefetch + 1`).
-    pub prefetch: usize,
-    /// Connect, fail-over and reconnect bounds.
-    pub retry: RetryPolicy,
-}
-
-impl LoaderConfig {
-    /// Rank `rank` of `world`, from step 0, default prefetch.
-    pub fn new(rank: usize, world: usize) -> Self {
-        LoaderConfig {
-            rank,
-            world,
-            local_rank: 0,
-            start_step: 0,
-            end_step: None,
-            prefetch: DEFAULT_PREFETCH,
-            retry: RetryPolicy::default(),
-        }
-    }
-
-    /// Rank, world and local rank from `RANK`, `WORLD_SIZE` and `LOCAL_RANK`
-    /// (each defaulting to 0, 1 and 0 when unset).
-    pub fn from_env() -> Result<Self, LoaderError> {
-        Self::from_vars(|k| std::env::var(k).ok())
-    }
-
-    /// Like [`from_env`](Self::from_env) with variables looked up by `get`.
-    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, LoaderError> {
-        let read = |var: &'static str, default: usize| -> Result<usize, LoaderError> {
-            match get(var) {
-                None => Ok(default),
-                Some(v) => v.trim().parse::<usize>().map_err(|e| LoaderError::Env {
-                    var,
-                    value: v.clone(),
-                    why: format!("not a non-negative integer ({e})"),
-                }),
-            }
-        };
-        let rank = read("RANK", 0)?;
-        let world = read("WORLD_SIZE", 1)?;
-        let local_rank = read("LOCAL_RANK", 0)?;
-        if world == 0 {
-            return Err(LoaderError::Env {
-                var: "WORLD_SIZE",
-                value: "0".into(),
-                why: "must be at least 1".into(),
-            });
-        }
-        if rank >= world {
-            return Err(LoaderError::Env {
-                var: "RANK",
-                value: rank.to_string(),
-                why: format!("must be below WORLD_SIZE={world}"),
-            });
-        }
-        let mut c = Self::new(rank, world);
-        c.local_rank = local_rank;
-        Ok(c)
-    }
-
-    /// Sets the start step (resume).
-    pub fn start_step(mut self, step: u64) -> Self {
-        self.start_step = step;
-        self
-    }
-
-    /// Sets the end step (exclusive).
-    pub fn end_step(mut self, step: u64) -> Self {
-        self.end_step = Some(step);
-        self
-    }
-
-    /// Sets the prefetch depth.
-    pub fn prefetch(mut self, depth: usize) -> Self {
-        self.prefetch = depth;
-        self
-    }
-
-    /// Sets the retry policy.
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-}
+/// How often a waiting `next` checks whether the consumer holds the ring.
+const RING_CHECK: Duration = Duration::from_millis(50);
 
 /// Running totals of a loader.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LoaderStats {
-    /// Batches handed out.
+    /// Steps received from the reader.
     pub steps: u64,
+    /// Micro-batches handed out.
+    pub micro_batches: u64,
     /// Rows (sequences) handed out.
     pub sequences: u64,
     /// Bytes handed out.
@@ -166,6 +74,19 @@ impl LoaderStats {
     }
 }
 
+/// What [`Loader::poll_next`] found.
+#[derive(Debug)]
+pub enum Next {
+    /// The next micro-batch.
+    Batch(Batch),
+    /// The run failed; the loader returns nothing after this.
+    Error(LoaderError),
+    /// Past the last step (or after an error).
+    End,
+    /// Nothing arrived within the wait; ask again.
+    Pending,
+}
+
 /// A filled step buffer on its way from the reader thread to the consumer.
 struct Filled {
     step: u64,
@@ -176,156 +97,29 @@ struct Filled {
     direct: bool,
 }
 
-/// One step of one rank: `[micro_batch, seq_len]` tokens. Its memory stays
-/// valid until the batch is dropped; then the buffer goes back to the ring.
-pub struct Batch {
-    step: u64,
-    buf: Option<Box<dyn HostBuffer>>,
-    rows: Vec<SeqRead>,
-    row_bytes: usize,
-    seq_len: usize,
-    dtype: Dtype,
-    sources: Arc<[String]>,
-    files: Arc<[String]>,
-    stall: Duration,
-    read_time: Duration,
-    stats: StepReadStats,
-    direct: bool,
-    ret: Sender<Box<dyn HostBuffer>>,
-}
-
-impl std::fmt::Debug for Batch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batch")
-            .field("step", &self.step)
-            .field("shape", &self.shape())
-            .field("dtype", &self.dtype)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Batch {
-    /// The step number.
-    pub fn step(&self) -> u64 {
-        self.step
-    }
-
-    /// `[micro_batch, seq_len]`.
-    pub fn shape(&self) -> [usize; 2] {
-        [self.rows.len(), self.seq_len]
-    }
-
-    /// Token type.
-    pub fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-
-    /// All rows' bytes, row-major (`micro_batch * seq_len * dtype.size()`).
-    ///
-    /// Empty for a batch the NICs wrote straight into device memory
-    /// ([`filled_directly`](Self::filled_directly)): its bytes exist only on
-    /// the device (see the buffer's backend, e.g. seqfeed-cuda's
-    /// `device_batch`), and the host memory holds an older step.
-    pub fn bytes(&self) -> &[u8] {
-        if self.direct {
-            return &[];
-        }
-        let n = self.rows.len() * self.row_bytes;
-        self.buf.as_ref().map_or(&[][..], |b| &b.bytes()[..n])
-    }
-
-    /// Row `k`'s bytes (panics for a batch filled directly into device
-    /// memory; see [`bytes`](Self::bytes)).
-    pub fn row(&self, k: usize) -> &[u8] {
-        &self.bytes()[k * self.row_bytes..(k + 1) * self.row_bytes]
-    }
-
-    /// The tokens as `u16` (`None` unless the dtype is `u16`).
-    pub fn tokens_u16(&self) -> Option<&[u16]> {
-        (self.dtype == Dtype::U16)
-            .then(|| bytemuck::try_cast_slice(self.bytes()).ok())
-            .flatten()
-    }
-
-    /// The tokens as `u32` (`None` unless the dtype is `u32`).
-    pub fn tokens_u32(&self) -> Option<&[u32]> {
-        (self.dtype == Dtype::U32)
-            .then(|| bytemuck::try_cast_slice(self.bytes()).ok())
-            .flatten()
-    }
-
-    /// Source name of row `k`.
-    pub fn source(&self, k: usize) -> &str {
-        &self.sources[self.rows[k].source as usize]
-    }
-
-    /// Source names of every row.
-    pub fn row_sources(&self) -> Vec<&str> {
-        (0..self.rows.len()).map(|k| self.source(k)).collect()
-    }
-
-    /// Where each row came from (file index, offset, plan position).
-    pub fn reads(&self) -> &[SeqRead] {
-        &self.rows
-    }
-
-    /// Dataset-relative path of row `k`'s file.
-    pub fn file(&self, k: usize) -> &str {
-        &self.files[self.rows[k].file as usize]
-    }
-
-    /// How long `next` waited for this batch.
-    pub fn stall(&self) -> Duration {
-        self.stall
-    }
-
-    /// How long the reader took to read this batch.
-    pub fn read_time(&self) -> Duration {
-        self.read_time
-    }
-
-    /// Counters of the read.
-    pub fn read_stats(&self) -> StepReadStats {
-        self.stats
-    }
-
-    /// True when the NICs wrote this step straight into the buffer's device
-    /// memory (GPUDirect); false when it went through host memory.
-    pub fn filled_directly(&self) -> bool {
-        self.direct
-    }
-
-    /// The step buffer, for backends that expose more than bytes (see
-    /// [`HostBuffer::backend`]; e.g. seqfeed-cuda's device batch).
-    pub fn buffer(&self) -> Option<&dyn HostBuffer> {
-        self.buf.as_deref()
-    }
-}
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        if let Some(buf) = self.buf.take() {
-            // The loader may be gone already; then the buffer is just freed.
-            let _ = self.ret.send(buf);
-        }
-    }
-}
-
-/// Hands out one [`Batch`] per step; see the module docs.
+/// Hands out the micro-batches of each step; see the module docs.
 pub struct Loader {
     config: LoaderConfig,
     filled: Receiver<Result<Filled, LoaderError>>,
     ret: Sender<Box<dyn HostBuffer>>,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
+    /// The step whose micro-batches are being handed out, and the next one.
+    current: Option<(Arc<StepSlot>, usize)>,
     next_step: u64,
+    next_micro: usize,
     end_step: u64,
+    micro_rows: usize,
     row_bytes: usize,
     seq_len: usize,
     dtype: Dtype,
     sources: Arc<[String]>,
     files: Arc<[String]>,
     stats: LoaderStats,
+    waiting_since: Option<Instant>,
+    /// Slots the consumer holds, and the ring size.
+    held: Arc<AtomicUsize>,
+    ring: usize,
     done: bool,
 }
 
@@ -334,14 +128,16 @@ impl std::fmt::Debug for Loader {
         f.debug_struct("Loader")
             .field("config", &self.config)
             .field("next_step", &self.next_step)
+            .field("next_micro", &self.next_micro)
             .field("end_step", &self.end_step)
             .finish_non_exhaustive()
     }
 }
 
 impl Loader {
-    /// Starts a loader for `config.rank` of `config.world` over `source`,
-    /// reading with `reader` into heap buffers.
+    /// Starts a loader for data-parallel rank `config.rank` of
+    /// `config.world` over `source`, reading with `reader` into heap
+    /// buffers.
     pub fn new(
         config: LoaderConfig,
         source: Arc<dyn BlockSource>,
@@ -359,12 +155,16 @@ impl Loader {
     ) -> Result<Self, LoaderError> {
         if config.world == 0 || config.rank >= config.world {
             return Err(LoaderError::Config {
-                what: format!("rank {} of world {}", config.rank, config.world),
+                what: format!(
+                    "data-parallel rank {} is out of range for data-parallel size {}",
+                    config.rank, config.world
+                ),
             });
         }
-        let micro = source
+        let block = source
             .micro_batch(config.world)
             .map_err(|what| LoaderError::Config { what })?;
+        let micro_rows = config.micro_batch_rows(block)?;
         let steps = source.steps();
         let end_step = config.end_step.unwrap_or(steps).min(steps);
         if config.start_step > end_step {
@@ -382,10 +182,10 @@ impl Loader {
         }
         let row_bytes = source.seq_bytes();
         let (seq_len, dtype) = (source.seq_len(), source.dtype());
-        let len = micro
+        let len = block
             .checked_mul(row_bytes)
             .ok_or_else(|| LoaderError::Config {
-                what: format!("{micro} rows of {row_bytes} bytes overflow"),
+                what: format!("{block} rows of {row_bytes} bytes overflow"),
             })?;
         let ring = config.prefetch + 1;
         let mut bufs = Vec::with_capacity(ring);
@@ -439,10 +239,13 @@ impl Loader {
                 what: format!("cannot start the reader thread: {e}"),
             })?;
         tracing::debug!(
-            rank,
-            world,
-            micro_batch = micro,
+            dp_rank = rank,
+            dp_size = world,
+            block_rows = block,
+            micro_batch = micro_rows,
+            accumulation = config.accumulation,
             start_step = start,
+            start_micro = config.start_micro,
             end_step,
             prefetch = config.prefetch,
             allocator = alloc.name(),
@@ -450,18 +253,24 @@ impl Loader {
         );
         Ok(Loader {
             dtype,
+            next_micro: config.start_micro,
             config,
             filled: filled_rx,
             ret: ret_tx,
             stop,
             reader: Some(reader_thread),
+            current: None,
             next_step: start,
             end_step,
+            micro_rows,
             row_bytes,
             seq_len,
             sources,
             files,
             stats: LoaderStats::default(),
+            waiting_since: None,
+            held: Arc::new(AtomicUsize::new(0)),
+            ring,
             done: false,
         })
     }
@@ -471,9 +280,21 @@ impl Loader {
         &self.config
     }
 
-    /// The next step `next` returns.
+    /// The step of the next micro-batch `next` returns.
     pub fn next_step(&self) -> u64 {
         self.next_step
+    }
+
+    /// The next position `next` returns: `(step, micro-batch)`. A loader
+    /// started at this position (`start_step`, `start_micro`) continues the
+    /// run exactly (resume).
+    pub fn position(&self) -> (u64, usize) {
+        (self.next_step, self.next_micro)
+    }
+
+    /// Rows per micro-batch.
+    pub fn micro_batch(&self) -> usize {
+        self.micro_rows
     }
 
     /// One past the last step.
@@ -486,15 +307,55 @@ impl Loader {
         self.stats
     }
 
-    /// The next batch, `None` after the last step or after an error.
+    /// The next micro-batch, `None` after the last step or after an error.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<Result<Batch, LoaderError>> {
-        if self.done || self.next_step >= self.end_step {
-            return None;
+        match self.poll_next(None) {
+            Next::Batch(b) => Some(Ok(b)),
+            Next::Error(e) => Some(Err(e)),
+            Next::End | Next::Pending => None,
         }
-        let t = Instant::now();
-        let got = self.filled.recv();
-        let stall = t.elapsed();
+    }
+
+    /// Like [`next`](Self::next), waiting at most `wait` (`None`: as long
+    /// as it takes) for the reader. [`Next::Pending`] means nothing arrived
+    /// yet: a caller that must stay responsive (e.g. to Ctrl-C in Python)
+    /// checks its signals and asks again.
+    pub fn poll_next(&mut self, wait: Option<Duration>) -> Next {
+        if self.done || self.next_step >= self.end_step {
+            return Next::End;
+        }
+        if let Some((slot, micro)) = self.current.take() {
+            if slot.step == self.next_step && micro == self.next_micro {
+                return Next::Batch(self.hand_out(slot, micro));
+            }
+        }
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        let got = loop {
+            // Wait in slices so a consumer that holds the whole ring gets
+            // an error instead of waiting forever.
+            let slice = wait.map_or(RING_CHECK, |w| w.min(RING_CHECK));
+            match self.filled.recv_timeout(slice) {
+                Ok(m) => break Ok(m),
+                Err(RecvTimeoutError::Disconnected) => break Err(()),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let waited = since.elapsed();
+            if self.held.load(Ordering::SeqCst) >= self.ring && waited >= self.config.ring_wait {
+                self.done = true;
+                self.waiting_since = None;
+                return Next::Error(LoaderError::RingHeld {
+                    step: self.next_step,
+                    ring: self.ring,
+                    waited,
+                });
+            }
+            if wait.is_some_and(|w| waited >= w) {
+                return Next::Pending;
+            }
+        };
+        self.waiting_since = None;
+        let stall = since.elapsed();
         let first = self.stats.steps == 0;
         self.stats.stall += stall;
         if first {
@@ -504,38 +365,58 @@ impl Loader {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 self.done = true;
-                return Some(Err(e));
+                return Next::Error(e);
             }
-            Err(_) => {
+            Err(()) => {
                 self.done = true;
-                return Some(Err(LoaderError::ReaderGone {
+                return Next::Error(LoaderError::ReaderGone {
                     step: self.next_step,
-                }));
+                });
             }
         };
         debug_assert_eq!(filled.step, self.next_step);
-        self.next_step = filled.step + 1;
         self.stats.steps += 1;
-        self.stats.sequences += filled.rows.len() as u64;
-        self.stats.bytes += (filled.rows.len() * self.row_bytes) as u64;
         self.stats.read_time += filled.read_time;
         self.stats.failed_over += filled.stats.failed_over;
         self.stats.direct_steps += u64::from(filled.direct);
-        Some(Ok(Batch {
+        self.held.fetch_add(1, Ordering::SeqCst);
+        let slot = Arc::new(StepSlot {
             step: filled.step,
             buf: Some(filled.buf),
+            consumers: Mutex::new(Vec::new()),
+            ret: self.ret.clone(),
+            held: self.held.clone(),
             rows: filled.rows,
             row_bytes: self.row_bytes,
             seq_len: self.seq_len,
             dtype: self.dtype,
+            micro_rows: self.micro_rows,
             sources: self.sources.clone(),
             files: self.files.clone(),
             stall,
             read_time: filled.read_time,
             stats: filled.stats,
             direct: filled.direct,
-            ret: self.ret.clone(),
-        }))
+        });
+        let micro = self.next_micro;
+        Next::Batch(self.hand_out(slot, micro))
+    }
+
+    /// Hands out micro-batch `micro` of `slot` and advances the position;
+    /// keeps the slot while micro-batches of its step remain.
+    fn hand_out(&mut self, slot: Arc<StepSlot>, micro: usize) -> Batch {
+        let batch = Batch::new(slot.clone(), micro);
+        self.stats.micro_batches += 1;
+        self.stats.sequences += self.micro_rows as u64;
+        self.stats.bytes += (self.micro_rows * self.row_bytes) as u64;
+        if micro + 1 < self.config.accumulation {
+            self.next_micro = micro + 1;
+            self.current = Some((slot, micro + 1));
+        } else {
+            self.next_micro = 0;
+            self.next_step = slot.step + 1;
+        }
+        batch
     }
 }
 
@@ -549,6 +430,7 @@ impl Iterator for Loader {
 impl Drop for Loader {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.current = None;
         // Unblock a reader waiting to hand over a batch. Filled buffers go
         // back to the ring rather than being freed here: they are still
         // registered with the reader's transports.
@@ -723,6 +605,7 @@ fn read_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster_reader::RetryPolicy;
     use crate::testutil::{
         expected, files, flaky_node, DeviceCounters, FakeDeviceAllocator, FakeDeviceBuffer, Files,
         RandomBlocks, Switch,
@@ -1103,25 +986,175 @@ mod tests {
         assert!(l.next().is_none());
     }
 
+    /// The trainer boundary: a consumer (here a second thread, like a GPU
+    /// stream finishing late) keeps every micro-batch and a clone of it for
+    /// a while; the loader moves on only as slots are released, never
+    /// writes a slot under a live view, and releases each slot once, after
+    /// the last view, with the consumer's streams.
     #[test]
-    fn rank_and_world_come_from_the_environment() {
-        let vars = |r: &'static str, w: &'static str| {
-            move |k: &str| match k {
-                "RANK" => Some(r.to_string()),
-                "WORLD_SIZE" => Some(w.to_string()),
-                "LOCAL_RANK" => Some("1".to_string()),
-                _ => None,
-            }
+    fn held_batches_stay_valid_after_the_loader_moves_on() {
+        use crate::testutil::{RecordingAllocator, SlotEvent};
+        let f = files(5, 30, 512, 31);
+        let steps = 8u64; // 4x the ring of 2
+        let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 16, steps));
+        let alloc = RecordingAllocator::default();
+        let cfg = LoaderConfig::new(1, 2).prefetch(1).accumulation(2);
+        let mut l = Loader::with_allocator(cfg, src, reader(&f), Arc::new(alloc.clone())).unwrap();
+        assert_eq!(l.micro_batch(), 4);
+        let (tx, rx) = mpsc::channel::<(Batch, Vec<u8>)>();
+        let holder = {
+            let alloc = alloc.clone();
+            std::thread::spawn(move || {
+                let mut checked = 0;
+                let mut held: Vec<(Batch, Vec<u8>, Instant)> = Vec::new();
+                let mut open = true;
+                while open || !held.is_empty() {
+                    match rx.recv_timeout(Duration::from_millis(5)) {
+                        Ok((b, want)) => {
+                            b.record_stream(1000 + b.step());
+                            held.push((b.clone(), want.clone(), Instant::now()));
+                            held.push((b, want, Instant::now()));
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    }
+                    // Each view lives 40 ms; then it is checked byte for byte
+                    // (the loader has read later steps meanwhile) and dropped.
+                    while let Some(i) = held
+                        .iter()
+                        .position(|(_, _, t)| t.elapsed() > Duration::from_millis(40))
+                    {
+                        let (b, want, _) = held.remove(i);
+                        assert_eq!(
+                            b.bytes(),
+                            &want[..],
+                            "step {} micro {}",
+                            b.step(),
+                            b.micro()
+                        );
+                        checked += 1;
+                        if b.views() == 1 {
+                            alloc.note(SlotEvent::Dropping {
+                                buf: alloc.id_of(&b),
+                                step: b.step(),
+                            });
+                        }
+                    }
+                }
+                checked
+            })
         };
-        let c = LoaderConfig::from_vars(vars("3", "8")).unwrap();
-        assert_eq!((c.rank, c.world, c.local_rank, c.prefetch), (3, 8, 1, 2));
-        let e = LoaderConfig::from_vars(vars("8", "8")).unwrap_err();
-        assert!(e.to_string().contains("RANK=\"8\""), "{e}");
-        let e = LoaderConfig::from_vars(vars("x", "8")).unwrap_err();
-        assert!(e.to_string().contains("RANK"), "{e}");
-        let e = LoaderConfig::from_vars(vars("0", "0")).unwrap_err();
-        assert!(e.to_string().contains("WORLD_SIZE"), "{e}");
-        let c = LoaderConfig::from_vars(|_| None).unwrap();
-        assert_eq!((c.rank, c.world), (0, 1));
+        let mut order = Vec::new();
+        while let Some(b) = l.next() {
+            let b = b.unwrap();
+            order.push((b.step(), b.micro()));
+            let want = expected(&f, b.reads());
+            assert_eq!(b.bytes(), &want[..]);
+            tx.send((b, want)).unwrap();
+        }
+        drop(tx);
+        assert_eq!(holder.join().unwrap(), 2 * 2 * steps as usize);
+        let want_order: Vec<(u64, usize)> = (0..steps).flat_map(|s| [(s, 0), (s, 1)]).collect();
+        assert_eq!(order, want_order);
+        assert!(
+            l.stats().stall_after_warmup() > Duration::from_millis(40),
+            "{:?}",
+            l.stats()
+        );
+        drop(l);
+        // Per buffer: fill, (consumer drops its last view), release with the
+        // consumer's stream, fill, ... never two fills without a release.
+        let events = alloc.events();
+        for buf in 0..2 {
+            let mine: Vec<&SlotEvent> = events
+                .iter()
+                .filter(|e| match e {
+                    SlotEvent::Filled { buf: b }
+                    | SlotEvent::Released { buf: b, .. }
+                    | SlotEvent::Dropping { buf: b, .. } => *b == buf,
+                })
+                .collect();
+            assert!(mine.len() >= 6, "buffer {buf}: {mine:?}");
+            for w in mine.chunks(3) {
+                assert!(
+                    matches!(w[0], SlotEvent::Filled { .. }),
+                    "buffer {buf}: {mine:?}"
+                );
+                let SlotEvent::Dropping { step, .. } = w[1] else {
+                    panic!("buffer {buf}: {mine:?}");
+                };
+                assert_eq!(
+                    w[2],
+                    &SlotEvent::Released {
+                        buf,
+                        streams: vec![1000 + step]
+                    },
+                    "buffer {buf}: {mine:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_consumer_holding_the_whole_ring_gets_an_error_not_a_hang() {
+        let f = files(2, 10, 64, 32);
+        let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 4, 10));
+        let cfg = LoaderConfig::new(0, 1)
+            .prefetch(1)
+            .ring_wait(Duration::from_millis(300));
+        let mut l = Loader::new(cfg, src, reader(&f)).unwrap();
+        let a = l.next().unwrap().unwrap();
+        let b = l.next().unwrap().unwrap();
+        let t = Instant::now();
+        let e = l.next().unwrap().unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(3));
+        assert!(
+            matches!(
+                e,
+                LoaderError::RingHeld {
+                    step: 2,
+                    ring: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("holds all 2 step buffers"), "{e}");
+        // What the consumer holds is intact.
+        assert_eq!(a.bytes(), &expected(&f, a.reads())[..]);
+        assert_eq!(b.bytes(), &expected(&f, b.reads())[..]);
+    }
+
+    #[test]
+    fn micro_batches_cover_the_block_in_order_and_resume_mid_step() {
+        let f = files(3, 40, 256, 33);
+        let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 24, 6));
+        // dp size 2, accumulation 3: 12 rows per rank per step, micro-batches of 4.
+        // A ring of 7 holds the whole run, so every batch can be kept.
+        let cfg = LoaderConfig::new(1, 2).accumulation(3).prefetch(6);
+        let l = Loader::new(cfg.clone(), src.clone(), reader(&f)).unwrap();
+        let all: Vec<Batch> = l.map(|b| b.unwrap()).collect::<Vec<_>>();
+        assert_eq!(all.len(), 18);
+        for (i, b) in all.iter().enumerate() {
+            assert_eq!((b.step(), b.micro()), ((i / 3) as u64, i % 3));
+            assert_eq!(b.shape(), [4, 64]);
+            assert_eq!(b.micro_batches(), 3);
+            let mut block = Vec::new();
+            src.block(b.step(), 1, 2, &mut block).unwrap();
+            assert_eq!(b.reads(), &block[b.block_rows()]);
+            assert_eq!(b.bytes(), &expected(&f, b.reads())[..]);
+        }
+        // Resume at step 2, micro-batch 2: exactly the rest of the run.
+        let mut l = Loader::new(cfg.start_step(2).start_micro(2), src.clone(), reader(&f)).unwrap();
+        assert_eq!(l.position(), (2, 2));
+        let rest: Vec<Batch> = l.by_ref().map(|b| b.unwrap()).collect();
+        assert_eq!(rest.len(), 18 - 8);
+        for (b, want) in rest.iter().zip(&all[8..]) {
+            assert_eq!((b.step(), b.micro()), (want.step(), want.micro()));
+            assert_eq!(b.bytes(), want.bytes());
+        }
+        assert_eq!(l.position(), (6, 0));
+        let e = Loader::new(LoaderConfig::new(0, 2).accumulation(5), src, reader(&f)).unwrap_err();
+        assert!(e.to_string().contains("does not split into 5"), "{e}");
     }
 }

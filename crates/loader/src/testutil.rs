@@ -558,3 +558,105 @@ pub fn flaky_node(root: &Path, name: &str, files: Vec<String>) -> (NodeSpec, Arc
     };
     (spec, switch)
 }
+
+/// One event in a [`RecordingAllocator`]'s log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotEvent {
+    /// The reader finished filling buffer `buf` (`HostBuffer::filled`).
+    Filled {
+        /// Buffer id (allocation order).
+        buf: usize,
+    },
+    /// The consumer released buffer `buf` on these streams.
+    Released {
+        /// Buffer id.
+        buf: usize,
+        /// Streams passed to `HostBuffer::release`.
+        streams: Vec<u64>,
+    },
+    /// A test's consumer is about to drop its last view of `step` (logged
+    /// by the test itself, through [`RecordingAllocator::note`]).
+    Dropping {
+        /// Buffer id, see [`RecordingAllocator::id_of`].
+        buf: usize,
+        /// The step.
+        step: u64,
+    },
+}
+
+/// Heap step buffers that log every fill and release, in order, to check
+/// the ring's reuse rules.
+#[derive(Default, Clone)]
+pub struct RecordingAllocator {
+    /// The shared log.
+    pub log: Arc<Mutex<Vec<SlotEvent>>>,
+    addrs: Arc<Mutex<Vec<usize>>>,
+}
+
+impl RecordingAllocator {
+    /// The buffer id of a batch's step buffer.
+    pub fn id_of(&self, batch: &crate::Batch) -> usize {
+        let addr = batch.buffer().unwrap().bytes().as_ptr() as usize;
+        self.addrs
+            .lock()
+            .unwrap()
+            .iter()
+            .position(|a| *a == addr)
+            .unwrap()
+    }
+
+    /// Appends an event (the consumer's side).
+    pub fn note(&self, e: SlotEvent) {
+        self.log.lock().unwrap().push(e);
+    }
+
+    /// The log so far.
+    pub fn events(&self) -> Vec<SlotEvent> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+struct RecordingBuffer {
+    id: usize,
+    inner: crate::alloc::HeapBuffer,
+    log: Arc<Mutex<Vec<SlotEvent>>>,
+}
+
+impl HostBuffer for RecordingBuffer {
+    fn bytes(&self) -> &[u8] {
+        self.inner.bytes()
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.inner.bytes_mut()
+    }
+    fn filled(&mut self, _len: usize) -> Result<(), BoxError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(SlotEvent::Filled { buf: self.id });
+        Ok(())
+    }
+    fn release(&mut self, streams: &[u64]) -> Result<(), BoxError> {
+        self.log.lock().unwrap().push(SlotEvent::Released {
+            buf: self.id,
+            streams: streams.to_vec(),
+        });
+        Ok(())
+    }
+}
+
+impl BufferAllocator for RecordingAllocator {
+    fn name(&self) -> &str {
+        "recording"
+    }
+    fn allocate(&self, len: usize) -> Result<Box<dyn HostBuffer>, BoxError> {
+        let inner = crate::alloc::HeapBuffer::new(len)?;
+        let mut addrs = self.addrs.lock().unwrap();
+        addrs.push(inner.bytes().as_ptr() as usize);
+        Ok(Box::new(RecordingBuffer {
+            id: addrs.len() - 1,
+            inner,
+            log: self.log.clone(),
+        }))
+    }
+}

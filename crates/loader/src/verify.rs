@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use seqfeed_plan::Plan;
 
-use crate::loader::Batch;
+use crate::batch::Batch;
 
 /// A batch that differs from the plan or from the files.
 #[derive(Debug, thiserror::Error)]
@@ -60,9 +60,11 @@ impl Verifier {
         Ok(&self.scratch)
     }
 
-    /// Checks that `batch` is rank `rank` of `world`'s block of its step in
-    /// `plan`: same positions, sources and files, and every byte equal to
-    /// the files on disk. Returns the number of bytes checked.
+    /// Checks that `batch` is its micro-batch's share of data-parallel rank
+    /// `rank` of `world`'s block of its step in `plan`: same positions,
+    /// sources and files, and every byte equal to the files on disk.
+    /// Returns the number of bytes checked. `row` in a [`Mismatch`] is the
+    /// row within the rank's block.
     pub fn check(
         &mut self,
         plan: &Plan,
@@ -81,9 +83,20 @@ impl Verifier {
             u32::try_from(rank).map_err(|_| bad(0, "rank too large".into()))?,
             u32::try_from(world).map_err(|_| bad(0, "world too large".into()))?,
         );
-        let want = plan
+        let block = plan
             .rank_block(step, r32, w32)
             .map_err(|e| bad(0, format!("plan: {e}")))?;
+        let first = batch.block_rows().start;
+        let want = block.get(batch.block_rows()).ok_or_else(|| {
+            bad(
+                first,
+                format!(
+                    "micro-batch rows {:?} are outside the block of {} rows",
+                    batch.block_rows(),
+                    block.len()
+                ),
+            )
+        })?;
         let [rows, seq_len] = batch.shape();
         if rows != want.len() || seq_len != plan.seq_len() as usize {
             return Err(bad(
@@ -103,6 +116,7 @@ impl Verifier {
         }
         let mut checked = 0u64;
         for (k, w) in want.iter().enumerate() {
+            let bad = |_: usize, what: String| bad(first + k, what);
             let got = batch.reads()[k];
             if got.position != w.position {
                 return Err(bad(
