@@ -2,8 +2,10 @@
 //! put [`DlpackTensor::into_raw`] in a `PyCapsule` named `"dltensor"` and
 //! `torch.from_dlpack` takes it; the consumer calls the deleter when done.
 //!
-//! The tensor does not own the memory it points to, only its shape and
-//! strides: the memory stays owned by the loader's step buffer.
+//! The tensor owns its shape and strides and, when made with
+//! [`DlpackTensor::with_owner`], a value that keeps the memory alive (e.g.
+//! a loader batch, whose step buffer is then reused only after the
+//! consumer has called the deleter).
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
@@ -95,6 +97,8 @@ struct Holder {
     tensor: DLManagedTensor,
     shape: Box<[i64]>,
     strides: Box<[i64]>,
+    /// Dropped by the deleter: what keeps `data` valid.
+    owner: Option<Box<dyn std::any::Any + Send>>,
 }
 
 unsafe extern "C" fn delete_holder(t: *mut DLManagedTensor) {
@@ -117,6 +121,29 @@ pub struct DlpackTensor {
 impl DlpackTensor {
     /// Describes `data` (an address on `device`) as a contiguous tensor.
     pub fn new(data: u64, device: DLDevice, dtype: DLDataType, shape: &[i64]) -> DlpackTensor {
+        Self::build(data, device, dtype, shape, None)
+    }
+
+    /// Like [`new`](Self::new), and the tensor owns `owner` (whatever keeps
+    /// `data` valid): the deleter drops it, on whichever thread the
+    /// consumer frees the tensor.
+    pub fn with_owner(
+        data: u64,
+        device: DLDevice,
+        dtype: DLDataType,
+        shape: &[i64],
+        owner: Box<dyn std::any::Any + Send>,
+    ) -> DlpackTensor {
+        Self::build(data, device, dtype, shape, Some(owner))
+    }
+
+    fn build(
+        data: u64,
+        device: DLDevice,
+        dtype: DLDataType,
+        shape: &[i64],
+        owner: Option<Box<dyn std::any::Any + Send>>,
+    ) -> DlpackTensor {
         let shape: Box<[i64]> = shape.into();
         let strides = contiguous_strides(&shape);
         let mut holder = Box::new(Holder {
@@ -135,6 +162,7 @@ impl DlpackTensor {
             },
             shape,
             strides,
+            owner,
         });
         // Boxed slices do not move when the Box<Holder> moves.
         holder.tensor.dl_tensor.shape = holder.shape.as_mut_ptr();
@@ -250,6 +278,29 @@ mod tests {
         // SAFETY: idx < 24 elements of the live `data` vector.
         let v = unsafe { *base.add(idx as usize) };
         assert_eq!(v, 15);
+    }
+
+    #[test]
+    fn the_deleter_drops_the_owner() {
+        let data: Vec<u16> = vec![1, 2, 3, 4];
+        let alive = std::sync::Arc::new(());
+        let t = DlpackTensor::with_owner(
+            data.as_ptr() as u64,
+            DLDevice::cpu(),
+            DLDataType {
+                code: 1,
+                bits: 16,
+                lanes: 1,
+            },
+            &[2, 2],
+            Box::new(alive.clone()),
+        );
+        assert_eq!(std::sync::Arc::strong_count(&alive), 2);
+        let raw = t.into_raw();
+        assert_eq!(std::sync::Arc::strong_count(&alive), 2);
+        // SAFETY: calling the deleter exactly once, as a consumer would.
+        unsafe { (*raw).deleter.unwrap()(raw) };
+        assert_eq!(std::sync::Arc::strong_count(&alive), 1);
     }
 
     #[test]

@@ -27,6 +27,15 @@ pub enum LoaderError {
         /// How long `next` waited.
         waited: std::time::Duration,
     },
+    /// A plan, dataset, shapes or cluster file could not be opened.
+    #[error("{what}: {source}")]
+    Open {
+        /// What was being opened.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: BoxError,
+    },
     /// An environment variable (RANK, WORLD_SIZE, LOCAL_RANK) is malformed.
     #[error("environment variable {var}={value:?}: {why}")]
     Env {

@@ -48,6 +48,7 @@ pub mod connect;
 mod dataset;
 mod error;
 mod loader;
+pub mod open;
 mod plan_source;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
@@ -62,6 +63,7 @@ pub use connect::{connect_endpoints, node_spec, node_spec_with, Endpoint, Transp
 pub use dataset::dataset_files;
 pub use error::{BoxError, LoaderError};
 pub use loader::{Loader, LoaderStats, Next};
+pub use open::{error_message, open_loader, open_plan, LoaderSpec, Nodes, OpenedPlan};
 pub use plan_source::PlanSource;
 /// Device-memory destinations (GPUDirect RDMA), as the transports take them.
 pub use seqfeed_transport::{DeviceRegion, DmaBuf};

@@ -1,0 +1,244 @@
+//! One call from file names to a running loader, as the CLI's `read` and
+//! the Python package do it: open the plan against a dataset (or a shapes
+//! file), connect to the nodes of a cluster file, a node list or the local
+//! dataset, and start the [`Loader`].
+//!
+//! Errors carry the same words wherever they surface: [`error_message`]
+//! renders an error and its causes the way the CLI prints them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use seqfeed_plan::{shapes_from_dataset, Plan, PlanConfig, ShapesFile};
+use seqfeed_transport::tcp::ConnectOptions;
+use seqfeed_transport::ClusterFile;
+
+use crate::alloc::BufferAllocator;
+use crate::block::BlockSource;
+use crate::cluster_reader::ClusterReader;
+use crate::config::LoaderConfig;
+use crate::connect::{connect_endpoints, Endpoint, TransportKind};
+use crate::error::{BoxError, LoaderError};
+use crate::loader::Loader;
+use crate::plan_source::PlanSource;
+
+/// A plan opened against its data.
+#[derive(Debug, Clone)]
+pub struct OpenedPlan {
+    /// The plan.
+    pub plan: Arc<Plan>,
+    /// The plan as the loader's block source.
+    pub source: Arc<PlanSource>,
+    /// The dataset's fingerprint, when opened against a dataset.
+    pub dataset_fingerprint: Option<String>,
+}
+
+/// Opens the plan config at `config` against the dataset at `dataset`
+/// (fingerprints checked) or, without one, the shapes file at `shapes`.
+pub fn open_plan(
+    config: &Path,
+    dataset: Option<&Path>,
+    shapes: Option<&Path>,
+) -> Result<OpenedPlan, LoaderError> {
+    let cfg = PlanConfig::from_file(config)
+        .map_err(|e| opening(format!("plan {}", config.display()), e))?;
+    let (shapes, fingerprint) = match (dataset, shapes) {
+        (Some(root), _) => {
+            let ds = seqfeed_format::Dataset::open(root)
+                .map_err(|e| opening(format!("opening dataset {}", root.display()), e))?;
+            let shapes = shapes_from_dataset(&ds)
+                .map_err(|e| opening(format!("dataset {}", root.display()), e))?;
+            (shapes, Some(ds.fingerprint().to_owned()))
+        }
+        (None, Some(path)) => (
+            ShapesFile::from_file(path)
+                .map_err(|e| opening(format!("shapes file {}", path.display()), e))?
+                .sources,
+            None,
+        ),
+        (None, None) => {
+            return Err(LoaderError::Config {
+                what: "give a dataset directory or a shapes file to open the plan against".into(),
+            })
+        }
+    };
+    let plan = Arc::new(
+        Plan::new(cfg, shapes).map_err(|e| opening(format!("plan {}", config.display()), e))?,
+    );
+    let source = Arc::new(PlanSource::new(plan.clone())?);
+    Ok(OpenedPlan {
+        plan,
+        source,
+        dataset_fingerprint: fingerprint,
+    })
+}
+
+fn opening(what: String, e: impl Into<BoxError>) -> LoaderError {
+    LoaderError::Open {
+        what,
+        source: e.into(),
+    }
+}
+
+/// Where a rank's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nodes {
+    /// Every node of a cluster file.
+    Cluster(PathBuf),
+    /// Nodes given as `host:port` or `name=host:port`, each holding every file.
+    List(Vec<String>),
+    /// The dataset on this host (local transport).
+    Local,
+}
+
+/// Everything [`open_loader`] needs besides the [`LoaderConfig`].
+#[derive(Debug, Clone)]
+pub struct LoaderSpec {
+    /// Plan config (TOML).
+    pub plan: PathBuf,
+    /// Dataset root: plan shapes and fingerprint, local reads.
+    pub dataset: Option<PathBuf>,
+    /// Shapes file instead of a dataset.
+    pub shapes: Option<PathBuf>,
+    /// The storage nodes.
+    pub nodes: Nodes,
+    /// Transport to the nodes.
+    pub transport: TransportKind,
+    /// The nodes' shared secret.
+    pub secret: Option<String>,
+    /// Parallel TCP connections per node.
+    pub connections: usize,
+    /// Socket read/write timeout of the tcp transport.
+    pub io_timeout: Duration,
+    /// Name the nodes log for this client.
+    pub client_name: String,
+}
+
+impl LoaderSpec {
+    /// A spec for `plan` over `nodes`, transport `auto`, no secret, 2
+    /// connections per node, a 10 s io timeout.
+    pub fn new(plan: impl Into<PathBuf>, nodes: Nodes) -> Self {
+        LoaderSpec {
+            plan: plan.into(),
+            dataset: None,
+            shapes: None,
+            nodes,
+            transport: TransportKind::Auto,
+            secret: None,
+            connections: 2,
+            io_timeout: Duration::from_secs(10),
+            client_name: "seqfeed-loader".into(),
+        }
+    }
+
+    /// The endpoints and the transport to use for them.
+    pub fn endpoints(
+        &self,
+        opened: &OpenedPlan,
+    ) -> Result<(Vec<Endpoint>, TransportKind), LoaderError> {
+        match &self.nodes {
+            Nodes::Cluster(path) => {
+                let cluster = ClusterFile::load(path).map_err(|e| LoaderError::Open {
+                    what: format!("cluster file {}", path.display()),
+                    source: e.into(),
+                })?;
+                if let (Some(want), Some(have)) =
+                    (&cluster.fingerprint, &opened.dataset_fingerprint)
+                {
+                    if want != have {
+                        return Err(LoaderError::Config {
+                            what: format!(
+                                "cluster file {} is for dataset fingerprint {want}, but {} has {have}",
+                                path.display(),
+                                self.dataset.as_deref().unwrap_or(Path::new("?")).display()
+                            ),
+                        });
+                    }
+                }
+                Ok((
+                    Endpoint::from_cluster(&cluster, self.dataset.as_deref()),
+                    self.transport,
+                ))
+            }
+            Nodes::List(list) => {
+                if list.is_empty() {
+                    return Err(LoaderError::Config {
+                        what: "the node list is empty".into(),
+                    });
+                }
+                let eps = list
+                    .iter()
+                    .map(|n| match n.split_once('=') {
+                        Some((name, addr)) => Endpoint::remote(name.trim(), addr.trim(), None),
+                        None => Endpoint::remote(n.trim(), n.trim(), None),
+                    })
+                    .collect();
+                Ok((eps, self.transport))
+            }
+            Nodes::Local => {
+                let root = self.dataset.as_ref().ok_or_else(|| LoaderError::Config {
+                    what: "the local transport needs the dataset directory".into(),
+                })?;
+                Ok((vec![Endpoint::local(root, None)], TransportKind::Local))
+            }
+        }
+    }
+
+    /// Connects a cluster reader for `opened`'s files.
+    pub fn connect(
+        &self,
+        opened: &OpenedPlan,
+        config: &LoaderConfig,
+    ) -> Result<ClusterReader, LoaderError> {
+        let (endpoints, kind) = self.endpoints(opened)?;
+        let opts = ConnectOptions {
+            client_name: self.client_name.clone(),
+            secret: self.secret.clone().filter(|s| !s.is_empty()),
+            expected_fingerprint: opened.dataset_fingerprint.clone(),
+            connections: self.connections.max(1),
+            connect_timeout: self
+                .io_timeout
+                .clamp(Duration::from_millis(100), Duration::from_secs(2)),
+            io_timeout: self.io_timeout.max(Duration::from_millis(100)),
+            ..ConnectOptions::default()
+        };
+        connect_endpoints(opened.source.files(), &endpoints, kind, &opts, config.retry)
+    }
+}
+
+/// Opens the plan, connects to the nodes and starts a loader with step
+/// buffers from `alloc` (heap when `None`).
+pub fn open_loader(
+    spec: &LoaderSpec,
+    config: LoaderConfig,
+    alloc: Option<Arc<dyn BufferAllocator>>,
+) -> Result<(OpenedPlan, Loader), LoaderError> {
+    let opened = open_plan(&spec.plan, spec.dataset.as_deref(), spec.shapes.as_deref())?;
+    let reader = spec.connect(&opened, &config)?;
+    let source: Arc<dyn BlockSource> = opened.source.clone();
+    let loader = match alloc {
+        Some(a) => Loader::with_allocator(config, source, reader, a)?,
+        None => Loader::new(config, source, reader)?,
+    };
+    Ok((opened, loader))
+}
+
+/// An error and its causes as one line, each cause once (causes whose text
+/// is already in the message are skipped): what the CLI prints and what
+/// the Python package raises.
+pub fn error_message(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = String::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    message
+}
