@@ -8,7 +8,11 @@
 #      back and compare) for the loader over local and tcp through pinned
 #      bounce buffers, and GB/s into device memory per path as a ratio to a
 #      plain cuMemcpyHtoD of the same bytes measured in the same run; plus
-#      the path decision, a dmabuf export and the NVRTC widening kernel.
+#      the path decision, a dmabuf export and the NVRTC widening kernel;
+#      and slot reuse (crates/cuda/tests/common/release_checks.rs, also run
+#      by the gpu test binary): micro-batches held across twice the ring
+#      stay byte-exact while the loader moves on, and a released slot's
+#      next copy / direct fill waits for the consumer stream's work.
 #
 # Modes:
 #   scripts/gpu-check.sh build [DIR]   build release binaries here (needs cargo),

@@ -11,7 +11,10 @@
 //!
 //! Also reports the probe, the path decision for tcp and for a
 //! dmabuf-capable RDMA transport, a dmabuf export of device memory, and the
-//! NVRTC widening kernel against the host reference.
+//! NVRTC widening kernel against the host reference, and checks slot reuse
+//! (`tests/common/release_checks.rs`): batches held across the ring stay
+//! intact while the loader moves on, and a released slot's next copy or
+//! direct fill waits for the consumer stream's work.
 //!
 //! Without CUDA it prints why and exits 0 (2 with `--require`). Exits 1 on
 //! any byte mismatch.
@@ -34,6 +37,9 @@ use seqfeed_transport::tcp::ConnectOptions;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "../tests/common/release_checks.rs"]
+mod release_checks;
 
 const SEQ_LEN: usize = 4096; // u16 tokens: 8 KiB rows
 const ROWS: usize = 4096; // rows per step: 32 MiB steps
@@ -241,6 +247,7 @@ fn main() -> ExitCode {
     let mut failures = 0;
     if let Some(dev) = &dev {
         failures += device_checks(dev, &data);
+        failures += slot_reuse_checks(dev);
     }
     failures += loader_checks(dev.as_ref(), &data, steps);
     if failures > 0 {
@@ -342,6 +349,30 @@ fn device_checks(dev: &Device, data: &Data) -> usize {
             0
         }
     }
+}
+
+/// Slot reuse after release: a consumer holding twice the ring over time
+/// (prefetch 1 and 2), and the next write into a released slot ordered
+/// after the consumer stream. Returns failures.
+fn slot_reuse_checks(dev: &Device) -> usize {
+    let mut failures = 0;
+    for prefetch in [1, 2] {
+        match release_checks::held_batches(dev, prefetch) {
+            Ok(s) => println!("held batches (prefetch {prefetch}): OK: {s}"),
+            Err(e) => {
+                println!("held batches (prefetch {prefetch}): FAILED: {e}");
+                failures += 1;
+            }
+        }
+    }
+    match release_checks::release_ordering(dev) {
+        Ok(s) => println!("release ordering: OK: {s}"),
+        Err(e) => {
+            println!("release ordering: FAILED: {e}");
+            failures += 1;
+        }
+    }
+    failures
 }
 
 /// Host memcpy of the same bytes: the reference in --host-only mode.

@@ -6,6 +6,7 @@ use crate::dlpack::{DLDataType, DLDevice, DlpackTensor};
 use crate::error::{CudaError, Result};
 use crate::memory::{DeviceBuffer, Event, PinnedBuffer, Stream};
 use crate::widen::Widener;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Element type of a batch.
@@ -61,7 +62,13 @@ impl DType {
 }
 
 /// Where a batch lives and how to wait for it: everything a framework needs
-/// to wrap it without a copy. Valid until the loader's slot is released.
+/// to wrap it without a copy.
+///
+/// Valid while the loader batch it came from (or a clone of it) is alive:
+/// a slot is reused only after every view is dropped and, on CUDA, after an
+/// event recorded on each consumer stream (`Batch::record_stream`) has
+/// completed. Work reading it must be enqueued on a recorded stream before
+/// the last view is dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceBatch {
     /// Device ordinal.
@@ -113,11 +120,23 @@ pub(crate) fn shape_i64(shape: &[usize]) -> Result<Vec<i64>> {
 /// pinned host memory ([`BounceSlot::host_mut`]), [`BounceSlot::submit`]
 /// enqueues the async copy to device memory on the rank's stream and records
 /// an event, and the batch is ready when that event completes.
+///
+/// Reuse is ordered after the consumer: [`BounceSlot::release`] records an
+/// event on each consumer stream, makes the copy stream wait for it and
+/// records `released` on the copy stream, so the next copy into the slot
+/// (same stream) runs only after the consumer's work, and the next direct
+/// fill ([`BounceSlot::begin_direct`]) waits for `released` on the host.
 #[derive(Debug)]
 pub struct BounceSlot {
     pinned: PinnedBuffer,
     dst: DeviceBuffer,
+    /// Ready event: recorded after the copy (and widening) of each step.
     done: Event,
+    /// Recorded on each consumer stream at release; reused sequentially
+    /// (each `cuStreamWaitEvent` captures the record current at the call).
+    consumer: Event,
+    /// Recorded on the copy stream after waiting for every consumer
+    /// stream: completes once the consumers' work on the last step has run.
     released: Event,
     stream: Arc<Stream>,
     in_flight: bool,
@@ -140,11 +159,13 @@ impl BounceSlot {
         let dst = device.alloc(bytes, "a step buffer")?;
         let pinned = device.alloc_pinned(bytes)?;
         let done = device.event(false)?;
+        let consumer = device.event(false)?;
         let released = device.event(false)?;
         Ok(BounceSlot {
             pinned,
             dst,
             done,
+            consumer,
             released,
             stream,
             in_flight: false,
@@ -227,11 +248,12 @@ impl BounceSlot {
 
     /// Enqueues the copy of the first `len` staged bytes to the device and
     /// records the completion event. Returns at once.
+    ///
+    /// The copy is ordered after the consumers of the previous step in this
+    /// slot: [`BounceSlot::release`] enqueued the waits for them on this same
+    /// stream.
     pub fn submit(&mut self, len: usize) -> Result<()> {
         self.wait()?;
-        // Do not overwrite device memory a consumer stream may still read
-        // (a never-recorded event is already complete).
-        self.stream.wait_event(&self.released)?;
         self.check_widen_len(len)?;
         self.dst
             .copy_from_pinned_async(0, &self.pinned, len, &self.stream)?;
@@ -240,16 +262,19 @@ impl BounceSlot {
 
     /// Direct path (GPUDirect RDMA): blocks until the device buffer may be
     /// overwritten by the NIC: the last submitted work on it has completed
-    /// and the consumer released the previous batch
-    /// ([`BounceSlot::release_after`]). Call before the RDMA reads.
+    /// and the consumers' work on the previous batch has run (the
+    /// `released` event of [`BounceSlot::release`]; a never-recorded event
+    /// is complete). Call before the RDMA reads.
     pub fn begin_direct(&mut self) -> Result<()> {
         self.wait()?;
         self.released.synchronize()
     }
 
     /// Direct path: the NIC has written the first `len` bytes of the device
-    /// buffer (every read completed). Widens them if widening is on and
-    /// records the ready event on the stream; no copy. Returns at once.
+    /// buffer (every read completed). Flushes the RDMA writes where the
+    /// device needs it ([`Device::direct_flush`]), widens them if widening is
+    /// on and records the ready event on the stream; no copy. Returns at
+    /// once (the flush, where called, is a short host call).
     pub fn complete_direct(&mut self, len: usize) -> Result<()> {
         if len > self.dst.len() {
             return Err(CudaError::InvalidArgument {
@@ -260,6 +285,7 @@ impl BounceSlot {
             });
         }
         self.check_widen_len(len)?;
+        self.dst.device().flush_direct_writes()?;
         self.finish(len)
     }
 
@@ -286,12 +312,41 @@ impl BounceSlot {
         Ok(())
     }
 
-    /// Records that the consumer's work on this batch is enqueued on
-    /// `consumer`: the next copy into this slot waits (on the GPU, without
-    /// blocking the host) until that work has run. Call before releasing
-    /// the batch when the consumer reads it asynchronously.
-    pub fn release_after(&self, consumer: &Stream) -> Result<()> {
-        self.released.record(consumer)
+    /// The consumer is done with the last batch of this slot, having
+    /// enqueued its reads on `consumer_streams` (raw `CUstream` handles; 0,
+    /// 0x1 `CU_STREAM_LEGACY` and 0x2 `CU_STREAM_PER_THREAD` included; each
+    /// a live stream of this device's primary context). For each stream
+    /// this records the slot's consumer event on it and makes the copy
+    /// stream wait for it, then records the `released` event on the copy
+    /// stream. The next copy into the slot (same stream) therefore runs
+    /// after the consumers' work, and [`BounceSlot::begin_direct`] waits for
+    /// it. Nothing blocks the host. Work the consumer enqueued on the copy
+    /// stream itself ([`DeviceBatch::stream`]) is ordered too.
+    ///
+    /// Binds the device's context to the calling thread (the consumer's).
+    /// Takes `&mut self`: the record/wait pairs on the one consumer event
+    /// must not interleave with another release.
+    pub fn release(&mut self, consumer_streams: &[u64]) -> Result<()> {
+        for &s in consumer_streams {
+            self.consumer.record_raw(s)?;
+            self.stream.wait_event(&self.consumer)?;
+        }
+        self.released.record(&self.stream)
+    }
+
+    /// Makes the consumer stream `stream` (raw `CUstream`, contract as in
+    /// [`BounceSlot::release`]) wait for the last submitted batch of this
+    /// slot without blocking the host: `cuStreamWaitEvent(stream, done)`.
+    /// What a DLPack producer does for `__dlpack__(stream=s)`.
+    pub fn ready_on(&self, stream: u64) -> Result<()> {
+        self.done.wait_on_raw(stream)
+    }
+
+    /// The event recorded by the last [`BounceSlot::release`] on the copy
+    /// stream after the waits for the consumer streams (complete when never
+    /// recorded).
+    pub fn released_event(&self) -> &Event {
+        &self.released
     }
 
     /// True when the last submitted copy has completed.
@@ -323,18 +378,30 @@ impl BounceSlot {
                 ),
             });
         }
-        let (ptr, dtype) = match &self.widen {
-            None => (self.dst.device_ptr(), dtype),
-            Some(w) if w.from == dtype => (w.out.device_ptr(), DType::I64),
-            Some(w) => {
-                return Err(CudaError::InvalidArgument {
-                    what: format!(
-                        "batch of {dtype:?} from a slot widening {:?} tokens",
-                        w.from
-                    ),
-                })
-            }
-        };
+        self.batch_range(0..self.filled, shape, dtype)
+    }
+
+    /// Describes bytes `range` of the last submitted step (one micro-batch)
+    /// as a batch of `shape` × `dtype` (the token dtype): the device pointer
+    /// is offset by `range.start`, or, with widening on, by
+    /// `range.start / dtype.size() * 8` into the int64 buffer.
+    pub fn batch_range(
+        &self,
+        range: Range<usize>,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<DeviceBatch> {
+        let want = shape.iter().product::<usize>() * dtype.size();
+        if want != range.len() {
+            return Err(CudaError::InvalidArgument {
+                what: format!(
+                    "batch shape {shape:?} of {dtype:?} is {want} bytes but the byte range {range:?} is {}",
+                    range.len()
+                ),
+            });
+        }
+        let widened = self.widen.as_ref().map(|w| (w.out.device_ptr(), w.from));
+        let (ptr, dtype) = view_ptr(self.dst.device_ptr(), widened, &range, self.filled, dtype)?;
         Ok(DeviceBatch {
             device: self.dst.device().index(),
             ptr,
@@ -346,11 +413,106 @@ impl BounceSlot {
     }
 }
 
+/// The device address and element type of bytes `range` of a step of
+/// `filled` bytes of `dtype` tokens at `base`; with `widened = Some((ptr,
+/// from))` the step is also widened from `from` tokens to int64 at `ptr`,
+/// and the view is of the int64 ids.
+pub(crate) fn view_ptr(
+    base: u64,
+    widened: Option<(u64, DType)>,
+    range: &Range<usize>,
+    filled: usize,
+    dtype: DType,
+) -> Result<(u64, DType)> {
+    if range.start > range.end || range.end > filled {
+        return Err(CudaError::InvalidArgument {
+            what: format!("byte range {range:?} of a step of {filled} submitted bytes"),
+        });
+    }
+    if !range.start.is_multiple_of(dtype.size()) {
+        return Err(CudaError::InvalidArgument {
+            what: format!("byte range {range:?} does not start on a {dtype:?} token boundary"),
+        });
+    }
+    match widened {
+        None => Ok((base + range.start as u64, dtype)),
+        Some((wide, from)) if from == dtype => Ok((
+            wide + (range.start / dtype.size() * DType::I64.size()) as u64,
+            DType::I64,
+        )),
+        Some((_, from)) => Err(CudaError::InvalidArgument {
+            what: format!("batch of {dtype:?} from a slot widening {from:?} tokens"),
+        }),
+    }
+}
+
 impl Drop for BounceSlot {
     fn drop(&mut self) {
         // The pinned source must outlive the copy reading it.
         if let Err(e) = self.wait() {
             tracing::warn!("dropping a bounce slot: {e}");
         }
+        // The device memory must outlive the consumers' work on the last
+        // released batch (complete at once when never released).
+        if let Err(e) = self.released.synchronize() {
+            tracing::warn!("dropping a bounce slot: waiting for its consumers: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micro_batch_views_are_offset_by_their_byte_range() {
+        // Step of 4 micro-batches of 2 rows x 8 u16 tokens (32 bytes each).
+        let base = 0x7000_0000;
+        for m in 0..4usize {
+            let r = m * 32..(m + 1) * 32;
+            assert_eq!(
+                view_ptr(base, None, &r, 128, DType::U16).unwrap(),
+                (base + (m * 32) as u64, DType::U16)
+            );
+        }
+        let r = 64..128;
+        assert_eq!(
+            view_ptr(base, None, &r, 128, DType::U32).unwrap(),
+            (base + 64, DType::U32)
+        );
+    }
+
+    #[test]
+    fn widened_views_are_offset_in_int64_ids() {
+        let (base, wide) = (0x1000, 0x9_0000);
+        // u16: byte 32 is token 16, which is byte 128 of the int64 buffer.
+        assert_eq!(
+            view_ptr(base, Some((wide, DType::U16)), &(32..64), 128, DType::U16).unwrap(),
+            (wide + 128, DType::I64)
+        );
+        // u32: byte 32 is token 8, byte 64 of the int64 buffer.
+        assert_eq!(
+            view_ptr(base, Some((wide, DType::U32)), &(32..64), 128, DType::U32).unwrap(),
+            (wide + 64, DType::I64)
+        );
+        assert_eq!(
+            view_ptr(base, Some((wide, DType::U16)), &(0..128), 128, DType::U16).unwrap(),
+            (wide, DType::I64)
+        );
+    }
+
+    #[test]
+    fn views_outside_the_step_or_off_token_boundaries_are_refused() {
+        assert!(view_ptr(0x1000, None, &(64..160), 128, DType::U16).is_err());
+        assert!(view_ptr(0x1000, None, &(1..33), 128, DType::U16).is_err());
+        assert!(view_ptr(0x1000, None, &(2..34), 128, DType::U32).is_err());
+        assert!(view_ptr(
+            0x1000,
+            Some((0x9000, DType::U32)),
+            &(0..32),
+            128,
+            DType::U16
+        )
+        .is_err());
     }
 }

@@ -3,10 +3,11 @@
 
 use crate::error::{CudaError, Result};
 use crate::ffi::{self, CUcontext, CUdevice, DriverError};
+use crate::flush::{direct_flush_decision, DirectFlush};
 use crate::memory::{DeviceBuffer, Event, PinnedBuffer, Stream};
 use crate::path::GpuDirectCaps;
 use crate::probe::{check_device_index, parse_device_index, probe, CudaProbe, DeviceInfo};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Environment variable the launcher sets to this process's GPU on the node.
 pub const LOCAL_RANK_ENV: &str = "LOCAL_RANK";
@@ -23,6 +24,8 @@ struct DeviceInner {
     raw: CUdevice,
     ctx: CUcontext,
     peer_mem_loaded: bool,
+    /// GPUDirect RDMA write flushing, decided on first use.
+    direct_flush: OnceLock<DirectFlush>,
 }
 
 // SAFETY: a CUcontext is a handle the driver lets any thread make current;
@@ -109,6 +112,7 @@ impl Device {
                 raw,
                 ctx,
                 peer_mem_loaded: sys.peer_mem_module.is_some(),
+                direct_flush: OnceLock::new(),
             }),
         };
         dev.bind()?;
@@ -167,6 +171,65 @@ impl Device {
     /// Creates an event; `timing` enables [`Event::elapsed_ms`].
     pub fn event(&self, timing: bool) -> Result<Event> {
         Event::new(self, timing)
+    }
+
+    /// How GPUDirect RDMA writes into this device are made visible before a
+    /// directly filled batch is declared ready: from the device's
+    /// write-ordering and flush-options attributes, queried once per device
+    /// (the decision is logged at debug level, a missing host flush as a
+    /// warning, once).
+    pub fn direct_flush(&self) -> DirectFlush {
+        *self.inner.direct_flush.get_or_init(|| {
+            let index = self.index();
+            let attr = |a| ffi::device_attribute(self.inner.raw, a);
+            let ordering = attr(ffi::Attr::CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WRITES_ORDERING);
+            let options = attr(ffi::Attr::CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_FLUSH_WRITES_OPTIONS);
+            let shown = |r: &std::result::Result<i32, DriverError>| match r {
+                Ok(v) => v.to_string(),
+                Err(e) => format!("unreadable ({})", e.name()),
+            };
+            let decision = direct_flush_decision(
+                *ordering.as_ref().unwrap_or(&0),
+                *options.as_ref().unwrap_or(&0),
+            );
+            tracing::debug!(
+                "GPU {index}: GPUDirect RDMA writes ordering {}, flush options {}: {}",
+                shown(&ordering),
+                shown(&options),
+                match decision {
+                    DirectFlush::NotNeeded =>
+                        "ordered for the owning GPU, no flush after direct fills",
+                    DirectFlush::Host =>
+                        "cuFlushGPUDirectRDMAWrites(current ctx, to owner) after each direct fill",
+                    DirectFlush::Unavailable => "not ordered and no host flush",
+                }
+            );
+            if decision == DirectFlush::Unavailable {
+                tracing::warn!(
+                    "GPU {index}: GPUDirect RDMA writes are not ordered for the GPU (ordering {}) and cuFlushGPUDirectRDMAWrites from the host is not offered (flush options {}): batches the NICs write directly may be read before every write is visible",
+                    shown(&ordering),
+                    shown(&options)
+                );
+            }
+            decision
+        })
+    }
+
+    /// Makes GPUDirect RDMA writes that completed so far visible to CUDA
+    /// work enqueued afterwards, where [`Device::direct_flush`] says a flush
+    /// is needed and possible; otherwise nothing.
+    pub fn flush_direct_writes(&self) -> Result<()> {
+        if self.direct_flush() != DirectFlush::Host {
+            return Ok(());
+        }
+        self.bind()?;
+        ffi::flush_gpudirect_rdma_writes_to_owner().map_err(|e| {
+            self.err(
+                "cuFlushGPUDirectRDMAWrites",
+                "flushing GPUDirect RDMA writes before a batch is ready",
+                e,
+            )
+        })
     }
 
     pub(crate) fn err(&self, call: &'static str, what: &str, e: DriverError) -> CudaError {

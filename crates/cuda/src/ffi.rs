@@ -241,6 +241,13 @@ pub(crate) unsafe fn stream_wait_event(s: CUstream, e: CUevent) -> R<()> {
     check(unsafe { sys::cuStreamWaitEvent(s, e, 0) })
 }
 
+/// A raw stream handle as the driver takes it: `CUstream` values the
+/// consumer passed as integers (0 is the legacy default stream; 0x1
+/// `CU_STREAM_LEGACY` and 0x2 `CU_STREAM_PER_THREAD` are valid too).
+pub(crate) fn raw_stream(handle: u64) -> CUstream {
+    handle as usize as CUstream
+}
+
 pub(crate) fn event_create(timing: bool) -> R<CUevent> {
     let flags = if timing {
         sys::CUevent_flags::CU_EVENT_DEFAULT
@@ -295,6 +302,34 @@ pub(crate) unsafe fn event_elapsed_ms(start: CUevent, end: CUevent) -> R<f32> {
     // SAFETY: guaranteed by the caller; writes one float.
     check(unsafe { sys::cuEventElapsedTime(&mut ms, start, end) })?;
     Ok(ms)
+}
+
+/// # Safety
+/// `[dst, dst+len)` and `[src, src+len)` are live device memory of the
+/// current context and stay live until the copy completes on `stream`.
+pub(crate) unsafe fn memcpy_dtod_async(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    len: usize,
+    stream: CUstream,
+) -> R<()> {
+    // SAFETY: guaranteed by the caller.
+    check(unsafe { sys::cuMemcpyDtoDAsync_v2(dst, src, len, stream) })
+}
+
+/// Makes GPUDirect RDMA writes that completed (as seen by the host) so far
+/// visible to later CUDA work of the current context
+/// (`cuFlushGPUDirectRDMAWrites(TARGET_CURRENT_CTX, TO_OWNER)`).
+pub(crate) fn flush_gpudirect_rdma_writes_to_owner() -> R<()> {
+    // SAFETY: takes two enum values and needs a current context (callers
+    // bind one); the symbol exists from CUDA 11.3, below the driver
+    // version the probe requires.
+    check(unsafe {
+        sys::cuFlushGPUDirectRDMAWrites(
+            sys::CUflushGPUDirectRDMAWritesTarget::CU_FLUSH_GPU_DIRECT_RDMA_WRITES_TARGET_CURRENT_CTX,
+            sys::CUflushGPUDirectRDMAWritesScope::CU_FLUSH_GPU_DIRECT_RDMA_WRITES_TO_OWNER,
+        )
+    })
 }
 
 /// Exports `[ptr, ptr+len)` (both host-page aligned) as a dmabuf file descriptor.

@@ -16,6 +16,13 @@
 //! * A [`DeviceBatch`] carries device pointer, stream, event, shape and
 //!   dtype, and converts to a DLPack [`DlpackTensor`] so PyTorch can wrap it
 //!   without a copy.
+//! * Ownership of step memory: a slot is reused only after every view is
+//!   dropped and, on CUDA, after an event recorded on each consumer stream
+//!   has completed ([`BounceSlot::release`], called by the loader through
+//!   `HostBuffer::release` with the streams registered by
+//!   `Batch::record_stream` or [`batch_ready_on`]).
+//! * GPUDirect fills flush the NIC's writes before the batch is declared
+//!   ready where the device needs it ([`Device::direct_flush`]).
 //! * [`LoaderDestination::select`] plugs this into `seqfeed-loader`: the
 //!   loader's ring of step buffers becomes [`CudaStepBuffer`]s (heap buffers
 //!   without CUDA), and [`device_batch`] gives a batch's device side.
@@ -49,6 +56,7 @@ mod device;
 pub mod dlpack;
 mod error;
 mod ffi;
+mod flush;
 mod loader_dest;
 mod memory;
 mod path;
@@ -59,7 +67,10 @@ pub use batch::{BounceSlot, DType, DeviceBatch};
 pub use device::{Device, LOCAL_RANK_ENV};
 pub use dlpack::DlpackTensor;
 pub use error::{CudaError, Result};
-pub use loader_dest::{device_batch, CudaBounceAllocator, CudaStepBuffer, LoaderDestination};
+pub use flush::{direct_flush_decision, DirectFlush};
+pub use loader_dest::{
+    batch_ready_on, device_batch, CudaBounceAllocator, CudaStepBuffer, LoaderDestination,
+};
 pub use memory::{DeviceBuffer, DmaBufRange, Event, PinnedBuffer, Stream};
 pub use path::{choose_path, DevicePath, GpuDirectCaps, GpuSide, PathChoice, TransportCaps};
 pub use probe::{

@@ -20,7 +20,19 @@
 //!   reason and the next path is used, ending at the pinned bounce buffer,
 //!   which every buffer keeps for that purpose.
 //!
-//! A consumer gets the device side of a batch with [`device_batch`].
+//! A consumer gets the device side of a batch (one micro-batch of the step
+//! in the buffer) with [`device_batch`], and orders its stream after the
+//! batch's arrival with [`batch_ready_on`] (what a DLPack
+//! `__dlpack__(stream=s)` does).
+//!
+//! Ownership: a slot is reused only after every view is dropped and, on
+//! CUDA, after an event recorded on each consumer stream has completed. The
+//! loader calls [`HostBuffer::release`] when the last view of a step goes,
+//! with the streams the consumer registered (`Batch::record_stream`;
+//! [`batch_ready_on`] registers its stream too). [`BounceSlot::release`]
+//! then orders the next copy into the slot (and a direct fill's
+//! `begin_direct`) after those streams' work, without blocking the
+//! consumer's thread.
 
 use crate::batch::{BounceSlot, DType, DeviceBatch};
 use crate::device::Device;
@@ -150,6 +162,15 @@ impl CudaStepBuffer {
     pub fn of(batch: &Batch) -> Option<&CudaStepBuffer> {
         batch.buffer()?.backend()?.downcast_ref::<CudaStepBuffer>()
     }
+
+    /// Makes the consumer stream `stream` (a raw `CUstream` of this
+    /// device's primary context; 0x1 / 0x2 for the legacy / per-thread
+    /// default stream) wait, on the GPU, until the step in this buffer has
+    /// arrived (`cuStreamWaitEvent` on the ready event). Binds the device's
+    /// context to the calling thread.
+    pub fn ready_on(&self, stream: u64) -> Result<()> {
+        self.slot.ready_on(stream)
+    }
 }
 
 impl HostBuffer for CudaStepBuffer {
@@ -205,16 +226,45 @@ impl HostBuffer for CudaStepBuffer {
         Ok(())
     }
 
+    /// Orders the next write into this buffer (bounce copy or direct fill)
+    /// after the consumer's work on `consumer_streams`; see
+    /// [`BounceSlot::release`]. Runs on the consumer's thread and binds the
+    /// device's context there.
+    fn release(&mut self, consumer_streams: &[u64]) -> std::result::Result<(), BoxError> {
+        self.slot.release(consumer_streams)?;
+        Ok(())
+    }
+
     fn backend(&self) -> Option<&dyn std::any::Any> {
         Some(self)
     }
 }
 
-/// The device side of a loader batch: `None` for host batches. Make the
-/// consuming stream wait on [`DeviceBatch::event`] before reading.
+/// The device side of a loader batch (its micro-batch only: the device
+/// pointer is offset by `batch.byte_range().start` into the step buffer, or
+/// by the matching int64 offset when widening is on); `None` for host
+/// batches. Before reading, make the consuming stream wait for it
+/// ([`batch_ready_on`], or `cuStreamWaitEvent` on [`DeviceBatch::event`])
+/// and register that stream with `batch.record_stream` so the slot is not
+/// reused before the reads have run.
 pub fn device_batch(batch: &Batch) -> Option<Result<DeviceBatch>> {
     let buf = CudaStepBuffer::of(batch)?;
-    Some(buf.slot.batch(&batch.shape(), dtype_of(batch.dtype())))
+    Some(
+        buf.slot
+            .batch_range(batch.byte_range(), &batch.shape(), dtype_of(batch.dtype())),
+    )
+}
+
+/// Makes the consumer stream `stream` (a raw `CUstream` of the batch's
+/// device's primary context; 0x1 / 0x2 for the legacy / per-thread default
+/// stream) wait on the GPU until `batch` has arrived, and registers the
+/// stream with `batch.record_stream` (a stream that waits for a batch is
+/// one that reads it, so the slot's reuse is ordered after it). `None` for
+/// host batches. This is what a DLPack producer does for
+/// `__dlpack__(stream=s)`.
+pub fn batch_ready_on(batch: &Batch, stream: u64) -> Option<Result<()>> {
+    let buf = CudaStepBuffer::of(batch)?;
+    Some(buf.ready_on(stream).map(|()| batch.record_stream(stream)))
 }
 
 fn dtype_of(d: Dtype) -> DType {

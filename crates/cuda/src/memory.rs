@@ -262,6 +262,40 @@ impl DeviceBuffer {
         })
     }
 
+    /// Enqueues a device-to-device copy of `len` bytes from `src` at
+    /// `src_offset` to this buffer at `offset`, on `stream`. Both buffers
+    /// must stay alive until the copy completes (e.g. an event recorded on
+    /// `stream` after it).
+    pub fn copy_from_device_async(
+        &self,
+        offset: usize,
+        src: &DeviceBuffer,
+        src_offset: usize,
+        len: usize,
+        stream: &Stream,
+    ) -> Result<()> {
+        self.check_range(offset, len, "async device-to-device copy (destination)")?;
+        src.check_range(src_offset, len, "async device-to-device copy (source)")?;
+        self.device.bind()?;
+        // SAFETY: both ranges are checked against live allocations; keeping
+        // them alive until the copy completes is the documented contract.
+        unsafe {
+            ffi::memcpy_dtod_async(
+                self.ptr + offset as u64,
+                src.ptr + src_offset as u64,
+                len,
+                stream.raw,
+            )
+        }
+        .map_err(|e| {
+            self.device.err(
+                "cuMemcpyDtoDAsync",
+                &format!("enqueueing a {len}-byte device copy"),
+                e,
+            )
+        })
+    }
+
     /// Exports `[offset, offset+len)` as a dmabuf for `ibv_reg_dmabuf_mr`.
     /// The exported range is widened to host pages; the returned
     /// [`DmaBufRange::fd_offset`] locates `offset` inside it.
@@ -478,6 +512,44 @@ impl Event {
         // SAFETY: both handles are live for the call.
         unsafe { ffi::event_record(self.raw, stream.raw) }
             .map_err(|e| self.device.err("cuEventRecord", "recording an event", e))
+    }
+
+    /// Records the event after the work enqueued so far on the raw stream
+    /// `stream` (a `CUstream` as an integer, e.g. a consumer's stream from
+    /// PyTorch; 0, 0x1 `CU_STREAM_LEGACY` and 0x2 `CU_STREAM_PER_THREAD`
+    /// name the default streams). The stream must belong to this device's
+    /// primary context and be live for the call; the driver reports handles
+    /// it can tell are wrong as an error.
+    pub fn record_raw(&self, stream: u64) -> Result<()> {
+        self.device.bind()?;
+        // SAFETY: the event is live for the call. The stream handle is the
+        // consumer's (documented contract above: a live stream of this
+        // context or a special default-stream handle); it is passed through
+        // to the driver, never dereferenced here.
+        unsafe { ffi::event_record(self.raw, ffi::raw_stream(stream)) }.map_err(|e| {
+            self.device.err(
+                "cuEventRecord",
+                &format!("recording an event on consumer stream {stream:#x}"),
+                e,
+            )
+        })
+    }
+
+    /// Makes later work on the raw stream `stream` wait (on the GPU, without
+    /// blocking the host) for the work before this event's last record
+    /// (`cuStreamWaitEvent(stream, event)`). The stream contract is that of
+    /// [`Event::record_raw`].
+    pub fn wait_on_raw(&self, stream: u64) -> Result<()> {
+        self.device.bind()?;
+        // SAFETY: as in `record_raw`: the event is live, the stream handle is
+        // passed through to the driver under the documented contract.
+        unsafe { ffi::stream_wait_event(ffi::raw_stream(stream), self.raw) }.map_err(|e| {
+            self.device.err(
+                "cuStreamWaitEvent",
+                &format!("ordering consumer stream {stream:#x} after an event"),
+                e,
+            )
+        })
     }
 
     /// True when the recorded work has completed (true for a never-recorded event).

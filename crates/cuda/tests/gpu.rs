@@ -10,6 +10,9 @@ use seqfeed_cuda::{
 };
 use std::sync::Arc;
 
+#[path = "common/release_checks.rs"]
+mod release_checks;
+
 fn gpu_or_skip(test: &str) -> Option<Device> {
     match probe() {
         CudaProbe::NotAvailable { reason } => {
@@ -341,5 +344,29 @@ fn direct_fill_records_the_ready_event_and_step_buffers_offer_device_memory() {
         assert_eq!((regions[0].addr, regions[0].len), (ptr, 4096));
     } else {
         assert_eq!(regions.len(), 1, "export refused: only peer memory offered");
+    }
+}
+
+#[test]
+fn held_batches_stay_intact_while_the_loader_moves_on() {
+    let Some(dev) = gpu_or_skip("held_batches_stay_intact_while_the_loader_moves_on") else {
+        return;
+    };
+    for prefetch in [1, 2] {
+        match release_checks::held_batches(&dev, prefetch) {
+            Ok(summary) => eprintln!("prefetch {prefetch}: {summary}"),
+            Err(e) => panic!("prefetch {prefetch}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn released_slot_is_rewritten_only_after_the_consumer_stream() {
+    let Some(dev) = gpu_or_skip("released_slot_is_rewritten_only_after_the_consumer_stream") else {
+        return;
+    };
+    match release_checks::release_ordering(&dev) {
+        Ok(summary) => eprintln!("{summary}"),
+        Err(e) => panic!("{e}"),
     }
 }

@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use seqfeed_cuda::{
-    device_batch, probe, widen_u16_host, CudaProbe, CudaStepBuffer, DType, DevicePath,
-    LoaderDestination, TransportCaps,
+    batch_ready_on, device_batch, probe, widen_u16_host, CudaProbe, CudaStepBuffer, DType,
+    DevicePath, LoaderDestination, TransportCaps,
 };
 use seqfeed_loader::testutil::{expected, xorshift_files, Files, RandomBlocks};
 use seqfeed_loader::{
@@ -45,7 +45,10 @@ fn run_loader(f: &Files, dest: &LoaderDestination, steps: u64) -> u64 {
             "step {step}: host view differs from the files"
         );
         match device_batch(&batch) {
-            None => assert_eq!(dest.path, DevicePath::Host),
+            None => {
+                assert_eq!(dest.path, DevicePath::Host);
+                assert!(batch_ready_on(&batch, 0x1).is_none(), "a host batch");
+            }
             Some(db) => {
                 let db = db.unwrap();
                 assert_eq!(db.shape, vec![32, SEQ_LEN]);
