@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Create (or update) the Python virtual environment that the Python tests and
+# the Python benchmarks use, and install what they need from PyPI.
+#
+#   scripts/python-env.sh                 # venv at <repo>/.venv
+#   SEQFEED_VENV=/some/dir scripts/python-env.sh
+#   PYTHON=/usr/bin/python3 scripts/python-env.sh   # build the venv from another interpreter
+#
+# Idempotent: a second run finds every requirement satisfied and downloads nothing.
+#
+# What it installs, and why:
+#   torch          tensors handed out by the loader; the PyPI wheel for Linux is
+#                  CUDA-enabled and pulls the nvidia-* wheels (several GB)
+#   numpy pytest   tests
+#   maturin        builds the PyO3 extension in crates/python
+#   torchdata      StatefulDataLoader (resumable DataLoader) for the comparison tests
+#   tiktoken       a real tokenizer, for examples that tokenize text
+#   megatron-core  the reference loader for benches/scripts/megatron_gptdataset.py.
+#                  Its wheel (cp311 manylinux) ships the GPTDataset index helper
+#                  (megatron/core/datasets/helpers_cpp*.so, built from helpers.cpp with
+#                  pybind11) prebuilt. Where pip has to build it from source, or the
+#                  helper is missing, this script compiles helpers.cpp itself with g++
+#                  and pybind11 (installing build-essential with apt-get if needed).
+#
+# Overrides: SEQFEED_MCORE_SPEC (default megatron-core==0.16.1, the version the
+# benchmark is written against), SEQFEED_PIP_ARGS (extra pip arguments, e.g. an index).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${SEQFEED_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+MCORE_SPEC="${SEQFEED_MCORE_SPEC:-megatron-core==0.16.1}"
+read -r -a PIP_EXTRA <<<"${SEQFEED_PIP_ARGS:-}"
+
+die() {
+    echo "python-env: ERROR: $*" >&2
+    exit 1
+}
+
+say() { echo "python-env: $*"; }
+
+size_of() { du -sm "$1" 2>/dev/null | cut -f1; }
+
+# step NAME CMD...: run CMD, print how long it took and how much the venv grew.
+step() {
+    local name="$1"
+    shift
+    local t0 s0 s1 t1
+    t0=$(date +%s)
+    s0=$(size_of "$VENV" || echo 0)
+    say "$name ..."
+    if ! "$@"; then
+        die "step '$name' failed (command: $*)"
+    fi
+    t1=$(date +%s)
+    s1=$(size_of "$VENV" || echo 0)
+    say "$name: done in $((t1 - t0))s, venv +$((${s1:-0} - ${s0:-0})) MiB (now ${s1:-0} MiB)"
+}
+
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || die "need the Debian packages '$*' but apt-get is not available"
+    local sudo=()
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to apt-get install $*"
+        sudo=(sudo)
+    fi
+    say "apt-get update && apt-get install -y $*"
+    local log
+    log=$(mktemp)
+    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        die "apt-get update failed"
+    fi
+    if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        die "apt-get install $* failed"
+    fi
+    rm -f "$log"
+}
+
+command -v "$PYTHON" >/dev/null 2>&1 || die "no '$PYTHON' on PATH (set PYTHON=/path/to/python3)"
+
+# --- 1. the venv ---------------------------------------------------------------
+venv_ok() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }
+
+make_venv() {
+    # A failed `python3 -m venv` (Debian without python3-venv: no ensurepip) leaves a
+    # half-made directory behind; remove it before each try.
+    rm -rf "$VENV"
+    if "$PYTHON" -m venv "$VENV" >/dev/null 2>&1 && venv_ok; then
+        return 0
+    fi
+    rm -rf "$VENV"
+    local ver
+    ver=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    say "'$PYTHON -m venv' failed (Debian's python3 needs python3-venv); installing it"
+    apt_install python3-venv "python${ver}-venv"
+    "$PYTHON" -m venv "$VENV" && venv_ok
+}
+
+if venv_ok; then
+    say "venv $VENV exists ($("$VENV/bin/python" --version 2>&1))"
+else
+    [ -e "$VENV" ] && say "$VENV exists but is not a working venv; recreating it"
+    step "create venv $VENV with $("$PYTHON" --version 2>&1) ($(command -v "$PYTHON"))" make_venv
+fi
+
+PY="$VENV/bin/python"
+pip_q() { "$PY" -m pip install -q --disable-pip-version-check "${PIP_EXTRA[@]}" "$@"; }
+
+# --- 2. packages ----------------------------------------------------------------
+# pip, so that manylinux_2_28 wheels (torch, megatron-core) are recognised.
+step "pip install --upgrade pip" pip_q --upgrade pip
+# torch first and alone: it is by far the biggest download, and megatron-core,
+# torchdata need it.
+step "pip install torch (PyPI wheel, CUDA-enabled, pulls nvidia-* wheels)" pip_q torch
+step "pip install numpy pytest maturin" pip_q numpy pytest maturin
+step "pip install torchdata tiktoken" pip_q torchdata tiktoken
+step "pip install $MCORE_SPEC" pip_q "$MCORE_SPEC"
+
+# --- 3. megatron-core's C++ dataset helper --------------------------------------
+helpers_ok() { "$PY" -c 'import megatron.core.datasets.helpers_cpp' >/dev/null 2>&1; }
+
+build_helpers() {
+    if ! command -v g++ >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
+        apt_install build-essential
+    fi
+    pip_q pybind11 || return 1
+    local dir inc suffix
+    dir=$("$PY" -W ignore -c 'import megatron.core.datasets as d, os; print(os.path.dirname(d.__file__))' 2>/dev/null) || return 1
+    suffix=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))') || return 1
+    inc=$("$PY" -m pybind11 --includes) || return 1
+    # Python.h: pyenv builds have it; Debian's python3 needs python3-dev.
+    if ! "$PY" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+        apt_install python3-dev
+    fi
+    # shellcheck disable=SC2086 # $inc is a list of -I flags
+    g++ -O3 -Wall -shared -std=c++17 -fPIC -fdiagnostics-color=never $inc \
+        "$dir/helpers.cpp" -o "$dir/helpers_cpp$suffix"
+}
+
+if helpers_ok; then
+    say "megatron-core dataset helper (helpers_cpp) is importable (prebuilt in the wheel)"
+else
+    step "compile megatron-core's helpers.cpp with pybind11" build_helpers
+    helpers_ok || die "megatron.core.datasets.helpers_cpp still does not import after compiling helpers.cpp"
+fi
+
+# --- 4. check -------------------------------------------------------------------
+"$PY" - <<'EOF' || die "the venv does not import what it should"
+import importlib, sys, warnings
+# megatron-core warns on import that Transformer Engine and Apex are absent; expected here.
+warnings.filterwarnings("ignore")
+mods = ["torch", "numpy", "pytest", "torchdata", "tiktoken", "megatron.core"]
+vers = []
+for m in mods:
+    mod = importlib.import_module(m)
+    vers.append(f"{m} {getattr(mod, '__version__', '?')}")
+from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: F401
+from megatron.core.datasets.gpt_dataset import GPTDataset  # noqa: F401
+from megatron.core.datasets import helpers  # noqa: F401
+import torch
+vers.append(f"cuda available: {torch.cuda.is_available()}")
+print("python-env: ok: " + ", ".join(vers))
+EOF
+"$VENV/bin/maturin" --version >/dev/null 2>&1 || die "maturin is not runnable from $VENV/bin"
+say "venv ready: $VENV ($(size_of "$VENV") MiB); activate with: . $VENV/bin/activate"
