@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Pack documents (Megatron .bin/.idx, .npy, raw token arrays, JSONL) into a source of fixed-size sequences.
+    /// Pack documents (Megatron .bin/.idx, .npy, raw token arrays, JSONL of ids, or JSONL text with --tiktoken) into a source of fixed-size sequences.
     Pack(cmd::pack::Args),
     /// Show a source's manifest, files, hashes, and optionally a sequence's tokens.
     Inspect(cmd::inspect::Args),

@@ -304,3 +304,86 @@ fn megatron_and_jsonl_into_a_dataset() {
         text(&o).0
     );
 }
+
+#[test]
+fn pack_tiktoken_text_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("corpus.jsonl");
+    let mut lines = String::new();
+    for i in 0..200 {
+        lines.push_str(&format!(
+            "{{\"id\": {i}, \"text\": \"Document {i}: the quick brown fox jumps over the lazy dog. <|endoftext|> is plain text here.\"}}\n"
+        ));
+    }
+    std::fs::write(&input, lines).unwrap();
+    let out = dir.path().join("web");
+    let o = seqfeed(&[
+        "pack",
+        "--tiktoken",
+        "cl100k_base",
+        "--text-field",
+        "text",
+        p(&input),
+        "--out",
+        p(&out),
+        "--seq-len",
+        "1025",
+        "--dtype",
+        "u32",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("documents   200"), "{stdout}");
+    assert!(
+        stdout.contains("tokenizer   tiktoken:cl100k_base (n_vocab 100277, eos 100257)"),
+        "{stdout}"
+    );
+    let o = seqfeed(&["inspect", p(&out), "--seq", "0"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("tokenizer    tiktoken:cl100k_base"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" 100257 "), "{stdout}");
+
+    // cl100k's default EOS does not fit u16: refused up front, nothing written.
+    let out16 = dir.path().join("web16");
+    let args = [
+        "pack",
+        "--tiktoken",
+        "cl100k_base",
+        p(&input),
+        "-o",
+        p(&out16),
+        "--seq-len",
+        "64",
+    ];
+    let o = seqfeed(&args);
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(stderr.contains("does not fit --dtype u16"), "{stderr}");
+    assert!(!out16.exists());
+
+    // A bad record names the file and line.
+    std::fs::write(&input, "{\"text\": \"ok\"}\n{\"txt\": \"no\"}\n").unwrap();
+    let o = seqfeed(&[
+        "pack",
+        "--tiktoken",
+        "cl100k_base",
+        p(&input),
+        "-o",
+        p(&out16),
+        "--seq-len",
+        "4",
+        "--dtype",
+        "u32",
+    ]);
+    let (_, stderr) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("corpus.jsonl: line 2: no field 'text'"),
+        "{stderr}"
+    );
+    assert!(!out16.exists());
+}

@@ -32,6 +32,17 @@ pub enum TokenPos {
         /// Index of the element in the token array.
         element: u64,
     },
+    /// A text JSON Lines file: 1-based line number, 0-based document index in
+    /// the file (blank lines are not documents), and the index of the token
+    /// within the document's tokenized text.
+    Text {
+        /// 1-based line number.
+        line: u64,
+        /// 0-based document index within the file.
+        document: u64,
+        /// Index of the token in the document's tokens.
+        token: u64,
+    },
 }
 
 impl fmt::Display for TokenPos {
@@ -49,6 +60,14 @@ impl fmt::Display for TokenPos {
                 )
             }
             TokenPos::Line { line, element } => write!(f, "line {line}, element {element}"),
+            TokenPos::Text {
+                line,
+                document,
+                token,
+            } => write!(
+                f,
+                "line {line} (document {document}, 0-based), token {token} of the document's text"
+            ),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Importers: Megatron `.bin/.idx`, headerless token arrays, `.npy`, JSON Lines.
+//! Importers: Megatron `.bin/.idx`, headerless token arrays, `.npy`, JSON Lines
+//! (token ids, or text tokenized by [`crate::tokenize`]).
 //!
 //! Every importer validates token ids against the output dtype while decoding
 //! and reports an overflowing or negative id with its file and position.
@@ -10,6 +11,7 @@ use std::str::FromStr;
 use crate::error::{FormatError, Result, TokenPos};
 use crate::pack::{PackOptions, PackStats, Packer};
 use crate::source::Source;
+use crate::tokenize::{import_text, TextOptions, Tokenizer};
 use crate::Dtype;
 
 /// Element type of an input token array.
@@ -93,11 +95,14 @@ pub enum InputKind {
     /// A `.npy` array (u8/i8/u16/i16/u32/i32/i64, little-endian, C order); the
     /// whole array, flattened, is one document.
     Npy,
-    /// JSON Lines; each line's `field` (an array of token ids) is one document.
+    /// JSON Lines (plain or gzip); each line's `field` (an array of token ids) is one document.
     Jsonl {
         /// The token-array field name.
         field: String,
     },
+    /// JSON Lines of text (plain or gzip); each line's text field, tokenized,
+    /// is one document. See [`crate::tokenize`].
+    Text(TextOptions),
 }
 
 /// One input to [`pack_inputs`].
@@ -110,9 +115,24 @@ pub struct Input {
 }
 
 impl Input {
+    /// A text JSON Lines input (plain or gzip).
+    pub fn text(path: impl Into<PathBuf>, opts: TextOptions) -> Input {
+        Input {
+            path: path.into(),
+            kind: InputKind::Text(opts),
+        }
+    }
+
+    /// Whether the file name ends in `.jsonl`, `.json`, `.jsonl.gz` or `.json.gz`.
+    pub fn is_jsonl_name(path: &Path) -> bool {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let name = name.strip_suffix(".gz").unwrap_or(name);
+        name.ends_with(".jsonl") || name.ends_with(".json")
+    }
+
     /// Guesses the kind from the extension: `.idx`/`.bin` Megatron (the prefix
-    /// is taken), `.npy`, `.jsonl`/`.json`, else a raw array of `raw_dtype`
-    /// (an error when none is given).
+    /// is taken), `.npy`, `.jsonl`/`.json` (also `.gz`), else a raw array of
+    /// `raw_dtype` (an error when none is given).
     pub fn detect(
         path: impl AsRef<Path>,
         raw_dtype: Option<InDtype>,
@@ -129,7 +149,7 @@ impl Input {
                 });
             }
             "npy" => InputKind::Npy,
-            "jsonl" | "json" => InputKind::Jsonl {
+            _ if Input::is_jsonl_name(path) => InputKind::Jsonl {
                 field: jsonl_field.to_string(),
             },
             _ => match raw_dtype {
@@ -166,7 +186,25 @@ pub fn pack_inputs(
     out_dir: impl AsRef<Path>,
     progress: &dyn Fn(u64),
 ) -> Result<(Source, PackStats)> {
+    let tokenizer = text_tokenizer(inputs)?;
+    if let Some(tok) = &tokenizer {
+        let max = opts.dtype.max_id();
+        for i in inputs {
+            if let InputKind::Text(TextOptions { bos: Some(b), .. }) = i.kind {
+                if u64::from(b) > max {
+                    return Err(FormatError::InvalidOption(format!(
+                        "BOS id {b} does not fit {}",
+                        opts.dtype
+                    )));
+                }
+            }
+        }
+        tracing::info!(tokenizer = %tok.name(), "tokenizing text inputs");
+    }
     let mut packer = Packer::create(out_dir, opts)?;
+    if let Some(tok) = &tokenizer {
+        packer.set_tokenizer(tok.info());
+    }
     for input in inputs {
         tracing::info!(path = %input.path.display(), kind = ?input.kind, "importing");
         match &input.kind {
@@ -174,9 +212,48 @@ pub fn pack_inputs(
             InputKind::Raw(d) => import_raw(&mut packer, &input.path, *d, progress)?,
             InputKind::Npy => import_npy(&mut packer, &input.path, progress)?,
             InputKind::Jsonl { field } => import_jsonl(&mut packer, &input.path, field, progress)?,
+            InputKind::Text(t) => match &tokenizer {
+                Some(tok) => import_text(&mut packer, &input.path, t, tok, progress)?,
+                None => return Err(FormatError::InvalidOption("no tokenizer loaded".into())),
+            },
         }
     }
     packer.finish()
+}
+
+/// The tokenizer of the text inputs, if any. A source records one tokenizer,
+/// so text inputs must share an encoding and cannot be mixed with token inputs.
+fn text_tokenizer(inputs: &[Input]) -> Result<Option<Tokenizer>> {
+    let mut encoding = None;
+    for i in inputs {
+        if let InputKind::Text(t) = &i.kind {
+            match encoding {
+                None => encoding = Some(t.encoding),
+                Some(e) if e != t.encoding => {
+                    return Err(FormatError::InvalidOption(format!(
+                        "{}: text inputs of one source must share a tokenizer ({e} and {})",
+                        i.path.display(),
+                        t.encoding
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let Some(encoding) = encoding else {
+        return Ok(None);
+    };
+    if let Some(i) = inputs
+        .iter()
+        .find(|i| !matches!(i.kind, InputKind::Text(_)))
+    {
+        return Err(FormatError::InvalidOption(format!(
+            "{}: a source records one tokenizer, so text inputs cannot be packed together with token inputs ({:?}); pack them into separate sources",
+            i.path.display(),
+            i.kind
+        )));
+    }
+    Tokenizer::tiktoken(encoding).map(Some)
 }
 
 const CHUNK_TOKENS: usize = 1 << 16;
@@ -275,13 +352,17 @@ fn push_array(
 }
 
 /// Batches progress calls to about one per MiB.
-struct Progress<'a> {
+pub(crate) struct Progress<'a> {
     f: &'a dyn Fn(u64),
     pending: u64,
 }
 
-impl Progress<'_> {
-    fn add(&mut self, n: u64) {
+impl<'a> Progress<'a> {
+    pub(crate) fn new(f: &'a dyn Fn(u64)) -> Self {
+        Progress { f, pending: 0 }
+    }
+
+    pub(crate) fn add(&mut self, n: u64) {
         self.pending += n;
         if self.pending >= 1 << 20 {
             (self.f)(self.pending);
@@ -766,14 +847,12 @@ fn import_jsonl(
     field: &str,
     progress: &dyn Fn(u64),
 ) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(|e| FormatError::io("open", path, e))?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let counter = std::cell::Cell::new(0u64);
+    let mut reader = crate::tokenize::open_lines(path, &counter)?;
     let mut line = String::new();
     let mut tokens: Vec<u32> = Vec::new();
-    let mut prog = Progress {
-        f: progress,
-        pending: 0,
-    };
+    let mut prog = Progress::new(progress);
+    let mut reported = 0u64;
     let dtype = packer.dtype();
     let max = dtype.max_id();
     for lineno in 1u64.. {
@@ -784,7 +863,9 @@ fn import_jsonl(
         if n == 0 {
             break;
         }
-        prog.add(n as u64);
+        // File bytes (compressed ones for gzip).
+        prog.add(counter.get() - reported);
+        reported = counter.get();
         let text = line.trim();
         if text.is_empty() {
             continue;

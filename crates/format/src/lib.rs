@@ -10,7 +10,9 @@
 //!   (`manifest.json`); a [`Dataset`] is a directory of sources, with a
 //!   fingerprint derived from the manifests.
 //! * [`Packer`] / [`pack_tokens`] / [`pack_inputs`] turn documents (in memory,
-//!   Megatron `.bin/.idx`, `.npy`, headerless arrays, JSON Lines) into a source.
+//!   Megatron `.bin/.idx`, `.npy`, headerless arrays, JSON Lines of token ids,
+//!   or JSON Lines of text tokenized with an embedded tiktoken encoding, see
+//!   [`tokenize`]) into a source.
 //!
 //! The byte layout is specified in `docs/FORMAT.md`.
 //!
@@ -39,6 +41,7 @@ mod mmap;
 mod pack;
 mod seqfile;
 mod source;
+pub mod tokenize;
 
 pub use dataset::{fingerprint_of, Dataset};
 pub use dtype::{Dtype, Token};
@@ -52,6 +55,7 @@ pub use seqfile::{
     FIXED_HEADER_LEN, FLAG_CRC, MAGIC, MAX_NAME_LEN, PAGE, VERSION,
 };
 pub use source::{
-    file_name, FileEntry, Source, SourceManifest, SourceOptions, SourceWriter,
+    file_name, FileEntry, Source, SourceManifest, SourceOptions, SourceWriter, TokenizerInfo,
     DEFAULT_MAX_FILE_BYTES, MANIFEST_NAME,
 };
+pub use tokenize::{Encoding, TextOptions, Tokenizer};

@@ -206,6 +206,11 @@ impl Packer {
         })
     }
 
+    /// Records the tokenizer that produced the tokens in the source manifest.
+    pub fn set_tokenizer(&mut self, tokenizer: crate::source::TokenizerInfo) {
+        self.writer.set_tokenizer(tokenizer);
+    }
+
     /// Output dtype.
     pub fn dtype(&self) -> Dtype {
         self.dtype

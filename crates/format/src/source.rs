@@ -40,6 +40,23 @@ pub struct SourceManifest {
     pub seq_len: u64,
     /// The files, in sequence order.
     pub files: Vec<FileEntry>,
+    /// The tokenizer that produced the tokens, when `seqfeed pack` tokenized
+    /// text itself. Absent in manifests written before this field existed and
+    /// in sources packed from token ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<TokenizerInfo>,
+}
+
+/// The tokenizer recorded in a source manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizerInfo {
+    /// `tiktoken:<encoding>`, e.g. `tiktoken:cl100k_base`.
+    pub name: String,
+    /// blake3 (lower-case hex) of the encoding's rank table: the bytes of the
+    /// `<encoding>.tiktoken` file (`base64(token) rank` lines).
+    pub vocab_hash: String,
+    /// Number of ids (largest id, special or not, plus one).
+    pub n_vocab: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,6 +100,13 @@ impl SourceManifest {
             h.update(&f.data_offset.to_le_bytes());
             h.update(&f.file_len.to_le_bytes());
             put_str(&mut h, &f.payload_hash);
+        }
+        // Only when present, so manifests without a tokenizer keep their fingerprints.
+        if let Some(t) = &self.tokenizer {
+            put_str(&mut h, "tokenizer");
+            put_str(&mut h, &t.name);
+            put_str(&mut h, &t.vocab_hash);
+            h.update(&t.n_vocab.to_le_bytes());
         }
         h.finalize().to_hex().to_string()
     }
@@ -141,6 +165,14 @@ impl SourceManifest {
             if f.payload_hash.len() != 64 || !f.payload_hash.bytes().all(|b| b.is_ascii_hexdigit())
             {
                 return Err(bad(format!("files[{i}].payload_hash is not 64 hex digits")));
+            }
+        }
+        if let Some(t) = &m.tokenizer {
+            if t.name.is_empty() {
+                return Err(bad("tokenizer.name is empty".into()));
+            }
+            if t.vocab_hash.len() != 64 || !t.vocab_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad("tokenizer.vocab_hash is not 64 hex digits".into()));
             }
         }
         if doc.total_sequences != m.total_sequences() {
@@ -382,6 +414,7 @@ pub struct SourceWriter {
     per_file: u64,
     current: Option<SeqFileWriter>,
     files: Vec<FileEntry>,
+    tokenizer: Option<TokenizerInfo>,
     done: bool,
 }
 
@@ -420,6 +453,7 @@ impl SourceWriter {
             per_file,
             current: None,
             files: Vec::new(),
+            tokenizer: None,
             done: false,
         })
     }
@@ -427,6 +461,10 @@ impl SourceWriter {
     /// Bytes per sequence.
     pub fn seq_bytes(&self) -> usize {
         self.seq_len as usize * self.dtype.size()
+    }
+    /// Records the tokenizer in the manifest written by [`SourceWriter::finish`].
+    pub fn set_tokenizer(&mut self, tokenizer: TokenizerInfo) {
+        self.tokenizer = Some(tokenizer);
     }
     /// Sequences per file (the split point).
     pub fn sequences_per_file(&self) -> u64 {
@@ -508,6 +546,7 @@ impl SourceWriter {
             dtype: self.dtype,
             seq_len: self.seq_len,
             files: self.files.clone(),
+            tokenizer: self.tokenizer.clone(),
         };
         let mpath = self.tmp.join(MANIFEST_NAME);
         std::fs::write(&mpath, manifest.to_json())

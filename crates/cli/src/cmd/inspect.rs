@@ -60,6 +60,12 @@ fn print_source(s: &Source) {
     println!("  sequences    {}", s.total_sequences());
     println!("  tokens       {}", s.total_sequences() * s.seq_len());
     println!("  bytes        {}", s.payload_bytes());
+    if let Some(t) = &s.manifest().tokenizer {
+        println!(
+            "  tokenizer    {}  n_vocab {}  vocab blake3 {}",
+            t.name, t.n_vocab, t.vocab_hash
+        );
+    }
     println!("  fingerprint  {}", s.fingerprint());
     println!("  files        {}", s.files().len());
     for f in s.files() {

@@ -4,15 +4,17 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use seqfeed_format::{
-    pack_inputs, Dtype, InDtype, Input, InputKind, PackOptions, SourceOptions, Tail,
+    pack_inputs, Dtype, Encoding, InDtype, Input, InputKind, PackOptions, SourceOptions, Tail,
+    TextOptions, Tokenizer,
 };
 
 /// Flags of `seqfeed pack`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Input files, packed in the order given. The kind is taken from the extension:
-    /// `.idx`/`.bin` Megatron corpus (prefix), `.npy`, `.jsonl`/`.json`, anything else a
-    /// headerless token array of `--input-dtype`. Override with `--format`.
+    /// `.idx`/`.bin` Megatron corpus (prefix), `.npy`, `.jsonl`/`.json` (also `.gz`),
+    /// anything else a headerless token array of `--input-dtype`. Override with `--format`.
+    /// With `--tiktoken`, every input is JSON Lines of text (plain or gzip).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Output source directory (must not exist; written to a temporary name, then renamed).
@@ -27,9 +29,28 @@ pub struct Args {
     /// Tokens per sequence.
     #[arg(long)]
     pub seq_len: u64,
-    /// Token id appended after every document (omit when the input already separates documents).
+    /// Token id appended after every document (omit when the input already separates
+    /// documents). With `--tiktoken` the default is the encoding's `<|endoftext|>` id
+    /// (100257 for cl100k_base).
     #[arg(long)]
     pub eos: Option<u32>,
+    /// Append no EOS id, even with `--tiktoken`.
+    #[arg(long, conflicts_with = "eos")]
+    pub no_eos: bool,
+    /// Tokenize text: inputs are JSON Lines (`.jsonl`, `.jsonl.gz`) whose `--text-field`
+    /// string is one document, encoded with this embedded tiktoken encoding (cl100k_base,
+    /// o200k_base, p50k_base, r50k_base; nothing is downloaded). Encoding follows tiktoken's
+    /// `encode_ordinary`: special-token text such as `<|endoftext|>` inside a document is
+    /// encoded as ordinary text, never as a special id. The manifest records the tokenizer
+    /// (name, blake3 of its rank table, n_vocab).
+    #[arg(long, value_name = "ENCODING")]
+    pub tiktoken: Option<Encoding>,
+    /// String field of text JSON Lines records (with `--tiktoken`).
+    #[arg(long, default_value = "text", requires = "tiktoken")]
+    pub text_field: String,
+    /// Token id prepended to every document (with `--tiktoken`).
+    #[arg(long, requires = "tiktoken")]
+    pub bos: Option<u32>,
     /// What to do with the last partial sequence.
     #[arg(long, value_enum, default_value = "drop")]
     pub tail: TailArg,
@@ -73,7 +94,7 @@ pub enum FormatArg {
     Raw,
     /// NumPy `.npy`.
     Npy,
-    /// JSON Lines with a token-array field.
+    /// JSON Lines: a token-array field, or text with `--tiktoken`.
     Jsonl,
 }
 
@@ -115,15 +136,58 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.seq_len == 0 {
         bail!("--seq-len must be at least 1");
     }
+    let tokenizer = match args.tiktoken {
+        Some(e) => Some(Tokenizer::tiktoken(e)?),
+        None => None,
+    };
+    let eos = match (&tokenizer, args.no_eos) {
+        (_, true) => None,
+        (Some(t), false) => Some(args.eos.unwrap_or(t.end_of_text())),
+        (None, false) => args.eos,
+    };
+    if let Some(t) = &tokenizer {
+        let top = u64::from(t.n_vocab() - 1);
+        if eos.is_some_and(|e| u64::from(e) > args.dtype.max_id()) && args.eos.is_none() {
+            bail!(
+                "the default EOS id {} (<|endoftext|> of {}) does not fit --dtype {}: {} ids go up to {top}, use --dtype u32",
+                t.end_of_text(),
+                t.name(),
+                args.dtype,
+                t.name()
+            );
+        }
+        if top > args.dtype.max_id() {
+            tracing::warn!(
+                "{} ids go up to {top}, more than --dtype {} holds; packing fails at the first such id",
+                t.name(),
+                args.dtype
+            );
+        }
+    }
     let tail = match args.tail {
         TailArg::Drop => Tail::Drop,
-        TailArg::Pad => match args.pad_id.or(args.eos) {
+        TailArg::Pad => match args.pad_id.or(eos) {
             Some(p) => Tail::Pad(p),
             None => bail!("--tail pad needs --pad-id (or --eos, used as the pad id by default)"),
         },
     };
     let mut inputs = Vec::with_capacity(args.inputs.len());
     for p in &args.inputs {
+        if let Some(t) = &tokenizer {
+            if !matches!(args.format, FormatArg::Auto | FormatArg::Jsonl) {
+                bail!("--tiktoken reads JSON Lines of text; --format must be auto or jsonl");
+            }
+            if args.format == FormatArg::Auto && !Input::is_jsonl_name(p) {
+                bail!(
+                    "{}: with --tiktoken, inputs are JSON Lines of text (.jsonl, .json, .jsonl.gz); use --format jsonl for other names",
+                    p.display()
+                );
+            }
+            let mut opts = TextOptions::new(t.encoding()).field(args.text_field.clone());
+            opts.bos = args.bos;
+            inputs.push(Input::text(p.clone(), opts));
+            continue;
+        }
         let input = match args.format {
             FormatArg::Auto => Input::detect(p, args.input_dtype, &args.jsonl_field)?,
             FormatArg::Megatron => {
@@ -163,7 +227,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         name,
         dtype: args.dtype,
         seq_len: args.seq_len,
-        eos: args.eos,
+        eos,
         tail,
         source: SourceOptions {
             max_file_bytes: args.max_file_size,
@@ -191,6 +255,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("files       {}", source.files().len());
     println!("sequences   {}", stats.sequences);
     println!("documents   {}", stats.documents);
+    if let Some(t) = &source.manifest().tokenizer {
+        println!(
+            "tokenizer   {} (n_vocab {}, eos {})",
+            t.name,
+            t.n_vocab,
+            eos.map_or("none".to_string(), |e| e.to_string())
+        );
+    }
     println!(
         "tokens in   {} (+{} eos, +{} pad, -{} dropped)",
         stats.input_tokens, stats.eos_tokens, stats.pad_tokens, stats.dropped_tokens
