@@ -1,0 +1,323 @@
+"""``seqfeed.Loader``: a rank's micro-batches as torch tensors."""
+
+import os
+
+import torch
+
+from . import _native
+from ._labels import loss_mask_and_position_ids
+from ._native import SeqfeedError
+from ._parallel import data_parallel_from_env
+
+_DTYPES = {"int64": torch.int64, "int32": torch.int32, "uint16": torch.uint16}
+_STATE_VERSION = 1
+
+
+class Batch:
+    """One micro-batch.
+
+    * ``tokens``: ``[micro_batch, seq_len]`` tensor on the loader's device,
+      zero-copy from the step buffer unless a dtype change was asked for.
+    * ``input_ids`` / ``labels``: with ``labels=True`` (data packed at L+1
+      tokens per sequence) the views ``tokens[:, :-1]`` and ``tokens[:, 1:]``;
+      otherwise ``input_ids`` is ``tokens`` and ``labels`` is ``None``.
+    * ``loss_mask`` / ``position_ids``: when the loader has an ``eod_token``
+      (Megatron's ``eod_mask_loss`` / ``reset_position_ids``), else ``None``.
+    * ``step``, ``micro`` (index within the step), ``sources`` (each row's
+      source), ``positions`` (each row's position in the plan's order).
+
+    The step's buffer goes back to the loader when every tensor made from
+    it is freed (on CUDA, after the consumer's stream has finished with it).
+    """
+
+    __slots__ = (
+        "tokens",
+        "input_ids",
+        "labels",
+        "loss_mask",
+        "position_ids",
+        "step",
+        "micro",
+        "sources",
+        "positions",
+        "native",
+    )
+
+    def as_dict(self):
+        """The tensors and indices as a dict (what ``SeqfeedDataset`` yields)."""
+        d = {k: getattr(self, k) for k in ("input_ids", "labels", "loss_mask", "position_ids")}
+        d = {k: v for k, v in d.items() if v is not None}
+        d.update(tokens=self.tokens, step=self.step, micro=self.micro)
+        return d
+
+    def __repr__(self):
+        return (
+            f"seqfeed.Batch(step={self.step}, micro={self.micro}, "
+            f"tokens={tuple(self.tokens.shape)} {self.tokens.dtype} on {self.tokens.device})"
+        )
+
+
+class Loader:
+    """The seqfeed loader of one data-parallel rank.
+
+    Args:
+        plan: plan config (TOML) path.
+        dataset: dataset directory: the plan's shapes and fingerprint, and
+            the data itself for the local transport.
+        shapes: a shapes file instead of a dataset (remote data only).
+        cluster: cluster file (nodes, addresses, the files each holds).
+        nodes: instead of a cluster file, ``["host:port", ...]`` or
+            ``["name=host:port", ...]``, each node holding every file.
+            With neither, the dataset is read on this host (local transport).
+        transport: ``"auto"``, ``"tcp"``, ``"verbs"`` or ``"local"``.
+        device: ``"cpu"`` or ``"cuda:N"``.
+        prefetch: steps read ahead of the consumer.
+        secret: the nodes' shared secret (default ``SEQFEED_SECRET``).
+        start_step: first step (a ``load_state_dict`` overrides it).
+        end_step: one past the last step (default: the plan's end).
+        dp_rank, dp_size: this process's data-parallel rank and size
+            (default: ``data_parallel_from_env()``). Tensor/pipeline-parallel
+            peers pass the same ``dp_rank`` and get identical batches.
+        micro_batch: rows per micro-batch; the step's block of
+            ``global_batch / dp_size`` rows is yielded as
+            ``global_batch / (dp_size * micro_batch)`` micro-batches in order
+            (gradient accumulation). Default: the whole block.
+        dtype: ``"int64"`` (what embeddings take; widened on the device),
+            ``"int32"``, ``"uint16"`` or ``"native"`` (no conversion: uint16
+            or int32 for 32-bit ids, zero-copy).
+        labels: the data is packed at L+1 tokens per sequence; batches carry
+            ``input_ids = tokens[:, :-1]`` and ``labels = tokens[:, 1:]``.
+        eod_token: the EOD id; enables ``loss_mask`` and ``position_ids``.
+        eod_mask_loss, reset_position_ids: as Megatron's options of the
+            same names.
+        connections, io_timeout_ms, failover_ms, ring_wait_ms: network and
+            fail-over bounds (see ``seqfeed read --help``).
+
+    Raises ``seqfeed.SeqfeedError`` with the CLI's message for an
+    unreachable node, a wrong secret, a plan or data mismatch, or a rank out
+    of range.
+    """
+
+    def __init__(
+        self,
+        plan,
+        *,
+        dataset=None,
+        shapes=None,
+        cluster=None,
+        nodes=None,
+        transport="auto",
+        device="cpu",
+        prefetch=2,
+        secret=None,
+        start_step=0,
+        end_step=None,
+        dp_rank=None,
+        dp_size=None,
+        micro_batch=None,
+        dtype="int64",
+        labels=False,
+        eod_token=None,
+        eod_mask_loss=False,
+        reset_position_ids=False,
+        connections=2,
+        io_timeout_ms=10_000,
+        failover_ms=10_000,
+        ring_wait_ms=10_000,
+    ):
+        if (dp_rank is None) != (dp_size is None):
+            raise SeqfeedError("give dp_rank and dp_size together (or neither)")
+        if dp_rank is None:
+            dp_rank, dp_size = data_parallel_from_env()
+        if dtype != "native" and dtype not in _DTYPES:
+            raise ValueError(f"dtype {dtype!r}: expected one of int64, int32, uint16, native")
+        if isinstance(device, torch.device):
+            device = str(device)
+        self._device = torch.device(device)
+        self._paths = dict(
+            dataset=_path(dataset), shapes=_path(shapes), cluster=_path(cluster), nodes=nodes
+        )
+        self._plan = os.fspath(plan)
+        self._info = _native.plan_stats(
+            self._plan, dataset=self._paths["dataset"], shapes=self._paths["shapes"]
+        )
+        if not 0 <= dp_rank < dp_size:
+            raise SeqfeedError(
+                f"data-parallel rank {dp_rank} is out of range for data-parallel size {dp_size}"
+            )
+        gb = self._info["global_batch"]
+        if gb % dp_size:
+            raise SeqfeedError(
+                f"invalid loader configuration: data-parallel size {dp_size} does not divide the global batch {gb}"
+            )
+        block = gb // dp_size
+        micro_batch = block if micro_batch is None else int(micro_batch)
+        if micro_batch <= 0 or block % micro_batch:
+            raise SeqfeedError(
+                f"invalid loader configuration: micro_batch {micro_batch} does not divide the "
+                f"{block} rows each data-parallel rank reads per step (global_batch {gb} / dp_size {dp_size})"
+            )
+        if labels and self._info["seq_len"] < 2:
+            raise SeqfeedError("labels=True needs sequences of at least 2 tokens (pack at L+1)")
+        self._dtype = dtype
+        self._labels = bool(labels)
+        self._eod = eod_token
+        self._eod_mask_loss = bool(eod_mask_loss)
+        self._reset_position_ids = bool(reset_position_ids)
+        self._opts = dict(
+            transport=transport,
+            device=str(self._device) if self._device.type == "cuda" else "cpu",
+            prefetch=int(prefetch),
+            secret=secret if secret is not None else os.environ.get("SEQFEED_SECRET"),
+            end_step=end_step,
+            dp_rank=int(dp_rank),
+            dp_size=int(dp_size),
+            accumulation=block // micro_batch,
+            widen=dtype == "int64" and self._device.type == "cuda",
+            connections=connections,
+            io_timeout_ms=io_timeout_ms,
+            failover_ms=failover_ms,
+            ring_wait_ms=ring_wait_ms,
+        )
+        self.micro_batch = micro_batch
+        self.accumulation = block // micro_batch
+        self.dp_rank, self.dp_size = int(dp_rank), int(dp_size)
+        self._position = (int(start_step), 0)
+        self._native = None
+
+    # -- iteration -------------------------------------------------------
+
+    def _start(self):
+        step, micro = self._position
+        self._native = _native.NativeLoader(
+            self._plan, start_step=step, start_micro=micro, **self._paths, **self._opts
+        )
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._native is None:
+            self._start()
+        try:
+            nb = self._native.next_batch()
+        except KeyboardInterrupt:
+            # Ctrl-C: stop the reader threads before unwinding.
+            self.close()
+            raise
+        if nb is None:
+            raise StopIteration
+        self._position = self._native.position()
+        return self._wrap(nb)
+
+    def _wrap(self, nb):
+        tokens = torch.from_dlpack(nb)
+        want = self._dtype
+        if want != "native" and tokens.dtype != _DTYPES[want]:
+            tokens = tokens.to(_DTYPES[want])
+        b = Batch()
+        b.tokens = tokens
+        b.step, b.micro = nb.step, nb.micro
+        b.sources, b.positions = nb.sources, nb.positions
+        b.native = nb
+        if self._labels:
+            b.input_ids, b.labels = tokens[:, :-1], tokens[:, 1:]
+        else:
+            b.input_ids, b.labels = tokens, None
+        if self._eod is not None:
+            b.loss_mask, b.position_ids = loss_mask_and_position_ids(
+                b.input_ids, self._eod, self._eod_mask_loss, self._reset_position_ids
+            )
+        else:
+            b.loss_mask = b.position_ids = None
+        return b
+
+    # -- state -----------------------------------------------------------
+
+    def state_dict(self):
+        """The position of the next micro-batch and what it is a position in."""
+        step, micro = self._position
+        return {
+            "version": _STATE_VERSION,
+            "step": step,
+            "micro": micro,
+            "plan_fingerprint": self._info["fingerprint"],
+            "dataset_fingerprint": self._info["dataset_fingerprint"],
+            "dp_rank": self.dp_rank,
+            "dp_size": self.dp_size,
+            "micro_batch": self.micro_batch,
+        }
+
+    def load_state_dict(self, state):
+        """Continues from ``state`` (from ``state_dict``). A state of another
+        plan, other data or another batch layout is refused."""
+        for key in ("step", "micro", "plan_fingerprint"):
+            if key not in state:
+                raise SeqfeedError(f"loader state: missing {key!r}")
+        if state["plan_fingerprint"] != self._info["fingerprint"]:
+            raise SeqfeedError(
+                f"loader state is for plan {state['plan_fingerprint']}, but this loader's plan is "
+                f"{self._info['fingerprint']}: the plan config or the data changed"
+            )
+        have = self._info["dataset_fingerprint"]
+        got = state.get("dataset_fingerprint")
+        if got and have and got != have:
+            raise SeqfeedError(
+                f"loader state is for dataset fingerprint {got}, but the dataset has {have}"
+            )
+        for key, mine in (("dp_size", self.dp_size), ("micro_batch", self.micro_batch)):
+            if key in state and state[key] != mine:
+                raise SeqfeedError(
+                    f"loader state has {key}={state[key]} but this loader has {key}={mine}; "
+                    "a step's position within the run is only the same with the same layout"
+                )
+        self.close()
+        self._position = (int(state["step"]), int(state["micro"]))
+
+    # -- information -----------------------------------------------------
+
+    def stats(self):
+        """Running totals: steps, micro_batches, sequences, bytes, stall and
+        read times (seconds), rows failed over to replicas."""
+        if self._native is None:
+            return {}
+        return self._native.stats()
+
+    @property
+    def plan_info(self):
+        """The plan's statistics (``seqfeed.plan_stats``)."""
+        return self._info
+
+    @property
+    def position(self):
+        """``(step, micro)`` of the next micro-batch."""
+        return self._position
+
+    def close(self):
+        """Stops the reader threads and closes node connections. Iterating
+        again starts over from the current position."""
+        if self._native is not None:
+            self._native.close()
+            self._native = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __len__(self):
+        end = self._opts["end_step"]
+        end = self._info["steps"] if end is None else min(end, self._info["steps"])
+        step, micro = self._position
+        return max(0, (end - step) * self.accumulation - micro)
+
+    def __getstate__(self):
+        raise TypeError(
+            "a seqfeed.Loader cannot be pickled or sent to a worker process; "
+            "use seqfeed.SeqfeedDataset with num_workers=0"
+        )
+
+
+def _path(p):
+    return None if p is None else os.fspath(p)

@@ -1,0 +1,124 @@
+//! Plan and source inspection for notebooks: the data behind `seqfeed plan
+//! stats`, `seqfeed plan show` and `seqfeed inspect`, as Python values.
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use seqfeed_loader::{open_plan, OpenedPlan};
+
+use crate::py_err;
+
+fn open(plan: PathBuf, dataset: Option<PathBuf>, shapes: Option<PathBuf>) -> PyResult<OpenedPlan> {
+    open_plan(&plan, dataset.as_deref(), shapes.as_deref()).map_err(|e| py_err(&e))
+}
+
+/// Quotas, target and realized ratios, epochs and repeats of every source
+/// (`seqfeed plan stats`).
+#[pyfunction]
+#[pyo3(signature = (plan, *, dataset=None, shapes=None))]
+pub(crate) fn plan_stats<'py>(
+    py: Python<'py>,
+    plan: PathBuf,
+    dataset: Option<PathBuf>,
+    shapes: Option<PathBuf>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let opened = open(plan, dataset, shapes)?;
+    let p = &opened.plan;
+    let d = PyDict::new(py);
+    d.set_item("fingerprint", p.fingerprint())?;
+    d.set_item("dataset_fingerprint", opened.dataset_fingerprint.clone())?;
+    d.set_item("mode", p.mode().to_string())?;
+    d.set_item("global_batch", p.global_batch())?;
+    d.set_item("steps", p.steps())?;
+    d.set_item("total_sequences", p.total_sequences())?;
+    d.set_item("requested_sequences", p.requested_sequences())?;
+    d.set_item("seq_len", p.seq_len())?;
+    d.set_item("token_bytes", p.token_bytes())?;
+    let total = p.total_sequences().max(1) as f64;
+    let wsum: f64 = p.sources().iter().map(|s| s.weight).sum();
+    let sources = PyList::empty(py);
+    for s in p.sources() {
+        let e = PyDict::new(py);
+        e.set_item("name", &s.name)?;
+        e.set_item("weight", s.weight)?;
+        e.set_item("target", if wsum > 0.0 { s.weight / wsum } else { 0.0 })?;
+        e.set_item("realized", s.quota as f64 / total)?;
+        e.set_item("quota", s.quota)?;
+        e.set_item("size", s.size)?;
+        e.set_item("epochs", s.epochs())?;
+        e.set_item("max_repeats", s.max_repeats())?;
+        e.set_item("at_max_repeats", s.sequences_at_max_repeats())?;
+        e.set_item("max_epochs", s.max_epochs)?;
+        e.set_item("per_batch", s.per_batch)?;
+        e.set_item("files", s.files.len())?;
+        sources.append(e)?;
+    }
+    d.set_item("sources", sources)?;
+    Ok(d)
+}
+
+/// The rows data-parallel rank `dp_rank` of `dp_size` reads at `step`
+/// (every rank when `dp_rank` is `None`): position, source, file, index
+/// and byte offset of each (`seqfeed plan show`).
+#[pyfunction]
+#[pyo3(signature = (plan, step, dp_size=1, dp_rank=None, *, dataset=None, shapes=None))]
+pub(crate) fn plan_show<'py>(
+    py: Python<'py>,
+    plan: PathBuf,
+    step: u64,
+    dp_size: u32,
+    dp_rank: Option<u32>,
+    dataset: Option<PathBuf>,
+    shapes: Option<PathBuf>,
+) -> PyResult<Bound<'py, PyList>> {
+    let opened = open(plan, dataset, shapes)?;
+    let p = &opened.plan;
+    let ranks = match dp_rank {
+        Some(r) => r..r + 1,
+        None => 0..dp_size,
+    };
+    let out = PyList::empty(py);
+    for rank in ranks {
+        let block = p.rank_block(step, rank, dp_size).map_err(|e| py_err(&e))?;
+        for (row, r) in block.iter().enumerate() {
+            let e = PyDict::new(py);
+            e.set_item("step", step)?;
+            e.set_item("dp_rank", rank)?;
+            e.set_item("row", row)?;
+            e.set_item("position", r.position)?;
+            e.set_item("source", &p.sources()[r.source as usize].name)?;
+            e.set_item("file", p.file_path(r.source, r.file))?;
+            e.set_item("index", r.index)?;
+            e.set_item("offset", r.offset)?;
+            out.append(e)?;
+        }
+    }
+    Ok(out)
+}
+
+/// A packed source's manifest (as JSON text), its sequence count and
+/// fingerprint, and with `seq` that sequence's tokens (`seqfeed inspect`).
+#[pyfunction]
+#[pyo3(signature = (path, seq=None))]
+pub(crate) fn inspect_source<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    seq: Option<u64>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let src = seqfeed_format::Source::open(&path).map_err(|e| py_err(&e))?;
+    let d = PyDict::new(py);
+    let manifest = serde_json::to_string(src.manifest())
+        .map_err(|e| crate::SeqfeedError::new_err(format!("{}: {e}", path.display())))?;
+    d.set_item("manifest_json", manifest)?;
+    d.set_item("name", src.name())?;
+    d.set_item("dtype", src.dtype().to_string())?;
+    d.set_item("seq_len", src.seq_len())?;
+    d.set_item("sequences", src.total_sequences())?;
+    d.set_item("files", src.files().len())?;
+    d.set_item("fingerprint", src.fingerprint())?;
+    if let Some(k) = seq {
+        d.set_item("tokens", src.tokens_as_u32(k).map_err(|e| py_err(&e))?)?;
+    }
+    Ok(d)
+}

@@ -1,0 +1,552 @@
+//! `NativeLoader` and `NativeBatch`: the loader and its micro-batches as
+//! Python objects. Iteration releases the GIL while it waits and checks for
+//! signals every 100 ms, so Ctrl-C stops a waiting loop (the loader's
+//! reader thread stops when the loader is closed or collected).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyBufferError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+use seqfeed_cuda::dlpack::{DLDataType, DLDevice, KDL_CPU, KDL_CUDA};
+use seqfeed_cuda::{CudaBounceAllocator, Device, DlpackTensor};
+use seqfeed_loader::{
+    open_plan, Batch, BlockSource, BufferAllocator, Dtype, HeapAllocator, Loader, LoaderConfig,
+    LoaderError, LoaderSpec, Next, Nodes, OpenedPlan, RetryPolicy, TransportKind,
+};
+
+use crate::capsule::into_capsule;
+use crate::py_err;
+
+/// How long one wait for the reader lasts before signals are checked.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Where batches land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Cpu,
+    Cuda(usize),
+}
+
+fn parse_device(device: &str) -> PyResult<Place> {
+    match device.trim() {
+        "cpu" => Ok(Place::Cpu),
+        "cuda" => Ok(Place::Cuda(0)),
+        d => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(Place::Cuda(i)),
+            _ => Err(PyValueError::new_err(format!(
+                "device {device:?}: expected \"cpu\", \"cuda\" or \"cuda:N\""
+            ))),
+        },
+    }
+}
+
+/// The seqfeed loader of one data-parallel rank (see the `seqfeed.Loader`
+/// wrapper for the documented interface).
+#[pyclass(module = "seqfeed._native")]
+pub(crate) struct NativeLoader {
+    inner: Mutex<Option<Loader>>,
+    opened: OpenedPlan,
+    place: Place,
+    /// Batches are widened to int64 on the device.
+    widened: bool,
+    pid: u32,
+    dp_rank: usize,
+    dp_size: usize,
+    accumulation: usize,
+    micro_batch: usize,
+    end_step: u64,
+}
+
+#[pymethods]
+impl NativeLoader {
+    #[new]
+    #[pyo3(signature = (plan, *, dataset=None, shapes=None, cluster=None, nodes=None,
+        transport="auto", device="cpu", prefetch=2, secret=None, start_step=0, start_micro=0,
+        end_step=None, dp_rank=0, dp_size=1, accumulation=1, widen=false, connections=2,
+        io_timeout_ms=10_000, failover_ms=10_000, ring_wait_ms=10_000, client_name=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        plan: PathBuf,
+        dataset: Option<PathBuf>,
+        shapes: Option<PathBuf>,
+        cluster: Option<PathBuf>,
+        nodes: Option<Vec<String>>,
+        transport: &str,
+        device: &str,
+        prefetch: usize,
+        secret: Option<String>,
+        start_step: u64,
+        start_micro: usize,
+        end_step: Option<u64>,
+        dp_rank: usize,
+        dp_size: usize,
+        accumulation: usize,
+        widen: bool,
+        connections: usize,
+        io_timeout_ms: u64,
+        failover_ms: u64,
+        ring_wait_ms: u64,
+        client_name: Option<String>,
+    ) -> PyResult<Self> {
+        let place = parse_device(device)?;
+        let transport: TransportKind = transport.parse().map_err(PyValueError::new_err)?;
+        let nodes = match (cluster, nodes) {
+            (Some(_), Some(_)) => {
+                return Err(PyValueError::new_err(
+                    "give either cluster or nodes, not both",
+                ))
+            }
+            (Some(c), None) => Nodes::Cluster(c),
+            (None, Some(n)) => Nodes::List(n),
+            (None, None) if transport == TransportKind::Local || dataset.is_some() => Nodes::Local,
+            (None, None) => {
+                return Err(PyValueError::new_err(
+                    "give a cluster file, a node list, or a dataset directory (local transport)",
+                ))
+            }
+        };
+        if dp_size == 0 || dp_rank >= dp_size {
+            return Err(crate::SeqfeedError::new_err(format!(
+                "data-parallel rank {dp_rank} is out of range for data-parallel size {dp_size}"
+            )));
+        }
+        let mut spec = LoaderSpec::new(plan, nodes);
+        spec.dataset = dataset;
+        spec.shapes = shapes;
+        spec.transport = transport;
+        spec.secret = secret;
+        spec.connections = connections.max(1);
+        spec.io_timeout = Duration::from_millis(io_timeout_ms.max(100));
+        spec.client_name = client_name
+            .unwrap_or_else(|| format!("seqfeed-python/dp{dp_rank}/pid{}", std::process::id()));
+        let mut config = LoaderConfig::data_parallel(dp_rank, dp_size)
+            .accumulation(accumulation)
+            .start_step(start_step)
+            .start_micro(start_micro)
+            .prefetch(prefetch)
+            .ring_wait(Duration::from_millis(ring_wait_ms))
+            .retry(RetryPolicy {
+                failover_timeout: Duration::from_millis(failover_ms),
+                ..RetryPolicy::default()
+            });
+        if let Some(e) = end_step {
+            config = config.end_step(e);
+        }
+        let (opened, loader, widened) = py
+            .detach(|| -> Result<_, String> {
+                let msg = |e: LoaderError| seqfeed_loader::error_message(&e);
+                let opened = open_plan(&spec.plan, spec.dataset.as_deref(), spec.shapes.as_deref())
+                    .map_err(msg)?;
+                let (alloc, widened) = allocator(place, opened.source.dtype(), widen)?;
+                let reader = spec.connect(&opened, &config).map_err(msg)?;
+                let source: Arc<dyn BlockSource> = opened.source.clone();
+                let loader = Loader::with_allocator(config, source, reader, alloc).map_err(msg)?;
+                Ok((opened, loader, widened))
+            })
+            .map_err(crate::SeqfeedError::new_err)?;
+        Ok(NativeLoader {
+            micro_batch: loader.micro_batch(),
+            end_step: loader.end_step(),
+            inner: Mutex::new(Some(loader)),
+            opened,
+            place,
+            widened,
+            pid: std::process::id(),
+            dp_rank,
+            dp_size,
+            accumulation,
+        })
+    }
+
+    /// The next micro-batch, or `None` after the last step.
+    fn next_batch(&self, py: Python<'_>) -> PyResult<Option<NativeBatch>> {
+        self.check_process()?;
+        loop {
+            let got = py.detach(|| {
+                let mut guard = match self.inner.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                guard.as_mut().map(|l| l.poll_next(Some(POLL)))
+            });
+            match got {
+                None => return Err(crate::SeqfeedError::new_err("the loader is closed")),
+                Some(Next::Batch(batch)) => {
+                    return Ok(Some(NativeBatch {
+                        batch,
+                        place: self.place,
+                        widened: self.widened,
+                    }))
+                }
+                Some(Next::End) => return Ok(None),
+                Some(Next::Error(e)) => return Err(py_err(&e)),
+                Some(Next::Pending) => py.check_signals()?,
+            }
+        }
+    }
+
+    /// `(step, micro)` of the next micro-batch.
+    fn position(&self) -> PyResult<(u64, usize)> {
+        self.with(|l| l.position())
+    }
+
+    /// Running totals.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.with(|l| l.stats())?;
+        let d = PyDict::new(py);
+        d.set_item("steps", s.steps)?;
+        d.set_item("micro_batches", s.micro_batches)?;
+        d.set_item("sequences", s.sequences)?;
+        d.set_item("bytes", s.bytes)?;
+        d.set_item("stall_s", s.stall.as_secs_f64())?;
+        d.set_item("first_stall_s", s.first_stall.as_secs_f64())?;
+        d.set_item("stall_after_warmup_s", s.stall_after_warmup().as_secs_f64())?;
+        d.set_item("read_time_s", s.read_time.as_secs_f64())?;
+        d.set_item("failed_over", s.failed_over)?;
+        d.set_item("direct_steps", s.direct_steps)?;
+        Ok(d)
+    }
+
+    /// Stops the reader thread and closes the node connections. Batches
+    /// still held stay valid.
+    fn close(&self, py: Python<'_>) {
+        let taken = match self.inner.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        py.detach(move || drop(taken));
+    }
+
+    /// The plan's fingerprint.
+    #[getter]
+    fn plan_fingerprint(&self) -> String {
+        self.opened.plan.fingerprint().to_owned()
+    }
+
+    /// The dataset's fingerprint (`None` when opened from a shapes file).
+    #[getter]
+    fn dataset_fingerprint(&self) -> Option<String> {
+        self.opened.dataset_fingerprint.clone()
+    }
+
+    /// Steps in the plan.
+    #[getter]
+    fn plan_steps(&self) -> u64 {
+        self.opened.plan.steps()
+    }
+
+    /// One past the last step this loader reads.
+    #[getter]
+    fn end_step(&self) -> u64 {
+        self.end_step
+    }
+
+    /// Sequences per step over all data-parallel ranks.
+    #[getter]
+    fn global_batch(&self) -> u64 {
+        self.opened.plan.global_batch()
+    }
+
+    /// Rows per micro-batch.
+    #[getter]
+    fn micro_batch(&self) -> usize {
+        self.micro_batch
+    }
+
+    /// Micro-batches per step.
+    #[getter]
+    fn accumulation(&self) -> usize {
+        self.accumulation
+    }
+
+    /// Tokens per sequence (per row).
+    #[getter]
+    fn seq_len(&self) -> u32 {
+        self.opened.plan.seq_len()
+    }
+
+    /// The token dtype on disk: `"uint16"` or `"uint32"`.
+    #[getter]
+    fn token_dtype(&self) -> &'static str {
+        dtype_name(self.opened.source.as_ref())
+    }
+
+    /// `(dp_rank, dp_size)`.
+    #[getter]
+    fn data_parallel(&self) -> (usize, usize) {
+        (self.dp_rank, self.dp_size)
+    }
+
+    /// Source names, in plan order.
+    #[getter]
+    fn sources(&self) -> Vec<String> {
+        self.opened
+            .plan
+            .sources()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// True when batches are widened to int64 on the device.
+    #[getter]
+    fn widened(&self) -> bool {
+        self.widened
+    }
+}
+
+impl NativeLoader {
+    fn with<T>(&self, f: impl FnOnce(&Loader) -> T) -> PyResult<T> {
+        let guard = match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        guard
+            .as_ref()
+            .map(f)
+            .ok_or_else(|| crate::SeqfeedError::new_err("the loader is closed"))
+    }
+
+    /// Threads do not survive `fork`: a loader used in a child process
+    /// (e.g. a DataLoader worker) would wait forever on a reader that does
+    /// not exist there.
+    fn check_process(&self) -> PyResult<()> {
+        let pid = std::process::id();
+        if pid != self.pid {
+            return Err(crate::SeqfeedError::new_err(format!(
+                "this seqfeed loader was started in process {} and cannot be used in process {pid} (a forked child such as a DataLoader worker): its reader threads do not exist there. Use num_workers=0; seqfeed already reads ahead in background threads",
+                self.pid
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn dtype_name(source: &dyn seqfeed_loader::BlockSource) -> &'static str {
+    match source.dtype() {
+        Dtype::U16 => "uint16",
+        Dtype::U32 => "uint32",
+    }
+}
+
+/// The step-buffer allocator for `place` (heap for the CPU) and whether it
+/// widens tokens to int64.
+fn allocator(
+    place: Place,
+    token: Dtype,
+    widen: bool,
+) -> Result<(Arc<dyn BufferAllocator>, bool), String> {
+    let Place::Cuda(index) = place else {
+        return Ok((Arc::new(HeapAllocator), false));
+    };
+    if let Some(reason) = seqfeed_cuda::probe().unavailable_reason() {
+        return Err(format!(
+            "device cuda:{index}: CUDA is not available: {reason}"
+        ));
+    }
+    let dev = Device::open(index).map_err(|e| seqfeed_loader::error_message(&e))?;
+    let widened = widen && seqfeed_cuda::nvrtc_available().is_ok();
+    let alloc = if widened {
+        CudaBounceAllocator::with_widening(&dev, token)
+    } else {
+        CudaBounceAllocator::new(&dev)
+    }
+    .map_err(|e| seqfeed_loader::error_message(&e))?;
+    Ok((Arc::new(alloc), widened))
+}
+
+/// One micro-batch. `__dlpack__` hands out its memory without a copy; the
+/// step's buffer is reused only after every tensor made from it is freed.
+#[pyclass(module = "seqfeed._native")]
+pub(crate) struct NativeBatch {
+    batch: Batch,
+    place: Place,
+    widened: bool,
+}
+
+#[pymethods]
+impl NativeBatch {
+    /// The step.
+    #[getter]
+    fn step(&self) -> u64 {
+        self.batch.step()
+    }
+
+    /// Index of this micro-batch within its step.
+    #[getter]
+    fn micro(&self) -> usize {
+        self.batch.micro()
+    }
+
+    /// Micro-batches per step.
+    #[getter]
+    fn micro_batches(&self) -> usize {
+        self.batch.micro_batches()
+    }
+
+    /// `(micro_batch, seq_len)`.
+    #[getter]
+    fn shape(&self) -> (usize, usize) {
+        let [r, c] = self.batch.shape();
+        (r, c)
+    }
+
+    /// Element type of the DLPack tensor: `"uint16"`, `"int32"` (u32
+    /// tokens, same bits) or `"int64"` (widened on the device).
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.dl_dtype().1
+    }
+
+    /// Each row's source name.
+    #[getter]
+    fn sources(&self) -> Vec<String> {
+        self.batch
+            .row_sources()
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Each row's position in the plan's global order.
+    #[getter]
+    fn positions(&self) -> Vec<u64> {
+        self.batch.reads().iter().map(|r| r.position).collect()
+    }
+
+    /// True when the NICs wrote the step straight into device memory.
+    #[getter]
+    fn filled_directly(&self) -> bool {
+        self.batch.filled_directly()
+    }
+
+    /// Live references to the step's buffer (this batch, tensors made from
+    /// it, the step's other micro-batches, the loader's own).
+    #[getter]
+    fn views(&self) -> usize {
+        self.batch.views()
+    }
+
+    /// The tokens' bytes (a copy; CPU batches only). For tests and tools.
+    fn tobytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        if self.place != Place::Cpu {
+            return Err(PyBufferError::new_err("tobytes() needs a CPU batch"));
+        }
+        Ok(PyBytes::new(py, self.batch.bytes()))
+    }
+
+    /// Declares that the consumer uses this batch on CUDA stream `stream`
+    /// (a raw handle, `torch.cuda.Stream.cuda_stream`): the step's buffer
+    /// is rewritten only after the work enqueued there by the time every
+    /// view is freed. Like `Tensor.record_stream`.
+    fn record_stream(&self, stream: u64) {
+        self.batch.record_stream(stream);
+    }
+
+    /// `(device_type, device_id)` as DLPack defines them.
+    fn __dlpack_device__(&self) -> (i32, i32) {
+        match self.place {
+            Place::Cpu => (KDL_CPU, 0),
+            Place::Cuda(i) => (KDL_CUDA, i32::try_from(i).unwrap_or(i32::MAX)),
+        }
+    }
+
+    /// The micro-batch as a DLPack capsule, without a copy. The tensor
+    /// keeps the step's buffer out of the ring until it is freed. For CUDA,
+    /// `stream` is the consumer's stream: it is made to wait for the
+    /// batch's copy, and the buffer's next fill waits for it.
+    #[pyo3(signature = (stream=None, max_version=None, dl_device=None, copy=None))]
+    fn __dlpack__<'py>(
+        &self,
+        py: Python<'py>,
+        stream: Option<i64>,
+        max_version: Option<(u32, u32)>,
+        dl_device: Option<(i32, i32)>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = max_version; // we produce the unversioned (0.x) capsule
+        if copy == Some(true) {
+            return Err(PyBufferError::new_err(
+                "seqfeed batches are exported without a copy (copy=True is not supported)",
+            ));
+        }
+        if let Some(d) = dl_device {
+            if d != self.__dlpack_device__() {
+                return Err(PyBufferError::new_err(format!(
+                    "the batch lives on DLPack device {:?}, not {d:?}",
+                    self.__dlpack_device__()
+                )));
+            }
+        }
+        let (dl, _) = self.dl_dtype();
+        let [rows, cols] = self.batch.shape();
+        let shape = [rows as i64, cols as i64];
+        let owner = Box::new(self.batch.clone());
+        let tensor = match self.place {
+            Place::Cpu => {
+                let bytes = self.batch.bytes();
+                if bytes.len() != rows * cols * self.batch.dtype().size() {
+                    return Err(PyBufferError::new_err(format!(
+                        "step {} has no host bytes ({} of {} bytes)",
+                        self.batch.step(),
+                        bytes.len(),
+                        rows * cols * self.batch.dtype().size()
+                    )));
+                }
+                DlpackTensor::with_owner(bytes.as_ptr() as u64, DLDevice::cpu(), dl, &shape, owner)
+            }
+            Place::Cuda(i) => {
+                let dev = seqfeed_cuda::device_batch(&self.batch)
+                    .ok_or_else(|| PyBufferError::new_err("the batch has no device side"))?
+                    .map_err(|e| py_err(&e))?;
+                // DLPack: None means the legacy default stream; -1 means
+                // the consumer asks for no synchronization.
+                let stream = stream.unwrap_or(1);
+                if stream != -1 {
+                    let s = u64::try_from(stream).map_err(|_| {
+                        PyValueError::new_err(format!("stream {stream} is not a CUDA stream"))
+                    })?;
+                    if let Some(r) = seqfeed_cuda::batch_ready_on(&self.batch, s) {
+                        r.map_err(|e| py_err(&e))?;
+                    }
+                    self.batch.record_stream(s);
+                }
+                DlpackTensor::with_owner(dev.ptr, DLDevice::cuda(i), dl, &shape, owner)
+            }
+        };
+        into_capsule(py, tensor)
+    }
+
+    fn __repr__(&self) -> String {
+        let [r, c] = self.batch.shape();
+        format!(
+            "NativeBatch(step={}, micro={}/{}, shape=({r}, {c}), dtype={})",
+            self.batch.step(),
+            self.batch.micro(),
+            self.batch.micro_batches(),
+            self.dl_dtype().1
+        )
+    }
+}
+
+impl NativeBatch {
+    fn dl_dtype(&self) -> (DLDataType, &'static str) {
+        let int = |bits: u8, code: u8| DLDataType {
+            code,
+            bits,
+            lanes: 1,
+        };
+        if self.widened {
+            return (int(64, 0), "int64");
+        }
+        match self.batch.dtype() {
+            Dtype::U16 => (int(16, 1), "uint16"),
+            // Token ids are below 2^31: int32 is what torch indexes with.
+            Dtype::U32 => (int(32, 0), "int32"),
+        }
+    }
+}

@@ -1,0 +1,227 @@
+"""The seqfeed Python loader against real packed data, byte for byte."""
+
+import gc
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import seqfeed
+from conftest import Node, make_dataset, run, write_plan
+
+
+def expected_rows(plan, ds, step, dp_size, dp_rank):
+    """Each row's tokens as the plan and the files say (independent of the loader)."""
+    rows = seqfeed.plan_show(plan, step, dp_size, dp_rank, dataset=ds)
+    return [seqfeed.inspect_source(ds / r["source"], seq=global_index(ds, r))["tokens"] for r in rows]
+
+
+def global_index(ds, row):
+    """The row's sequence index within its source (files are in order)."""
+    src = ds / row["source"]
+    before = 0
+    for part in sorted(src.glob("part-*.seq")):
+        rel = f"{row['source']}/{part.name}"
+        if rel == row["file"]:
+            return before + row["index"]
+        before += seqfeed.inspect_source(src)["sequences"] if False else _count(part)
+    raise AssertionError(row)
+
+
+def _count(part):
+    # header: count is a u64 at byte 24 (docs/FORMAT.md)
+    with open(part, "rb") as f:
+        head = f.read(64)
+    return int.from_bytes(head[24:32], "little")
+
+
+def test_local_batches_are_the_plan_rows_byte_for_byte(dataset):
+    ds, plan = dataset
+    loader = seqfeed.Loader(plan, dataset=ds, dtype="native", dp_rank=0, dp_size=1)
+    n = 0
+    for b in loader:
+        assert b.tokens.dtype == torch.uint16
+        assert tuple(b.tokens.shape) == (8, 65)
+        want = expected_rows(plan, ds, b.step, 1, 0)
+        assert b.tokens.to(torch.int64).tolist() == want
+        assert len(b.sources) == 8 and set(b.sources) <= {"web", "code"}
+        n += 1
+    assert n == 12
+    st = loader.stats()
+    assert st["steps"] == 12 and st["sequences"] == 96
+
+
+def test_tensors_are_zero_copy_views_of_the_step_buffer(dataset):
+    ds, plan = dataset
+    loader = seqfeed.Loader(plan, dataset=ds, dtype="native", labels=True, dp_rank=0, dp_size=1)
+    b = next(loader)
+    assert b.tokens.untyped_storage().data_ptr() == b.input_ids.untyped_storage().data_ptr()
+    assert b.labels.untyped_storage().data_ptr() == b.tokens.untyped_storage().data_ptr()
+    assert tuple(b.input_ids.shape) == (8, 64) and tuple(b.labels.shape) == (8, 64)
+    assert torch.equal(b.input_ids[:, 1:], b.labels[:, :-1])
+    raw = np.frombuffer(b.native.tobytes(), dtype=np.uint16).reshape(8, 65)
+    assert b.tokens.numpy().tobytes() == raw.tobytes()
+    # widened to int64 (a copy) keeps the same values
+    w = seqfeed.Loader(plan, dataset=ds, labels=True, dp_rank=0, dp_size=1)
+    bw = next(w)
+    assert bw.tokens.dtype == torch.int64
+    assert bw.tokens.tolist() == b.tokens.to(torch.int64).tolist()
+
+
+def test_held_tensors_stay_valid_after_the_loader_moves_on(dataset):
+    """Tensors outlive their Batch objects; the ring (prefetch 1: 2 slots)
+    is reused only after they are freed, and never under them."""
+    ds, plan = dataset
+    loader = seqfeed.Loader(plan, dataset=ds, dtype="native", prefetch=1, dp_rank=0, dp_size=1)
+    held = []  # (step, tensor, copy of its values when handed out)
+    checked = 0
+    for b in loader:
+        t = b.tokens
+        held.append((b.step, t, t.clone()))
+        del b
+        # keep one step back (the most a 2-slot ring allows while reading ahead)
+        while len(held) > 1:
+            step, t, want = held.pop(0)
+            assert torch.equal(t, want), f"step {step} was overwritten"
+            assert t.tolist() == expected_rows(plan, ds, step, 1, 0)
+            checked += 1
+            del t
+            gc.collect()
+    assert checked == 11
+
+
+def test_holding_the_whole_ring_is_an_error_not_a_hang(dataset):
+    ds, plan = dataset
+    loader = seqfeed.Loader(plan, dataset=ds, dtype="native", prefetch=1, ring_wait_ms=300, dp_rank=0, dp_size=1)
+    kept = [next(loader).tokens, next(loader).tokens]
+    t = time.time()
+    with pytest.raises(seqfeed.SeqfeedError, match="holds all 2 step buffers"):
+        next(loader)
+    assert time.time() - t < 5
+    assert kept[0].tolist() == expected_rows(plan, ds, 0, 1, 0)
+
+
+def test_micro_batches_and_data_parallel_peers(dataset):
+    ds, plan = dataset
+    # dp 2, micro_batch 2: each rank reads 4 rows per step as 2 micro-batches.
+    for dp_rank in range(2):
+        # prefetch 12: the whole run fits the ring, so every batch can be kept.
+        kw = dict(dataset=ds, dtype="native", dp_rank=dp_rank, dp_size=2, micro_batch=2, prefetch=12)
+        a = seqfeed.Loader(plan, **kw)
+        peer = seqfeed.Loader(plan, **kw)
+        assert len(a) == 24
+        got = list(zip(a, peer))
+        assert [(x.step, x.micro) for x, _ in got] == [(s, m) for s in range(12) for m in range(2)]
+        for x, y in got:
+            assert torch.equal(x.tokens, y.tokens), "tensor-parallel peers differ"
+        for step in range(12):
+            rows = torch.cat([x.tokens for x, _ in got if x.step == step])
+            assert rows.to(torch.int64).tolist() == expected_rows(plan, ds, step, 2, dp_rank)
+        del got
+
+
+def test_state_dict_resumes_exactly_and_refuses_other_plans(dataset, tmp_path):
+    ds, plan = dataset
+    full = [b.tokens.clone() for b in seqfeed.Loader(plan, dataset=ds, dp_size=2, dp_rank=1, micro_batch=2)]
+    assert len(full) == 24
+    l1 = seqfeed.Loader(plan, dataset=ds, dp_size=2, dp_rank=1, micro_batch=2)
+    for _ in range(7):
+        next(l1)
+    state = l1.state_dict()
+    assert (state["step"], state["micro"]) == (3, 1)
+    l2 = seqfeed.Loader(plan, dataset=ds, dp_size=2, dp_rank=1, micro_batch=2)
+    l2.load_state_dict(state)
+    rest = [b.tokens for b in l2]
+    assert len(rest) == len(full) - 7
+    for a, b in zip(rest, full[7:]):
+        assert torch.equal(a, b)
+    other = write_plan(tmp_path / "other.toml", [("web", 0.5), ("code", 0.5)], 8, 12)
+    with pytest.raises(seqfeed.SeqfeedError, match="plan config or the data changed"):
+        seqfeed.Loader(other, dataset=ds, dp_size=2, dp_rank=1, micro_batch=2).load_state_dict(state)
+    with pytest.raises(seqfeed.SeqfeedError, match="micro_batch"):
+        seqfeed.Loader(plan, dataset=ds, dp_size=2, dp_rank=1, micro_batch=4).load_state_dict(state)
+
+
+def test_bad_configurations_raise_the_cli_messages(dataset, tmp_path):
+    ds, plan = dataset
+    with pytest.raises(seqfeed.SeqfeedError, match="data-parallel rank 2 is out of range"):
+        seqfeed.Loader(plan, dataset=ds, dp_rank=2, dp_size=2)
+    with pytest.raises(seqfeed.SeqfeedError, match="does not divide the global batch 8"):
+        seqfeed.Loader(plan, dataset=ds, dp_rank=0, dp_size=3)
+    with pytest.raises(seqfeed.SeqfeedError, match="micro_batch 3"):
+        seqfeed.Loader(plan, dataset=ds, dp_rank=0, dp_size=1, micro_batch=3)
+    missing = write_plan(tmp_path / "missing.toml", [("web", 1), ("wiki", 1)], 8, 12)
+    with pytest.raises(seqfeed.SeqfeedError, match="wiki"):
+        seqfeed.Loader(missing, dataset=ds)
+    # An unreachable node: a clear error, quickly.
+    t = time.time()
+    with pytest.raises(seqfeed.SeqfeedError, match="unreachable"):
+        next(seqfeed.Loader(plan, dataset=ds, nodes=["127.0.0.1:9"], transport="tcp", io_timeout_ms=300, dp_rank=0, dp_size=1))
+    assert time.time() - t < 30
+
+
+def test_tcp_nodes_wrong_secret_and_node_list(dataset, node_factory):
+    ds, plan = dataset
+    node = node_factory(ds, secret="s3cret")
+    with pytest.raises(seqfeed.SeqfeedError, match="secret"):
+        next(seqfeed.Loader(plan, dataset=ds, nodes=[node.addr], transport="tcp", secret="wrong", dp_rank=0, dp_size=1, io_timeout_ms=500))
+    local = [b.tokens.clone() for b in seqfeed.Loader(plan, dataset=ds, dp_rank=0, dp_size=1)]
+    remote = [b.tokens.clone() for b in seqfeed.Loader(plan, dataset=ds, nodes=[f"a={node.addr}"], transport="tcp", secret="s3cret", dp_rank=0, dp_size=1)]
+    assert len(remote) == 12
+    for a, b in zip(local, remote):
+        assert torch.equal(a, b)
+
+
+def test_labels_masks_and_positions_match_megatron():
+    """Against a direct port of megatron-core's _get_ltor_masks_and_position_ids loop."""
+
+    def megatron(data, eod, eod_mask_loss, reset_position_ids):
+        b, s = data.shape
+        loss_mask = torch.ones(data.size(), dtype=torch.float)
+        if eod_mask_loss:
+            loss_mask[data == eod] = 0.0
+        position_ids = torch.arange(s, dtype=torch.long).unsqueeze(0).expand_as(data).clone()
+        if reset_position_ids:
+            for row in range(b):
+                eod_index = position_ids[row, data[row] == eod].clone()
+                prev_index = 0
+                for j in range(eod_index.size()[0]):
+                    i = eod_index[j]
+                    position_ids[row, (i + 1):] -= i + 1 - prev_index
+                    prev_index = i + 1
+        return loss_mask, position_ids
+
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        data = torch.randint(0, 6, (4, 33), generator=g)
+        for mask in (False, True):
+            for reset in (False, True):
+                got = seqfeed.loss_mask_and_position_ids(data.to(torch.uint16), 0, mask, reset)
+                want = megatron(data, 0, mask, reset)
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_loader_masks_follow_eod(dataset):
+    ds, plan = dataset
+    b = next(seqfeed.Loader(plan, dataset=ds, labels=True, eod_token=0, eod_mask_loss=True, reset_position_ids=True, dp_rank=0, dp_size=1))
+    assert b.loss_mask.shape == b.input_ids.shape
+    assert torch.equal(b.loss_mask == 0, b.input_ids == 0)
+    eod = (b.input_ids == 0).nonzero()
+    assert len(eod) > 0, "the fixture's documents are shorter than a row"
+    r, c = eod[0].tolist()
+    if c + 1 < b.input_ids.shape[1]:
+        assert b.position_ids[r, c + 1].item() == 0
+
+
+def test_notebook_bindings(dataset):
+    ds, plan = dataset
+    st = seqfeed.plan_stats(plan, dataset=ds)
+    assert st["global_batch"] == 8 and st["steps"] == 12
+    assert sum(s["quota"] for s in st["sources"]) == 96
+    rows = seqfeed.plan_show(plan, 0, 2, dataset=ds)
+    assert [r["dp_rank"] for r in rows] == [0] * 4 + [1] * 4
+    src = seqfeed.inspect_source(ds / "web", seq=0)
+    assert src["seq_len"] == 65 and len(src["tokens"]) == 65
+    with pytest.raises(seqfeed.SeqfeedError):
+        seqfeed.inspect_source(ds / "nope")
