@@ -1,0 +1,218 @@
+"""The example trainer (examples/train_gpt.py) under torchrun: 4 ranks = 2
+data-parallel groups x 2 tensor-parallel peers, reading real text
+(tokenized by `seqfeed pack --tiktoken r50k_base`) from 2 `seqfeed serve`
+nodes over tcp. It trains, resumes identically from a checkpoint after
+every rank was killed, and survives a node kill with the same batches."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import Node, run, seqfeed_bin
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+STEPS = 40
+RANKS = 4
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpt")
+    subprocess.run(
+        [sys.executable, EXAMPLES / "prepare_corpus.py", "--out", out, "--seqfeed", seqfeed_bin(),
+         "--seq-len", "64", "--global-batch", "16", "--steps", str(STEPS)],
+        check=True, capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture
+def cluster(corpus, tmp_path):
+    """Two nodes that both hold every file (2 replicas)."""
+    from conftest import free_port
+
+    ports = [free_port(), free_port()]
+    cl = tmp_path / "cluster.toml"
+    run("place", "--dataset", corpus / "data", "--nodes",
+        f"a=127.0.0.1:{ports[0]},b=127.0.0.1:{ports[1]}", "--replicas", "2", "--out", cl)
+    nodes = []
+    for name, port in zip("ab", ports):
+        n = Node.__new__(Node)
+        n.port, n.addr = port, f"127.0.0.1:{port}"
+        n.proc = subprocess.Popen(
+            [seqfeed_bin(), "serve", "--dataset", corpus / "data", "--listen", n.addr, "--cluster", cl, "--name", name],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        nodes.append(n)
+    _wait_listening(nodes)
+    yield cl, nodes
+    for n in nodes:
+        n.kill()
+
+
+def _wait_listening(nodes):
+    import socket
+
+    deadline = time.time() + 30
+    for n in nodes:
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", n.port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "seqfeed serve did not start"
+                time.sleep(0.05)
+
+
+def torchrun(corpus, cluster_file, out, *extra):
+    from conftest import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(RANKS),
+           "--master-port", str(free_port()), EXAMPLES / "train_gpt.py",
+           "--plan", corpus / "plan.toml", "--dataset", corpus / "data", "--cluster", cluster_file,
+           "--out", out, *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(list(map(str, cmd)), env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def descendants(pid):
+    """Every process below `pid` (torchrun's workers run in sessions of their own)."""
+    children = {}
+    for d in pathlib.Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def kill_tree(pid):
+    for q in [pid, *descendants(pid)]:
+        try:
+            os.kill(q, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def finish(p, timeout=600):
+    out, _ = p.communicate(timeout=timeout)
+    assert p.returncode == 0, out[-4000:]
+    return out
+
+
+def logs(out):
+    """Per rank: {(step, micro): record} and the final stats."""
+    per_rank = []
+    for r in range(RANKS):
+        recs, stats = {}, None
+        for line in open(out / f"rank{r}.jsonl"):
+            rec = json.loads(line)
+            if rec.get("done"):
+                stats = rec["stats"]
+            else:
+                recs[(rec["step"], rec["micro"])] = rec
+        per_rank.append((recs, stats))
+    return per_rank
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+    """The uninterrupted run."""
+    tmp = tmp_path_factory.mktemp("ref")
+    cl = tmp / "cluster.toml"
+    from conftest import free_port
+
+    ports = [free_port(), free_port()]
+    run("place", "--dataset", corpus / "data", "--nodes",
+        f"a=127.0.0.1:{ports[0]},b=127.0.0.1:{ports[1]}", "--replicas", "2", "--out", cl)
+    procs = [subprocess.Popen([seqfeed_bin(), "serve", "--dataset", corpus / "data", "--listen", f"127.0.0.1:{p}",
+                               "--cluster", cl, "--name", n], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for n, p in zip("ab", ports)]
+    try:
+        nodes = []
+        for p in ports:
+            n = Node.__new__(Node)
+            n.port = p
+            nodes.append(n)
+        _wait_listening(nodes)
+        out = tmp / "run"
+        finish(torchrun(corpus, cl, out))
+        return logs(out)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_loss_falls_and_peers_see_the_same_batches(reference):
+    for r, (recs, stats) in enumerate(reference):
+        assert sorted(recs) == [(s, m) for s in range(STEPS) for m in range(2)], f"rank {r}"
+        assert stats["steps"] == STEPS and stats["micro_batches"] == 2 * STEPS
+    # TP peers (0,1) and (2,3) logged identical batches; DP groups differ.
+    for a, b in ((0, 1), (2, 3)):
+        assert [x["sha256"] for x in reference[a][0].values()] == [x["sha256"] for x in reference[b][0].values()]
+    assert reference[0][0][(0, 0)]["sha256"] != reference[2][0][(0, 0)]["sha256"]
+    losses = [reference[0][0][(s, m)]["loss"] for s in range(STEPS) for m in range(2)]
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    print(f"loss: first 10 micro-batches {first:.3f}, last 10 {last:.3f}")
+    assert last < first - 1.0, (first, last)
+
+
+def test_killed_run_resumes_from_its_checkpoint_identically(corpus, cluster, tmp_path, reference):
+    cl, _ = cluster
+    out = tmp_path / "run"
+    k = 14
+    p = torchrun(corpus, cl, out, "--save-at", k, "--pause-after-save", "300")
+    deadline = time.time() + 600
+    while not all((out / "ckpt" / f"rank{r}.pt").exists() for r in range(RANKS)):
+        assert p.poll() is None, p.communicate()[0][-4000:]
+        assert time.time() < deadline
+        time.sleep(0.2)
+    kill_tree(p.pid)  # torchrun and every rank, at once
+    p.communicate(timeout=60)
+    finish(torchrun(corpus, cl, out, "--resume"))
+    resumed = logs(out)
+    for r in range(RANKS):
+        recs, stats = resumed[r]
+        ref = reference[r][0]
+        after = {key: v for key, v in recs.items() if key[0] > k}
+        assert sorted(after) == [(s, m) for s in range(k + 1, STEPS) for m in range(2)], f"rank {r}"
+        for key, v in after.items():
+            assert v["sha256"] == ref[key]["sha256"], f"rank {r} step {key}"
+        assert stats["steps"] == STEPS - (k + 1)
+
+
+def test_training_survives_a_node_kill_with_the_same_batches(corpus, cluster, tmp_path, reference):
+    cl, nodes = cluster
+    out = tmp_path / "run"
+    p = torchrun(corpus, cl, out, "--step-sleep", "0.2", "--failover-ms", "5000")
+    deadline = time.time() + 600
+    while not (out / "rank0.jsonl").exists() or sum(1 for _ in open(out / "rank0.jsonl")) < 10:
+        assert p.poll() is None, p.communicate()[0][-4000:]
+        assert time.time() < deadline
+        time.sleep(0.1)
+    nodes[0].kill()
+    finish(p)
+    got = logs(out)
+    failed_over = 0
+    for r in range(RANKS):
+        recs, stats = got[r]
+        assert sorted(recs) == sorted(reference[r][0]), f"rank {r}"
+        for key, v in recs.items():
+            assert v["sha256"] == reference[r][0][key]["sha256"], f"rank {r} step {key}"
+        failed_over += stats["failed_over"]
+    print(f"rows failed over to node b: {failed_over}")
