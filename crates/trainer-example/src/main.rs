@@ -1,18 +1,22 @@
 //! An example trainer that embeds the seqfeed loader.
 //!
 //! Launch it the way torchrun launches ranks: one process per rank with
-//! `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR` and `MASTER_PORT` in the
-//! environment. Each process builds the plan from the shared config, reads
-//! its block of every step from the storage nodes of a cluster file, checks
-//! every batch against the plan and direct reads of the dataset's files, and
-//! "trains" (sleeps `--step-ms`). At the end every rank sends the plan
-//! positions it read to rank 0 over `MASTER_ADDR:MASTER_PORT`, and rank 0
-//! checks that, step by step, the ranks' blocks in rank order are exactly
-//! the plan's global batch.
+//! `RANK`, `WORLD_SIZE` and `LOCAL_RANK` in the environment (or
+//! `SEQFEED_DP_RANK`/`SEQFEED_DP_SIZE` for the data-parallel layout). Each
+//! process builds the plan from the shared config, reads its block of every
+//! step from the storage nodes of a cluster file, checks every batch against
+//! the plan and direct reads of the dataset's files, and "trains" (sleeps
+//! `--step-ms`). With `--gather HOST:PORT` every rank then sends the plan
+//! positions it read to rank 0, which listens there, and rank 0 checks that,
+//! step by step, the ranks' blocks in rank order are exactly the plan's
+//! global batch.
+//!
+//! The gathering address is its own: `MASTER_ADDR:MASTER_PORT` belongs to
+//! torch's rendezvous store in a torchrun job and is never bound here.
 //!
 //! ```text
-//! RANK=0 WORLD_SIZE=4 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 \
-//!   seqfeed-trainer --plan plan.toml --dataset /data/ds --cluster cluster.toml
+//! RANK=0 WORLD_SIZE=4 LOCAL_RANK=0 \
+//!   seqfeed-trainer --plan plan.toml --dataset /data/ds --cluster cluster.toml --gather 127.0.0.1:29600
 //! ```
 #![forbid(unsafe_code)]
 
@@ -59,6 +63,10 @@ struct Args {
     /// Transport: tcp, local or auto.
     #[arg(long, default_value = "tcp")]
     transport: TransportKind,
+    /// Where rank 0 gathers every rank's positions (also SEQFEED_GATHER_ADDR).
+    /// Without it each rank checks only its own batches.
+    #[arg(long, env = "SEQFEED_GATHER_ADDR")]
+    gather: Option<String>,
     /// Seconds rank 0 waits for the other ranks' reports.
     #[arg(long, default_value_t = 60)]
     gather_timeout: u64,
@@ -88,15 +96,13 @@ fn train(args: &Args) -> Result<()> {
         config = config.end_step(args.start.saturating_add(n));
     }
     let (rank, world) = (config.rank, config.world);
-    let master = match (std::env::var("MASTER_ADDR"), std::env::var("MASTER_PORT")) {
-        (Ok(a), Ok(p)) => format!("{a}:{p}"),
-        _ => return Err("MASTER_ADDR and MASTER_PORT must be set (as torchrun does)".into()),
-    };
     // Rank 0 listens before reading, so the others can report whenever they finish.
-    let listener = if rank == 0 {
-        Some(TcpListener::bind(&master).map_err(|e| format!("rank 0: binding {master}: {e}"))?)
-    } else {
-        None
+    let listener = match (&args.gather, rank) {
+        (Some(addr), 0) => Some(
+            TcpListener::bind(addr)
+                .map_err(|e| format!("rank 0: binding the gather address {addr}: {e}"))?,
+        ),
+        _ => None,
     };
 
     let ds = seqfeed_format::Dataset::open(&args.dataset)?;
@@ -146,15 +152,16 @@ fn train(args: &Args) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    match listener {
-        Some(l) => gather(
+    match (listener, &args.gather) {
+        (Some(l), _) => gather(
             &l,
             &plan,
             world,
             report,
             Duration::from_secs(args.gather_timeout),
         ),
-        None => send_report(&master, &report),
+        (None, Some(addr)) => send_report(addr, &report),
+        (None, None) => Ok(()),
     }
 }
 
