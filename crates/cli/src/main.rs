@@ -57,18 +57,8 @@ fn main() -> ExitCode {
 /// message already holds (library errors often print their source inline
 /// *and* expose it as `source()`, which `{:#}` would repeat).
 fn error_chain(err: &anyhow::Error) -> String {
-    let mut message = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if message.contains(&text) {
-            continue;
-        }
-        if !message.is_empty() {
-            message.push_str(": ");
-        }
-        message.push_str(&text);
-    }
-    message
+    // The same rendering the Python package raises (seqfeed_loader::error_message).
+    seqfeed_loader::error_message(err.as_ref())
 }
 
 fn init_logging(filter: &str) {

@@ -220,7 +220,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = ConnectOptions {
         client_name: "seqfeed-demo".into(),
         secret: args.secret.clone().filter(|s| !s.is_empty()),
-        expected_fingerprint: opened.fingerprint.clone(),
+        expected_fingerprint: opened.dataset_fingerprint.clone(),
         connections: args.connections.max(1),
         connect_timeout: Duration::from_secs(2),
         io_timeout: Duration::from_secs(5),
@@ -812,7 +812,7 @@ fn start_nodes(
     let names: Vec<(String, String)> = (0..n)
         .map(|i| (format!("node-{i}"), "127.0.0.1:0".to_owned()))
         .collect();
-    let cluster = place(&files, &names, replicas, opened.fingerprint.clone())?;
+    let cluster = place(&files, &names, replicas, opened.dataset_fingerprint.clone())?;
     let mut handles = Vec::new();
     let mut endpoints = Vec::new();
     for node in &cluster.nodes {

@@ -5,16 +5,12 @@
 //! dataset's files; `--consume-us` simulates a trainer's work per step.
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use seqfeed_loader::{
-    connect_endpoints, BlockSource, ClusterReader, Endpoint, Loader, LoaderConfig, PlanSource,
-    RetryPolicy, TransportKind, Verifier,
+    Endpoint, Loader, LoaderConfig, LoaderSpec, Nodes, RetryPolicy, TransportKind, Verifier,
 };
-use seqfeed_plan::{shapes_from_dataset, Plan, PlanConfig, ShapesFile};
-use seqfeed_transport::tcp::ConnectOptions;
 use seqfeed_transport::ClusterFile;
 
 /// Flags of `seqfeed read`.
@@ -77,53 +73,25 @@ pub struct Args {
     consume_us: u64,
 }
 
-/// A plan with the dataset fingerprint it was opened against (if any).
-pub(crate) struct OpenedPlan {
-    pub plan: Arc<Plan>,
-    pub source: Arc<PlanSource>,
-    pub fingerprint: Option<String>,
-}
+pub(crate) use seqfeed_loader::OpenedPlan;
 
-/// Opens a plan config against a dataset (fingerprints checked) or a shapes file.
+/// Opens a plan config against a dataset (fingerprints checked) or a shapes
+/// file; the library call the Python package makes too, so the messages match.
 pub(crate) fn open_plan(
     config: &Path,
     dataset: Option<&Path>,
     shapes: Option<&Path>,
 ) -> anyhow::Result<OpenedPlan> {
-    let cfg = PlanConfig::from_file(config)?;
-    let (shapes, fingerprint) = match (dataset, shapes) {
-        (Some(root), _) => {
-            let ds = seqfeed_format::Dataset::open(root)
-                .with_context(|| format!("opening dataset {}", root.display()))?;
-            (shapes_from_dataset(&ds)?, Some(ds.fingerprint().to_owned()))
-        }
-        (None, Some(path)) => (ShapesFile::from_file(path)?.sources, None),
-        (None, None) => bail!("give --dataset or --shapes"),
-    };
-    let plan = Arc::new(Plan::new(cfg, shapes)?);
-    let source = Arc::new(PlanSource::new(plan.clone())?);
-    Ok(OpenedPlan {
-        plan,
-        source,
-        fingerprint,
-    })
+    if dataset.is_none() && shapes.is_none() {
+        bail!("give --dataset or --shapes");
+    }
+    Ok(seqfeed_loader::open_plan(config, dataset, shapes)?)
 }
 
 /// Endpoints of a cluster file's nodes (`root`: the dataset on this host,
 /// for the local transport).
 pub(crate) fn cluster_endpoints(cluster: &ClusterFile, root: Option<&Path>) -> Vec<Endpoint> {
     Endpoint::from_cluster(cluster, root)
-}
-
-/// Connects a cluster reader to `endpoints` over `kind`.
-pub(crate) fn connect(
-    files: &[String],
-    endpoints: &[Endpoint],
-    kind: TransportKind,
-    opts: &ConnectOptions,
-    retry: RetryPolicy,
-) -> anyhow::Result<ClusterReader> {
-    Ok(connect_endpoints(files, endpoints, kind, opts, retry)?)
 }
 
 /// Runs `seqfeed read`.
@@ -154,44 +122,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         config = config.end_step(args.start.saturating_add(n));
     }
 
-    let (endpoints, kind) = if let Some(path) = &args.cluster {
-        let cluster = ClusterFile::load(path)?;
-        if let (Some(want), Some(have)) = (&cluster.fingerprint, &opened.fingerprint) {
-            if want != have {
-                bail!(
-                    "cluster file {} is for dataset fingerprint {want}, but {} has {have}",
-                    path.display(),
-                    args.dataset.as_deref().unwrap_or(Path::new("?")).display()
-                );
-            }
-        }
-        (
-            cluster_endpoints(&cluster, args.dataset.as_deref()),
-            args.transport,
-        )
+    let nodes = if let Some(path) = &args.cluster {
+        Nodes::Cluster(path.clone())
     } else if let Some(addr) = &args.node {
-        (
-            vec![Endpoint::remote(addr.clone(), addr.clone(), None)],
-            args.transport,
-        )
+        Nodes::List(vec![addr.clone()])
     } else if args.local {
-        let Some(root) = &args.dataset else {
+        if args.dataset.is_none() {
             bail!("--local needs --dataset");
-        };
-        (vec![Endpoint::local(root, None)], TransportKind::Local)
+        }
+        Nodes::Local
     } else {
         bail!("give --cluster FILE, --node ADDR or --local");
     };
-    let opts = ConnectOptions {
-        client_name: format!("seqfeed-read/rank{}", config.rank),
-        secret: args.secret.clone().filter(|s| !s.is_empty()),
-        expected_fingerprint: opened.fingerprint.clone(),
-        connections: args.connections.max(1),
-        connect_timeout: Duration::from_millis(args.io_timeout_ms.clamp(100, 2_000)),
-        io_timeout: Duration::from_millis(args.io_timeout_ms.max(100)),
-        ..ConnectOptions::default()
-    };
-    let reader = connect(opened.source.files(), &endpoints, kind, &opts, config.retry)?;
+    let mut spec = LoaderSpec::new(&args.plan, nodes);
+    spec.dataset = args.dataset.clone();
+    spec.shapes = args.shapes.clone();
+    spec.transport = args.transport;
+    spec.secret = args.secret.clone();
+    spec.connections = args.connections.max(1);
+    spec.io_timeout = Duration::from_millis(args.io_timeout_ms.max(100));
+    spec.client_name = format!("seqfeed-read/rank{}", config.rank);
+    let (endpoints, _) = spec.endpoints(&opened)?;
+    let reader = spec.connect(&opened, &config)?;
     let (rank, world) = (config.rank, config.world);
     let t0 = Instant::now();
     let mut loader = Loader::new(config, opened.source.clone(), reader)?;
