@@ -323,6 +323,28 @@ impl LoaderDestination {
             Err(e) if e.is_not_available() => None,
             Err(e) => return Err(e),
         };
+        LoaderDestination::select_for(device, caps, force, widen)
+    }
+
+    /// Like [`LoaderDestination::select_with`] for GPU `index` (e.g. from a
+    /// `cuda:N` device string) instead of `LOCAL_RANK`. Unlike `select`,
+    /// a machine without CUDA is an error here: the caller asked for a GPU.
+    pub fn select_on(
+        index: usize,
+        caps: &TransportCaps,
+        force: Option<DevicePath>,
+        widen: Option<Dtype>,
+    ) -> Result<LoaderDestination> {
+        let device = Device::open(index)?;
+        LoaderDestination::select_for(Some(device), caps, force, widen)
+    }
+
+    fn select_for(
+        device: Option<Device>,
+        caps: &TransportCaps,
+        force: Option<DevicePath>,
+        widen: Option<Dtype>,
+    ) -> Result<LoaderDestination> {
         let side = match &device {
             Some(d) => gpu_side(d.index()),
             None => gpu_side(0),

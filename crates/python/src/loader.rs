@@ -11,7 +11,7 @@ use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use seqfeed_cuda::dlpack::{DLDataType, DLDevice, KDL_CPU, KDL_CUDA};
-use seqfeed_cuda::{CudaBounceAllocator, Device, DlpackTensor};
+use seqfeed_cuda::{DlpackTensor, LoaderDestination, TransportCaps};
 use seqfeed_loader::{
     open_plan, Batch, BlockSource, BufferAllocator, Dtype, HeapAllocator, Loader, LoaderConfig,
     LoaderError, LoaderSpec, Next, Nodes, OpenedPlan, RetryPolicy, TransportKind,
@@ -141,7 +141,8 @@ impl NativeLoader {
                 let msg = |e: LoaderError| seqfeed_loader::error_message(&e);
                 let opened = open_plan(&spec.plan, spec.dataset.as_deref(), spec.shapes.as_deref())
                     .map_err(msg)?;
-                let (alloc, widened) = allocator(place, opened.source.dtype(), widen)?;
+                let (alloc, widened) =
+                    allocator(place, opened.source.dtype(), spec.transport, widen)?;
                 let reader = spec.connect(&opened, &config).map_err(msg)?;
                 let source: Arc<dyn BlockSource> = opened.source.clone();
                 let loader = Loader::with_allocator(config, source, reader, alloc).map_err(msg)?;
@@ -334,29 +335,29 @@ fn dtype_name(source: &dyn seqfeed_loader::BlockSource) -> &'static str {
 }
 
 /// The step-buffer allocator for `place` (heap for the CPU) and whether it
-/// widens tokens to int64.
+/// widens tokens to int64. On a GPU the path is chosen as the CLI does
+/// ([`LoaderDestination`]): GPUDirect RDMA (dmabuf, then peer memory) where
+/// the transport registers memory, else pinned host memory and an async
+/// copy; a node that refuses device memory falls back to the copy (logged).
 fn allocator(
     place: Place,
     token: Dtype,
+    transport: TransportKind,
     widen: bool,
 ) -> Result<(Arc<dyn BufferAllocator>, bool), String> {
     let Place::Cuda(index) = place else {
         return Ok((Arc::new(HeapAllocator), false));
     };
-    if let Some(reason) = seqfeed_cuda::probe().unavailable_reason() {
-        return Err(format!(
-            "device cuda:{index}: CUDA is not available: {reason}"
-        ));
-    }
-    let dev = Device::open(index).map_err(|e| seqfeed_loader::error_message(&e))?;
+    let caps = match transport {
+        TransportKind::Tcp => TransportCaps::cpu_copy("tcp"),
+        TransportKind::Local => TransportCaps::cpu_copy("local"),
+        _ => TransportCaps::rdma("verbs", true),
+    };
     let widened = widen && seqfeed_cuda::nvrtc_available().is_ok();
-    let alloc = if widened {
-        CudaBounceAllocator::with_widening(&dev, token)
-    } else {
-        CudaBounceAllocator::new(&dev)
-    }
-    .map_err(|e| seqfeed_loader::error_message(&e))?;
-    Ok((Arc::new(alloc), widened))
+    let dest = LoaderDestination::select_on(index, &caps, None, widened.then_some(token))
+        .map_err(|e| format!("device cuda:{index}: {}", seqfeed_loader::error_message(&e)))?;
+    let widened = widened && dest.device.is_some();
+    Ok((dest.allocator, widened))
 }
 
 /// One micro-batch. `__dlpack__` hands out its memory without a copy; the
