@@ -1,7 +1,9 @@
 //! Launches the example trainer as four processes, the way torchrun does
 //! (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), against two
 //! real storage nodes on 127.0.0.1. Every process checks every batch; rank
-//! 0 checks the union of all ranks' blocks per step against the plan.
+//! 0 gathers on its own `--gather` address and checks the union of all
+//! ranks' blocks per step against the plan. MASTER_PORT stays bound by a
+//! stand-in for torch's rendezvous store the whole time.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,11 +16,13 @@ fn four_processes_like_torchrun() {
     let placement = place(&c.files(), 2, 2);
     let nodes = start_nodes(c.root(), &placement);
     let (plan, cluster) = write_plan_and_cluster(&c, &addrs(&nodes, &placement));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    // torchrun's store owns MASTER_PORT: keep it bound.
+    let store = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = store.local_addr().unwrap().port();
+    let gather = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
-        .unwrap()
-        .port();
+        .unwrap();
     let mut children: Vec<_> = (0..4)
         .map(|rank| {
             Command::new(env!("CARGO_BIN_EXE_seqfeed-trainer"))
@@ -29,6 +33,8 @@ fn four_processes_like_torchrun() {
                 .arg("--cluster")
                 .arg(&cluster)
                 .args(["--step-ms", "2", "--gather-timeout", "60"])
+                .arg("--gather")
+                .arg(gather.to_string())
                 .env("RANK", rank.to_string())
                 .env("WORLD_SIZE", "4")
                 .env("LOCAL_RANK", rank.to_string())
@@ -76,4 +82,5 @@ fn four_processes_like_torchrun() {
         r0.contains("all 4 ranks reported; union of blocks = the plan's global batch for 10 steps"),
         "{r0}"
     );
+    drop(store);
 }
