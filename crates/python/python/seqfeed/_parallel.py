@@ -59,4 +59,9 @@ def data_parallel_from_megatron():
 def data_parallel_from_mesh(mesh, dim="dp"):
     """``(dp_rank, dp_size)`` from a ``torch.distributed.device_mesh.DeviceMesh``
     and the name of its data-parallel dimension."""
+    if isinstance(dim, str):
+        names = tuple(mesh.mesh_dim_names or ())
+        if dim not in names:
+            raise SeqfeedError(f"the device mesh has no dimension {dim!r} (it has {names})")
+        dim = names.index(dim)
     return mesh.get_local_rank(dim), mesh.size(dim)
