@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod logs;
 mod service;
 mod verbs;
 
@@ -33,6 +34,7 @@ use std::time::Duration;
 use seqfeed_transport::{RegionError, RegionTable};
 use seqfeed_wire::{ClientCounters, Limits, NodeCounters, VerbsAccept, VerbsConnect};
 
+pub use logs::WarnLimit;
 pub use service::NodeHandle;
 pub use verbs::{verbs_devices, verbs_factory};
 
@@ -108,6 +110,10 @@ pub struct NodeConfig {
     pub idle_timeout: Duration,
     /// RDMA connection setup; `None` answers verbs requests with an error.
     pub verbs: Option<VerbsFactory>,
+    /// How many per-connection warnings (refused handshakes, connection
+    /// errors) of each kind are logged per interval; the rest are summed up
+    /// in one line per interval. Default: 10 per 10 s.
+    pub warn_limit: WarnLimit,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -123,6 +129,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("limits", &self.limits)
             .field("idle_timeout", &self.idle_timeout)
             .field("verbs", &self.verbs.is_some())
+            .field("warn_limit", &self.warn_limit)
             .finish()
     }
 }
@@ -142,6 +149,7 @@ impl NodeConfig {
             limits: Limits::DEFAULT,
             idle_timeout: Duration::from_secs(30),
             verbs: None,
+            warn_limit: WarnLimit::DEFAULT,
         }
     }
 }

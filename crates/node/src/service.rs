@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IoSlice;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::logs::{safe, WarnKind, WarnLimiter};
 use crate::{ClientId, NodeConfig, NodeError, NodeStats, VerbsAcceptor};
 
 /// Most slices handed to one `writev` call (Linux `IOV_MAX` is 1024).
@@ -63,6 +64,8 @@ struct Shared {
     next_conn: AtomicU64,
     verbs: Option<Arc<dyn VerbsAcceptor>>,
     idle_timeout: Duration,
+    warns: Mutex<WarnLimiter>,
+    warn_interval: Duration,
 }
 
 impl Shared {
@@ -77,6 +80,34 @@ impl Shared {
             reads: c.reads.load(Relaxed),
             bytes: c.bytes.load(Relaxed),
             errors: c.errors.load(Relaxed),
+        }
+    }
+
+    /// Logs a per-connection warning through the rate limiter: `emit`
+    /// writes the WARN line when this one is within the budget of its
+    /// kind; a window's suppressed warnings come out as one summary line.
+    fn warn(&self, kind: WarnKind, peer: IpAddr, emit: impl FnOnce()) {
+        let (log, summary) = match self.warns.lock() {
+            Ok(mut l) => l.admit(Instant::now(), kind, peer),
+            Err(_) => (true, None),
+        };
+        if let Some(s) = summary {
+            tracing::warn!(node = %self.node, "{s}");
+        }
+        if log {
+            emit();
+        }
+    }
+
+    /// Logs the summaries of the warning windows that ended (all: every
+    /// window, at shutdown).
+    fn flush_warnings(&self, all: bool) {
+        let summaries = match self.warns.lock() {
+            Ok(mut l) => l.flush(Instant::now(), all),
+            Err(_) => Vec::new(),
+        };
+        for s in summaries {
+            tracing::warn!(node = %self.node, "{s}");
         }
     }
 
@@ -212,6 +243,7 @@ impl NodeHandle {
             // The signal streams belong to the runtime: drop them first.
             self.signals = None;
             rt.shutdown_timeout(Duration::from_secs(2));
+            self.shared.flush_warnings(true);
             tracing::info!(node = %self.shared.node, "node stopped");
         }
     }
@@ -303,8 +335,11 @@ pub(crate) fn start(
         next_conn: AtomicU64::new(0),
         verbs,
         idle_timeout: config.idle_timeout,
+        warns: Mutex::new(WarnLimiter::new(config.warn_limit)),
+        warn_interval: config.warn_limit.interval.max(Duration::from_millis(10)),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    runtime.spawn(warning_summaries(Arc::clone(&shared), shutdown_rx.clone()));
     runtime.spawn(accept_loop(listener, Arc::clone(&shared), shutdown_rx));
     tracing::info!(
         node = %node,
@@ -325,6 +360,17 @@ pub(crate) fn start(
     })
 }
 
+/// Logs the suppressed-warning summaries of quiet windows (a busy window's
+/// summary comes out with its next warning).
+async fn warning_summaries(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(shared.warn_interval) => shared.flush_warnings(false),
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
@@ -338,7 +384,10 @@ async fn accept_loop(
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(node = %shared.node, error = %e, "accept failed");
+                    let any = IpAddr::from([0u8, 0, 0, 0]);
+                    shared.warn(WarnKind::Accept, any, || {
+                        tracing::warn!(node = %shared.node, error = %e, "accept failed");
+                    });
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -388,7 +437,8 @@ async fn connection(
     )
     .await;
     drop(stream);
-    let client = entry.name.lock().map(|n| n.clone()).unwrap_or_default();
+    // The name comes from the wire: escaped before it reaches a log line.
+    let client = safe(&entry.name.lock().map(|n| n.clone()).unwrap_or_default());
     if verbs_used {
         // The connection's queue pairs die with it (destroying QPs may block).
         if let Some(acceptor) = shared.verbs.clone() {
@@ -403,11 +453,17 @@ async fn connection(
         End::Normal => tracing::debug!(node = %shared.node, %peer, %client, "connection closed"),
         End::Refused(why) => {
             shared.counters.refused.fetch_add(1, Relaxed);
-            tracing::warn!(node = %shared.node, %peer, "handshake refused: {why}");
+            shared.warn(WarnKind::Refused, peer.ip(), || {
+                let why = safe(&why);
+                tracing::warn!(node = %shared.node, %peer, "handshake refused: {why}");
+            });
         }
         End::Error(why) => {
             shared.counters.errors.fetch_add(1, Relaxed);
-            tracing::warn!(node = %shared.node, %peer, %client, "closing connection: {why}");
+            shared.warn(WarnKind::ConnectionError, peer.ip(), || {
+                let why = safe(&why);
+                tracing::warn!(node = %shared.node, %peer, %client, "closing connection: {why}");
+            });
         }
     }
     if let Ok(mut m) = shared.clients.lock() {
@@ -434,7 +490,7 @@ async fn drive(
                         if let Ok(mut n) = entry.name.lock() {
                             *n = c.to_owned();
                         }
-                        tracing::debug!(node = %shared.node, client = c, "handshake accepted");
+                        tracing::debug!(node = %shared.node, client = %safe(c), "handshake accepted");
                     }
                     stream.write_all(&f.to_bytes()).await
                 }
