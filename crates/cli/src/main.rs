@@ -4,21 +4,57 @@
 //! objects.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod cmd;
 
+/// `--version`: the package version and the git commit it was built from
+/// ("unknown" outside a git checkout; see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SEQFEED_GIT_COMMIT"),
+    ")"
+);
+
+/// Exit status of a command that ran and found the data wrong (`verify`,
+/// `read --verify`); 1 is "could not run", 2 a usage error (clap's).
+pub(crate) const EXIT_VERIFY_FAILED: u8 = 3;
+
+const EXIT_CODES_HELP: &str = "\
+Exit status:
+  0  success
+  1  could not run (bad input, missing file, I/O or network error)
+  2  usage error (unknown flag, missing argument)
+  3  verification failed (verify, read --verify: the data differs from what it should be)";
+
 /// Moves LLM training data from storage nodes into trainer GPUs by index.
 #[derive(Parser, Debug)]
-#[command(name = "seqfeed", version, about, long_about = None)]
+#[command(name = "seqfeed", version = VERSION, about, long_about = None, after_help = EXIT_CODES_HELP)]
 struct Cli {
-    /// Log filter (tracing env-filter syntax); also read from SEQFEED_LOG.
+    /// Log filter (tracing env-filter syntax, e.g. `info` or
+    /// `warn,seqfeed_node=debug`); also read from SEQFEED_LOG. A malformed
+    /// filter is an error.
     #[arg(long, global = true, env = "SEQFEED_LOG", default_value = "info")]
     log: String,
+    /// Log line format on stderr: `text` (colored only when stderr is a
+    /// terminal) or `json` (one JSON object per line).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format` values.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -39,11 +75,18 @@ enum Command {
     Read(cmd::read::Args),
     /// End-to-end demo: corpus, plan, two nodes, four ranks, byte checks (the main job).
     Demo(cmd::demo::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(cmd::docs::CompletionsArgs),
+    /// Write man pages: seqfeed.1 to stdout, or one page per subcommand into --dir.
+    Man(cmd::docs::ManArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    if let Err(err) = init_logging(&cli.log, cli.log_format) {
+        eprintln!("seqfeed: error: {}", error_chain(&err));
+        return ExitCode::FAILURE;
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
@@ -61,13 +104,31 @@ fn error_chain(err: &anyhow::Error) -> String {
     seqfeed_loader::error_message(err.as_ref())
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+/// Parses the `--log` filter; a malformed one is an error naming it (it
+/// used to fall back to `info` without a word).
+fn log_filter(filter: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "invalid log filter {filter:?} (--log or SEQFEED_LOG): {e}; \
+                 expected tracing env-filter directives such as `info` or `warn,seqfeed_node=debug`"
+            )
+        })
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = log_filter(filter)?;
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("installing the logger: {e}"))
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -80,12 +141,31 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Read(a) => cmd::read::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Completions(a) => cmd::docs::completions(a, Cli::command()),
+        Command::Man(a) => cmd::docs::man(a, Cli::command()),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::error_chain;
+    use super::{error_chain, log_filter};
+
+    #[test]
+    fn malformed_log_filters_are_errors_naming_the_filter() {
+        assert!(log_filter("info").is_ok());
+        assert!(log_filter("warn,seqfeed_node=debug").is_ok());
+        for bad in ["seqfeed=loud", "info,[{", "=debug"] {
+            let err = log_filter(bad).err().map(|e| e.to_string());
+            let err = err.unwrap_or_else(|| panic!("{bad:?} was accepted"));
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 
     #[derive(Debug)]
     struct Inner;

@@ -1,5 +1,6 @@
 //! One module per subcommand; each has `Args` and `run(Args) -> anyhow::Result<ExitCode>`.
 pub mod demo;
+pub mod docs;
 pub mod inspect;
 pub mod pack;
 pub mod place;

@@ -71,6 +71,11 @@ pub struct Args {
     /// Simulated consumer work per step (microseconds of sleep).
     #[arg(long, default_value_t = 0)]
     consume_us: u64,
+    /// Print the summary as one JSON object on stdout (rank, world, steps,
+    /// sequences, bytes, seconds, throughput, stall, and `verified_bytes`
+    /// with `--verify`).
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) use seqfeed_loader::OpenedPlan;
@@ -143,6 +148,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     spec.io_timeout = Duration::from_millis(args.io_timeout_ms.max(100));
     spec.client_name = format!("seqfeed-read/rank{}", config.rank);
     let (endpoints, _) = spec.endpoints(&opened)?;
+    // The plan's identity in the log: two runs with the same fingerprint read
+    // the same sequences in the same order (an unpinned config changes plan
+    // when the data is repacked; `seqfeed plan pin` makes that an error).
+    tracing::info!(
+        plan = %opened.plan.fingerprint(),
+        rank = config.rank,
+        world = config.world,
+        start = args.start,
+        "loader starting"
+    );
     let reader = spec.connect(&opened, &config)?;
     let (rank, world) = (config.rank, config.world);
     let t0 = Instant::now();
@@ -160,7 +175,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let batch = batch.with_context(|| format!("rank {rank} of {world}"))?;
         if args.verify {
             if let Some(v) = verifier.as_mut() {
-                checked += v.check(&opened.plan, &batch, rank, world)?;
+                match v.check(&opened.plan, &batch, rank, world) {
+                    Ok(n) => checked += n,
+                    Err(mismatch) => {
+                        // The data is wrong, not the command: the verification exit status.
+                        bar.finish_and_clear();
+                        eprintln!("seqfeed: read --verify FAILED: {mismatch}");
+                        return Ok(ExitCode::from(crate::EXIT_VERIFY_FAILED));
+                    }
+                }
             }
         }
         if !work.is_zero() {
@@ -172,16 +195,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let wall = t0.elapsed();
     let st = loader.stats();
     let gbps = |bytes: u64, d: Duration| bytes as f64 / d.as_secs_f64().max(1e-9) / 1e9;
+    let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+    if args.json {
+        let out = serde_json::json!({
+            "rank": rank,
+            "world": world,
+            "first_step": first,
+            "end_step": end,
+            "steps": st.steps,
+            "sequences": st.sequences,
+            "bytes": st.bytes,
+            "nodes": names,
+            "wall_secs": wall.as_secs_f64(),
+            "gb_per_sec": gbps(st.bytes, wall),
+            "sequences_per_sec": st.sequences as f64 / wall.as_secs_f64().max(1e-9),
+            "read_secs": st.read_time.as_secs_f64(),
+            "read_gb_per_sec": gbps(st.bytes, st.read_time),
+            "stall_secs": st.stall.as_secs_f64(),
+            "first_stall_secs": st.first_stall.as_secs_f64(),
+            "stall_after_warmup_secs": st.stall_after_warmup().as_secs_f64(),
+            "failed_over": st.failed_over,
+            "verified_bytes": args.verify.then_some(checked),
+        });
+        println!("{out}");
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "seqfeed read: rank {rank}/{world}, steps {first}..{end} ({} steps, {} sequences, {:.1} MiB) over {}",
         st.steps,
         st.sequences,
         st.bytes as f64 / (1 << 20) as f64,
-        endpoints
-            .iter()
-            .map(|e| e.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        names.join(", ")
     );
     println!(
         "  throughput: {:.3} GB/s end to end, {:.0} sequences/s; reader busy {:.3} s ({:.3} GB/s while reading)",

@@ -1,4 +1,6 @@
 //! `seqfeed verify`: recompute every hash and CRC; report the first bad sequence.
+//! Exits 0 when everything checks, [`crate::EXIT_VERIFY_FAILED`] when the data
+//! is wrong, 1 when it could not run (missing path, unreadable manifest).
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,6 +13,10 @@ use super::inspect::{open_target, Target};
 pub struct Args {
     /// A dataset directory, a source directory, or a single sequence file.
     pub path: PathBuf,
+    /// Print the result as one JSON object on stdout (`ok`, `kind`, `sequences`,
+    /// `files`, `bytes`, `secs`, and `error` when verification failed).
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn bar(total: u64) -> indicatif::ProgressBar {
@@ -51,6 +57,11 @@ fn verify_file(f: &SeqFile, bar: &indicatif::ProgressBar) -> Result<(), String> 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let target = open_target(&args.path)?;
+    let kind = match &target {
+        Target::File(_) => "file",
+        Target::Source(_) => "source",
+        Target::Dataset(_) => "dataset",
+    };
     let (result, sequences, files, bytes) = match &target {
         Target::File(f) => {
             let b = bar(f.count() * f.seq_bytes());
@@ -73,10 +84,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (r, d.total_sequences(), files, total)
         }
     };
+    let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        let mut out = serde_json::json!({
+            "ok": result.is_ok(),
+            "path": args.path.display().to_string(),
+            "kind": kind,
+            "sequences": sequences,
+            "files": files,
+            "bytes": bytes,
+            "secs": secs,
+        });
+        if let Err(msg) = &result {
+            out["error"] = msg.clone().into();
+        }
+        println!("{out}");
+    }
     match result {
         Ok(()) => {
-            let secs = started.elapsed().as_secs_f64();
             tracing::info!(sequences, files, bytes, secs, "verified");
+            if args.json {
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "OK: {sequences} sequences in {files} files verified ({bytes} bytes, {:.1} MB/s)",
                 bytes as f64 / secs.max(1e-9) / 1e6
@@ -85,7 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Err(msg) => {
             eprintln!("seqfeed: verify FAILED: {msg}");
-            Ok(ExitCode::FAILURE)
+            Ok(ExitCode::from(crate::EXIT_VERIFY_FAILED))
         }
     }
 }

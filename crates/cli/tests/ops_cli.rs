@@ -1,0 +1,293 @@
+//! Operations of the built binary: log output (no ANSI when piped, JSON
+//! lines, malformed filters), `--json` output, exit statuses, completions,
+//! man pages and `--version`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_seqfeed"));
+    c.env_remove("SEQFEED_LOG").env_remove("NO_COLOR");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Packs 1000 u32 tokens into `root/web` (seq_len 10: 100 sequences in
+/// several files) and returns the source directory.
+fn dataset(root: &Path) -> PathBuf {
+    let input = root.join("tokens.u32");
+    let bytes: Vec<u8> = (0..1000u32).flat_map(|t| t.to_le_bytes()).collect();
+    std::fs::write(&input, bytes).unwrap();
+    let out = root.join("data").join("web");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let o = run(&[
+        "--log",
+        "warn",
+        "pack",
+        p(&input),
+        "--input-dtype",
+        "u32",
+        "--dtype",
+        "u32",
+        "--seq-len",
+        "10",
+        "--max-file-size",
+        "8K",
+        "-o",
+        p(&out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
+#[test]
+fn logs_have_no_ansi_escapes_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("t.u32");
+    std::fs::write(&input, [1u8, 0, 0, 0, 2, 0, 0, 0]).unwrap();
+    let out = dir.path().join("web");
+    let o = run(&[
+        "--log",
+        "debug",
+        "pack",
+        p(&input),
+        "--input-dtype",
+        "u32",
+        "--seq-len",
+        "1",
+        "-o",
+        p(&out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("packing"), "{err}");
+    assert!(
+        !err.contains("\x1b["),
+        "ANSI escapes in piped stderr:\n{err:?}"
+    );
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dataset(dir.path());
+    let o = run(&["--log-format", "json", "verify", p(&src)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let lines: Vec<serde_json::Value> = err.lines().map(json).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "verified" && l["level"] == "INFO"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_malformed_log_filter_is_an_error_naming_it() {
+    for bad in ["seqfeed=loud", "info,[{"] {
+        let o = run(&["--log", bad, "--version"]);
+        // --version exits before logging starts; a command reaches it.
+        assert!(o.status.success());
+        let o = run(&["--log", bad, "verify", "/nonexistent"]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = stderr(&o);
+        assert!(
+            err.contains("invalid log filter") && err.contains(&format!("{bad:?}")),
+            "{err}"
+        );
+        // Also from the environment.
+        let o = bin()
+            .env("SEQFEED_LOG", bad)
+            .args(["verify", "/nonexistent"])
+            .output()
+            .unwrap();
+        assert!(stderr(&o).contains("invalid log filter"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn inspect_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dataset(dir.path());
+    let o = run(&["inspect", "--json", p(&src), "--seq", "42"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&stdout(&o));
+    assert_eq!(v["kind"], "source");
+    assert_eq!(v["name"], "web");
+    assert_eq!(v["sequences"], 100);
+    assert_eq!(v["seq_len"], 10);
+    assert_eq!(v["dtype"], "u32");
+    assert!(v["files"].as_array().unwrap().len() > 1, "{v}");
+    let want: Vec<u64> = (420..430).collect();
+    assert_eq!(v["sequence"]["tokens"], serde_json::json!(want));
+
+    let data = src.parent().unwrap();
+    let o = run(&[
+        "inspect",
+        "--json",
+        p(data),
+        "--seq",
+        "3",
+        "--source",
+        "web",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&stdout(&o));
+    assert_eq!(v["kind"], "dataset");
+    assert_eq!(v["sources"][0]["name"], "web");
+    assert_eq!(v["sequence"]["source"], "web");
+    assert_eq!(v["sequence"]["tokens"][0], 30);
+}
+
+/// The first sequence file of a source.
+fn first_seq_file(src: &Path) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seq"))
+        .collect();
+    files.sort();
+    files.into_iter().next().unwrap()
+}
+
+#[test]
+fn verify_json_and_exit_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dataset(dir.path());
+    let data = src.parent().unwrap();
+    let o = run(&["verify", "--json", p(data)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&stdout(&o));
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["kind"], "dataset");
+    assert_eq!(v["sequences"], 100);
+    assert_eq!(v["bytes"], 4000);
+
+    // Could not run: a missing path is 1.
+    let o = run(&["verify", p(&dir.path().join("missing"))]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+
+    // Ran and found the data wrong: 3. Flip the last payload byte of a file.
+    let file = first_seq_file(&src);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    let o = run(&["verify", p(data)]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("verify FAILED"), "{}", stderr(&o));
+    let o = run(&["verify", "--json", p(data)]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let v = json(&stdout(&o));
+    assert_eq!(v["ok"], false);
+    assert!(v["error"].as_str().unwrap().contains("sequence"), "{v}");
+
+    // The statuses are documented in --help.
+    let help = stdout(&run(&["--help"]));
+    assert!(
+        help.contains("Exit status") && help.contains("3  verification failed"),
+        "{help}"
+    );
+}
+
+#[test]
+fn read_json_and_the_plan_fingerprint_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dataset(dir.path());
+    let data = src.parent().unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "seed = 7\nglobal_batch = 4\n[run]\nsteps = 5\n[[sources]]\nname = \"web\"\nweight = 1.0\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "read",
+        "--json",
+        "--plan",
+        p(&plan),
+        "--dataset",
+        p(data),
+        "--local",
+        "--verify",
+        "--rank",
+        "1",
+        "--world",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&stdout(&o));
+    assert_eq!(v["rank"], 1);
+    assert_eq!(v["world"], 2);
+    assert_eq!(v["steps"], 5);
+    assert_eq!(v["sequences"], 10);
+    assert_eq!(v["bytes"], 400);
+    assert_eq!(v["verified_bytes"], 400);
+    let err = stderr(&o);
+    assert!(
+        err.contains("loader starting") && err.contains("plan="),
+        "{err}"
+    );
+}
+
+#[test]
+fn completions_and_man_pages() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = run(&["completions", shell]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = stdout(&o);
+        for sub in ["pack", "verify", "serve", "completions"] {
+            assert!(out.contains(sub), "{shell} completions lack {sub}");
+        }
+    }
+    let o = run(&["man"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page = stdout(&o);
+    assert!(page.contains(".TH seqfeed 1"), "{page}");
+    for sub in ["pack", "verify", "serve", "read"] {
+        assert!(page.contains(sub), "man page lacks {sub}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("man1");
+    let o = run(&["man", "--dir", p(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for page in ["seqfeed.1", "seqfeed-pack.1", "seqfeed-verify.1"] {
+        let text = std::fs::read_to_string(out.join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page}");
+    }
+}
+
+#[test]
+fn version_names_the_git_commit() {
+    let o = run(&["--version"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    let want = format!("seqfeed {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(out.starts_with(&want), "{out}");
+    let commit = out[want.len()..].trim_end().trim_end_matches(')');
+    assert!(
+        commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{out}"
+    );
+}
