@@ -19,6 +19,12 @@
 //! weight = 0.2
 //! max_epochs = 3.0             # this source may be seen up to 3 times
 //! fingerprint = "9f2c..."      # optional: pin the source's data
+//! holdout = 0.02               # optional: this source's held-out fraction
+//!
+//! [split]                      # optional: hold out a validation part
+//! seed = 7                     # key of the choice (not the plan's seed)
+//! holdout = 0.01               # a fraction of each source, or:
+//! # holdout_sequences = 1000   # a count of each source's sequences
 //! ```
 //!
 //! Unknown keys are rejected, naming the key.
@@ -83,6 +89,61 @@ pub struct SourceWeight {
     /// another fingerprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// Fraction of this source held out of training, in `[0, 1)`; overrides
+    /// the `[split]` default. Exclusive with `holdout_sequences`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<f64>,
+    /// Sequences of this source held out of training; overrides the
+    /// `[split]` default. Exclusive with `holdout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout_sequences: Option<u64>,
+}
+
+impl SourceWeight {
+    /// Whether this source sets its own hold-out.
+    pub fn overrides_holdout(&self) -> bool {
+        self.holdout.is_some() || self.holdout_sequences.is_some()
+    }
+}
+
+/// The `[split]` table: which part of each source is held out of training
+/// (the validation split). See [`Holdout`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Key of the choice of held-out sequences. Independent of the plan's
+    /// seed, so plans with other seeds hold out the same sequences.
+    #[serde(default)]
+    pub seed: u64,
+    /// Default fraction of every source held out, in `[0, 1)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<f64>,
+    /// Default count of every source's sequences held out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout_sequences: Option<u64>,
+}
+
+/// How much of one source is held out of training.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Holdout {
+    /// Nothing: every sequence is for training.
+    #[default]
+    None,
+    /// Sequence `j` is held out when its keyed 64-bit hash is below
+    /// `floor(f * 2^64)`: decided per sequence, so stable when the source grows.
+    Fraction(f64),
+    /// The `n` sequences with the smallest keyed hashes.
+    Count(u64),
+}
+
+impl std::fmt::Display for Holdout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holdout::None => f.write_str("none"),
+            Holdout::Fraction(x) => write!(f, "fraction {x}"),
+            Holdout::Count(n) => write!(f, "{n} sequences"),
+        }
+    }
 }
 
 fn default_max_epochs() -> f64 {
@@ -106,6 +167,9 @@ pub struct PlanConfig {
     pub max_epochs: f64,
     /// The run length.
     pub run: RunLength,
+    /// The validation split (none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitConfig>,
     /// The sources, in order. Order matters: it breaks ties in the quotas
     /// and fixes source ids.
     pub sources: Vec<SourceWeight>,
@@ -154,6 +218,36 @@ impl PlanConfig {
             s.fingerprint = Some(shape.fingerprint.clone());
         }
         Ok(())
+    }
+
+    /// Whether the config holds anything out (a `[split]` table or a
+    /// source's `holdout` / `holdout_sequences`).
+    pub fn has_split(&self) -> bool {
+        self.split.is_some() || self.sources.iter().any(SourceWeight::overrides_holdout)
+    }
+
+    /// The key of the split's choice (`split.seed`, 0 when absent).
+    pub fn split_seed(&self) -> u64 {
+        self.split.as_ref().map_or(0, |s| s.seed)
+    }
+
+    /// The hold-out of source `index` (its own, else the `[split]` default).
+    /// Assumes [`PlanConfig::validate`] passed.
+    pub fn holdout_of(&self, index: usize) -> Holdout {
+        let s = &self.sources[index];
+        let (f, n) = if s.overrides_holdout() {
+            (s.holdout, s.holdout_sequences)
+        } else {
+            match &self.split {
+                Some(sp) => (sp.holdout, sp.holdout_sequences),
+                None => (None, None),
+            }
+        };
+        match (f, n) {
+            (Some(f), _) => Holdout::Fraction(f),
+            (None, Some(n)) => Holdout::Count(n),
+            (None, None) => Holdout::None,
+        }
     }
 
     /// Checks the values that do not depend on the dataset.
@@ -218,6 +312,10 @@ impl PlanConfig {
             if let Some(l) = s.max_epochs {
                 check_limit(&format!("{field}.max_epochs"), l)?;
             }
+            check_holdout(&field, s.holdout, s.holdout_sequences)?;
+        }
+        if let Some(sp) = &self.split {
+            check_holdout("split", sp.holdout, sp.holdout_sequences)?;
         }
         Ok(())
     }
@@ -229,6 +327,24 @@ fn check_limit(field: &str, l: f64) -> Result<(), PlanError> {
             field,
             &format!("repetition limit must be a positive finite number of epochs (got {l})"),
         ));
+    }
+    Ok(())
+}
+
+fn check_holdout(field: &str, f: Option<f64>, n: Option<u64>) -> Result<(), PlanError> {
+    if f.is_some() && n.is_some() {
+        return Err(invalid(
+            field,
+            "give holdout (a fraction) or holdout_sequences (a count), not both",
+        ));
+    }
+    if let Some(f) = f {
+        if !(0.0..1.0).contains(&f) {
+            return Err(invalid(
+                &format!("{field}.holdout"),
+                &format!("the held-out fraction must be in [0, 1) (got {f})"),
+            ));
+        }
     }
     Ok(())
 }

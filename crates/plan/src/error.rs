@@ -9,7 +9,7 @@ pub struct QuotaRow {
     pub source: String,
     /// Sequences the plan would draw from the source over the run.
     pub quota: u64,
-    /// Sequences the source holds.
+    /// Sequences the source holds for training (less any held out).
     pub size: u64,
     /// Passes over the source allowed (`max_epochs`).
     pub limit: f64,

@@ -13,6 +13,11 @@
 //!   rank `r` of `W` takes the `r`-th contiguous `B/W` of it
 //!   ([`Plan::rank_block`]). Every position resolves to a [`SequenceRef`]
 //!   (source, file, index, byte offset, length) in `O(1)`.
+//! * Splits: a `[split]` table holds out a deterministic part of each source
+//!   (a fraction, stable as the source grows, or a count), chosen by a keyed
+//!   hash of the sequence index. The training run never reads it;
+//!   [`Plan::validation_iter`] and [`Plan::split_block`] give the
+//!   validation stream ([`Split`]).
 //! * [`shapes_from_dataset`] / [`SourceShape::from_manifest`]: shapes of a
 //!   packed `seqfeed-format` dataset.
 //!
@@ -54,11 +59,13 @@ mod error;
 mod plan;
 mod quota;
 mod shape;
+mod split;
 
 pub use bijection::{derive_key, mix64, Feistel, ROUNDS};
-pub use config::{MixingMode, PlanConfig, RunLength, SourceWeight};
+pub use config::{Holdout, MixingMode, PlanConfig, RunLength, SourceWeight, SplitConfig};
 pub use dataset::shapes_from_dataset;
 pub use error::{PlanError, QuotaRow};
 pub use plan::{Plan, PlanFile, PlanSource, RankCursor, SequenceRef};
 pub use quota::largest_remainder;
 pub use shape::{FileShape, ShapesFile, SourceShape};
+pub use split::Split;

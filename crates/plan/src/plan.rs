@@ -4,12 +4,14 @@ use std::ops::Range;
 
 use crate::bijection::{derive_key, Feistel};
 use crate::config::{invalid, known_names};
-use crate::{largest_remainder, MixingMode, PlanConfig, PlanError, QuotaRow, SourceShape};
+use crate::split::{held_out, kept_index, split_key, Split};
+use crate::{largest_remainder, Holdout, MixingMode, PlanConfig, PlanError, QuotaRow, SourceShape};
 
 /// Where one sequence of the run lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SequenceRef {
-    /// Global position in the run (`step * B + slot in the batch`).
+    /// Global position in the run (`step * B + slot in the batch`); in the
+    /// validation stream, the position in that stream.
     pub position: u64,
     /// Source id: index into [`Plan::sources`] (config order).
     pub source: u32,
@@ -49,8 +51,12 @@ pub struct PlanSource {
     pub quota: u64,
     /// Sequences in each global batch (stratified mode; `None` in global mode).
     pub per_batch: Option<u64>,
-    /// Sequences the source holds.
+    /// Sequences the source holds (training and held out).
     pub size: u64,
+    /// The source's hold-out, as configured (its own or the `[split]` default).
+    pub holdout: Holdout,
+    /// Sorted indices (within the source) of the held-out sequences.
+    held_out: Vec<u64>,
     /// The source's files.
     pub files: Vec<PlanFile>,
     /// Exclusive cumulative end of each file's sequences within the source.
@@ -58,28 +64,40 @@ pub struct PlanSource {
     /// When every file but the last holds this many sequences (and the last
     /// no more), the file of sequence `i` is `i / uniform_count`: no search.
     uniform_count: Option<u64>,
-    /// Permutation of the source's sequences; re-keyed per epoch.
+    /// Permutation of the source's training sequences; re-keyed per epoch.
     perm: Feistel,
     /// Keys of the first epochs (the rest are derived on the fly).
     epoch_keys: Vec<u64>,
 }
 
 impl PlanSource {
-    /// Passes over the source the quota takes (may be fractional).
+    /// Sequences available for training: `size` less the held-out ones.
+    pub fn train_size(&self) -> u64 {
+        self.size - self.held_out.len() as u64
+    }
+
+    /// Sorted indices (within the source, `0..size`) of the sequences held
+    /// out of training (the source's part of the validation stream).
+    pub fn held_out(&self) -> &[u64] {
+        &self.held_out
+    }
+
+    /// Passes over the source's training sequences the quota takes (may be
+    /// fractional).
     pub fn epochs(&self) -> f64 {
-        self.quota as f64 / self.size as f64
+        self.quota as f64 / self.train_size() as f64
     }
 
     /// Most times any one sequence of the source is used (`ceil(epochs)`).
     pub fn max_repeats(&self) -> u64 {
-        self.quota.div_ceil(self.size)
+        self.quota.div_ceil(self.train_size())
     }
 
-    /// Sequences of the source used `max_repeats()` times (the rest are used
-    /// one time fewer).
+    /// Training sequences of the source used `max_repeats()` times (the rest
+    /// are used one time fewer).
     pub fn sequences_at_max_repeats(&self) -> u64 {
-        match self.quota % self.size {
-            0 if self.quota > 0 => self.size,
+        match self.quota % self.train_size() {
+            0 if self.quota > 0 => self.train_size(),
             r => r,
         }
     }
@@ -108,6 +126,9 @@ pub struct Plan {
     /// one batch, re-keyed per step).
     shuffle: Feistel,
     shuffle_key: u64,
+    /// Exclusive cumulative end of each source's held-out sequences in the
+    /// validation stream.
+    validation_ends: Vec<u64>,
     fingerprint: String,
 }
 
@@ -267,16 +288,25 @@ impl Plan {
             }
         };
 
+        // Held-out sequences (the validation split), per source.
+        let mut held: Vec<Vec<u64>> = Vec::with_capacity(chosen.len());
+        for (i, shape) in chosen.iter().enumerate() {
+            let holdout = config.holdout_of(i);
+            let key = split_key(config.split_seed(), &shape.name);
+            held.push(held_out(&shape.name, shape.sequences(), holdout, key)?);
+        }
+
         // Repetition limits: report every source when any is over.
         let rows: Vec<QuotaRow> = config
             .sources
             .iter()
             .zip(&chosen)
             .zip(&quotas)
-            .map(|((s, shape), &quota)| QuotaRow {
+            .zip(&held)
+            .map(|(((s, shape), &quota), held)| QuotaRow {
                 source: s.name.clone(),
                 quota,
-                size: shape.sequences(),
+                size: shape.sequences() - held.len() as u64,
                 limit: s.max_epochs.unwrap_or(config.max_epochs),
             })
             .collect();
@@ -288,7 +318,9 @@ impl Plan {
         }
 
         let mut sources = Vec::with_capacity(chosen.len());
-        for (i, (s, shape)) in config.sources.iter().zip(&chosen).enumerate() {
+        let mut validation_ends = Vec::with_capacity(chosen.len());
+        let mut validation_end = 0u64;
+        for (i, ((s, shape), held)) in config.sources.iter().zip(&chosen).zip(held).enumerate() {
             if quotas[i] == 0 {
                 tracing::warn!(source = %s.name, "source's weight is too small to draw any sequence in this run");
             }
@@ -310,7 +342,10 @@ impl Plan {
                 None => None,
             };
             let source_key = seed_key(config.seed, &format!("source:{}", s.name));
-            let epochs = quotas[i].div_ceil(end).min(MAX_CACHED_EPOCHS);
+            let train = end - held.len() as u64;
+            let epochs = quotas[i].div_ceil(train).min(MAX_CACHED_EPOCHS);
+            validation_end += held.len() as u64;
+            validation_ends.push(validation_end);
             sources.push(PlanSource {
                 name: s.name.clone(),
                 weight: weights[i],
@@ -319,6 +354,8 @@ impl Plan {
                 quota: quotas[i],
                 per_batch: per_batch.as_ref().map(|p| p[i]),
                 size: end,
+                holdout: config.holdout_of(i),
+                held_out: held,
                 files: shape
                     .files
                     .iter()
@@ -330,7 +367,7 @@ impl Plan {
                     .collect(),
                 file_ends,
                 uniform_count,
-                perm: Feistel::new(end, source_key),
+                perm: Feistel::new(train, source_key),
                 epoch_keys: (0..epochs).map(|e| derive_key(source_key, e)).collect(),
             });
         }
@@ -359,6 +396,7 @@ impl Plan {
             slot_ends,
             shuffle,
             shuffle_key,
+            validation_ends,
             fingerprint: String::new(),
         };
         plan.fingerprint = plan.compute_fingerprint();
@@ -390,6 +428,22 @@ impl Plan {
                 h.update(f.path.as_bytes());
                 h.update(&f.count.to_le_bytes());
                 h.update(&f.data_offset.to_le_bytes());
+            }
+        }
+        // Only plans with a split hash it, so plans without one keep the
+        // fingerprints they had before splits existed.
+        if c.has_split() {
+            h.update(b"split");
+            h.update(&c.split_seed().to_le_bytes());
+            for s in &self.sources {
+                let (kind, value) = match s.holdout {
+                    Holdout::None => (0u8, 0u64),
+                    Holdout::Fraction(f) => (1, f.to_bits()),
+                    Holdout::Count(n) => (2, n),
+                };
+                h.update(&[kind]);
+                h.update(&value.to_le_bytes());
+                h.update(&(s.held_out.len() as u64).to_le_bytes());
             }
         }
         h.finalize().to_hex().to_string()
@@ -546,24 +600,36 @@ impl Plan {
     }
 
     /// The sequence of the source (index within the source) taken by its
-    /// `k`-th draw: epoch `k / size`, and within it the keyed permutation of
-    /// that epoch.
+    /// `k`-th draw: epoch `k / t`, and within it the keyed permutation of
+    /// that epoch over the `t = train_size` training sequences, mapped to
+    /// the source's indices past the held-out ones.
     #[inline]
     pub fn source_index(&self, source: u32, k: u64) -> u64 {
         let s = &self.sources[source as usize];
-        let epoch = k / s.size;
-        let j = k - epoch * s.size;
+        let train = s.perm.len();
+        let epoch = k / train;
+        let j = k - epoch * train;
         let key = match s.epoch_keys.get(epoch as usize) {
             Some(&key) => key,
             None => derive_key(s.perm.key(), epoch),
         };
-        s.perm.with_key(key).apply(j)
+        let r = s.perm.with_key(key).apply(j);
+        if s.held_out.is_empty() {
+            r
+        } else {
+            kept_index(&s.held_out, r)
+        }
     }
 
     #[inline]
     fn resolve(&self, position: u64, source: u32, k: u64) -> SequenceRef {
-        let s = &self.sources[source as usize];
         let idx = self.source_index(source, k);
+        self.resolve_index(position, source, idx)
+    }
+
+    #[inline]
+    fn resolve_index(&self, position: u64, source: u32, idx: u64) -> SequenceRef {
+        let s = &self.sources[source as usize];
         let (file, start) = match s.uniform_count {
             Some(c) => {
                 let file = idx / c;
@@ -677,6 +743,97 @@ impl Plan {
             rank,
             world,
             next_step: start_step,
+        })
+    }
+
+    /// Sequences held out of training over all sources: the length of the
+    /// validation stream.
+    pub fn validation_len(&self) -> u64 {
+        self.validation_ends.last().copied().unwrap_or(0)
+    }
+
+    /// The sequence at `position` of the validation stream: sources in
+    /// config order, each one's held-out sequences in ascending index order.
+    ///
+    /// # Panics
+    /// If `position >= validation_len()`.
+    pub fn validation_locate(&self, position: u64) -> SequenceRef {
+        assert!(
+            position < self.validation_len(),
+            "validation position {position} out of range ({})",
+            self.validation_len()
+        );
+        let src = self.validation_ends.partition_point(|&e| e <= position);
+        let start = if src == 0 {
+            0
+        } else {
+            self.validation_ends[src - 1]
+        };
+        let idx = self.sources[src].held_out[(position - start) as usize];
+        self.resolve_index(position, src as u32, idx)
+    }
+
+    /// The whole validation stream, in order.
+    pub fn validation_iter(&self) -> impl Iterator<Item = SequenceRef> + '_ {
+        (0..self.validation_len()).map(|p| self.validation_locate(p))
+    }
+
+    /// Steps of a stream: the run's steps for [`Split::Train`];
+    /// `ceil(validation_len / B)` for [`Split::Validation`] (the last one
+    /// may be short).
+    pub fn split_steps(&self, split: Split) -> u64 {
+        match split {
+            Split::Train => self.steps,
+            Split::Validation => self.validation_len().div_ceil(self.global_batch),
+        }
+    }
+
+    /// Positions of rank `rank`'s block of step `step` of a stream. For
+    /// [`Split::Train`], [`Plan::rank_range`]. For [`Split::Validation`],
+    /// step `s` is positions `[s B, min((s + 1) B, V))` and rank `r` of `W`
+    /// takes `[start + floor(len r / W), start + floor(len (r + 1) / W))`
+    /// (equal shares but in a short last step).
+    pub fn split_range(
+        &self,
+        split: Split,
+        step: u64,
+        rank: u32,
+        world: u32,
+    ) -> Result<Range<u64>, PlanError> {
+        if split == Split::Train {
+            return self.rank_range(step, rank, world);
+        }
+        self.rank_range(0, rank, world)?;
+        let v = self.validation_len();
+        if v == 0 {
+            return Err(invalid(
+                "split",
+                "the plan holds out no sequences: set [split] holdout or holdout_sequences",
+            ));
+        }
+        let steps = self.split_steps(split);
+        if step >= steps {
+            return Err(PlanError::StepOutOfRange { step, steps });
+        }
+        let start = step * self.global_batch;
+        let len = (v - start).min(self.global_batch);
+        let share = |r: u64| start + len * r / u64::from(world);
+        Ok(share(u64::from(rank))..share(u64::from(rank) + 1))
+    }
+
+    /// Rank `rank`'s block of step `step` of a stream (see
+    /// [`Plan::split_range`]).
+    pub fn split_block(
+        &self,
+        split: Split,
+        step: u64,
+        rank: u32,
+        world: u32,
+    ) -> Result<Vec<SequenceRef>, PlanError> {
+        let range = self.split_range(split, step, rank, world)?;
+        Ok(match split {
+            Split::Train => range.map(|p| self.locate(p)).collect(),
+            Split::Validation => range.map(|p| self.validation_locate(p)).collect(),
         })
     }
 

@@ -90,6 +90,35 @@ struct Source {
     name: String,
     weight: f64,
     counts: Vec<u64>,
+    /// Held-out sequences (indices within the source), by [`held_out`].
+    held: Vec<u64>,
+}
+
+/// The split's choice ("Splits" in docs/PLAN.md): `fraction` or `count`.
+fn held_out(
+    split_seed: u64,
+    name: &str,
+    size: u64,
+    fraction: Option<f64>,
+    count: Option<u64>,
+) -> Vec<u64> {
+    let mut material = split_seed.to_le_bytes().to_vec();
+    material.extend_from_slice(format!("source:{name}").as_bytes());
+    let out = blake3::derive_key("seqfeed plan v1 split", &material);
+    let key = u64::from_le_bytes(out[..8].try_into().unwrap());
+    let h = |j: u64| derive_key(key, j);
+    if let Some(f) = fraction {
+        let t = (f * 2f64.powi(64)) as u64;
+        (0..size).filter(|&j| h(j) < t).collect()
+    } else if let Some(n) = count {
+        let mut all: Vec<(u64, u64)> = (0..size).map(|j| (h(j), j)).collect();
+        all.sort();
+        let mut v: Vec<u64> = all[..n as usize].iter().map(|&(_, j)| j).collect();
+        v.sort();
+        v
+    } else {
+        Vec::new()
+    }
 }
 
 /// `(source, file, index within the file)` of every position `< limit`.
@@ -128,9 +157,16 @@ fn reference(
                 slot - start
             };
             let src = &sources[i];
-            let size: u64 = src.counts.iter().sum();
+            let all: u64 = src.counts.iter().sum();
+            let size = all - src.held.len() as u64;
             let key = derive_key(seed_key(seed, &format!("source:{}", src.name)), k / size);
-            let x = feistel(size, key, k % size);
+            // The rank among the kept sequences, then its index past the held-out ones.
+            let mut x = feistel(size, key, k % size);
+            for &h in &src.held {
+                if h <= x {
+                    x += 1;
+                }
+            }
             let mut before = 0;
             for (f, &c) in src.counts.iter().enumerate() {
                 if x < before + c {
@@ -168,6 +204,10 @@ fn shapes(sources: &[Source]) -> Vec<SourceShape> {
 }
 
 fn check(seed: u64, b: u64, stratified: bool, n: u64, sources: &[Source]) {
+    check_with(seed, b, stratified, n, sources, "")
+}
+
+fn check_with(seed: u64, b: u64, stratified: bool, n: u64, sources: &[Source], extra: &str) {
     let mut text = format!(
         "seed = {seed}\nglobal_batch = {b}\nmode = \"{}\"\nmax_epochs = 1000.0\n[run]\nsequences = {n}\n",
         if stratified { "stratified" } else { "global" }
@@ -178,6 +218,7 @@ fn check(seed: u64, b: u64, stratified: bool, n: u64, sources: &[Source]) {
             s.name, s.weight
         );
     }
+    text += extra;
     let plan = Plan::new(PlanConfig::from_toml_str(&text).unwrap(), shapes(sources)).unwrap();
     let limit = 600;
     let want = reference(seed, b, stratified, n, sources, limit);
@@ -198,6 +239,7 @@ fn src(name: &str, weight: f64, counts: &[u64]) -> Source {
         name: name.into(),
         weight,
         counts: counts.to_vec(),
+        held: Vec::new(),
     }
 }
 
@@ -265,4 +307,60 @@ fn documented_quotas_match_the_crate() {
             );
         }
     }
+}
+
+#[test]
+fn documented_split_matches_the_crate() {
+    let mut sources = [
+        src("web", 0.6, &[500, 0, 700, 3]),
+        src("code", 0.4, &[400, 401]),
+    ];
+    sources[0].held = held_out(42, "web", 1203, Some(0.1), None);
+    sources[1].held = held_out(42, "code", 801, None, Some(33));
+    // `[split]` after the last `[[sources]]` table: the default fraction,
+    // with code's own count (set below in the config text).
+    let extra = "[split]\nseed = 42\nholdout = 0.1\n";
+    let with_code_count = |stratified| {
+        let mut text = format!(
+            "seed = 9\nglobal_batch = 16\nmode = \"{}\"\nmax_epochs = 1000.0\n[run]\nsequences = 4000\n",
+            if stratified { "stratified" } else { "global" }
+        );
+        text += "[[sources]]\nname = \"web\"\nweight = 0.6\n";
+        text += "[[sources]]\nname = \"code\"\nweight = 0.4\nholdout_sequences = 33\n";
+        text += extra;
+        Plan::new(PlanConfig::from_toml_str(&text).unwrap(), shapes(&sources)).unwrap()
+    };
+    for stratified in [false, true] {
+        let plan = with_code_count(stratified);
+        let want = reference(9, 16, stratified, 4000, &sources, 600);
+        for (p, &(source, file, index)) in want.iter().enumerate() {
+            let r = plan.locate(p as u64);
+            assert_eq!(
+                (r.source, r.file, r.index),
+                (source, file, index),
+                "position {p}"
+            );
+        }
+        let val: Vec<(u32, u64)> = plan
+            .validation_iter()
+            .map(|r| {
+                let before: u64 = sources[r.source as usize].counts[..r.file as usize]
+                    .iter()
+                    .sum();
+                (r.source, before + r.index)
+            })
+            .collect();
+        let want: Vec<(u32, u64)> = sources
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.held.iter().map(move |&j| (i as u32, j)))
+            .collect();
+        assert_eq!(val, want);
+    }
+    // Without the split, the same reference with nothing held out.
+    let plain = [
+        src("web", 0.6, &[500, 0, 700, 3]),
+        src("code", 0.4, &[400, 401]),
+    ];
+    check_with(9, 16, false, 4000, &plain, "");
 }

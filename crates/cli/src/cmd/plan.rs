@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
-use seqfeed_plan::{shapes_from_dataset, Plan, PlanConfig, SequenceRef, ShapesFile, SourceShape};
+use seqfeed_plan::{
+    shapes_from_dataset, Plan, PlanConfig, SequenceRef, ShapesFile, SourceShape, Split,
+};
 
 /// Flags of `seqfeed plan`.
 #[derive(clap::Args, Debug)]
@@ -72,6 +74,25 @@ impl Input {
     }
 }
 
+/// Which stream of the plan (`--split`).
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+enum SplitArg {
+    /// The training run.
+    #[default]
+    Train,
+    /// The held-out sequences (`[split]` in the config), in batches of the global batch.
+    Validation,
+}
+
+impl From<SplitArg> for Split {
+    fn from(s: SplitArg) -> Split {
+        match s {
+            SplitArg::Train => Split::Train,
+            SplitArg::Validation => Split::Validation,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct ShowArgs {
     #[command(flatten)]
@@ -88,6 +109,9 @@ struct ShowArgs {
     /// Show only this rank's block (default: every rank).
     #[arg(long)]
     rank: Option<u32>,
+    /// The stream: the training run or the held-out validation sequences.
+    #[arg(long, value_enum, default_value_t = SplitArg::Train)]
+    split: SplitArg,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -118,6 +142,9 @@ struct MaterializeArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Tsv)]
     format: Format,
+    /// The stream: the training run or the held-out validation sequences.
+    #[arg(long, value_enum, default_value_t = SplitArg::Train)]
+    split: SplitArg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -175,20 +202,30 @@ fn header(plan: &Plan) {
 
 fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
     let plan = a.input.plan()?;
+    let split = Split::from(a.split);
     // Check the step and the world before printing anything.
-    plan.rank_range(a.step, a.rank.unwrap_or(0), a.world)?;
+    plan.split_range(split, a.step, a.rank.unwrap_or(0), a.world)?;
     header(&plan);
+    if split == Split::Validation {
+        println!(
+            "validation: {} held-out sequences in {} steps",
+            plan.validation_len(),
+            plan.split_steps(split)
+        );
+    }
     let ranks: Vec<u32> = match a.rank {
         Some(r) => vec![r],
         None => (0..a.world).collect(),
     };
-    let end = a.step.saturating_add(a.count.max(1)).min(plan.steps());
+    let end = a
+        .step
+        .saturating_add(a.count.max(1))
+        .min(plan.split_steps(split));
     let mut out = BufWriter::new(std::io::stdout().lock());
-    let mut block = Vec::new();
     for step in a.step..end {
         for &rank in &ranks {
-            plan.rank_block_into(step, rank, a.world, &mut block)?;
-            let range = plan.rank_range(step, rank, a.world)?;
+            let block = plan.split_block(split, step, rank, a.world)?;
+            let range = plan.split_range(split, step, rank, a.world)?;
             writeln!(
                 out,
                 "step {step} rank {rank}/{} positions [{}, {})",
@@ -271,34 +308,40 @@ fn write_record(
 
 fn materialize(a: MaterializeArgs) -> anyhow::Result<ExitCode> {
     let plan = a.input.plan()?;
-    let to = a.to.unwrap_or(plan.steps());
-    if a.from >= to || to > plan.steps() {
+    let split = Split::from(a.split);
+    let steps = plan.split_steps(split);
+    // Validate the world (and that a validation stream exists) before
+    // creating any file.
+    plan.split_range(split, a.from.min(steps.saturating_sub(1)), 0, a.world)?;
+    let to = a.to.unwrap_or(steps);
+    if a.from >= to || to > steps {
         bail!(
-            "step range [{}, {to}) is empty or past the end of the run ({} steps)",
+            "step range [{}, {to}) is empty or past the end of the {split} stream ({steps} steps)",
             a.from,
-            plan.steps()
         );
     }
-    // Validate the world before creating any file.
-    plan.rank_range(a.from, 0, a.world)?;
     let tmp = temp_name(&a.out);
     let file =
         std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let result = (|| -> anyhow::Result<u64> {
         let mut w = BufWriter::with_capacity(1 << 20, file);
         if let Format::Tsv = a.format {
-            writeln!(w, "# seqfeed plan {}", plan.fingerprint())?;
+            match split {
+                Split::Train => writeln!(w, "# seqfeed plan {}", plan.fingerprint())?,
+                Split::Validation => {
+                    writeln!(w, "# seqfeed plan {} validation", plan.fingerprint())?
+                }
+            }
             writeln!(
                 w,
                 "step\trank\tposition\tsource\tsource_name\tfile\tpath\tindex\toffset\tlen"
             )?;
         }
         let bar = progress(to - a.from, "materializing");
-        let mut block = Vec::new();
         let mut rows = 0u64;
         for step in a.from..to {
             for rank in 0..a.world {
-                plan.rank_block_into(step, rank, a.world, &mut block)?;
+                let block = plan.split_block(split, step, rank, a.world)?;
                 for r in &block {
                     write_record(&mut w, &plan, a.format, step, rank, r)?;
                 }
@@ -316,7 +359,7 @@ fn materialize(a: MaterializeArgs) -> anyhow::Result<ExitCode> {
             std::fs::rename(&tmp, &a.out)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), a.out.display()))?;
             println!(
-                "wrote {rows} sequences of steps [{}, {to}) for {} ranks to {}",
+                "wrote {rows} {split} sequences of steps [{}, {to}) for {} ranks to {}",
                 a.from,
                 a.world,
                 a.out.display()
@@ -395,6 +438,15 @@ fn stats(a: StatsArgs) -> anyhow::Result<ExitCode> {
         );
         if let Some(b) = s.per_batch {
             println!("{:<20} {b} per global batch", "");
+        }
+        if !s.held_out().is_empty() {
+            println!(
+                "{:<20} {} held out for validation ({}); {} for training",
+                "",
+                s.held_out().len(),
+                s.holdout,
+                s.train_size()
+            );
         }
     }
     println!("step 0: {}", step_summary(&plan, 0)?);
@@ -628,6 +680,69 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+    }
+
+    #[test]
+    fn materialize_and_show_the_validation_split() {
+        let (dir, config, shapes) = setup("val");
+        let text = std::fs::read_to_string(&config).unwrap() + "[split]\nseed = 2\nholdout = 0.1\n";
+        std::fs::write(&config, text).unwrap();
+        let plan = plan_of(&config, &shapes);
+        let v = plan.validation_len();
+        assert!(v > 8, "{v}");
+        let tsv = dir.0.join("v.tsv").display().to_string();
+        let c = [
+            "materialize",
+            "-c",
+            &config,
+            "--shapes",
+            &shapes,
+            "--split",
+            "validation",
+            "--world",
+            "2",
+            "-o",
+            &tsv,
+        ];
+        run_args(&c).unwrap();
+        let text = std::fs::read_to_string(&tsv).unwrap();
+        assert!(text.starts_with(&format!("# seqfeed plan {} validation", plan.fingerprint())));
+        let rows: Vec<Vec<String>> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .skip(1)
+            .map(|l| l.split('\t').map(String::from).collect())
+            .collect();
+        let want: Vec<SequenceRef> = plan.validation_iter().collect();
+        assert_eq!(rows.len(), want.len());
+        for (row, r) in rows.iter().zip(&want) {
+            assert_eq!(row[2], r.position.to_string());
+            assert_eq!(row[6], plan.file_path(r.source, r.file));
+            assert_eq!(row[7], r.index.to_string());
+        }
+        run_args(&[
+            "show",
+            "-c",
+            &config,
+            "--shapes",
+            &shapes,
+            "--split",
+            "validation",
+        ])
+        .unwrap();
+        let e = run_args(&[
+            "show",
+            "-c",
+            &config,
+            "--shapes",
+            &shapes,
+            "--split",
+            "validation",
+            "--step",
+            "99",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("step 99"), "{e}");
     }
 
     #[test]
