@@ -291,3 +291,101 @@ fn version_names_the_git_commit() {
         "{out}"
     );
 }
+
+#[test]
+fn pack_help_says_what_a_document_is_and_takes_size_units() {
+    let help = stdout(&run(&["pack", "--help"]));
+    assert!(
+        help.contains("a whole `.npy` file is ONE document")
+            && help.contains("2-D")
+            && help.contains("1GB = 10^9 bytes"),
+        "{help}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("t.u32");
+    std::fs::write(&input, [1u8, 0, 0, 0, 2, 0, 0, 0]).unwrap();
+    let pack = |size: &str, out: &str| {
+        run(&[
+            "--log",
+            "warn",
+            "pack",
+            p(&input),
+            "--input-dtype",
+            "u32",
+            "--seq-len",
+            "1",
+            "--max-file-size",
+            size,
+            "-o",
+            p(&dir.path().join(out)),
+        ])
+    };
+    for (size, out) in [("1GB", "a"), ("1GiB", "b"), ("512MB", "c"), ("64k", "d")] {
+        let o = pack(size, out);
+        assert!(o.status.success(), "{size}: {}", stderr(&o));
+    }
+    for bad in ["1.5GB", "12XB", "0", "GB"] {
+        let o = pack(bad, "bad");
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("--max-file-size") && err.contains(&format!("'{bad}'")),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_megatron_prefix_without_extension_suggests_the_idx() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("code_text_document");
+    std::fs::write(dir.path().join("code_text_document.idx"), b"").unwrap();
+    std::fs::write(dir.path().join("code_text_document.bin"), b"").unwrap();
+    let o = run(&[
+        "pack",
+        p(&prefix),
+        "--seq-len",
+        "4",
+        "-o",
+        p(&dir.path().join("out")),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    let want = format!("did you mean {}.idx?", prefix.display());
+    assert!(err.contains(&want), "{err}");
+}
+
+#[test]
+fn folders_that_are_not_sources_are_skipped_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dataset(dir.path());
+    let data = src.parent().unwrap();
+    std::fs::create_dir(data.join("notes")).unwrap();
+    std::fs::write(data.join("notes").join("README.txt"), "raw corpus notes").unwrap();
+    let o = run(&["--log", "warn", "verify", "--json", p(data)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json(&stdout(&o))["sequences"], 100);
+    let err = stderr(&o);
+    assert!(
+        err.contains("skipping 'notes'") && err.contains("not a packed source"),
+        "{err}"
+    );
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "seed = 7\nglobal_batch = 4\n[run]\nsteps = 5\n[[sources]]\nname = \"web\"\nweight = 1.0\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "--log",
+        "warn",
+        "plan",
+        "stats",
+        "--dataset",
+        p(data),
+        "--config",
+        p(&plan),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("skipping 'notes'"), "{}", stderr(&o));
+}

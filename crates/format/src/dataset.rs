@@ -11,13 +11,16 @@ pub struct Dataset {
     root: PathBuf,
     sources: Vec<Source>,
     fingerprint: String,
+    skipped: Vec<String>,
 }
 
 impl Dataset {
-    /// Opens every source under `root`. Each non-hidden subdirectory must be a
-    /// source whose manifest name equals the directory name; hidden entries
-    /// (names starting with `.`, e.g. unfinished temporary outputs) and plain
-    /// files are ignored.
+    /// Opens every source under `root`. Each non-hidden subdirectory holding a
+    /// manifest must be a source whose manifest name equals the directory
+    /// name. Subdirectories without a manifest (not packed sources: notes,
+    /// logs, a corpus kept beside the data) are skipped with a warning naming
+    /// them ([`Dataset::skipped`]); hidden entries (names starting with `.`,
+    /// e.g. unfinished temporary outputs) and plain files are ignored.
     pub fn open(root: impl AsRef<Path>) -> Result<Dataset> {
         let root = root.as_ref().to_path_buf();
         let bad = |reason: String| FormatError::Dataset {
@@ -41,11 +44,27 @@ impl Dataset {
             }
         }
         dirs.sort();
+        if dirs.is_empty() && root.join(MANIFEST_NAME).exists() {
+            return Err(bad("this is a source directory, not a dataset (a dataset holds one subdirectory per source)".into()));
+        }
+        let (dirs, skipped): (Vec<String>, Vec<String>) = dirs
+            .into_iter()
+            .partition(|d| root.join(d).join(MANIFEST_NAME).exists());
+        for d in &skipped {
+            tracing::warn!(
+                dataset = %root.display(),
+                "skipping '{d}': not a packed source (no {MANIFEST_NAME}); move it out of the dataset or rename it to start with '.' to silence this"
+            );
+        }
         if dirs.is_empty() {
-            if root.join(MANIFEST_NAME).exists() {
-                return Err(bad("this is a source directory, not a dataset (a dataset holds one subdirectory per source)".into()));
-            }
-            return Err(bad("no source subdirectories".into()));
+            return Err(bad(if skipped.is_empty() {
+                "no source subdirectories".into()
+            } else {
+                format!(
+                    "no source subdirectories (skipped, without {MANIFEST_NAME}: {})",
+                    skipped.join(", ")
+                )
+            }));
         }
         let mut sources = Vec::with_capacity(dirs.len());
         for d in &dirs {
@@ -63,12 +82,18 @@ impl Dataset {
             root,
             sources,
             fingerprint,
+            skipped,
         })
     }
 
     /// The dataset root.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+    /// Subdirectories skipped because they hold no manifest (not packed
+    /// sources), sorted by name.
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
     }
     /// The sources, sorted by name.
     pub fn sources(&self) -> &[Source] {

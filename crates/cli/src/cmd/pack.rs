@@ -12,9 +12,15 @@ use seqfeed_format::{
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Input files, packed in the order given. The kind is taken from the extension:
-    /// `.idx`/`.bin` Megatron corpus (prefix), `.npy`, `.jsonl`/`.json` (also `.gz`),
-    /// anything else a headerless token array of `--input-dtype`. Override with `--format`.
-    /// With `--tiktoken`, every input is JSON Lines of text (plain or gzip).
+    /// `.idx`/`.bin` Megatron corpus (give `PREFIX.idx`), `.npy`, `.jsonl`/`.json` (also
+    /// `.gz`), anything else a headerless token array of `--input-dtype`. Override with
+    /// `--format`. With `--tiktoken`, every input is JSON Lines of text (plain or gzip).
+    ///
+    /// Documents (what `--eos` ends): one per Megatron sequence and one per JSON Lines
+    /// record, but a whole `.npy` file is ONE document, whatever its shape (a 1-D array, or
+    /// a 2-D `[rows, len]` array flattened in C order: rows are not separate documents),
+    /// and so is a whole headerless array. To end every row with an EOS, write the rows as
+    /// JSON Lines of ids or as a Megatron corpus.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Output source directory (must not exist; written to a temporary name, then renamed).
@@ -66,7 +72,9 @@ pub struct Args {
     /// Token-array field of JSON Lines records.
     #[arg(long, default_value = "input_ids")]
     pub jsonl_field: String,
-    /// Split the source into files of at most this size (suffixes K, M, G = KiB, MiB, GiB).
+    /// Split the source into files of at most this size, in bytes with an optional unit:
+    /// K, M, G, T or KiB, MiB, GiB, TiB are binary (1G = 1GiB = 2^30 bytes); KB, MB, GB, TB
+    /// are decimal (1GB = 10^9 bytes). Case-insensitive; whole numbers only.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub max_file_size: u64,
     /// Do not write per-sequence CRC32C tables.
@@ -98,26 +106,40 @@ pub enum FormatArg {
     Jsonl,
 }
 
-/// Parses `123`, `64K`, `512M`, `1G` (binary units) into bytes.
+/// Parses a byte size: a whole number with an optional unit. `K`, `M`, `G`,
+/// `T` and `KiB`..`TiB` are binary (powers of 1024), `KB`..`TB` decimal
+/// (powers of 1000), `B` bytes; case-insensitive, space allowed before the
+/// unit. Zero, fractions, negative numbers and unknown units are refused.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mul) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let mul: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(format!("unknown size suffix in '{s}' (use K, M, G or T)")),
-            };
-            (&s[..i], mul)
+    const UNITS: &str = "K, M, G, T or KiB, MiB, GiB, TiB (binary), KB, MB, GB, TB (decimal), or B";
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    if num.is_empty() {
+        return Err(format!(
+            "'{s}' is not a size: expected a whole number of bytes with an optional unit ({UNITS}), e.g. 512MB or 1GiB"
+        ));
+    }
+    let mul: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "'{s}': unknown size unit '{unit}' (use {UNITS}; whole numbers only)"
+            ))
         }
-        _ => (s, 1),
     };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size"))?;
+    let n: u64 = num.parse().map_err(|_| format!("size '{s}' overflows"))?;
+    if n == 0 {
+        return Err(format!("size '{s}' must be greater than zero"));
+    }
     n.checked_mul(mul)
         .ok_or_else(|| format!("size '{s}' overflows"))
 }
@@ -187,6 +209,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             opts.bos = args.bos;
             inputs.push(Input::text(p.clone(), opts));
             continue;
+        }
+        if args.format == FormatArg::Auto && !p.exists() {
+            // A Megatron corpus named by its prefix: point at the .idx.
+            for ext in ["idx", "bin"] {
+                let mut with_ext = p.clone().into_os_string();
+                with_ext.push(format!(".{ext}"));
+                let with_ext = PathBuf::from(with_ext);
+                if with_ext.is_file() {
+                    bail!(
+                        "{}: no such file, but {} exists: did you mean {}? (a Megatron corpus is given by its .idx or .bin, or with --format megatron)",
+                        p.display(),
+                        with_ext.display(),
+                        with_ext.display()
+                    );
+                }
+            }
         }
         let input = match args.format {
             FormatArg::Auto => Input::detect(p, args.input_dtype, &args.jsonl_field)?,
@@ -288,5 +326,24 @@ mod tests {
         assert!(parse_size("1X").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn sizes_with_decimal_and_binary_units() {
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512MB"), Ok(512_000_000));
+        assert_eq!(parse_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("64kb"), Ok(64_000));
+        assert_eq!(parse_size("2tib"), Ok(2 << 40));
+        assert_eq!(parse_size("4096B"), Ok(4096));
+        for bad in [
+            "1.5G", "-1G", "GB", "1GBB", "1 G B", "0", "0GB", "1Gi", "1XB",
+        ] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+        assert!(parse_size("1.5G").unwrap_err().contains("unit"));
     }
 }
