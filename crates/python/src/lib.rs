@@ -6,6 +6,7 @@
 //! * [`loader`]: `NativeLoader` / `NativeBatch`.
 //! * [`capsule`]: the DLPack `PyCapsule` (the only `unsafe` here).
 //! * [`inspect`]: plan and source inspection for notebooks.
+//! * [`widen`]: int64 ids for CPU consumers, widened by the reader thread.
 #![deny(missing_docs)]
 
 use pyo3::create_exception;
@@ -15,6 +16,7 @@ use pyo3::prelude::*;
 mod capsule;
 mod inspect;
 mod loader;
+mod widen;
 
 create_exception!(
     seqfeed,

@@ -19,6 +19,7 @@ use seqfeed_loader::{
 
 use crate::capsule::into_capsule;
 use crate::py_err;
+use crate::widen::{WidenedBuffer, WideningAllocator};
 
 /// How long one wait for the reader lasts before signals are checked.
 const POLL: Duration = Duration::from_millis(100);
@@ -346,6 +347,9 @@ fn allocator(
     widen: bool,
 ) -> Result<(Arc<dyn BufferAllocator>, bool), String> {
     let Place::Cuda(index) = place else {
+        if widen {
+            return Ok((Arc::new(WideningAllocator { token }), true));
+        }
         return Ok((Arc::new(HeapAllocator), false));
     };
     let caps = match transport {
@@ -488,6 +492,23 @@ impl NativeBatch {
         let shape = [rows as i64, cols as i64];
         let owner = Box::new(self.batch.clone());
         let tensor = match self.place {
+            Place::Cpu if self.widened => {
+                let buf = self
+                    .batch
+                    .buffer()
+                    .and_then(|b| b.backend())
+                    .and_then(|b| b.downcast_ref::<WidenedBuffer>())
+                    .ok_or_else(|| PyBufferError::new_err("the batch has no int64 buffer"))?;
+                let first = self.batch.byte_range().start / buf.token_size();
+                let ids = buf.wide().get(first..first + rows * cols).ok_or_else(|| {
+                    PyBufferError::new_err(format!(
+                        "step {}: micro-batch {} is outside its int64 buffer",
+                        self.batch.step(),
+                        self.batch.micro()
+                    ))
+                })?;
+                DlpackTensor::with_owner(ids.as_ptr() as u64, DLDevice::cpu(), dl, &shape, owner)
+            }
             Place::Cpu => {
                 let bytes = self.batch.bytes();
                 if bytes.len() != rows * cols * self.batch.dtype().size() {

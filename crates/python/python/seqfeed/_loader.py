@@ -38,10 +38,18 @@ class Batch:
         "position_ids",
         "step",
         "micro",
-        "sources",
-        "positions",
         "native",
     )
+
+    @property
+    def sources(self):
+        """Each row's source name."""
+        return self.native.sources
+
+    @property
+    def positions(self):
+        """Each row's position in the plan's global order."""
+        return self.native.positions
 
     def as_dict(self):
         """The tensors and indices as a dict (what ``SeqfeedDataset`` yields)."""
@@ -173,7 +181,9 @@ class Loader:
             dp_rank=int(dp_rank),
             dp_size=int(dp_size),
             accumulation=block // micro_batch,
-            widen=dtype == "int64" and self._device.type == "cuda",
+            # int64 is widened by the reader thread (CPU) or on the GPU, ahead
+            # of the consumer; the tensor is then still zero-copy.
+            widen=dtype == "int64",
             connections=connections,
             io_timeout_ms=io_timeout_ms,
             failover_ms=failover_ms,
@@ -207,18 +217,18 @@ class Loader:
             raise
         if nb is None:
             raise StopIteration
-        self._position = self._native.position()
-        return self._wrap(nb)
+        step, micro = nb.step, nb.micro
+        self._position = (step, micro + 1) if micro + 1 < self.accumulation else (step + 1, 0)
+        return self._wrap(nb, step, micro)
 
-    def _wrap(self, nb):
+    def _wrap(self, nb, step, micro):
         tokens = torch.from_dlpack(nb)
         want = self._dtype
         if want != "native" and tokens.dtype != _DTYPES[want]:
             tokens = tokens.to(_DTYPES[want])
         b = Batch()
         b.tokens = tokens
-        b.step, b.micro = nb.step, nb.micro
-        b.sources, b.positions = nb.sources, nb.positions
+        b.step, b.micro = step, micro
         b.native = nb
         if self._labels:
             b.input_ids, b.labels = tokens[:, :-1], tokens[:, 1:]
