@@ -3,12 +3,14 @@
 import os
 
 import torch
+import torch.utils.dlpack
 
 from . import _native
 from ._labels import loss_mask_and_position_ids
 from ._native import SeqfeedError
 from ._parallel import data_parallel_from_env
 
+_from_capsule = torch.utils.dlpack.from_dlpack
 _DTYPES = {"int64": torch.int64, "int32": torch.int32, "uint16": torch.uint16}
 _STATE_VERSION = 1
 
@@ -222,7 +224,16 @@ class Loader:
         return self._wrap(nb, step, micro)
 
     def _wrap(self, nb, step, micro):
-        tokens = torch.from_dlpack(nb)
+        # The capsule is taken directly (what torch.from_dlpack does through
+        # the protocol, minus its per-call dispatch). On CUDA the consumer's
+        # stream is the current one, passed as DLPack defines it (1 = the
+        # legacy default stream).
+        if self._device.type == "cuda":
+            s = torch.cuda.current_stream(self._device).cuda_stream
+            capsule = nb.__dlpack__(stream=s if s != 0 else 1)
+        else:
+            capsule = nb.__dlpack__()
+        tokens = _from_capsule(capsule)
         want = self._dtype
         if want != "native" and tokens.dtype != _DTYPES[want]:
             tokens = tokens.to(_DTYPES[want])
