@@ -32,6 +32,16 @@ pub enum TokenPos {
         /// Index of the element in the token array.
         element: u64,
     },
+    /// A Parquet row: the row group and the row within it (both 0-based), and
+    /// the element of its token list (or the token of its tokenized text).
+    Row {
+        /// Row group index.
+        row_group: u64,
+        /// Row index within the row group.
+        row: u64,
+        /// Element (token) index within the row's document.
+        element: u64,
+    },
     /// A text JSON Lines file: 1-based line number, 0-based document index in
     /// the file (blank lines are not documents), and the index of the token
     /// within the document's tokenized text.
@@ -60,6 +70,11 @@ impl fmt::Display for TokenPos {
                 )
             }
             TokenPos::Line { line, element } => write!(f, "line {line}, element {element}"),
+            TokenPos::Row {
+                row_group,
+                row,
+                element,
+            } => write!(f, "row group {row_group}, row {row}, element {element}"),
             TokenPos::Text {
                 line,
                 document,
@@ -278,6 +293,17 @@ pub enum FormatError {
         path: PathBuf,
         /// 1-based line number.
         line: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A Parquet input is invalid or unreadable. `at` names the row group and
+    /// row (both 0-based) when the problem is in one.
+    #[error("{path}: {at}{reason}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// `"row group G, row R: "`, `"row group G: "` or empty.
+        at: String,
         /// What is wrong.
         reason: String,
     },

@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use crate::error::{FormatError, Result, TokenPos};
 use crate::pack::{PackOptions, PackStats, Packer};
+use crate::parquet_input::{import_parquet_ids, import_parquet_text};
 use crate::source::Source;
 use crate::tokenize::{import_text, TextOptions, Tokenizer};
 use crate::Dtype;
@@ -103,6 +104,25 @@ pub enum InputKind {
     /// JSON Lines of text (plain or gzip); each line's text field, tokenized,
     /// is one document. See [`crate::tokenize`].
     Text(TextOptions),
+    /// Parquet; each row's `field` (a list of integer token ids: list<int8..int64>
+    /// or unsigned) is one document. Read row group by row group.
+    ParquetIds {
+        /// The token-list column name (top level).
+        field: String,
+    },
+    /// Parquet of text; each row's string column [`TextOptions::field`],
+    /// tokenized, is one document. Read row group by row group.
+    ParquetText(TextOptions),
+}
+
+impl InputKind {
+    /// The text options of a kind that tokenizes (`Text`, `ParquetText`).
+    pub fn text_options(&self) -> Option<&TextOptions> {
+        match self {
+            InputKind::Text(t) | InputKind::ParquetText(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 /// One input to [`pack_inputs`].
@@ -123,6 +143,12 @@ impl Input {
         }
     }
 
+    /// Whether the file name ends in `.parquet` (or `.pq`).
+    pub fn is_parquet_name(path: &Path) -> bool {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        ext.eq_ignore_ascii_case("parquet") || ext.eq_ignore_ascii_case("pq")
+    }
+
     /// Whether the file name ends in `.jsonl`, `.json`, `.jsonl.gz` or `.json.gz`.
     pub fn is_jsonl_name(path: &Path) -> bool {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -131,7 +157,8 @@ impl Input {
     }
 
     /// Guesses the kind from the extension: `.idx`/`.bin` Megatron (the prefix
-    /// is taken), `.npy`, `.jsonl`/`.json` (also `.gz`), else a raw array of
+    /// is taken), `.npy`, `.jsonl`/`.json` (also `.gz`), `.parquet`/`.pq` (the
+    /// token-list column is `jsonl_field` as well), else a raw array of
     /// `raw_dtype` (an error when none is given).
     pub fn detect(
         path: impl AsRef<Path>,
@@ -149,6 +176,9 @@ impl Input {
                 });
             }
             "npy" => InputKind::Npy,
+            _ if Input::is_parquet_name(path) => InputKind::ParquetIds {
+                field: jsonl_field.to_string(),
+            },
             _ if Input::is_jsonl_name(path) => InputKind::Jsonl {
                 field: jsonl_field.to_string(),
             },
@@ -190,7 +220,8 @@ pub fn pack_inputs(
     if let Some(tok) = &tokenizer {
         let max = opts.dtype.max_id();
         for i in inputs {
-            if let InputKind::Text(TextOptions { bos: Some(b), .. }) = i.kind {
+            if let Some(TextOptions { bos: Some(b), .. }) = i.kind.text_options() {
+                let b = *b;
                 if u64::from(b) > max {
                     return Err(FormatError::InvalidOption(format!(
                         "BOS id {b} does not fit {}",
@@ -212,8 +243,14 @@ pub fn pack_inputs(
             InputKind::Raw(d) => import_raw(&mut packer, &input.path, *d, progress)?,
             InputKind::Npy => import_npy(&mut packer, &input.path, progress)?,
             InputKind::Jsonl { field } => import_jsonl(&mut packer, &input.path, field, progress)?,
-            InputKind::Text(t) => match &tokenizer {
-                Some(tok) => import_text(&mut packer, &input.path, t, tok, progress)?,
+            InputKind::ParquetIds { field } => {
+                import_parquet_ids(&mut packer, &input.path, field, progress)?
+            }
+            InputKind::Text(t) | InputKind::ParquetText(t) => match &tokenizer {
+                Some(tok) if matches!(input.kind, InputKind::Text(_)) => {
+                    import_text(&mut packer, &input.path, t, tok, progress)?
+                }
+                Some(tok) => import_parquet_text(&mut packer, &input.path, t, tok, progress)?,
                 None => return Err(FormatError::InvalidOption("no tokenizer loaded".into())),
             },
         }
@@ -226,7 +263,7 @@ pub fn pack_inputs(
 fn text_tokenizer(inputs: &[Input]) -> Result<Option<Tokenizer>> {
     let mut encoding = None;
     for i in inputs {
-        if let InputKind::Text(t) = &i.kind {
+        if let Some(t) = i.kind.text_options() {
             match encoding {
                 None => encoding = Some(t.encoding),
                 Some(e) if e != t.encoding => {
@@ -243,10 +280,7 @@ fn text_tokenizer(inputs: &[Input]) -> Result<Option<Tokenizer>> {
     let Some(encoding) = encoding else {
         return Ok(None);
     };
-    if let Some(i) = inputs
-        .iter()
-        .find(|i| !matches!(i.kind, InputKind::Text(_)))
-    {
+    if let Some(i) = inputs.iter().find(|i| i.kind.text_options().is_none()) {
         return Err(FormatError::InvalidOption(format!(
             "{}: a source records one tokenizer, so text inputs cannot be packed together with token inputs ({:?}); pack them into separate sources",
             i.path.display(),

@@ -39,6 +39,7 @@ mod error;
 pub mod import;
 mod mmap;
 mod pack;
+mod parquet_input;
 mod seqfile;
 mod source;
 pub mod tokenize;

@@ -1,4 +1,5 @@
-//! Text input: JSON Lines of raw text, tokenized while packing.
+//! Text input: JSON Lines of raw text (or a Parquet string column, see
+//! [`crate::InputKind::ParquetText`]), tokenized while packing.
 //!
 //! Each record's text field is encoded with an OpenAI BPE encoding from the
 //! `tiktoken-rs` crate, which embeds the rank tables (nothing is downloaded at
@@ -364,16 +365,51 @@ fn encode_batch(
     tok: &Tokenizer,
     threads: usize,
 ) -> Vec<Result<Option<Vec<u32>>>> {
-    let one = |(n, l): &(u64, Vec<u8>)| encode_line(path, *n, l, field, tok);
-    let threads = threads.min(lines.len());
+    par_map(lines, threads, |(n, l)| {
+        encode_line(path, *n, l, field, tok)
+    })
+    .into_iter()
+    .zip(lines)
+    .map(|(r, (n, _))| {
+        r.unwrap_or_else(|| {
+            Err(FormatError::Jsonl {
+                path: path.to_path_buf(),
+                line: *n,
+                reason: "a tokenizer thread failed".into(),
+            })
+        })
+    })
+    .collect()
+}
+
+/// Tokenizes `texts` on up to `threads` threads; results in input order.
+pub(crate) fn encode_texts(
+    tok: &Tokenizer,
+    texts: &[String],
+    threads: usize,
+) -> Vec<std::result::Result<Vec<u32>, String>> {
+    par_map(texts, threads, |t| tok.encode(t))
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("a tokenizer thread failed".into())))
+        .collect()
+}
+
+/// Applies `f` to every item on up to `threads` threads; results in input
+/// order (`None` only if a worker panicked).
+fn par_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<Option<R>> {
+    let threads = threads.min(items.len());
     if threads <= 1 {
-        return lines.iter().map(one).collect();
+        return items.iter().map(|i| Some(f(i))).collect();
     }
-    // Threads take blocks of lines from a shared cursor, so long lines balance out.
+    // Threads take blocks of items from a shared cursor, so long items balance out.
     const BLOCK: usize = 16;
     let next = AtomicUsize::new(0);
-    let mut out: Vec<Option<Result<Option<Vec<u32>>>>> = Vec::new();
-    out.resize_with(lines.len(), || None);
+    let mut out: Vec<Option<R>> = Vec::new();
+    out.resize_with(items.len(), || None);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
@@ -381,12 +417,12 @@ fn encode_batch(
                     let mut done = Vec::new();
                     loop {
                         let start = next.fetch_add(BLOCK, Ordering::Relaxed);
-                        if start >= lines.len() {
+                        if start >= items.len() {
                             break;
                         }
-                        let end = (start + BLOCK).min(lines.len());
-                        for (i, l) in lines[start..end].iter().enumerate() {
-                            done.push((start + i, one(l)));
+                        let end = (start + BLOCK).min(items.len());
+                        for (i, item) in items[start..end].iter().enumerate() {
+                            done.push((start + i, f(item)));
                         }
                     }
                     done
@@ -395,7 +431,7 @@ fn encode_batch(
             .collect();
         for h in handles {
             // A worker cannot panic (encode catches the tokenizer's panics); a
-            // missing result is reported as an error below all the same.
+            // missing result is reported by the caller all the same.
             if let Ok(done) = h.join() {
                 for (i, r) in done {
                     out[i] = Some(r);
@@ -403,18 +439,7 @@ fn encode_batch(
             }
         }
     });
-    out.into_iter()
-        .zip(lines)
-        .map(|(r, (n, _))| {
-            r.unwrap_or_else(|| {
-                Err(FormatError::Jsonl {
-                    path: path.to_path_buf(),
-                    line: *n,
-                    reason: "a tokenizer thread failed".into(),
-                })
-            })
-        })
-        .collect()
+    out
 }
 
 /// Packs the documents of a text JSON Lines file (plain or gzip).

@@ -13,8 +13,14 @@ use seqfeed_format::{
 pub struct Args {
     /// Input files, packed in the order given. The kind is taken from the extension:
     /// `.idx`/`.bin` Megatron corpus (give `PREFIX.idx`), `.npy`, `.jsonl`/`.json` (also
-    /// `.gz`), anything else a headerless token array of `--input-dtype`. Override with
-    /// `--format`. With `--tiktoken`, every input is JSON Lines of text (plain or gzip).
+    /// `.gz`), `.parquet`/`.pq`, anything else a headerless token array of `--input-dtype`.
+    /// Override with `--format`. With `--tiktoken`, every input is text: JSON Lines (plain or
+    /// gzip) or Parquet with a string column (`--text-field`).
+    ///
+    /// Parquet: one document per row, read row group by row group (the file is never loaded
+    /// whole); the column is a top-level list of integer ids named by `--jsonl-field` (default
+    /// `input_ids`), or with `--tiktoken` a string column named by `--text-field`. Codecs:
+    /// uncompressed, snappy, gzip, lz4 (not zstd or brotli).
     ///
     /// Documents (what `--eos` ends): one per Megatron sequence and one per JSON Lines
     /// record, but a whole `.npy` file is ONE document, whatever its shape (a 1-D array, or
@@ -43,15 +49,16 @@ pub struct Args {
     /// Append no EOS id, even with `--tiktoken`.
     #[arg(long, conflicts_with = "eos")]
     pub no_eos: bool,
-    /// Tokenize text: inputs are JSON Lines (`.jsonl`, `.jsonl.gz`) whose `--text-field`
-    /// string is one document, encoded with this embedded tiktoken encoding (cl100k_base,
+    /// Tokenize text: inputs are JSON Lines (`.jsonl`, `.jsonl.gz`) or Parquet (`.parquet`)
+    /// whose `--text-field` string is one document, encoded with this embedded tiktoken encoding (cl100k_base,
     /// o200k_base, p50k_base, r50k_base; nothing is downloaded). Encoding follows tiktoken's
     /// `encode_ordinary`: special-token text such as `<|endoftext|>` inside a document is
     /// encoded as ordinary text, never as a special id. The manifest records the tokenizer
     /// (name, blake3 of its rank table, n_vocab).
     #[arg(long, value_name = "ENCODING")]
     pub tiktoken: Option<Encoding>,
-    /// String field of text JSON Lines records (with `--tiktoken`).
+    /// String field of text JSON Lines records, or string column of Parquet rows (with
+    /// `--tiktoken`).
     #[arg(long, default_value = "text", requires = "tiktoken")]
     pub text_field: String,
     /// Token id prepended to every document (with `--tiktoken`).
@@ -69,7 +76,7 @@ pub struct Args {
     /// Element type of headerless token arrays: u8 i8 u16 i16 u32 i32 i64.
     #[arg(long)]
     pub input_dtype: Option<InDtype>,
-    /// Token-array field of JSON Lines records.
+    /// Token-array field of JSON Lines records, and token-list column of Parquet rows.
     #[arg(long, default_value = "input_ids")]
     pub jsonl_field: String,
     /// Split the source into files of at most this size, in bytes with an optional unit:
@@ -104,6 +111,8 @@ pub enum FormatArg {
     Npy,
     /// JSON Lines: a token-array field, or text with `--tiktoken`.
     Jsonl,
+    /// Parquet: a token-list column, or a string column with `--tiktoken`.
+    Parquet,
 }
 
 /// Parses a byte size: a whole number with an optional unit. `K`, `M`, `G`,
@@ -196,18 +205,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut inputs = Vec::with_capacity(args.inputs.len());
     for p in &args.inputs {
         if let Some(t) = &tokenizer {
-            if !matches!(args.format, FormatArg::Auto | FormatArg::Jsonl) {
-                bail!("--tiktoken reads JSON Lines of text; --format must be auto or jsonl");
+            if !matches!(
+                args.format,
+                FormatArg::Auto | FormatArg::Jsonl | FormatArg::Parquet
+            ) {
+                bail!("--tiktoken reads JSON Lines or Parquet of text; --format must be auto, jsonl or parquet");
             }
-            if args.format == FormatArg::Auto && !Input::is_jsonl_name(p) {
+            let parquet = args.format == FormatArg::Parquet
+                || (args.format == FormatArg::Auto && Input::is_parquet_name(p));
+            if args.format == FormatArg::Auto && !parquet && !Input::is_jsonl_name(p) {
                 bail!(
-                    "{}: with --tiktoken, inputs are JSON Lines of text (.jsonl, .json, .jsonl.gz); use --format jsonl for other names",
+                    "{}: with --tiktoken, inputs are JSON Lines of text (.jsonl, .json, .jsonl.gz) or Parquet (.parquet); use --format jsonl or parquet for other names",
                     p.display()
                 );
             }
             let mut opts = TextOptions::new(t.encoding()).field(args.text_field.clone());
             opts.bos = args.bos;
-            inputs.push(Input::text(p.clone(), opts));
+            inputs.push(if parquet {
+                Input {
+                    path: p.clone(),
+                    kind: InputKind::ParquetText(opts),
+                }
+            } else {
+                Input::text(p.clone(), opts)
+            });
             continue;
         }
         if args.format == FormatArg::Auto && !p.exists() {
@@ -255,6 +276,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             FormatArg::Jsonl => Input {
                 path: p.clone(),
                 kind: InputKind::Jsonl {
+                    field: args.jsonl_field.clone(),
+                },
+            },
+            FormatArg::Parquet => Input {
+                path: p.clone(),
+                kind: InputKind::ParquetIds {
                     field: args.jsonl_field.clone(),
                 },
             },
