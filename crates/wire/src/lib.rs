@@ -48,5 +48,5 @@ pub use frame::{
 };
 pub use session::{
     check_welcome, find_region, hello, FrameReader, HandshakeError, ServerAction, ServerConn,
-    ServerPolicy,
+    ServerPolicy, MAX_PRE_AUTH_FRAME,
 };

@@ -10,6 +10,16 @@ use crate::frame::{
     WireError, PROTOCOL_VERSION,
 };
 
+/// Largest frame body a node accepts before the handshake succeeded.
+///
+/// The only frame a client may send then is [`Hello`], at most 8,462 body
+/// bytes (magic 4, version 2, client name 2 + [`MAX_STRING`](crate::MAX_STRING),
+/// secret 1 + 2 + `MAX_STRING`, fingerprint 1 + 2 +
+/// [`MAX_FINGERPRINT`](crate::MAX_FINGERPRINT)); 16 KiB leaves a margin of
+/// almost 2x while an unauthenticated peer cannot make the node buffer
+/// more than that per connection.
+pub const MAX_PRE_AUTH_FRAME: u32 = 16 << 10;
+
 /// Accumulates received bytes and yields whole frames.
 #[derive(Debug, Default)]
 pub struct FrameReader {
@@ -38,6 +48,11 @@ impl FrameReader {
             self.pos = 0;
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Replaces the limits applied to the frames not yet decoded.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Bytes received and not yet consumed.
@@ -128,7 +143,11 @@ pub struct ServerConn {
 impl ServerConn {
     /// A fresh connection awaiting [`Hello`].
     pub fn new(policy: Arc<ServerPolicy>) -> Self {
-        let limits = policy.limits;
+        // Until the handshake succeeds only a small Hello is accepted.
+        let limits = Limits {
+            max_frame: policy.limits.max_frame.min(MAX_PRE_AUTH_FRAME),
+            ..policy.limits
+        };
         ServerConn {
             policy,
             reader: FrameReader::new(limits),
@@ -147,6 +166,12 @@ impl ServerConn {
     /// True while part of a frame has been received and not yet decoded.
     pub fn has_partial_frame(&self) -> bool {
         self.reader.buffered() > 0
+    }
+
+    /// Bytes received and not yet decoded (a partly received frame, or
+    /// frames waiting to be polled).
+    pub fn buffered(&self) -> usize {
+        self.reader.buffered()
     }
 
     /// True once the connection must be closed.
@@ -245,6 +270,7 @@ impl ServerConn {
             }
         }
         self.state = State::Ready { client: h.client };
+        self.reader.set_limits(p.limits);
         ServerAction::Send(Frame::Welcome(Welcome {
             version: PROTOCOL_VERSION,
             node: p.node.clone(),

@@ -650,3 +650,65 @@ fn client_checks_welcome() {
         Err(HandshakeError::Unexpected("Health"))
     ));
 }
+
+/// Issue 12 item 2: before the handshake only a small Hello is accepted,
+/// so an unauthenticated peer announcing a big frame is refused at its
+/// header instead of being buffered (the old reader accepted 16 MiB).
+#[test]
+fn pre_auth_frames_are_small_and_the_largest_hello_fits() {
+    // The largest legitimate Hello is accepted.
+    let big = Frame::Hello(hello(
+        &"c".repeat(MAX_STRING),
+        Some(&"s".repeat(MAX_STRING)),
+        Some(&"f".repeat(MAX_FINGERPRINT)),
+    ));
+    let bytes = big.to_bytes();
+    assert_eq!(bytes.len() - HEADER_LEN, 8462);
+    assert!(bytes.len() - HEADER_LEN <= MAX_PRE_AUTH_FRAME as usize / 2 + 400);
+    let mut s = ServerConn::new(policy(None));
+    s.feed(&bytes);
+    // Decoded whole (then refused for its made-up fingerprint, not for its size).
+    match s.poll() {
+        Some(ServerAction::Close {
+            frame: Some(Frame::Refused { reason }),
+            ..
+        }) => assert!(reason.contains("fingerprint mismatch"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A 16 MiB frame announced before the Hello fails at its 5-byte header.
+    let mut s = ServerConn::new(policy(None));
+    let mut header = (16u32 << 20).to_le_bytes().to_vec();
+    header.push(4); // ReadBatch
+    s.feed(&header);
+    match s.poll() {
+        Some(ServerAction::Close {
+            frame: Some(Frame::Error { code, .. }),
+            ..
+        }) => assert_eq!(code, ErrorCode::TOO_LARGE),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.is_closed());
+
+    // After the handshake the policy's limits apply again: a 1 MiB batch
+    // frame is fine.
+    let mut s = ServerConn::new(policy(None));
+    s.feed(&Frame::Hello(hello("c", None, None)).to_bytes());
+    assert!(matches!(
+        s.poll(),
+        Some(ServerAction::Send(Frame::Welcome(_)))
+    ));
+    let reads = (0..65_536)
+        .map(|i| WireRead {
+            region: RegionId(0),
+            offset: i % 50,
+            len: 1,
+        })
+        .collect();
+    let b = Frame::ReadBatch(ReadBatch { id: 1, reads }).to_bytes();
+    assert!(b.len() > 1 << 20);
+    s.feed(&b);
+    assert_eq!(s.buffered(), b.len());
+    assert!(matches!(s.poll(), Some(ServerAction::ServeReads { .. })));
+    assert_eq!(s.buffered(), 0);
+}
