@@ -106,8 +106,35 @@ pub struct NodeConfig {
     /// Protocol limits.
     pub limits: Limits,
     /// A connection that leaves its handshake or a frame unfinished this
-    /// long is closed (default 30 s). Idling between requests is allowed.
+    /// long without sending anything is closed (default 30 s). Idling
+    /// between requests is allowed.
     pub idle_timeout: Duration,
+    /// The whole handshake (connect to an accepted Hello) must be done
+    /// within this, however the client trickles its bytes (default 5 s).
+    pub handshake_timeout: Duration,
+    /// A frame, once its first byte arrived, must be complete within this
+    /// (default 10 s).
+    pub frame_timeout: Duration,
+    /// Every answer (a frame, or a batch's header and data) must be taken
+    /// by the client within this, else the connection is dropped (default
+    /// 30 s; a 256 MiB batch then needs about 9 MB/s).
+    pub write_timeout: Duration,
+    /// Most open connections (default 4096). When reached, the oldest
+    /// unauthenticated connection is shed; if there is none the new one
+    /// is closed at once (the client retries with backoff).
+    pub max_connections: usize,
+    /// Most connections still in their handshake (default 256). A new one
+    /// beyond it sheds the oldest unauthenticated connection.
+    pub max_unauthenticated: usize,
+    /// Node-wide budget of received bytes not yet decoded (partly
+    /// received frames), default 512 MiB. A connection whose bytes would
+    /// exceed it is closed with an error. (Before the handshake a frame is
+    /// at most [`seqfeed_wire::MAX_PRE_AUTH_FRAME`], 16 KiB.)
+    pub max_buffered_bytes: u64,
+    /// Most per-client entries in one stats reply (default 256; the
+    /// oldest connections first). The node counters' `connections_open`
+    /// says how many there are in all.
+    pub stats_max_clients: usize,
     /// RDMA connection setup; `None` answers verbs requests with an error.
     pub verbs: Option<VerbsFactory>,
     /// How many per-connection warnings (refused handshakes, connection
@@ -128,6 +155,13 @@ impl std::fmt::Debug for NodeConfig {
             .field("worker_threads", &self.worker_threads)
             .field("limits", &self.limits)
             .field("idle_timeout", &self.idle_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("frame_timeout", &self.frame_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_unauthenticated", &self.max_unauthenticated)
+            .field("max_buffered_bytes", &self.max_buffered_bytes)
+            .field("stats_max_clients", &self.stats_max_clients)
             .field("verbs", &self.verbs.is_some())
             .field("warn_limit", &self.warn_limit)
             .finish()
@@ -148,6 +182,13 @@ impl NodeConfig {
             worker_threads: 4,
             limits: Limits::DEFAULT,
             idle_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            max_unauthenticated: 256,
+            max_buffered_bytes: 512 << 20,
+            stats_max_clients: 256,
             verbs: None,
             warn_limit: WarnLimit::DEFAULT,
         }
@@ -280,6 +321,29 @@ impl Node {
         })?;
         service::start(config, fingerprint, Arc::new(table))
     }
+}
+
+/// Counters of the node's defences against hostile clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GuardStats {
+    /// Connections open now that have not finished their handshake.
+    pub unauthenticated: u64,
+    /// Unauthenticated connections shed to make room for newer ones.
+    pub shed: u64,
+    /// New connections closed at once because `max_connections` were
+    /// open and none could be shed.
+    pub rejected: u64,
+    /// Connections closed for a handshake, frame, idle or write deadline.
+    pub timed_out: u64,
+    /// Connections closed because the receive budget was exhausted.
+    pub over_budget: u64,
+    /// Received bytes not yet decoded, over all connections, now.
+    pub buffered_bytes: u64,
+    /// The most `buffered_bytes` ever was.
+    pub buffered_peak: u64,
+    /// `accept` failures (EMFILE, ENFILE, ...).
+    pub accept_errors: u64,
 }
 
 /// A snapshot of a node's counters.

@@ -22,13 +22,38 @@ pub(crate) fn safe(s: &str) -> String {
             out.push_str("...");
             break;
         }
-        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{85}') {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
+        push_escaped(&mut out, c);
     }
     out
+}
+
+/// Like [`safe`], but bounds the escaped result: at most `max` characters
+/// after escaping (plus a `...` marker when cut), so the result is at most
+/// `4 * max + 3` bytes whatever the input.
+pub(crate) fn safe_bounded(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut chars = 0;
+    let mut one = String::new();
+    for c in s.chars() {
+        one.clear();
+        push_escaped(&mut one, c);
+        let n = one.chars().count();
+        if chars + n > max {
+            out.push_str("...");
+            break;
+        }
+        chars += n;
+        out.push_str(&one);
+    }
+    out
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{85}') {
+        out.extend(c.escape_default());
+    } else {
+        out.push(c);
+    }
 }
 
 /// How many per-connection warnings of one kind are logged per interval;
@@ -159,13 +184,19 @@ impl WarnLimiter {
         peer: IpAddr,
     ) -> (bool, Option<Suppressed>) {
         let interval = self.limit.interval;
+        // Accept failures come in storms (EMFILE on every retry): one line
+        // per interval is enough, the rest goes into the summary.
+        let burst = match kind {
+            WarnKind::Accept => self.limit.burst.min(1),
+            _ => self.limit.burst,
+        };
         let w = &mut self.windows[kind.index()];
         let summary = match w.start {
             Some(start) if now.saturating_duration_since(start) >= interval => w.close(kind, now),
             _ => None,
         };
         w.start.get_or_insert(now);
-        if w.logged < self.limit.burst {
+        if w.logged < burst {
             w.logged += 1;
             return (true, summary);
         }
@@ -206,6 +237,31 @@ mod tests {
         assert!(!s.chars().any(char::is_control));
         let long = "x".repeat(1000);
         assert_eq!(safe(&long).len(), MAX_LOGGED_CHARS + 3);
+    }
+
+    #[test]
+    fn bounded_escaping_bounds_the_escaped_length() {
+        assert_eq!(safe_bounded("rank3", 8), "rank3");
+        assert_eq!(safe_bounded("a\nb", 8), "a\\nb");
+        let evil: String = "\u{1b}".repeat(1000);
+        let s = safe_bounded(&evil, 128);
+        assert!(s.chars().count() <= 128 + 3, "{s}");
+        assert!(!s.chars().any(char::is_control));
+        assert!(safe_bounded(&"é".repeat(4096), 128).len() <= 4 * 128 + 3);
+    }
+
+    #[test]
+    fn accept_failures_log_once_per_interval() {
+        let t0 = Instant::now();
+        let mut l = WarnLimiter::new(WarnLimit::DEFAULT);
+        let any = IpAddr::from([0, 0, 0, 0]);
+        let logged = (0..1000)
+            .filter(|_| l.admit(t0, WarnKind::Accept, any).0)
+            .count();
+        assert_eq!(logged, 1);
+        let (log, summary) = l.admit(t0 + Duration::from_secs(11), WarnKind::Accept, any);
+        assert!(log);
+        assert_eq!(summary.unwrap().count, 999);
     }
 
     #[test]

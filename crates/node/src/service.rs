@@ -15,10 +15,14 @@ use seqfeed_wire::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant as TokioInstant;
 
-use crate::logs::{safe, WarnKind, WarnLimiter};
-use crate::{ClientId, NodeConfig, NodeError, NodeStats, VerbsAcceptor};
+use crate::logs::{safe, safe_bounded, WarnKind, WarnLimiter};
+use crate::{ClientId, GuardStats, NodeConfig, NodeError, NodeStats, VerbsAcceptor};
+
+/// Longest client name in a stats reply, in characters after escaping.
+const MAX_STATS_NAME: usize = 128;
 
 /// Most slices handed to one `writev` call (Linux `IOV_MAX` is 1024).
 const MAX_IOV: usize = 1024;
@@ -32,6 +36,26 @@ struct Counters {
     reads: AtomicU64,
     bytes: AtomicU64,
     errors: AtomicU64,
+    shed: AtomicU64,
+    rejected: AtomicU64,
+    timed_out: AtomicU64,
+    over_budget: AtomicU64,
+    buffered: AtomicU64,
+    buffered_peak: AtomicU64,
+    accept_errors: AtomicU64,
+}
+
+/// The node's defences against hostile clients (from [`NodeConfig`]).
+#[derive(Debug, Clone, Copy)]
+struct Guards {
+    idle_timeout: Duration,
+    handshake_timeout: Duration,
+    frame_timeout: Duration,
+    write_timeout: Duration,
+    max_connections: usize,
+    max_unauthenticated: usize,
+    max_buffered_bytes: u64,
+    stats_max_clients: usize,
 }
 
 struct ClientEntry {
@@ -63,7 +87,10 @@ struct Shared {
     clients: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
     next_conn: AtomicU64,
     verbs: Option<Arc<dyn VerbsAcceptor>>,
-    idle_timeout: Duration,
+    guards: Guards,
+    /// Connections still in their handshake, oldest first, each with the
+    /// signal that sheds it.
+    pending: Mutex<BTreeMap<u64, Arc<Notify>>>,
     warns: Mutex<WarnLimiter>,
     warn_interval: Duration,
 }
@@ -116,6 +143,114 @@ impl Shared {
             Ok(m) => m.values().map(|e| e.snapshot()).collect(),
             Err(_) => Vec::new(),
         }
+    }
+
+    /// The stats reply's client list: the oldest `stats_max_clients`
+    /// connections, names escaped and cut (they come from the wire).
+    fn stats_clients(&self) -> Vec<ClientCounters> {
+        let max = self.guards.stats_max_clients;
+        let entries: Vec<Arc<ClientEntry>> = match self.clients.lock() {
+            Ok(m) => m.values().take(max).cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        entries
+            .iter()
+            .map(|e| {
+                let mut c = e.snapshot();
+                c.client = safe_bounded(&c.client, MAX_STATS_NAME);
+                c
+            })
+            .collect()
+    }
+
+    fn unauthenticated(&self) -> usize {
+        self.pending.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Signals the oldest connection still in its handshake to close;
+    /// false when there is none.
+    fn shed_oldest_pending(&self) -> bool {
+        let oldest = match self.pending.lock() {
+            Ok(mut p) => p.pop_first(),
+            Err(_) => None,
+        };
+        match oldest {
+            Some((_, kill)) => {
+                kill.notify_one();
+                self.counters.shed.fetch_add(1, Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a new connection may be served, shedding the oldest
+    /// unauthenticated ones to make room. Called by the accept loop only,
+    /// so admissions do not race each other.
+    fn admit(&self) -> bool {
+        let open = self.counters.connections_open.load(Relaxed) as usize;
+        if open >= self.guards.max_connections && !self.shed_oldest_pending() {
+            self.counters.rejected.fetch_add(1, Relaxed);
+            return false;
+        }
+        if self.unauthenticated() >= self.guards.max_unauthenticated {
+            self.shed_oldest_pending();
+        }
+        true
+    }
+
+    fn guard_stats(&self) -> GuardStats {
+        let c = &self.counters;
+        GuardStats {
+            unauthenticated: self.unauthenticated() as u64,
+            shed: c.shed.load(Relaxed),
+            rejected: c.rejected.load(Relaxed),
+            timed_out: c.timed_out.load(Relaxed),
+            over_budget: c.over_budget.load(Relaxed),
+            buffered_bytes: c.buffered.load(Relaxed),
+            buffered_peak: c.buffered_peak.load(Relaxed),
+            accept_errors: c.accept_errors.load(Relaxed),
+        }
+    }
+}
+
+/// This connection's share of the node-wide receive budget, given back
+/// when it is dropped.
+struct Budget<'a> {
+    shared: &'a Shared,
+    held: u64,
+}
+
+impl Budget<'_> {
+    /// Takes `n` more bytes; false (taking nothing) when the node-wide
+    /// budget would be exceeded.
+    fn take(&mut self, n: u64) -> bool {
+        let c = &self.shared.counters;
+        let before = c.buffered.fetch_add(n, Relaxed);
+        if before + n > self.shared.guards.max_buffered_bytes {
+            c.buffered.fetch_sub(n, Relaxed);
+            return false;
+        }
+        c.buffered_peak.fetch_max(before + n, Relaxed);
+        self.held += n;
+        true
+    }
+
+    /// Gives back what is held beyond `now` (bytes decoded since).
+    fn settle(&mut self, now: u64) {
+        if now < self.held {
+            self.shared
+                .counters
+                .buffered
+                .fetch_sub(self.held - now, Relaxed);
+            self.held = now;
+        }
+    }
+}
+
+impl Drop for Budget<'_> {
+    fn drop(&mut self) {
+        self.settle(0);
     }
 }
 
@@ -176,6 +311,12 @@ impl NodeHandle {
     /// connection's QPs are released when it closes.
     pub fn verbs_open_qps(&self) -> Option<usize> {
         self.shared.verbs.as_ref().and_then(|v| v.open_qps())
+    }
+
+    /// Counters of the defences against hostile clients (deadlines,
+    /// connection caps, receive budget).
+    pub fn guard_stats(&self) -> GuardStats {
+        self.shared.guard_stats()
     }
 
     /// Current counters, node-wide and per open connection.
@@ -334,7 +475,17 @@ pub(crate) fn start(
         clients: Mutex::new(BTreeMap::new()),
         next_conn: AtomicU64::new(0),
         verbs,
-        idle_timeout: config.idle_timeout,
+        guards: Guards {
+            idle_timeout: config.idle_timeout,
+            handshake_timeout: config.handshake_timeout,
+            frame_timeout: config.frame_timeout,
+            write_timeout: config.write_timeout,
+            max_connections: config.max_connections.max(1),
+            max_unauthenticated: config.max_unauthenticated.max(1),
+            max_buffered_bytes: config.max_buffered_bytes,
+            stats_max_clients: config.stats_max_clients,
+        },
+        pending: Mutex::new(BTreeMap::new()),
         warns: Mutex::new(WarnLimiter::new(config.warn_limit)),
         warn_interval: config.warn_limit.interval.max(Duration::from_millis(10)),
     });
@@ -380,15 +531,41 @@ async fn accept_loop(
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    tokio::spawn(connection(stream, peer, Arc::clone(&shared), shutdown.clone()));
+                    if !shared.admit() {
+                        // Full of authenticated clients: close at once (the
+                        // client sees a reset and retries with backoff).
+                        drop(stream);
+                        continue;
+                    }
+                    // Registered here, before the next accept, so the caps
+                    // count it at once.
+                    let id = shared.next_conn.fetch_add(1, Relaxed);
+                    let kill = Arc::new(Notify::new());
+                    if let Ok(mut p) = shared.pending.lock() {
+                        p.insert(id, Arc::clone(&kill));
+                    }
+                    shared.counters.connections_total.fetch_add(1, Relaxed);
+                    shared.counters.connections_open.fetch_add(1, Relaxed);
+                    tokio::spawn(connection(stream, peer, id, kill, Arc::clone(&shared), shutdown.clone()));
                 }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
+                    // EMFILE and friends: free a descriptor held by an
+                    // unauthenticated connection, back off instead of
+                    // spinning, and keep serving the open connections
+                    // (they run on their own tasks). One line per warning
+                    // interval; the rest are counted in its summary.
+                    shared.counters.accept_errors.fetch_add(1, Relaxed);
+                    if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) {
+                        shared.shed_oldest_pending();
+                    }
                     let any = IpAddr::from([0u8, 0, 0, 0]);
                     shared.warn(WarnKind::Accept, any, || {
-                        tracing::warn!(node = %shared.node, error = %e, "accept failed");
+                        tracing::warn!(node = %shared.node, error = %e, "accept failed; backing off");
                     });
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        _ = shutdown.changed() => break,
+                    }
                 }
             },
             _ = shutdown.changed() => break,
@@ -405,14 +582,20 @@ enum End {
     Error(String),
 }
 
+/// `errno` values of a process (`EMFILE`) or the system (`ENFILE`) out of
+/// file descriptors.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
+    id: u64,
+    kill: Arc<Notify>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let id = shared.next_conn.fetch_add(1, Relaxed);
     let entry = Arc::new(ClientEntry {
         name: Mutex::new(String::new()),
         peer: peer.to_string(),
@@ -420,8 +603,6 @@ async fn connection(
         reads: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
     });
-    shared.counters.connections_total.fetch_add(1, Relaxed);
-    shared.counters.connections_open.fetch_add(1, Relaxed);
     if let Ok(mut m) = shared.clients.lock() {
         m.insert(id, Arc::clone(&entry));
     }
@@ -433,10 +614,14 @@ async fn connection(
         &entry,
         ClientId(id),
         &mut verbs_used,
+        &kill,
         shutdown,
     )
     .await;
     drop(stream);
+    if let Ok(mut p) = shared.pending.lock() {
+        p.remove(&id);
+    }
     // The name comes from the wire: escaped before it reaches a log line.
     let client = safe(&entry.name.lock().map(|n| n.clone()).unwrap_or_default());
     if verbs_used {
@@ -478,21 +663,39 @@ async fn drive(
     entry: &Arc<ClientEntry>,
     id: ClientId,
     verbs_used: &mut bool,
+    kill: &Notify,
     mut shutdown: watch::Receiver<bool>,
 ) -> End {
+    let g = shared.guards;
     let mut conn = ServerConn::new(Arc::clone(&shared.policy));
+    let mut budget = Budget { shared, held: 0 };
     let mut buf = vec![0u8; 64 * 1024];
+    let handshake_deadline = TokioInstant::now() + g.handshake_timeout;
+    let mut frame_deadline: Option<TokioInstant> = None;
+    let write_late = |what: &str| {
+        shared.counters.timed_out.fetch_add(1, Relaxed);
+        End::Error(format!(
+            "write deadline: the client did not take {what} within {:?}",
+            g.write_timeout
+        ))
+    };
     loop {
+        let mut decoded = false;
         while let Some(action) = conn.poll() {
+            decoded = true;
             let r = match action {
                 ServerAction::Send(f) => {
                     if let (Frame::Welcome(_), Some(c)) = (&f, conn.client()) {
                         if let Ok(mut n) = entry.name.lock() {
                             *n = c.to_owned();
                         }
+                        // Authenticated: no longer counted (or shed) as pending.
+                        if let Ok(mut p) = shared.pending.lock() {
+                            p.remove(&id.0);
+                        }
                         tracing::debug!(node = %shared.node, client = %safe(c), "handshake accepted");
                     }
-                    stream.write_all(&f.to_bytes()).await
+                    write_frame(stream, &f, g.write_timeout).await
                 }
                 ServerAction::ServeReads { batch, total } => {
                     // Counted before the write, so a client that has its
@@ -509,34 +712,40 @@ async fn drive(
                     ] {
                         c.fetch_add(v, Relaxed);
                     }
-                    serve_reads(stream, shared, &batch, total).await
+                    match tokio::time::timeout(
+                        g.write_timeout,
+                        serve_reads(stream, shared, &batch, total),
+                    )
+                    .await
+                    {
+                        Ok(r) => r.map_err(Some),
+                        Err(_) => Err(None),
+                    }
                 }
                 ServerAction::Health => {
                     let f = Frame::HealthOk(HealthOk {
                         node: shared.node_counters(),
                         you: entry.snapshot(),
                     });
-                    stream.write_all(&f.to_bytes()).await
+                    write_frame(stream, &f, g.write_timeout).await
                 }
                 ServerAction::Stats => {
-                    let mut clients = shared.clients();
-                    clients.truncate(seqfeed_wire::MAX_CLIENTS);
                     let f = Frame::StatsOk(StatsOk {
                         node: shared.node_counters(),
-                        clients,
+                        clients: shared.stats_clients(),
                     });
-                    stream.write_all(&f.to_bytes()).await
+                    write_frame(stream, &f, g.write_timeout).await
                 }
                 ServerAction::VerbsConnect(req) => {
                     let f = verbs_connect(shared, id, conn.client().unwrap_or(""), req, verbs_used)
                         .await;
-                    stream.write_all(&f.to_bytes()).await
+                    write_frame(stream, &f, g.write_timeout).await
                 }
                 ServerAction::Close { frame, reason } => {
                     let refused = matches!(frame, Some(Frame::Refused { .. }));
                     if let Some(f) = frame {
                         let _ = tokio::time::timeout(
-                            Duration::from_secs(2),
+                            g.write_timeout.min(Duration::from_secs(2)),
                             stream.write_all(&f.to_bytes()),
                         )
                         .await;
@@ -549,39 +758,110 @@ async fn drive(
                     };
                 }
             };
-            if let Err(e) = r {
-                return End::Error(format!("write failed: {e}"));
+            match r {
+                Ok(()) => {}
+                Err(Some(e)) => return End::Error(format!("write failed: {e}")),
+                Err(None) => return write_late("its answer"),
             }
         }
+        budget.settle(conn.buffered() as u64);
         // A client may idle between requests for as long as it likes (a
-        // trainer checkpointing); the timeout only bounds an unfinished
-        // handshake or a partly received frame.
-        let bounded = conn.client().is_none() || conn.has_partial_frame();
-        let timeout = if bounded {
-            shared.idle_timeout
-        } else {
-            Duration::from_secs(365 * 24 * 3600)
-        };
+        // trainer checkpointing). Bounded are: the whole handshake, each
+        // frame from its first byte on, and the silence inside either.
+        let now = TokioInstant::now();
+        let authenticated = conn.client().is_some();
+        let partial = conn.has_partial_frame();
+        if !partial {
+            frame_deadline = None;
+        } else if frame_deadline.is_none() || decoded {
+            // A frame started after the last one decoded (at most one
+            // read ago).
+            frame_deadline = Some(now + g.frame_timeout);
+        }
+        let mut deadlines: Vec<(TokioInstant, String)> = Vec::with_capacity(3);
+        if !authenticated {
+            deadlines.push((
+                handshake_deadline,
+                format!("no complete handshake within {:?}", g.handshake_timeout),
+            ));
+        }
+        if let Some(d) = frame_deadline {
+            deadlines.push((
+                d,
+                format!(
+                    "a frame started and not complete within {:?}",
+                    g.frame_timeout
+                ),
+            ));
+        }
+        if !authenticated || partial {
+            deadlines.push((
+                now + g.idle_timeout,
+                format!(
+                    "no complete {} and nothing received for {:?}",
+                    if authenticated { "frame" } else { "handshake" },
+                    g.idle_timeout
+                ),
+            ));
+        }
+        let first = deadlines.into_iter().min_by_key(|(d, _)| *d);
+        let sleep_until = first
+            .as_ref()
+            .map_or(now + Duration::from_secs(365 * 24 * 3600), |(d, _)| *d);
         let read = tokio::select! {
-            r = tokio::time::timeout(timeout, stream.read(&mut buf)) => r,
+            r = stream.read(&mut buf) => r,
+            _ = tokio::time::sleep_until(sleep_until) => {
+                shared.counters.timed_out.fetch_add(1, Relaxed);
+                return End::Error(first.map_or_else(String::new, |(_, why)| why));
+            }
+            _ = kill.notified() => {
+                return End::Error(format!(
+                    "shed: more than {} connections in their handshake (or out of file descriptors); this was the oldest",
+                    g.max_unauthenticated
+                ));
+            }
             _ = shutdown.changed() => return End::Normal,
         };
         match read {
-            Err(_) => {
-                return End::Error(format!(
-                    "no complete {} within {:?}",
-                    if conn.client().is_none() {
-                        "handshake"
-                    } else {
-                        "frame"
-                    },
-                    shared.idle_timeout
-                ))
+            Ok(0) => return End::Normal,
+            Ok(n) => {
+                if !budget.take(n as u64) {
+                    shared.counters.over_budget.fetch_add(1, Relaxed);
+                    let _ = tokio::time::timeout(
+                        g.write_timeout.min(Duration::from_secs(2)),
+                        stream.write_all(
+                            &Frame::Error {
+                                code: ErrorCode::TOO_LARGE,
+                                message: format!(
+                                    "node {}: receive budget of {} bytes exhausted",
+                                    shared.node, g.max_buffered_bytes
+                                ),
+                            }
+                            .to_bytes(),
+                        ),
+                    )
+                    .await;
+                    return End::Error(format!(
+                        "node-wide receive budget of {} bytes exhausted ({} buffered by this connection)",
+                        g.max_buffered_bytes, budget.held
+                    ));
+                }
+                conn.feed(&buf[..n]);
             }
-            Ok(Ok(0)) => return End::Normal,
-            Ok(Ok(n)) => conn.feed(&buf[..n]),
-            Ok(Err(e)) => return End::Error(format!("read failed: {e}")),
+            Err(e) => return End::Error(format!("read failed: {e}")),
         }
+    }
+}
+
+/// Writes one frame, within `limit`. `Err(None)`: the deadline passed.
+async fn write_frame(
+    stream: &mut TcpStream,
+    f: &Frame,
+    limit: Duration,
+) -> Result<(), Option<std::io::Error>> {
+    match tokio::time::timeout(limit, stream.write_all(&f.to_bytes())).await {
+        Ok(r) => r.map_err(Some),
+        Err(_) => Err(None),
     }
 }
 
