@@ -193,7 +193,8 @@ pub struct HealthOk {
 pub struct StatsOk {
     /// Node-wide counters.
     pub node: NodeCounters,
-    /// Every open client connection.
+    /// Open client connections; a node may list only some of them (seqfeed
+    /// nodes: the oldest 256), `node.connections_open` counts them all.
     pub clients: Vec<ClientCounters>,
 }
 
