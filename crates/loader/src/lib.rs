@@ -63,8 +63,11 @@ pub use connect::{connect_endpoints, node_spec, node_spec_with, Endpoint, Transp
 pub use dataset::dataset_files;
 pub use error::{BoxError, LoaderError};
 pub use loader::{Loader, LoaderStats, Next};
-pub use open::{error_message, open_loader, open_plan, LoaderSpec, Nodes, OpenedPlan};
+pub use open::{
+    error_message, open_loader, open_plan, open_plan_split, LoaderSpec, Nodes, OpenedPlan,
+};
 pub use plan_source::PlanSource;
+pub use seqfeed_plan::Split;
 /// Device-memory destinations (GPUDirect RDMA), as the transports take them.
 pub use seqfeed_transport::{DeviceRegion, DmaBuf};
 pub use verify::{Mismatch, Verifier};

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use seqfeed_plan::{shapes_from_dataset, Plan, PlanConfig, ShapesFile};
+use seqfeed_plan::{shapes_from_dataset, Plan, PlanConfig, ShapesFile, Split};
 use seqfeed_transport::tcp::ConnectOptions;
 use seqfeed_transport::ClusterFile;
 
@@ -28,18 +28,30 @@ use crate::plan_source::PlanSource;
 pub struct OpenedPlan {
     /// The plan.
     pub plan: Arc<Plan>,
-    /// The plan as the loader's block source.
+    /// The plan as the loader's block source (of the stream it was opened for).
     pub source: Arc<PlanSource>,
     /// The dataset's fingerprint, when opened against a dataset.
     pub dataset_fingerprint: Option<String>,
 }
 
 /// Opens the plan config at `config` against the dataset at `dataset`
-/// (fingerprints checked) or, without one, the shapes file at `shapes`.
+/// (fingerprints checked) or, without one, the shapes file at `shapes`, for
+/// the training stream.
 pub fn open_plan(
     config: &Path,
     dataset: Option<&Path>,
     shapes: Option<&Path>,
+) -> Result<OpenedPlan, LoaderError> {
+    open_plan_split(config, dataset, shapes, Split::Train)
+}
+
+/// [`open_plan`] for one stream of the plan: the block source serves
+/// `split` ([`PlanSource::with_split`]).
+pub fn open_plan_split(
+    config: &Path,
+    dataset: Option<&Path>,
+    shapes: Option<&Path>,
+    split: Split,
 ) -> Result<OpenedPlan, LoaderError> {
     let cfg = PlanConfig::from_file(config)
         .map_err(|e| opening(format!("plan {}", config.display()), e))?;
@@ -66,7 +78,7 @@ pub fn open_plan(
     let plan = Arc::new(
         Plan::new(cfg, shapes).map_err(|e| opening(format!("plan {}", config.display()), e))?,
     );
-    let source = Arc::new(PlanSource::new(plan.clone())?);
+    let source = Arc::new(PlanSource::with_split(plan.clone(), split)?);
     Ok(OpenedPlan {
         plan,
         source,
@@ -113,11 +125,13 @@ pub struct LoaderSpec {
     pub io_timeout: Duration,
     /// Name the nodes log for this client.
     pub client_name: String,
+    /// The stream to read: training (default) or validation.
+    pub split: Split,
 }
 
 impl LoaderSpec {
     /// A spec for `plan` over `nodes`, transport `auto`, no secret, 2
-    /// connections per node, a 10 s io timeout.
+    /// connections per node, a 10 s io timeout, the training stream.
     pub fn new(plan: impl Into<PathBuf>, nodes: Nodes) -> Self {
         LoaderSpec {
             plan: plan.into(),
@@ -129,6 +143,7 @@ impl LoaderSpec {
             connections: 2,
             io_timeout: Duration::from_secs(10),
             client_name: "seqfeed-loader".into(),
+            split: Split::Train,
         }
     }
 
@@ -214,7 +229,12 @@ pub fn open_loader(
     config: LoaderConfig,
     alloc: Option<Arc<dyn BufferAllocator>>,
 ) -> Result<(OpenedPlan, Loader), LoaderError> {
-    let opened = open_plan(&spec.plan, spec.dataset.as_deref(), spec.shapes.as_deref())?;
+    let opened = open_plan_split(
+        &spec.plan,
+        spec.dataset.as_deref(),
+        spec.shapes.as_deref(),
+        spec.split,
+    )?;
     let reader = spec.connect(&opened, &config)?;
     let source: Arc<dyn BlockSource> = opened.source.clone();
     let loader = match alloc {

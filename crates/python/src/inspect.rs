@@ -3,14 +3,26 @@
 
 use std::path::PathBuf;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use seqfeed_loader::{open_plan, OpenedPlan};
+use seqfeed_loader::{open_plan, OpenedPlan, Split};
 
 use crate::py_err;
 
 fn open(plan: PathBuf, dataset: Option<PathBuf>, shapes: Option<PathBuf>) -> PyResult<OpenedPlan> {
     open_plan(&plan, dataset.as_deref(), shapes.as_deref()).map_err(|e| py_err(&e))
+}
+
+/// `"train"` or `"validation"` as a [`Split`].
+pub(crate) fn parse_split(split: &str) -> PyResult<Split> {
+    match split {
+        "train" => Ok(Split::Train),
+        "validation" => Ok(Split::Validation),
+        other => Err(PyValueError::new_err(format!(
+            "split {other:?}: expected \"train\" or \"validation\""
+        ))),
+    }
 }
 
 /// Quotas, target and realized ratios, epochs and repeats of every source
@@ -31,6 +43,9 @@ pub(crate) fn plan_stats<'py>(
     d.set_item("mode", p.mode().to_string())?;
     d.set_item("global_batch", p.global_batch())?;
     d.set_item("steps", p.steps())?;
+    // The validation stream: its sequences, and the full steps a loader serves.
+    d.set_item("validation_sequences", p.validation_len())?;
+    d.set_item("validation_steps", p.validation_len() / p.global_batch())?;
     d.set_item("total_sequences", p.total_sequences())?;
     d.set_item("requested_sequences", p.requested_sequences())?;
     d.set_item("seq_len", p.seq_len())?;
@@ -60,9 +75,11 @@ pub(crate) fn plan_stats<'py>(
 
 /// The rows data-parallel rank `dp_rank` of `dp_size` reads at `step`
 /// (every rank when `dp_rank` is `None`): position, source, file, index
-/// and byte offset of each (`seqfeed plan show`).
+/// and byte offset of each (`seqfeed plan show`). `split="validation"` shows
+/// the validation stream (its positions are positions in that stream).
 #[pyfunction]
-#[pyo3(signature = (plan, step, dp_size=1, dp_rank=None, *, dataset=None, shapes=None))]
+#[pyo3(signature = (plan, step, dp_size=1, dp_rank=None, *, dataset=None, shapes=None, split="train"))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn plan_show<'py>(
     py: Python<'py>,
     plan: PathBuf,
@@ -71,7 +88,9 @@ pub(crate) fn plan_show<'py>(
     dp_rank: Option<u32>,
     dataset: Option<PathBuf>,
     shapes: Option<PathBuf>,
+    split: &str,
 ) -> PyResult<Bound<'py, PyList>> {
+    let split = parse_split(split)?;
     let opened = open(plan, dataset, shapes)?;
     let p = &opened.plan;
     let ranks = match dp_rank {
@@ -80,7 +99,9 @@ pub(crate) fn plan_show<'py>(
     };
     let out = PyList::empty(py);
     for rank in ranks {
-        let block = p.rank_block(step, rank, dp_size).map_err(|e| py_err(&e))?;
+        let block = p
+            .split_block(split, step, rank, dp_size)
+            .map_err(|e| py_err(&e))?;
         for (row, r) in block.iter().enumerate() {
             let e = PyDict::new(py);
             e.set_item("step", step)?;

@@ -13,8 +13,9 @@ use pyo3::types::{PyBytes, PyDict};
 use seqfeed_cuda::dlpack::{DLDataType, DLDevice, KDL_CPU, KDL_CUDA};
 use seqfeed_cuda::{DlpackTensor, LoaderDestination, TransportCaps};
 use seqfeed_loader::{
-    open_plan, Batch, BlockSource, BufferAllocator, Dtype, HeapAllocator, Loader, LoaderConfig,
-    LoaderError, LoaderSpec, Next, Nodes, OpenedPlan, RetryPolicy, TransportKind,
+    open_plan_split, Batch, BlockSource, BufferAllocator, Dtype, HeapAllocator, Loader,
+    LoaderConfig, LoaderError, LoaderSpec, Next, Nodes, OpenedPlan, RetryPolicy, Split,
+    TransportKind,
 };
 
 use crate::capsule::into_capsule;
@@ -59,6 +60,7 @@ pub(crate) struct NativeLoader {
     accumulation: usize,
     micro_batch: usize,
     end_step: u64,
+    split: Split,
 }
 
 #[pymethods]
@@ -67,7 +69,8 @@ impl NativeLoader {
     #[pyo3(signature = (plan, *, dataset=None, shapes=None, cluster=None, nodes=None,
         transport="auto", device="cpu", prefetch=2, secret=None, start_step=0, start_micro=0,
         end_step=None, dp_rank=0, dp_size=1, accumulation=1, widen=false, connections=2,
-        io_timeout_ms=10_000, failover_ms=10_000, ring_wait_ms=10_000, client_name=None))]
+        io_timeout_ms=10_000, failover_ms=10_000, ring_wait_ms=10_000, client_name=None,
+        split="train"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -92,8 +95,10 @@ impl NativeLoader {
         failover_ms: u64,
         ring_wait_ms: u64,
         client_name: Option<String>,
+        split: &str,
     ) -> PyResult<Self> {
         let place = parse_device(device)?;
+        let split = crate::inspect::parse_split(split)?;
         let transport: TransportKind = transport.parse().map_err(PyValueError::new_err)?;
         let nodes = match (cluster, nodes) {
             (Some(_), Some(_)) => {
@@ -122,6 +127,7 @@ impl NativeLoader {
         spec.secret = secret;
         spec.connections = connections.max(1);
         spec.io_timeout = Duration::from_millis(io_timeout_ms.max(100));
+        spec.split = split;
         spec.client_name = client_name
             .unwrap_or_else(|| format!("seqfeed-python/dp{dp_rank}/pid{}", std::process::id()));
         let mut config = LoaderConfig::data_parallel(dp_rank, dp_size)
@@ -140,8 +146,13 @@ impl NativeLoader {
         let (opened, loader, widened) = py
             .detach(|| -> Result<_, String> {
                 let msg = |e: LoaderError| seqfeed_loader::error_message(&e);
-                let opened = open_plan(&spec.plan, spec.dataset.as_deref(), spec.shapes.as_deref())
-                    .map_err(msg)?;
+                let opened = open_plan_split(
+                    &spec.plan,
+                    spec.dataset.as_deref(),
+                    spec.shapes.as_deref(),
+                    spec.split,
+                )
+                .map_err(msg)?;
                 let (alloc, widened) =
                     allocator(place, opened.source.dtype(), spec.transport, widen)?;
                 let reader = spec.connect(&opened, &config).map_err(msg)?;
@@ -161,7 +172,14 @@ impl NativeLoader {
             dp_rank,
             dp_size,
             accumulation,
+            split,
         })
+    }
+
+    /// The stream read: `"train"` or `"validation"`.
+    #[getter]
+    fn split(&self) -> String {
+        self.split.to_string()
     }
 
     /// The next micro-batch, or `None` after the last step.
@@ -235,10 +253,11 @@ impl NativeLoader {
         self.opened.dataset_fingerprint.clone()
     }
 
-    /// Steps in the plan.
+    /// Steps of the stream read: the plan's steps for training, the full
+    /// validation steps for `split="validation"`.
     #[getter]
     fn plan_steps(&self) -> u64 {
-        self.opened.plan.steps()
+        self.opened.source.steps()
     }
 
     /// One past the last step this loader reads.

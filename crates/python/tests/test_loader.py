@@ -230,3 +230,65 @@ def test_notebook_bindings(dataset):
     assert src["seq_len"] == 65 and len(src["tokens"]) == 65
     with pytest.raises(seqfeed.SeqfeedError):
         seqfeed.inspect_source(ds / "nope")
+
+
+def _identity(r):
+    return (r["source"], r["file"], r["index"])
+
+
+def test_validation_split_is_held_out_of_training_and_covers_the_rest(tmp_path):
+    """split="validation" serves the plan's held-out sequences: batches are
+    the validation stream's rows byte for byte, no sequence of it is ever in
+    the training stream, and the two streams together cover every sequence."""
+    ds = make_dataset(tmp_path)
+    plan = tmp_path / "plan.toml"
+    write_plan(plan, [("web", 0.6), ("code", 0.4)], 8, 200)
+    plan.write_text(plan.read_text() + "[split]\nholdout = 0.2\nseed = 5\n")
+    info = seqfeed.plan_stats(plan, dataset=ds)
+    v, gb = info["validation_sequences"], info["global_batch"]
+    assert v > gb and info["validation_steps"] == v // gb
+
+    val = seqfeed.Loader(plan, dataset=ds, dtype="native", dp_rank=1, dp_size=2, split="validation")
+    assert len(val) == v // gb
+    served = []
+    for b in val:
+        rows = seqfeed.plan_show(plan, b.step, 2, 1, dataset=ds, split="validation")
+        assert b.positions == [r["position"] for r in rows]
+        assert b.sources == [r["source"] for r in rows]
+        want = [seqfeed.inspect_source(ds / r["source"], seq=global_index(ds, r))["tokens"] for r in rows]
+        assert b.tokens.to(torch.int64).tolist() == want
+        served.extend(_identity(r) for r in rows)
+    assert len(served) == (v // gb) * gb // 2
+
+    # The whole validation stream (its short last step too) and the whole run.
+    vsteps = -(-v // gb)
+    validation = [
+        _identity(r)
+        for s in range(vsteps)
+        for r in seqfeed.plan_show(plan, s, dataset=ds, split="validation")
+    ]
+    assert len(validation) == v == len(set(validation))
+    assert set(served) <= set(validation)
+    train = {_identity(r) for s in range(info["steps"]) for r in seqfeed.plan_show(plan, s, dataset=ds)}
+    assert not train & set(validation)
+    total = sum(s["size"] for s in info["sources"])
+    assert len(train) + len(validation) == total
+    assert {src for src, _, _ in validation} == {"web", "code"}
+
+    # A state records its stream; the other stream's loader refuses it.
+    st = val.state_dict()
+    assert st["split"] == "validation"
+    tr = seqfeed.Loader(plan, dataset=ds, dp_rank=1, dp_size=2)
+    assert tr.state_dict()["split"] == "train"
+    with pytest.raises(seqfeed.SeqfeedError, match="validation"):
+        tr.load_state_dict(st)
+    val.load_state_dict(dict(st, step=1, micro=0))
+    assert next(iter(val)).step == 1
+
+
+def test_validation_split_needs_a_holdout(dataset):
+    ds, plan = dataset
+    with pytest.raises(seqfeed.SeqfeedError, match="holds out no sequences"):
+        seqfeed.Loader(plan, dataset=ds, split="validation")
+    with pytest.raises(ValueError, match="split"):
+        seqfeed.Loader(plan, dataset=ds, split="test")

@@ -102,6 +102,22 @@ class Loader:
             same names.
         connections, io_timeout_ms, failover_ms, ring_wait_ms: network and
             fail-over bounds (see ``seqfeed read --help``).
+        split: ``"train"`` (default) or ``"validation"``: the held-out
+            sequences of the plan's ``[split]`` (docs/PLAN.md "Splits"),
+            sources in config order, each one's held-out sequences in index
+            order, never in the training stream. Steps are full global
+            batches: ``plan_stats(...)["validation_steps"]`` of them; the last
+            ``validation_sequences % global_batch`` held-out sequences are not
+            served (hold out a multiple of the global batch with
+            ``holdout_sequences`` to serve all). Positions
+            (``Batch.positions``) are positions in the validation stream, as
+            ``plan_show(..., split="validation")`` shows them. A plan that
+            holds nothing out (or less than one global batch) is refused.
+
+    Example (evaluate on the held-out part every 1000 steps)::
+
+        train = seqfeed.Loader("plan.toml", dataset="data")
+        val = seqfeed.Loader("plan.toml", dataset="data", split="validation")
 
     Raises ``seqfeed.SeqfeedError`` with the CLI's message for an
     unreachable node, a wrong secret, a plan or data mismatch, or a rank out
@@ -134,7 +150,10 @@ class Loader:
         io_timeout_ms=10_000,
         failover_ms=10_000,
         ring_wait_ms=10_000,
+        split="train",
     ):
+        if split not in ("train", "validation"):
+            raise ValueError(f"split {split!r}: expected 'train' or 'validation'")
         if (dp_rank is None) != (dp_size is None):
             raise SeqfeedError("give dp_rank and dp_size together (or neither)")
         if dp_rank is None:
@@ -155,6 +174,15 @@ class Loader:
             raise SeqfeedError(
                 f"data-parallel rank {dp_rank} is out of range for data-parallel size {dp_size}"
             )
+        self.split = split
+        if split == "validation":
+            v = self._info["validation_sequences"]
+            if self._info["validation_steps"] == 0:
+                raise SeqfeedError(
+                    "the plan holds out no sequences, so it has no validation stream: set [split] holdout or holdout_sequences"
+                    if v == 0
+                    else f"the validation stream has {v} sequences, less than one global batch ({self._info['global_batch']}): hold out more"
+                )
         gb = self._info["global_batch"]
         if gb % dp_size:
             raise SeqfeedError(
@@ -190,6 +218,7 @@ class Loader:
             io_timeout_ms=io_timeout_ms,
             failover_ms=failover_ms,
             ring_wait_ms=ring_wait_ms,
+            split=split,
         )
         self.micro_batch = micro_batch
         self.accumulation = block // micro_batch
@@ -267,6 +296,7 @@ class Loader:
             "dp_rank": self.dp_rank,
             "dp_size": self.dp_size,
             "micro_batch": self.micro_batch,
+            "split": self.split,
         }
 
     def load_state_dict(self, state):
@@ -292,6 +322,13 @@ class Loader:
                     f"loader state has {key}={state[key]} but this loader has {key}={mine}; "
                     "a step's position within the run is only the same with the same layout"
                 )
+        # States from before splits existed are training states.
+        got_split = state.get("split", "train")
+        if got_split != self.split:
+            raise SeqfeedError(
+                f"loader state is a position in the {got_split!r} stream, but this loader reads "
+                f"split={self.split!r}"
+            )
         self.close()
         self._position = (int(state["step"]), int(state["micro"]))
 
@@ -329,7 +366,8 @@ class Loader:
 
     def __len__(self):
         end = self._opts["end_step"]
-        end = self._info["steps"] if end is None else min(end, self._info["steps"])
+        steps = self._info["validation_steps" if self.split == "validation" else "steps"]
+        end = steps if end is None else min(end, steps)
         step, micro = self._position
         return max(0, (end - step) * self.accumulation - micro)
 
