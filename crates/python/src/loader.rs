@@ -117,7 +117,7 @@ impl NativeLoader {
         };
         if dp_size == 0 || dp_rank >= dp_size {
             return Err(crate::SeqfeedError::new_err(format!(
-                "data-parallel rank {dp_rank} is out of range for data-parallel size {dp_size}"
+                "invalid loader configuration: data-parallel rank {dp_rank} is out of range for data-parallel size {dp_size}"
             )));
         }
         let mut spec = LoaderSpec::new(plan, nodes);

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import seqfeed
-from conftest import Node, make_dataset, run, write_plan
+import subprocess
+
+from conftest import Node, make_dataset, run, seqfeed_bin, write_plan
 
 
 def expected_rows(plan, ds, step, dp_size, dp_rank):
@@ -150,8 +152,13 @@ def test_state_dict_resumes_exactly_and_refuses_other_plans(dataset, tmp_path):
 
 def test_bad_configurations_raise_the_cli_messages(dataset, tmp_path):
     ds, plan = dataset
-    with pytest.raises(seqfeed.SeqfeedError, match="data-parallel rank 2 is out of range"):
+    with pytest.raises(seqfeed.SeqfeedError) as e:
         seqfeed.Loader(plan, dataset=ds, dp_rank=2, dp_size=2)
+    # the CLI's words: seqfeed read --rank 2 --world 2
+    cli = subprocess.run([seqfeed_bin(), "read", "--plan", str(plan), "--dataset", str(ds), "--local",
+                          "--rank", "2", "--world", "2"], capture_output=True, text=True)
+    assert cli.returncode == 1
+    assert str(e.value) in cli.stderr, (str(e.value), cli.stderr)
     with pytest.raises(seqfeed.SeqfeedError, match="does not divide the global batch 8"):
         seqfeed.Loader(plan, dataset=ds, dp_rank=0, dp_size=3)
     with pytest.raises(seqfeed.SeqfeedError, match="micro_batch 3"):

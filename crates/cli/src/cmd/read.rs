@@ -109,12 +109,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(w) = args.world {
         config.world = w;
     }
-    if config.rank >= config.world {
-        bail!(
-            "rank {} must be below the world size {}",
-            config.rank,
-            config.world
-        );
+    if config.world == 0 || config.rank >= config.world {
+        // The loader's own wording, which the Python package raises too.
+        return Err(seqfeed_loader::LoaderError::Config {
+            what: format!(
+                "data-parallel rank {} is out of range for data-parallel size {}",
+                config.rank, config.world
+            ),
+        }
+        .into());
     }
     config = config
         .start_step(args.start)

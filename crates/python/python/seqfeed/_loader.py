@@ -172,6 +172,7 @@ class Loader:
         )
         if not 0 <= dp_rank < dp_size:
             raise SeqfeedError(
+                "invalid loader configuration: "
                 f"data-parallel rank {dp_rank} is out of range for data-parallel size {dp_size}"
             )
         self.split = split
