@@ -389,3 +389,54 @@ fn folders_that_are_not_sources_are_skipped_with_a_warning() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("skipping 'notes'"), "{}", stderr(&o));
 }
+
+/// `serve --handshake-timeout-ms`: a client that connects and says nothing
+/// is closed after the deadline, while the node keeps serving.
+#[test]
+fn serve_limits_are_flags() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dataset(dir.path());
+    let addr_file = dir.path().join("addr");
+    let mut node = bin()
+        .args(["--log", "warn", "serve", "--dataset"])
+        .arg(src.parent().unwrap())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--handshake-timeout-ms",
+            "300",
+            "--addr-file",
+        ])
+        .arg(&addr_file)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !addr_file.exists() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "serve did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let addr = std::fs::read_to_string(&addr_file).unwrap();
+    let mut silent = std::net::TcpStream::connect(addr.trim()).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    // Closed (EOF or reset) by the node, well before the 5 s read timeout.
+    let r = silent.read(&mut buf);
+    let waited = t.elapsed();
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    assert!(
+        waited < std::time::Duration::from_secs(3),
+        "the silent client was held {waited:?}"
+    );
+    assert!(run(&["serve", "--help"]).status.success());
+    assert!(stdout(&run(&["serve", "--help"])).contains("--handshake-timeout-ms"));
+}

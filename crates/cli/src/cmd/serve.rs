@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use seqfeed_node::{Node, NodeConfig};
@@ -44,6 +45,24 @@ pub struct Args {
     /// Write the bound address (host:port) to this file once listening.
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Most open connections (default 4096).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Most connections still in their handshake; the oldest are shed first (default 256).
+    #[arg(long)]
+    max_unauthenticated: Option<usize>,
+    /// A client must finish its handshake within this many ms (default 5000).
+    #[arg(long)]
+    handshake_timeout_ms: Option<u64>,
+    /// A frame, once started, must arrive whole within this many ms (default 10000).
+    #[arg(long)]
+    frame_timeout_ms: Option<u64>,
+    /// A client must take each reply whole within this many ms (default 30000).
+    #[arg(long)]
+    write_timeout_ms: Option<u64>,
+    /// Node-wide budget for partly received frames, in bytes (default 512 MiB).
+    #[arg(long)]
+    max_buffered_bytes: Option<u64>,
 }
 
 /// Runs `seqfeed serve`.
@@ -54,6 +73,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     cfg.secret = args.secret.filter(|s| !s.is_empty());
     cfg.worker_threads = args.threads;
+    let ms = Duration::from_millis;
+    if let Some(n) = args.max_connections {
+        cfg.max_connections = n;
+    }
+    if let Some(n) = args.max_unauthenticated {
+        cfg.max_unauthenticated = n;
+    }
+    if let Some(t) = args.handshake_timeout_ms {
+        cfg.handshake_timeout = ms(t);
+    }
+    if let Some(t) = args.frame_timeout_ms {
+        cfg.frame_timeout = ms(t);
+    }
+    if let Some(t) = args.write_timeout_ms {
+        cfg.write_timeout = ms(t);
+    }
+    if let Some(b) = args.max_buffered_bytes {
+        cfg.max_buffered_bytes = b;
+    }
     if args.verbs {
         let devices = (!args.verbs_device.is_empty()).then(|| args.verbs_device.clone());
         cfg.verbs = Some(seqfeed_node::verbs_factory(devices));
