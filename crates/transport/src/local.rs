@@ -60,11 +60,13 @@ impl Transport for LocalTransport {
     ) -> Result<BatchStats, TransportError> {
         let mut bytes = 0u64;
         for r in reads {
-            let src = self.table.source(&self.node, r)?;
-            r.check(src.len() as u64 + r.offset, dst.len())?;
-            // check() proved dst_offset + len <= dst.len().
+            let len = self.table.source(&self.node, r)?.len();
+            r.check(len as u64 + r.offset, dst.len())?;
+            // check() proved dst_offset + len <= dst.len(). pread, not the
+            // mapping: a file truncated under us is an error, not SIGBUS.
             let start = r.dst_offset as usize;
-            dst[start..start + src.len()].copy_from_slice(src);
+            self.table
+                .copy_into(&self.node, r, &mut dst[start..start + len])?;
             bytes += u64::from(r.len);
         }
         Ok(BatchStats {
@@ -151,5 +153,46 @@ mod tests {
         let e = t.read_batch(&[r(0, 2, 3, 0)], &mut dst).unwrap_err();
         assert!(e.to_string().contains("a.seq"), "{e}");
         assert!(!e.is_node_failure());
+    }
+
+    /// Issue 12 item 8: a served file truncated after it was mapped. Copying
+    /// from the mapping would raise SIGBUS and kill the process; the local
+    /// transport reads with pread and reports the file.
+    #[test]
+    fn a_file_truncated_while_mapped_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.seq");
+        let bytes: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let mut t = LocalTransport::open(dir.path(), &["a.seq"]).unwrap();
+        let read = ReadRequest {
+            region: RegionId(0),
+            offset: 40_000,
+            len: 8192,
+            dst_offset: 0,
+        };
+        let mut dst = vec![0u8; 8192];
+        t.read_batch(&[read], &mut dst).unwrap();
+        assert_eq!(dst, &bytes[40_000..48_192]);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        let e = t.read_batch(&[read], &mut dst).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("a.seq") && msg.contains("shorter than when it was opened"),
+            "{msg}"
+        );
+        // Reads inside what is left still work.
+        let head = ReadRequest {
+            offset: 0,
+            len: 4096,
+            ..read
+        };
+        t.read_batch(&[head], &mut dst[..4096]).unwrap();
+        assert_eq!(&dst[..4096], &bytes[..4096]);
     }
 }

@@ -64,6 +64,9 @@ pub enum RegionError {
 pub struct MappedRegion {
     path: PathBuf,
     map: Mmap,
+    /// The open file, for reads that must survive the file shrinking
+    /// ([`RegionTable::copy_into`]).
+    file: File,
 }
 
 impl MappedRegion {
@@ -147,7 +150,7 @@ impl RegionTable {
                 addr: 0,
                 rkey: 0,
             });
-            regions.push(MappedRegion { path, map });
+            regions.push(MappedRegion { path, map, file });
         }
         tracing::debug!(root = %root.display(), regions = infos.len(), "mapped region table");
         Ok(RegionTable {
@@ -226,6 +229,49 @@ impl RegionTable {
                 ),
             }),
         }
+    }
+
+    /// Copies the bytes of `req` into `dst` with `pread` rather than from the
+    /// mapping: a file that was truncated after it was mapped gives an error
+    /// naming it instead of a SIGBUS (touching a mapping past the end of
+    /// its file raises one). The range is checked against the region's
+    /// length at open time first, as [`slice`](Self::slice) does.
+    pub fn copy_into(
+        &self,
+        node: &str,
+        req: &ReadRequest,
+        dst: &mut [u8],
+    ) -> Result<(), TransportError> {
+        let want = self.source(node, req)?.len();
+        let have = dst.len();
+        let dst = dst
+            .get_mut(..want)
+            .ok_or_else(|| TransportError::OutOfBounds {
+                what: format!("node {node}: destination of {have} bytes for a {want}-byte read"),
+            })?;
+        let Some(r) = self.get(req.region) else {
+            return Err(TransportError::UnknownRegion {
+                node: node.to_owned(),
+                region: req.region,
+            });
+        };
+        std::os::unix::fs::FileExt::read_exact_at(&r.file, dst, req.offset).map_err(|e| {
+            let what = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                format!(
+                    "reading {} bytes at offset {} of {}: the file is shorter than when it was opened (truncated or replaced while serving)",
+                    req.len,
+                    req.offset,
+                    r.path.display()
+                )
+            } else {
+                format!("reading {} bytes at offset {} of {}", req.len, req.offset, r.path.display())
+            };
+            TransportError::Io {
+                node: node.to_owned(),
+                what,
+                source: e,
+            }
+        })
     }
 
     /// The source bytes of `req`, checked against the region only.
