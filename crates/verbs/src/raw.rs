@@ -8,7 +8,7 @@
 //!
 //! Everything in this module is `unsafe` FFI fenced behind a small safe API:
 //! callers pass plain numbers (addresses, keys, lengths); the memory those
-//! numbers name is guaranteed by the memory-region owners in `client.rs` and
+//! numbers name is guaranteed by the memory-region owners in `client/memory.rs` and
 //! `server.rs` (a registered region stays alive as long as a read may target it).
 #![allow(unsafe_code)]
 

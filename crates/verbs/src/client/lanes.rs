@@ -1,0 +1,260 @@
+//! Lanes and rails: one completion queue per device ("rail"), several RC
+//! queue pairs per rail ("lanes"), how a lane's QP is created and brought to
+//! RTS through the node, and the work-request id that names a lane's chain.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use seqfeed_transport::{RegionInfo, TransportError};
+
+use super::{node_err, VerbsTransport, MAX_CHAIN};
+use crate::device::Nic;
+use crate::endpoint::{Accepted, QpEndpoint};
+use crate::error::VerbsError;
+use crate::raw::{Connect, Cq, Qp, WcBuf};
+
+/// One device: its completion queue (shared by its lanes) and the node's
+/// regions as seen through it.
+pub(super) struct Rail {
+    pub(super) nic: Arc<Nic>,
+    pub(super) cq: Arc<Cq>,
+    pub(super) wc: WcBuf,
+    /// Per region (same order as the transport's table): remote address and rkey on this device.
+    pub(super) remote: Vec<(u64, u32)>,
+}
+
+/// Reads posted with one doorbell: `idx[..n]` index the batch's reads.
+#[derive(Clone, Copy)]
+pub(super) struct Chain {
+    pub(super) seq: u32,
+    pub(super) n: u8,
+    pub(super) idx: [u32; MAX_CHAIN],
+}
+
+/// One RC queue pair and the chains it has in flight (oldest first).
+pub(super) struct Lane {
+    pub(super) rail: usize,
+    pub(super) qp: Option<Qp>,
+    pub(super) gen: u16,
+    pub(super) depth: u32,
+    pub(super) seq: u32,
+    pub(super) outstanding: u32,
+    pub(super) inflight: VecDeque<Chain>,
+}
+
+/// wr_id layout: lane (12 bits) | gen (12 bits) | seq (32 bits) | position in chain (8 bits).
+pub(super) fn wr_id(lane: usize, gen: u16, seq: u32, pos: usize) -> u64 {
+    ((lane as u64 & 0xfff) << 52)
+        | ((u64::from(gen) & 0xfff) << 40)
+        | (u64::from(seq) << 8)
+        | (pos as u64 & 0xff)
+}
+
+pub(super) fn wr_id_parts(id: u64) -> (usize, u16, u32, usize) {
+    (
+        (id >> 52) as usize,
+        ((id >> 40) & 0xfff) as u16,
+        ((id >> 8) & 0xffff_ffff) as u32,
+        (id & 0xff) as usize,
+    )
+}
+
+impl VerbsTransport {
+    pub(super) fn local_depth(&self, nic: &Nic) -> u32 {
+        let mut d = nic
+            .info
+            .max_qp_init_rd_atom
+            .min(nic.info.max_qp_rd_atom)
+            .min(255);
+        if let Some(m) = self.opts.max_outstanding {
+            d = d.min(m.max(1));
+        }
+        d.min(nic.info.max_qp_wr).max(1)
+    }
+
+    pub(super) fn new_qp(&self, rail: usize) -> Result<(Qp, QpEndpoint), VerbsError> {
+        let r = &self.rails[rail];
+        let info = &r.nic.info;
+        let depth = self.local_depth(&r.nic);
+        let qp = Qp::new(&r.nic.pd, &r.cq, depth, self.opts.chain).map_err(|e| {
+            node_err(
+                &self.node,
+                "ibv_create_qp",
+                format!("device {}: {e}", info.name),
+            )
+        })?;
+        let ep = QpEndpoint {
+            qp_num: qp.qp_num(),
+            psn: rand::random::<u32>() & 0xff_ffff,
+            gid: info.gid,
+            lid: info.lid,
+            mtu: info.mtu,
+            rd_atom: depth as u8,
+        };
+        Ok((qp, ep))
+    }
+
+    pub(super) fn bring_up(
+        &self,
+        rail: usize,
+        qp: &mut Qp,
+        local: &QpEndpoint,
+        remote: &QpEndpoint,
+    ) -> Result<u32, VerbsError> {
+        let info = &self.rails[rail].nic.info;
+        let mut depth = u32::from(local.rd_atom);
+        if remote.rd_atom != 0 {
+            depth = depth.min(u32::from(remote.rd_atom));
+        }
+        let depth = depth.max(1);
+        if !(1..=5).contains(&remote.mtu) {
+            return Err(node_err(
+                &self.node,
+                "VerbsConnect answer",
+                format!("bad MTU value {}", remote.mtu),
+            ));
+        }
+        qp.connect(&Connect {
+            port: info.port,
+            sgid_index: info.gid_index,
+            remote_qpn: remote.qp_num,
+            remote_psn: remote.psn,
+            local_psn: local.psn,
+            remote_gid: remote.gid,
+            remote_lid: remote.lid,
+            path_mtu: u32::from(local.mtu.min(remote.mtu)),
+            max_rd_atomic: depth as u8,
+            max_dest_rd_atomic: 1,
+            access: 0,
+        })
+        .map_err(|e| {
+            node_err(
+                &self.node,
+                "QP RESET->RTS",
+                format!("device {} QP {}: {e}", info.name, qp.qp_num()),
+            )
+        })?;
+        Ok(depth)
+    }
+
+    pub(super) fn apply_regions(&mut self, rail: usize, acc: &Accepted) -> Result<(), VerbsError> {
+        if self.regions.is_empty() && rail == 0 {
+            self.regions = acc
+                .regions
+                .iter()
+                .map(|r| RegionInfo { ..r.clone() })
+                .collect();
+            self.region_index = self
+                .regions
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.id, i))
+                .collect();
+        }
+        if acc.regions.len() != self.regions.len() {
+            return Err(node_err(
+                &self.node,
+                "VerbsConnect answer",
+                format!(
+                    "rail {rail}: {} regions, rail 0 had {}",
+                    acc.regions.len(),
+                    self.regions.len()
+                ),
+            ));
+        }
+        let mut remote = vec![(0u64, 0u32); self.regions.len()];
+        for r in &acc.regions {
+            let Some(&i) = self.region_index.get(&r.id) else {
+                return Err(node_err(
+                    &self.node,
+                    "VerbsConnect answer",
+                    format!("rail {rail}: unexpected {}", r.id),
+                ));
+            };
+            if r.len != self.regions[i].len {
+                return Err(node_err(
+                    &self.node,
+                    "VerbsConnect answer",
+                    format!(
+                        "rail {rail}: {} has length {}, rail 0 said {}",
+                        r.id, r.len, self.regions[i].len
+                    ),
+                ));
+            }
+            remote[i] = (r.addr, r.rkey);
+        }
+        self.rails[rail].remote = remote;
+        Ok(())
+    }
+
+    pub(super) fn add_rail(&mut self, rail: usize, nic: Arc<Nic>) -> Result<(), TransportError> {
+        let n = self.opts.qps_per_rail;
+        let depth = self.local_depth(&nic);
+        let cqe = (n as u32 * (depth + 1) + 64).min(nic.info.max_cqe);
+        let cq = Cq::new(&nic.ctx, cqe).map_err(|e| {
+            node_err(
+                &self.node,
+                "ibv_create_cq",
+                format!("device {}: {e}", nic.info.name),
+            )
+        })?;
+        self.rails.push(Rail {
+            nic,
+            cq: Arc::new(cq),
+            wc: WcBuf::new(),
+            remote: Vec::new(),
+        });
+        let mut qps = Vec::with_capacity(n);
+        let mut eps = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (qp, ep) = self.new_qp(rail)?;
+            qps.push(qp);
+            eps.push(ep);
+        }
+        let device = self.rails[rail].nic.info.name.clone();
+        let acc = self.exchange.connect(rail as u32, &device, &eps)?;
+        if acc.qps.len() != n {
+            return Err(node_err(
+                &self.node,
+                "VerbsConnect answer",
+                format!("{} QPs for {n} asked", acc.qps.len()),
+            )
+            .into());
+        }
+        self.apply_regions(rail, &acc)?;
+        for ((mut qp, ep), remote) in qps.into_iter().zip(eps).zip(acc.qps) {
+            let depth = self.bring_up(rail, &mut qp, &ep, &remote)?;
+            self.lanes.push(Lane {
+                rail,
+                qp: Some(qp),
+                gen: 0,
+                depth,
+                seq: 0,
+                outstanding: 0,
+                inflight: VecDeque::new(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wr_id_roundtrip() {
+        for (lane, gen, seq, pos) in [
+            (0, 0, 0, 0),
+            (4095, 4095, u32::MAX, 63),
+            (17, 3, 123_456, 31),
+        ] {
+            assert_eq!(
+                wr_id_parts(wr_id(lane, gen, seq, pos)),
+                (lane, gen, seq, pos)
+            );
+        }
+        // Distinct lanes/generations never alias.
+        assert_ne!(wr_id(1, 0, 5, 0), wr_id(0, 1, 5, 0));
+    }
+}

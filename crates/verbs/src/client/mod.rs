@@ -1,0 +1,345 @@
+//! Client side: [`VerbsTransport`], batched one-sided RDMA READs into the
+//! caller's buffer.
+//!
+//! Reads are spread over *lanes*: several RC QPs per device ("rail"), every
+//! rail with its own completion queue; a lane takes the next pending reads
+//! whenever it has room. Each post is a chain of up to `chain` work requests
+//! linked into one `ibv_post_send` (one doorbell), only the last signaled;
+//! a lane never has more reads outstanding than the read depth both sides
+//! allow (`max_qp_init_rd_atom` / `max_qp_rd_atom`). RC completes in order,
+//! so the signaled completion of a chain retires the whole chain.
+//!
+//! A work-completion error breaks only its lane: its outstanding reads go
+//! back to the pending queue, the QP is destroyed and rebuilt through the
+//! node's control service, and the batch continues. After `max_rebuilds`
+//! rebuilds in one batch (or when the node cannot be reached to rebuild), the
+//! batch fails with a node failure naming the node, the region, the offsets,
+//! and the step, so the loader can fail over to a replica.
+//!
+//! Destination memory: buffers announced with
+//! [`Transport::register_buffer`] keep one registration per device until
+//! [`Transport::unregister_buffer`]; a batch whose destination lies inside one
+//! of them posts with its keys. Any other destination is registered for that
+//! batch only and deregistered when the batch ends (after no QP can still
+//! write into it). Nothing is cached by address alone: a registration pins
+//! the pages it was made on, so memory freed and reallocated at the same
+//! addresses must never be served by an old registration.
+//!
+//! Device memory (GPUDirect RDMA): [`Transport::register_device`] registers a
+//! [`DeviceRegion`] with `ibv_reg_dmabuf_mr` when it carries a dmabuf export
+//! (its device address as the MR's iova), else with `ibv_reg_mr` on the
+//! device pointer (peer memory, e.g. `nvidia_peermem`). A provider that
+//! refuses (rxe has no dmabuf MRs) yields [`TransportError::Unsupported`]
+//! naming the device and the reason. [`Transport::read_batch_device`] then
+//! posts the same chained READs with device addresses as local addresses.
+//!
+//! Modules: `lanes` (rails, QPs, bring-up), `posting` (the batch loop and
+//! what each lane posts), `completions` (CQ polling, stall detection),
+//! `rebuild` (failed lanes), `memory` (destination registrations).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use seqfeed_transport::{
+    BatchStats, DeviceRegion, ReadRequest, RegionId, RegionInfo, Transport, TransportError,
+};
+use sideway::ibverbs::memory_region::MemoryRegion;
+
+use crate::device::{open_devices, Nic};
+use crate::endpoint::QpExchange;
+use crate::error::VerbsError;
+use crate::raw::{Completion, ReadWr};
+
+mod completions;
+mod lanes;
+mod memory;
+mod posting;
+mod rebuild;
+
+use lanes::{Lane, Rail};
+use memory::{DeviceMr, MrEntry};
+
+/// Largest chain (work requests per doorbell) supported.
+pub const MAX_CHAIN: usize = 64;
+
+/// Tuning of a [`VerbsTransport`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Devices to use (rails); `None` = every device with an ACTIVE port.
+    pub devices: Option<Vec<String>>,
+    /// RC queue pairs per device, used round-robin.
+    pub qps_per_rail: usize,
+    /// Work requests per doorbell (post list length), 1..=64.
+    pub chain: usize,
+    /// Cap on outstanding reads per QP (the device limit applies anyway).
+    pub max_outstanding: Option<u32>,
+    /// QP rebuilds allowed within one batch before it fails as a node failure.
+    pub max_rebuilds: u32,
+    /// Time limit for one batch.
+    pub timeout: Duration,
+    /// After this long without any completion, the node's control connection
+    /// is checked ([`QpExchange::check_alive`]); a dead node fails the batch.
+    pub stall_check: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            devices: None,
+            qps_per_rail: 2,
+            chain: 32,
+            max_outstanding: None,
+            max_rebuilds: 3,
+            timeout: Duration::from_secs(30),
+            stall_check: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Counters over a transport's life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerbsCounters {
+    /// QPs rebuilt after an error.
+    pub rebuilds: u64,
+    /// Reads re-posted after their QP failed.
+    pub retried_reads: u64,
+    /// Destination registrations made (long-lived and per batch).
+    pub registrations: u64,
+    /// Of [`registrations`](Self::registrations), those made for one batch
+    /// only (destination outside every registered buffer).
+    pub batch_registrations: u64,
+    /// Doorbells (ibv_post_send calls).
+    pub doorbells: u64,
+}
+
+/// A connection to one storage node over RDMA verbs.
+pub struct VerbsTransport {
+    node: String,
+    regions: Vec<RegionInfo>,
+    region_index: HashMap<RegionId, usize>,
+    rails: Vec<Rail>,
+    lanes: Vec<Lane>,
+    exchange: Box<dyn QpExchange>,
+    opts: ClientOptions,
+    mrs: Vec<MrEntry>,
+    device_mrs: Vec<DeviceMr>,
+    batch_mrs: Vec<Arc<MemoryRegion>>,
+    next_lane: usize,
+    comps: Vec<Completion>,
+    wrs: Vec<ReadWr>,
+    counters: VerbsCounters,
+}
+
+impl std::fmt::Debug for VerbsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerbsTransport")
+            .field("node", &self.node)
+            .field(
+                "rails",
+                &self
+                    .rails
+                    .iter()
+                    .map(|r| r.nic.info.name.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .field("lanes", &self.lanes.len())
+            .finish()
+    }
+}
+
+fn node_err(node: &str, step: impl Into<String>, detail: impl Into<String>) -> VerbsError {
+    VerbsError::Node {
+        node: node.to_string(),
+        step: step.into(),
+        detail: detail.into(),
+    }
+}
+
+impl VerbsTransport {
+    /// Opens the devices named in `opts` (or every device with an ACTIVE port)
+    /// and connects to `node` through `exchange`.
+    pub fn connect(
+        node: impl Into<String>,
+        exchange: Box<dyn QpExchange>,
+        opts: ClientOptions,
+    ) -> Result<VerbsTransport, TransportError> {
+        let node = node.into();
+        let nics: Vec<_> = open_devices(opts.devices.as_deref())
+            .map_err(|e| TransportError::Backend {
+                node: node.clone(),
+                backend: "verbs",
+                what: e.to_string(),
+            })?
+            .into_iter()
+            .filter(|n| n.info.active)
+            .collect();
+        VerbsTransport::with_nics(node, nics, exchange, opts)
+    }
+
+    /// Connects to `node` over the given devices (one rail each).
+    pub fn with_nics(
+        node: impl Into<String>,
+        nics: Vec<Arc<Nic>>,
+        exchange: Box<dyn QpExchange>,
+        opts: ClientOptions,
+    ) -> Result<VerbsTransport, TransportError> {
+        let node = node.into();
+        if nics.is_empty() {
+            return Err(
+                node_err(&node, "open devices", "no RDMA device with an ACTIVE port").into(),
+            );
+        }
+        let mut opts = opts;
+        opts.chain = opts.chain.clamp(1, MAX_CHAIN);
+        opts.qps_per_rail = opts
+            .qps_per_rail
+            .clamp(1, crate::server::MAX_QPS_PER_CONNECT);
+        let mut t = VerbsTransport {
+            node,
+            regions: Vec::new(),
+            region_index: HashMap::new(),
+            rails: Vec::new(),
+            lanes: Vec::new(),
+            exchange,
+            opts,
+            mrs: Vec::new(),
+            device_mrs: Vec::new(),
+            batch_mrs: Vec::new(),
+            next_lane: 0,
+            comps: Vec::with_capacity(256),
+            wrs: Vec::with_capacity(MAX_CHAIN),
+            counters: VerbsCounters::default(),
+        };
+        for (r, nic) in nics.into_iter().enumerate() {
+            t.add_rail(r, nic)?;
+        }
+        tracing::info!(
+            node = %t.node,
+            devices = ?t.rails.iter().map(|r| r.nic.info.name.as_str()).collect::<Vec<_>>(),
+            qps = t.lanes.len(),
+            depth = t.lanes.first().map(|l| l.depth).unwrap_or(0),
+            chain = t.opts.chain,
+            regions = t.regions.len(),
+            "verbs: connected"
+        );
+        Ok(t)
+    }
+
+    /// Counters since connect.
+    pub fn counters(&self) -> VerbsCounters {
+        self.counters
+    }
+
+    /// Names of the devices in use, in rail order.
+    pub fn devices(&self) -> Vec<String> {
+        self.rails.iter().map(|r| r.nic.info.name.clone()).collect()
+    }
+
+    /// Fault injection for tests: moves the QP of `lane` (0-based, rail-major)
+    /// to the error state, so its next reads complete with a flush error and
+    /// exercise the rebuild-and-retry path. Returns false when there is no such lane.
+    pub fn inject_qp_error(&mut self, lane: usize) -> bool {
+        match self.lanes.get_mut(lane).and_then(|l| l.qp.as_mut()) {
+            Some(qp) => qp.set_error().is_ok(),
+            None => false,
+        }
+    }
+
+    /// Number of QPs (lanes) in use.
+    pub fn qp_count(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Drops every long-lived destination registration (as
+    /// [`Transport::unregister_buffer`] on each registered buffer). Call it
+    /// before freeing registered buffers.
+    pub fn forget_buffers(&mut self) {
+        self.mrs.clear();
+    }
+
+    /// Number of long-lived destination registrations held.
+    pub fn registered_buffers(&self) -> usize {
+        self.mrs.len()
+    }
+
+    /// Number of device-memory registrations held.
+    pub fn registered_device_regions(&self) -> usize {
+        self.device_mrs.len()
+    }
+}
+
+impl Transport for VerbsTransport {
+    fn backend(&self) -> &'static str {
+        "verbs"
+    }
+
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn regions(&self) -> &[RegionInfo] {
+        &self.regions
+    }
+
+    fn read_batch(
+        &mut self,
+        reads: &[ReadRequest],
+        dst: &mut [u8],
+    ) -> Result<BatchStats, TransportError> {
+        let mut stats = BatchStats::default();
+        let (region_of, pending) = self.plan(reads, dst.len(), &mut stats)?;
+        if pending.is_empty() {
+            return Ok(stats);
+        }
+        let lkeys = self.lkeys(dst)?;
+        let base = dst.as_mut_ptr() as u64;
+        let r = self.execute(reads, base, &lkeys, &region_of, pending, stats);
+        // Per-batch registrations go only after no QP can still write into them.
+        self.batch_mrs.clear();
+        r
+    }
+
+    fn register_device(&mut self, region: &DeviceRegion) -> Result<(), TransportError> {
+        self.register_device_mr(region)
+    }
+
+    fn unregister_device(&mut self, addr: u64, len: usize) {
+        self.unregister_device_mr(addr, len)
+    }
+
+    fn read_batch_device(
+        &mut self,
+        reads: &[ReadRequest],
+        dst: &DeviceRegion,
+    ) -> Result<BatchStats, TransportError> {
+        let lkeys = self.device_lkeys(dst)?;
+        let mut stats = BatchStats::default();
+        let (region_of, pending) = self.plan(reads, dst.len, &mut stats)?;
+        if pending.is_empty() {
+            return Ok(stats);
+        }
+        self.execute(reads, dst.addr, &lkeys, &region_of, pending, stats)
+    }
+
+    fn register_buffer(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+        self.register_host_buffer(buf)
+    }
+
+    fn unregister_buffer(&mut self, addr: usize, len: usize) {
+        self.unregister_host_buffer(addr, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_options_are_bounded() {
+        let o = ClientOptions::default();
+        assert!(o.chain <= MAX_CHAIN && o.chain >= 1);
+        assert!(o.qps_per_rail >= 1 && o.max_rebuilds >= 1);
+        assert!(o.stall_check < o.timeout);
+    }
+}

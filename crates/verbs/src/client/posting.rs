@@ -1,0 +1,211 @@
+//! Posting: checking a batch's reads against the region table, and the
+//! batch loop that hands pending reads to lanes with room, one chain (one
+//! doorbell) at a time, until every read has completed.
+
+use std::collections::VecDeque;
+
+use seqfeed_transport::{BatchStats, ReadRequest, TransportError};
+
+use super::completions::Stall;
+use super::lanes::{wr_id, Chain};
+use super::{VerbsTransport, MAX_CHAIN};
+use crate::raw::ReadWr;
+
+/// One batch in progress: its reads, where they go, and what is left.
+pub(super) struct Batch<'a> {
+    /// The batch's reads, indexed by the `u32`s in `pending` and in chains.
+    pub(super) reads: &'a [ReadRequest],
+    /// Destination address of offset 0 (host or device).
+    pub(super) base: u64,
+    /// Destination key per rail.
+    pub(super) lkeys: &'a [u32],
+    /// Region table index of each read.
+    pub(super) region_of: &'a [u32],
+    /// Reads not posted yet (or given back by a failed lane).
+    pub(super) pending: &'a mut VecDeque<u32>,
+    /// What completed so far.
+    pub(super) stats: &'a mut BatchStats,
+    /// QP rebuilds in this batch.
+    pub(super) rebuilds: u32,
+}
+
+impl VerbsTransport {
+    pub(super) fn describe(&self, reads: &[ReadRequest], i: u32) -> String {
+        match reads.get(i as usize) {
+            Some(r) => {
+                let name = self
+                    .region_index
+                    .get(&r.region)
+                    .map(|&k| self.regions[k].name.as_str())
+                    .unwrap_or("?");
+                format!(
+                    "{} ({name}) bytes [{}, +{}) -> destination offset {}",
+                    r.region, r.offset, r.len, r.dst_offset
+                )
+            }
+            None => format!("read #{i}"),
+        }
+    }
+
+    /// Checks `reads` against the regions and a destination of `dst_len`
+    /// bytes. Returns each read's region index and the reads to post (empty
+    /// ones are counted as done in `stats`).
+    pub(super) fn plan(
+        &self,
+        reads: &[ReadRequest],
+        dst_len: usize,
+        stats: &mut BatchStats,
+    ) -> Result<(Vec<u32>, VecDeque<u32>), TransportError> {
+        let mut pending = VecDeque::with_capacity(reads.len());
+        let mut region_of = Vec::with_capacity(reads.len());
+        for (i, r) in reads.iter().enumerate() {
+            let Some(&ri) = self.region_index.get(&r.region) else {
+                return Err(TransportError::UnknownRegion {
+                    node: self.node.clone(),
+                    region: r.region,
+                });
+            };
+            r.check(self.regions[ri].len, dst_len)?;
+            region_of.push(ri as u32);
+            if r.len == 0 {
+                stats.reads += 1;
+            } else {
+                pending.push_back(i as u32);
+            }
+        }
+        Ok((region_of, pending))
+    }
+
+    /// Posts and completes `pending` reads into the destination at `base`
+    /// (host or device address) covered by `lkeys` (one per rail). On error,
+    /// no QP can still write into the destination when this returns.
+    pub(super) fn execute(
+        &mut self,
+        reads: &[ReadRequest],
+        base: u64,
+        lkeys: &[u32],
+        region_of: &[u32],
+        mut pending: VecDeque<u32>,
+        mut stats: BatchStats,
+    ) -> Result<BatchStats, TransportError> {
+        let mut b = Batch {
+            reads,
+            base,
+            lkeys,
+            region_of,
+            pending: &mut pending,
+            stats: &mut stats,
+            rebuilds: 0,
+        };
+        match self.run_batch(&mut b) {
+            Ok(()) => Ok(stats),
+            Err(e) => {
+                self.abandon_inflight();
+                Err(e)
+            }
+        }
+    }
+
+    /// The batch loop: post to lanes with room, poll every rail's CQ, and
+    /// watch for a stalled node, until nothing is pending or in flight.
+    fn run_batch(&mut self, b: &mut Batch<'_>) -> Result<(), TransportError> {
+        let mut stall = Stall::new(self.opts.timeout);
+        // Lanes without a QP (broken in an earlier batch) are rebuilt first.
+        for lane in 0..self.lanes.len() {
+            if self.lanes[lane].qp.is_none() {
+                self.rebuild_lane(lane)?;
+            }
+        }
+        loop {
+            let mut progressed = self.post_ready(b)?;
+            if b.pending.is_empty() && self.lanes.iter().all(|l| l.inflight.is_empty()) {
+                return Ok(());
+            }
+            progressed |= self.poll_completions(b)?;
+            self.check_stall(&mut stall, progressed, b.pending.len())?;
+        }
+    }
+
+    /// Post: every lane with room takes the next pending reads as one chain.
+    /// Returns whether anything was posted.
+    fn post_ready(&mut self, b: &mut Batch<'_>) -> Result<bool, TransportError> {
+        let nlanes = self.lanes.len();
+        let mut progressed = false;
+        for k in 0..nlanes {
+            if b.pending.is_empty() {
+                break;
+            }
+            let lane = (self.next_lane + k) % nlanes;
+            let l = &self.lanes[lane];
+            let room = l.depth.saturating_sub(l.outstanding) as usize;
+            if room == 0 || l.qp.is_none() {
+                continue;
+            }
+            // Spread what is pending over all lanes (and so all rails), in chains.
+            let share = b.pending.len().div_ceil(nlanes);
+            let n = room.min(self.opts.chain).min(share).min(b.pending.len());
+            let rail = &self.rails[l.rail];
+            let lkey = b.lkeys[l.rail];
+            let (gen, seq) = (l.gen, l.seq);
+            let mut chain = Chain {
+                seq,
+                n: n as u8,
+                idx: [0; MAX_CHAIN],
+            };
+            self.wrs.clear();
+            for pos in 0..n {
+                let Some(i) = b.pending.pop_front() else {
+                    break;
+                };
+                let r = &b.reads[i as usize];
+                let ri = b.region_of[i as usize] as usize;
+                let (raddr, rkey) = rail.remote[ri];
+                chain.idx[pos] = i;
+                self.wrs.push(ReadWr {
+                    wr_id: wr_id(lane, gen, seq, pos),
+                    signaled: pos + 1 == n,
+                    local_addr: b.base + r.dst_offset,
+                    lkey,
+                    len: r.len,
+                    remote_addr: raddr + r.offset,
+                    rkey,
+                });
+            }
+            let l = &mut self.lanes[lane];
+            let posted = match l.qp.as_mut() {
+                Some(qp) => qp.post_reads(&self.wrs),
+                None => Err(std::io::Error::other("no QP")),
+            };
+            match posted {
+                Ok(()) => {
+                    l.seq = l.seq.wrapping_add(1);
+                    l.outstanding += n as u32;
+                    l.inflight.push_back(chain);
+                    b.stats.posts += 1;
+                    self.counters.doorbells += 1;
+                    progressed = true;
+                }
+                Err(e) => {
+                    for pos in (0..n).rev() {
+                        b.pending.push_front(chain.idx[pos]);
+                    }
+                    let detail = format!(
+                        "device {}: posting {n} reads, first {}: {e}",
+                        self.rails[self.lanes[lane].rail].nic.info.name,
+                        self.describe(b.reads, chain.idx[0])
+                    );
+                    self.lane_failed(
+                        lane,
+                        b.pending,
+                        &mut b.rebuilds,
+                        b.reads,
+                        "ibv_post_send",
+                        detail,
+                    )?;
+                }
+            }
+        }
+        self.next_lane = (self.next_lane + 1) % nlanes;
+        Ok(progressed)
+    }
+}
