@@ -1,0 +1,176 @@
+//! The fail-over policy of a step: rounds of reads until every row is in,
+//! rows of a failed node moved to live replicas, and the fail-over window
+//! that bounds how long a step waits for a replica of a file.
+
+use std::time::{Duration, Instant};
+
+use super::round::Dest;
+use super::{ClusterReader, StepReadStats};
+use crate::block::SeqRead;
+use crate::error::LoaderError;
+
+impl ClusterReader {
+    pub(super) fn read_dest(
+        &mut self,
+        step: u64,
+        reads: &[SeqRead],
+        row_bytes: usize,
+        mut dst: Dest<'_>,
+    ) -> Result<StepReadStats, LoaderError> {
+        let rows = reads.len();
+        let dst_len = match &dst {
+            Dest::Host(d) => d.len(),
+            Dest::Device(r) => r.len,
+        };
+        if rows.checked_mul(row_bytes).is_none_or(|n| n > dst_len) {
+            return Err(LoaderError::BadRow {
+                step,
+                row: rows.saturating_sub(1),
+                what: format!(
+                    "{rows} rows of {row_bytes} bytes do not fit a {dst_len}-byte buffer"
+                ),
+            });
+        }
+        for (k, r) in reads.iter().enumerate() {
+            if r.len as usize > row_bytes {
+                return Err(LoaderError::BadRow {
+                    step,
+                    row: k,
+                    what: format!("a {}-byte sequence in a {row_bytes}-byte row", r.len),
+                });
+            }
+            if r.file as usize >= self.files.len() {
+                return Err(LoaderError::BadRow {
+                    step,
+                    row: k,
+                    what: format!(
+                        "file index {} outside the {}-file table",
+                        r.file,
+                        self.files.len()
+                    ),
+                });
+            }
+        }
+
+        let mut stats = StepReadStats {
+            rows: rows as u64,
+            bytes: reads.iter().map(|r| u64::from(r.len)).sum(),
+            ..StepReadStats::default()
+        };
+        // The fail-over window opens at the step's first node failure (or
+        // the first time a file has no live holder), not at the step's
+        // start: a slow read does not eat into it.
+        let mut window: Option<(Instant, Instant)> = None; // (opened, deadline)
+        let policy = self.policy;
+        let open = |w: &mut Option<(Instant, Instant)>| {
+            *w.get_or_insert_with(|| {
+                let now = Instant::now();
+                (now, now + policy.failover_timeout)
+            })
+        };
+        let mut pending: Vec<usize> = (0..rows).collect();
+        let mut round = 0u32;
+        while !pending.is_empty() {
+            round += 1;
+            // Reconnect dead nodes only while the window is open: once it has
+            // passed, the step finishes on the nodes still live or fails, so
+            // the rounds are bounded.
+            if window.is_none_or(|(_, deadline)| Instant::now() < deadline) {
+                self.revive_due();
+            }
+            let owner = match self.assign(&pending, reads) {
+                Ok(owner) => owner,
+                Err(fi) => {
+                    // No live holder of file `fi`: wait for a reconnect if one
+                    // is due before the deadline, else give up.
+                    let (opened, deadline) = open(&mut window);
+                    let now = Instant::now();
+                    let next = self.holders[fi]
+                        .iter()
+                        .filter(|&&n| !self.nodes[n].given_up)
+                        .map(|&n| self.nodes[n].retry_at)
+                        .min();
+                    match next {
+                        Some(t) if t < deadline && now < deadline => {
+                            std::thread::sleep(t.saturating_duration_since(now));
+                            continue;
+                        }
+                        _ => return Err(self.no_replica(step, fi, opened.elapsed())),
+                    }
+                }
+            };
+            let failed = self.read_round(
+                step, reads, row_bytes, &mut dst, &pending, &owner, &mut stats,
+            )?;
+            if !failed.is_empty() {
+                open(&mut window);
+                tracing::warn!(
+                    step,
+                    round,
+                    rows = failed.len(),
+                    "moving rows of failed node(s) to replicas"
+                );
+                stats.failed_over += failed.len() as u64;
+            }
+            pending = failed;
+        }
+        Ok(stats)
+    }
+
+    fn no_replica(&self, step: u64, fi: usize, waited: Duration) -> LoaderError {
+        let tried = self.holders[fi]
+            .iter()
+            .map(|&n| {
+                let node = &self.nodes[n];
+                format!(
+                    "{} ({})",
+                    node.spec.name,
+                    node.last_error.as_deref().unwrap_or("no error recorded")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        LoaderError::NoReplica {
+            step,
+            file: self.files[fi].clone(),
+            waited_ms: waited.as_millis(),
+            tried,
+        }
+    }
+
+    /// Assigns each pending row to a live node holding its file. Returns the
+    /// owner of each pending row (same order), or the index of a file with no
+    /// live holder.
+    fn assign(&self, pending: &[usize], reads: &[SeqRead]) -> Result<Vec<usize>, usize> {
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].live())
+            .collect();
+        let mut load = vec![0usize; self.nodes.len()];
+        let mut owner = Vec::with_capacity(pending.len());
+        let total = pending.len().max(1);
+        for (i, &row) in pending.iter().enumerate() {
+            let fi = reads[row].file as usize;
+            // Preferred node for the i-th share of rows.
+            let preferred = if live.is_empty() {
+                None
+            } else {
+                Some(live[i * live.len() / total])
+            };
+            let holds = |n: usize| self.nodes[n].live() && self.nodes[n].regions[fi].is_some();
+            let pick = match preferred {
+                Some(p) if holds(p) => Some(p),
+                _ => self.holders[fi]
+                    .iter()
+                    .copied()
+                    .filter(|&n| holds(n))
+                    .min_by_key(|&n| load[n]),
+            };
+            let Some(n) = pick else {
+                return Err(fi);
+            };
+            load[n] += 1;
+            owner.push(n);
+        }
+        Ok(owner)
+    }
+}

@@ -1,0 +1,274 @@
+//! Unit tests of the cluster reader against in-process flaky nodes.
+
+use super::*;
+use crate::block::BlockSource;
+use crate::testutil::{expected, files, flaky_node, RandomBlocks, Switch};
+use std::sync::atomic::Ordering;
+
+fn quick() -> RetryPolicy {
+    RetryPolicy {
+        start_attempts: 2,
+        backoff_initial: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(20),
+        max_reconnects: 100,
+        failover_timeout: Duration::from_millis(300),
+    }
+}
+
+#[test]
+fn partial_placement_reads_every_row_in_place() {
+    let f = files(7, 20, 256, 1);
+    // File i on node i % 2; file 6 on both.
+    let on = |n: usize| -> Vec<String> {
+        f.names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == n || *i == 6)
+            .map(|(_, s)| s.clone())
+            .collect()
+    };
+    let (a, _) = flaky_node(f.dir.path(), "a", on(0));
+    let (b, _) = flaky_node(f.dir.path(), "b", on(1));
+    let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+    let src = RandomBlocks::new(&f, 32, 10);
+    let mut staged = 0;
+    for step in 0..10 {
+        let mut reads = Vec::new();
+        src.block(step, 0, 1, &mut reads).unwrap();
+        let mut dst = vec![0u8; 32 * 256];
+        let st = r.read_step(step, &reads, 256, &mut dst).unwrap();
+        assert_eq!(dst, expected(&f, &reads), "step {step}");
+        assert_eq!(st.rows, 32);
+        assert_eq!(st.bytes, 32 * 256);
+        assert_eq!(st.failed_over, 0);
+        staged += st.staged_rows;
+    }
+    assert!(staged > 0, "scattered rows should go through staging");
+    let per = r.bytes_per_node();
+    assert_eq!(per.iter().sum::<u64>(), 10 * 32 * 256);
+    assert!(per.iter().all(|&b| b > 0), "{per:?}");
+}
+
+#[test]
+fn full_replication_gives_one_run_per_node() {
+    let f = files(3, 10, 64, 2);
+    let (a, sa) = flaky_node(f.dir.path(), "a", f.names.clone());
+    let (b, sb) = flaky_node(f.dir.path(), "b", f.names.clone());
+    let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+    let src = RandomBlocks::new(&f, 16, 4);
+    let mut reads = Vec::new();
+    src.block(0, 0, 1, &mut reads).unwrap();
+    let mut dst = vec![0u8; 16 * 64];
+    let st = r.read_step(0, &reads, 64, &mut dst).unwrap();
+    assert_eq!(dst, expected(&f, &reads));
+    assert_eq!(st.batches, 2);
+    assert_eq!(st.staged_rows, 0);
+    assert_eq!(sa.batches.load(Ordering::SeqCst), 1);
+    assert_eq!(sb.batches.load(Ordering::SeqCst), 1);
+    assert_eq!(r.bytes_per_node(), vec![8 * 64, 8 * 64]);
+}
+
+#[test]
+fn node_failure_moves_rows_to_replica_and_node_comes_back() {
+    let f = files(4, 16, 128, 3);
+    let (a, sa) = flaky_node(f.dir.path(), "a", f.names.clone());
+    let (b, _sb) = flaky_node(f.dir.path(), "b", f.names.clone());
+    let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+    let src = RandomBlocks::new(&f, 8, 100);
+    let mut dst = vec![0u8; 8 * 128];
+    let mut reads = Vec::new();
+    src.block(0, 0, 1, &mut reads).unwrap();
+    r.read_step(0, &reads, 128, &mut dst).unwrap();
+    sa.down.store(true, Ordering::SeqCst);
+    reads.clear();
+    src.block(1, 0, 1, &mut reads).unwrap();
+    dst.fill(0);
+    let st = r.read_step(1, &reads, 128, &mut dst).unwrap();
+    assert_eq!(dst, expected(&f, &reads));
+    assert_eq!(st.failed_over, 4, "node a's half moved to b");
+    assert_eq!(r.live_nodes(), vec![false, true]);
+    // While a is down, b serves everything.
+    for step in 2..5 {
+        reads.clear();
+        src.block(step, 0, 1, &mut reads).unwrap();
+        let st = r.read_step(step, &reads, 128, &mut dst).unwrap();
+        assert_eq!(dst, expected(&f, &reads));
+        assert_eq!(st.failed_over, 0);
+    }
+    // a comes back: reconnected after its backoff, serves again.
+    sa.down.store(false, Ordering::SeqCst);
+    let served = sa.batches.load(Ordering::SeqCst);
+    let t = Instant::now();
+    let mut step = 5;
+    while r.live_nodes() != vec![true, true] {
+        assert!(t.elapsed() < Duration::from_secs(5), "a never reconnected");
+        std::thread::sleep(Duration::from_millis(5));
+        reads.clear();
+        src.block(step, 0, 1, &mut reads).unwrap();
+        r.read_step(step, &reads, 128, &mut dst).unwrap();
+        assert_eq!(dst, expected(&f, &reads));
+        step += 1;
+    }
+    reads.clear();
+    src.block(step, 0, 1, &mut reads).unwrap();
+    r.read_step(step, &reads, 128, &mut dst).unwrap();
+    assert!(sa.batches.load(Ordering::SeqCst) > served);
+}
+
+#[test]
+fn registered_destination_is_registered_again_after_reconnect() {
+    let f = files(4, 16, 128, 9);
+    let (a, sa) = flaky_node(f.dir.path(), "a", f.names.clone());
+    let (b, sb) = flaky_node(f.dir.path(), "b", f.names.clone());
+    let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+    let src = RandomBlocks::new(&f, 8, 100);
+    let mut dst = vec![0u8; 8 * 128];
+    r.register_buffer(&mut dst);
+    let regs = |s: &Switch| s.registers.load(Ordering::SeqCst);
+    assert_eq!((regs(&sa), regs(&sb)), (1, 1));
+    let mut reads = Vec::new();
+    let mut step = 0;
+    let mut read = |r: &mut ClusterReader, dst: &mut Vec<u8>| {
+        reads.clear();
+        src.block(step, 0, 1, &mut reads).unwrap();
+        r.read_step(step, &reads, 128, dst).unwrap();
+        assert_eq!(*dst, expected(&f, &reads));
+        step += 1;
+    };
+    read(&mut r, &mut dst);
+    assert_eq!(sa.misses.load(Ordering::SeqCst), 0);
+    sa.down.store(true, Ordering::SeqCst);
+    read(&mut r, &mut dst);
+    sa.down.store(false, Ordering::SeqCst);
+    let t = Instant::now();
+    while r.live_nodes() != vec![true, true] {
+        assert!(t.elapsed() < Duration::from_secs(5), "a never reconnected");
+        std::thread::sleep(Duration::from_millis(5));
+        read(&mut r, &mut dst);
+    }
+    // The reconnected transport registers the buffer the next time it is the destination.
+    let misses = sa.misses.load(Ordering::SeqCst);
+    read(&mut r, &mut dst);
+    read(&mut r, &mut dst);
+    assert_eq!(regs(&sa), 2, "registered once per transport");
+    assert_eq!(sa.misses.load(Ordering::SeqCst), misses);
+    assert_eq!(sa.overlaps.load(Ordering::SeqCst), 0);
+    // Withdrawn: every transport drops it, later batches register per batch.
+    r.unregister_buffer(dst.as_ptr() as usize, dst.len());
+    assert_eq!(sb.unregisters.load(Ordering::SeqCst), 1);
+    let before = sb.misses.load(Ordering::SeqCst);
+    read(&mut r, &mut dst);
+    assert!(sb.misses.load(Ordering::SeqCst) > before);
+}
+
+#[test]
+fn no_replica_fails_in_bounded_time_naming_step_file_and_node() {
+    let f = files(2, 8, 64, 4);
+    let (a, sa) = flaky_node(f.dir.path(), "node-a", vec![f.names[0].clone()]);
+    let (b, _) = flaky_node(f.dir.path(), "node-b", vec![f.names[1].clone()]);
+    let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+    let src = RandomBlocks::new(&f, 8, 10);
+    let mut reads = Vec::new();
+    src.block(3, 0, 1, &mut reads).unwrap();
+    assert!(reads.iter().any(|x| x.file == 0));
+    sa.down.store(true, Ordering::SeqCst);
+    let mut dst = vec![0u8; 8 * 64];
+    let t = Instant::now();
+    let e = r.read_step(3, &reads, 64, &mut dst).unwrap_err();
+    let el = t.elapsed();
+    assert!(
+        el >= Duration::from_millis(250) && el < Duration::from_secs(3),
+        "{el:?}"
+    );
+    let msg = e.to_string();
+    assert!(matches!(e, LoaderError::NoReplica { step: 3, .. }), "{msg}");
+    assert!(msg.contains("node-a") && msg.contains(&f.names[0]), "{msg}");
+    // Reconnects were attempted with backoff, not in a tight loop.
+    let c = sa.connects.load(Ordering::SeqCst);
+    assert!((2..=40).contains(&c), "{c} connects");
+}
+
+#[test]
+fn unreachable_at_start_is_a_clear_error_after_retries() {
+    let f = files(1, 4, 64, 5);
+    let (a, sa) = flaky_node(f.dir.path(), "10.0.0.1:1", f.names.clone());
+    sa.down.store(true, Ordering::SeqCst);
+    let mut p = quick();
+    p.start_attempts = 3;
+    let e = ClusterReader::connect(f.names.clone(), vec![a], p).unwrap_err();
+    assert!(matches!(e, LoaderError::Connect { attempts: 3, .. }), "{e}");
+    assert!(e.to_string().contains("10.0.0.1:1"), "{e}");
+    assert_eq!(sa.connects.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn unreachable_node_without_a_file_list_reports_its_connect_error() {
+    // A single `--node` has no file list: its holdings are only known
+    // once connected, so "no node holds file" would hide the real cause.
+    let f = files(1, 4, 64, 5);
+    let (mut a, sa) = flaky_node(f.dir.path(), "10.0.0.1:1", f.names.clone());
+    a.files = None;
+    sa.down.store(true, Ordering::SeqCst);
+    let mut p = quick();
+    p.start_attempts = 2;
+    let e = ClusterReader::connect(f.names.clone(), vec![a], p).unwrap_err();
+    assert!(matches!(e, LoaderError::Connect { attempts: 2, .. }), "{e}");
+    assert!(e.to_string().contains("10.0.0.1:1"), "{e}");
+}
+
+#[test]
+fn one_node_down_at_start_with_a_replica_is_tolerated() {
+    let f = files(2, 4, 64, 6);
+    let (a, sa) = flaky_node(f.dir.path(), "a", f.names.clone());
+    let (b, _) = flaky_node(f.dir.path(), "b", f.names.clone());
+    sa.down.store(true, Ordering::SeqCst);
+    let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+    assert_eq!(r.live_nodes(), vec![false, true]);
+    let src = RandomBlocks::new(&f, 4, 1);
+    let mut reads = Vec::new();
+    src.block(0, 0, 1, &mut reads).unwrap();
+    let mut dst = vec![0u8; 4 * 64];
+    r.read_step(0, &reads, 64, &mut dst).unwrap();
+    assert_eq!(dst, expected(&f, &reads));
+}
+
+#[test]
+fn out_of_bounds_is_not_failed_over() {
+    let f = files(1, 4, 64, 7);
+    let (a, _) = flaky_node(f.dir.path(), "a", f.names.clone());
+    let (b, _) = flaky_node(f.dir.path(), "b", f.names.clone());
+    let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+    let bad = [SeqRead {
+        file: 0,
+        offset: 4 * 64 - 10,
+        len: 64,
+        source: 0,
+        position: 0,
+    }];
+    let mut dst = vec![0u8; 64];
+    let e = r.read_step(9, &bad, 64, &mut dst).unwrap_err();
+    assert!(matches!(e, LoaderError::Read { step: 9, .. }), "{e}");
+    assert_eq!(r.live_nodes(), vec![true, true]);
+    let too_long = [SeqRead { len: 65, ..bad[0] }];
+    assert!(matches!(
+        r.read_step(9, &too_long, 64, &mut dst),
+        Err(LoaderError::BadRow {
+            step: 9,
+            row: 0,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn missing_region_and_unplaced_files_are_refused() {
+    let f = files(2, 4, 64, 8);
+    let (mut a, _) = flaky_node(f.dir.path(), "a", vec![f.names[0].clone()]);
+    a.files = Some(f.names.clone()); // claims a file its table lacks
+    let e = ClusterReader::connect(f.names.clone(), vec![a], quick()).unwrap_err();
+    assert!(matches!(e, LoaderError::MissingRegion { .. }), "{e}");
+    let (a, _) = flaky_node(f.dir.path(), "a", vec![f.names[0].clone()]);
+    let e = ClusterReader::connect(f.names.clone(), vec![a], quick()).unwrap_err();
+    assert!(matches!(e, LoaderError::Unplaced { .. }), "{e}");
+    assert!(e.to_string().contains(&f.names[1]));
+}
