@@ -59,7 +59,7 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Pack documents (Megatron .bin/.idx, .npy, raw token arrays, JSONL of ids, or JSONL text with --tiktoken) into a source of fixed-size sequences.
+    /// Pack documents (Megatron .bin/.idx, .npy, raw token arrays, JSONL of ids, Parquet, or text as JSONL/Parquet with --tokenizer or --tiktoken) into a source of fixed-size sequences.
     Pack(cmd::pack::Args),
     /// Show a source's manifest, files, hashes, and optionally a sequence's tokens.
     Inspect(cmd::inspect::Args),
@@ -73,6 +73,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Read a step range as one rank and print throughput.
     Read(cmd::read::Args),
+    /// Check that a storage node answers (handshake and counters); exit 0 if it does.
+    Health(cmd::health::Args),
     /// End-to-end demo: corpus, plan, two nodes, four ranks, byte checks (the main job).
     Demo(cmd::demo::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
@@ -139,6 +141,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plan(a) => cmd::plan::run(a),
         Command::Place(a) => cmd::place::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Health(a) => cmd::health::run(a),
         Command::Read(a) => cmd::read::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Completions(a) => cmd::docs::completions(a, Cli::command()),

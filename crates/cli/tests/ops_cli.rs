@@ -251,6 +251,82 @@ fn read_json_and_the_plan_fingerprint_in_the_log() {
     );
 }
 
+/// `plan stats --json`: one JSON object whose quotas add up to the run and
+/// whose whole-run scan matches them; two sources at 3:1.
+#[test]
+fn plan_stats_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = dataset(dir.path());
+    let data = web.parent().unwrap();
+    // A second source: the same tokens packed under another name.
+    let o = run(&[
+        "--log",
+        "warn",
+        "pack",
+        p(&dir.path().join("tokens.u32")),
+        "--input-dtype",
+        "u32",
+        "--dtype",
+        "u32",
+        "--seq-len",
+        "10",
+        "-o",
+        p(&data.join("code")),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "seed = 7\nglobal_batch = 4\n[run]\nsteps = 25\n\
+         [[sources]]\nname = \"web\"\nweight = 3.0\n\
+         [[sources]]\nname = \"code\"\nweight = 1.0\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "--log",
+        "warn",
+        "plan",
+        "stats",
+        "--json",
+        "--scan",
+        "--dataset",
+        p(data),
+        "--config",
+        p(&plan),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&stdout(&o));
+    assert_eq!(v["steps"], 25);
+    assert_eq!(v["global_batch"], 4);
+    assert_eq!(v["sequences"], 100);
+    assert_eq!(v["fingerprint"].as_str().map(str::len), Some(64), "{v}");
+    let sources = v["sources"].as_array().unwrap();
+    let quota = |name: &str| {
+        sources
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no source {name} in {v}"))["quota"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(quota("web"), 75);
+    assert_eq!(quota("code"), 25);
+    for s in sources {
+        assert_eq!(s["scanned"], s["quota"], "{s}");
+        assert_eq!(s["size"], 100);
+    }
+    assert_eq!(v["scan"]["whole_run"], true);
+    assert_eq!(v["scan"]["matches_quotas"], true);
+    assert_eq!(v["scan"]["positions"], 100);
+    let first: u64 = v["first_step"]["sources"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(first, 4);
+}
+
 #[test]
 fn completions_and_man_pages() {
     for shell in ["bash", "zsh", "fish"] {

@@ -130,6 +130,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .and_then(|()| std::fs::rename(&tmp, path))
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!(
+            "serving {} files on {addr}",
+            node.regions().len()
+        )),
+    ]);
     let signal = node
         .wait_for_signal()
         .context("waiting for SIGINT/SIGTERM")?;
@@ -143,6 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         errors = st.errors,
         "shutting down"
     );
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     node.shutdown();
     eprintln!(
         "seqfeed serve: stopped on {signal}: served {} batches, {} reads, {:.1} MiB to {} connections ({} refused, {} errors)",
@@ -154,4 +162,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         st.errors
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells systemd (a `Type=notify` unit: `NOTIFY_SOCKET` is set) that the
+/// node is ready or stopping; does nothing outside systemd. A failure is
+/// logged, never fatal: the node serves either way.
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "could not notify systemd (NOTIFY_SOCKET)");
+    }
 }
