@@ -34,6 +34,11 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
   fi
   timeout 120 seqfeed-verbs-check killtest || fail killtest "exit $?"
   ts "killtest done"
+  # Send queue deeper than the read depth (issue 10 item 1): at read depth 4, 16 and the
+  # device maximum, the QP's occupancy (reads provably queued or on the wire / read depth,
+  # time-weighted) must reach 0.9; prints one OCCUPANCY row per depth.
+  timeout 180 seqfeed-verbs-check depth "$DEV0" || fail depth "exit $?"
+  ts "depth done"
   # Storage nodes + four ranks through the real control service and loader, byte for byte
   # against the files and the plan; then a node shut down with the replica taking over.
   log=${TMPDIR:-/tmp}/seqfeed-rxe-integration.log

@@ -7,8 +7,9 @@
 //! * [`VerbsTransport`] (client side) implements
 //!   [`seqfeed_transport::Transport`]: RC queue pairs (several per device,
 //!   striped over every device), reads posted as chains of up to 32 work
-//!   requests per doorbell with selective signaling, at most the device's
-//!   read depth outstanding per QP, failed QPs rebuilt and their reads
+//!   requests per doorbell with selective signaling, a send queue deeper
+//!   than the read depth so the wire stays full ([`sendq`]: the device-free
+//!   credit logic), failed QPs rebuilt and their reads
 //!   retried a bounded number of times before a node failure is reported.
 //! * [`auto_select`] decides between verbs and tcp and logs why.
 //! * [`standalone`] is a minimal TCP exchange used by the self-test and bench
@@ -34,6 +35,7 @@ mod device;
 mod endpoint;
 mod error;
 mod raw;
+pub mod sendq;
 mod server;
 pub mod standalone;
 mod wire;
@@ -42,6 +44,7 @@ pub use client::{ClientOptions, VerbsCounters, VerbsTransport, MAX_CHAIN};
 pub use device::{list_devices, mtu_bytes, open_devices, DeviceInfo, Nic};
 pub use endpoint::{Accepted, QpEndpoint, QpExchange};
 pub use error::VerbsError;
+pub use sendq::{ChainPlan, SendQueue, SqConfig, MAX_SQ_DEPTH, MIN_SQ_DEPTH};
 pub use server::{ServedRegion, ServerQps, VerbsServer, MAX_QPS_PER_CONNECT};
 pub use wire::{join_regions, ControlExchange, WireAcceptor, MAX_KEPT_QPS};
 

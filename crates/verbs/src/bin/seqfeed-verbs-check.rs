@@ -9,6 +9,8 @@
 //!                                             QP fault injection; DEVICES = rxe0,rxe1 stripes
 //! seqfeed-verbs-check killtest                node in a child process, killed mid-run:
 //!                                             reads must fail as a node failure, bounded
+//! seqfeed-verbs-check depth [DEVICE]          read depth 4, 16 and the device maximum, one
+//!                                             QP each: prints OCCUPANCY rows, needs >= 0.9
 //! ```
 //! Every check prints `CHECK <name> PASS|FAIL <detail>`; the exit code is
 //! non-zero if any check failed or no device was found.
@@ -532,6 +534,59 @@ fn selftest(devices: Option<Vec<String>>) -> u32 {
     c.failed
 }
 
+/// QP occupancy at read depths 4, 16 and the device maximum: one QP, 4
+/// batches of 4,096 reads of 512 bytes each (checked byte for byte). The
+/// occupancy is the client's lower bound ([`seqfeed_verbs::VerbsCounters::occupancy`]),
+/// which does not depend on how fast the device is, so rxe shows it as a
+/// ConnectX would; it must reach 0.9.
+fn depthtest(device: Option<String>) -> u32 {
+    let mut c = Checks { failed: 0 };
+    let devs = device.map(|d| vec![d]);
+    let (addr, stop) = match start_node(devs.as_deref(), 4, 4 << 20) {
+        Ok(x) => x,
+        Err(e) => {
+            c.report("depth-node", Err(e));
+            return c.failed;
+        }
+    };
+    for cap in [Some(4u32), Some(16), None] {
+        let r = (|| {
+            let ex = TcpExchange::connect(&addr).map_err(|e| e.to_string())?;
+            let opts = ClientOptions {
+                devices: devs.clone(),
+                qps_per_rail: 1,
+                max_outstanding: cap,
+                timeout: Duration::from_secs(60),
+                ..Default::default()
+            };
+            let mut t =
+                VerbsTransport::connect(&addr, Box::new(ex), opts).map_err(|e| e.to_string())?;
+            let (depth, sq, chain) = t.lane_depths().first().copied().ok_or("no QP")?;
+            if cap.is_some_and(|c| depth > c) {
+                return Err(format!("read depth {depth} above the cap {cap:?}"));
+            }
+            let start = Instant::now();
+            let (reads, bytes) = run_batches(&mut t, 77 + u64::from(depth), 4, 512, 4096)?;
+            let secs = start.elapsed().as_secs_f64();
+            let occ = t.counters().occupancy().unwrap_or(0.0);
+            println!(
+                "OCCUPANCY depth={depth} sq_depth={sq} chain={chain} occupancy={occ:.3} reads={reads} MB/s={:.1}",
+                bytes as f64 / secs / 1e6
+            );
+            if occ < 0.9 {
+                return Err(format!(
+                    "read depth {depth} (send queue {sq}): occupancy {occ:.3} < 0.9"
+                ));
+            }
+            Ok(format!("read depth {depth}, send queue {sq}, chain {chain}: occupancy {occ:.3} over {reads} reads"))
+        })();
+        let name = cap.map_or("depth-max".to_string(), |d| format!("depth-{d}"));
+        c.report(&name, r);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    c.failed
+}
+
 fn killtest() -> u32 {
     let mut c = Checks { failed: 0 };
     let r = (|| -> Result<String, String> {
@@ -660,8 +715,14 @@ fn main() -> ExitCode {
             }
             killtest()
         }
+        "depth" => {
+            if !need_device() {
+                return ExitCode::from(2);
+            }
+            depthtest(args.get(1).cloned())
+        }
         _ => {
-            eprintln!("usage: seqfeed-verbs-check devices | serve ADDR REGIONS LEN SEED | selftest [DEVICES] | killtest");
+            eprintln!("usage: seqfeed-verbs-check devices | serve ADDR REGIONS LEN SEED | selftest [DEVICES] | killtest | depth [DEVICE]");
             return ExitCode::from(64);
         }
     };

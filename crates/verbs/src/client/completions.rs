@@ -51,7 +51,7 @@ impl VerbsTransport {
             })?;
             for ci in 0..self.comps.len() {
                 let c = self.comps[ci];
-                let (lane, gen, seq, pos) = wr_id_parts(c.wr_id);
+                let (lane, gen, wr) = wr_id_parts(c.wr_id);
                 let Some(l) = self.lanes.get_mut(lane) else {
                     continue;
                 };
@@ -60,27 +60,17 @@ impl VerbsTransport {
                 }
                 progressed = true;
                 if c.ok() {
-                    if !l.inflight.iter().any(|ch| ch.seq == seq) {
-                        tracing::warn!(node = %self.node, lane, seq, "verbs: completion for no posted chain; ignored");
+                    let Some(n) = l.sq.complete(wr) else {
+                        tracing::warn!(node = %self.node, lane, wr, "verbs: completion for no outstanding signaled WR; ignored");
                         continue;
-                    }
-                    // In-order completion: this chain and all earlier ones are done.
-                    while let Some(ch) = l.inflight.pop_front() {
-                        l.outstanding -= u32::from(ch.n);
-                        for &i in &ch.idx[..ch.n as usize] {
-                            b.stats.reads += 1;
-                            b.stats.bytes += u64::from(b.reads[i as usize].len);
-                        }
-                        if ch.seq == seq {
-                            break;
-                        }
+                    };
+                    // In-order completion: this WR and all earlier ones are done.
+                    for i in l.inflight.drain(..n as usize) {
+                        b.stats.reads += 1;
+                        b.stats.bytes += u64::from(b.reads[i as usize].len);
                     }
                 } else {
-                    let failed = l
-                        .inflight
-                        .iter()
-                        .find(|ch| ch.seq == seq)
-                        .map(|ch| ch.idx[pos.min(ch.n as usize - 1)]);
+                    let failed = l.sq.position(wr).and_then(|p| l.inflight.get(p).copied());
                     let what = failed
                         .map(|i| self.describe(b.reads, i))
                         .unwrap_or_else(|| "a read".into());
@@ -130,7 +120,7 @@ impl VerbsTransport {
         {
             s.alive_checked = Instant::now();
             if let Err(e) = self.exchange.check_alive() {
-                let inflight: usize = self.lanes.iter().map(|l| l.outstanding as usize).sum();
+                let inflight: usize = self.lanes.iter().map(|l| l.sq.unretired() as usize).sum();
                 return Err(TransportError::Backend {
                     node: self.node.clone(),
                     backend: "verbs",
@@ -143,7 +133,7 @@ impl VerbsTransport {
             }
         }
         if Instant::now() > s.deadline {
-            let inflight: usize = self.lanes.iter().map(|l| l.outstanding as usize).sum();
+            let inflight: usize = self.lanes.iter().map(|l| l.sq.unretired() as usize).sum();
             return Err(node_err(
                 &self.node,
                 "waiting for RDMA READ completions",

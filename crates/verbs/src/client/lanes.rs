@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use seqfeed_transport::{RegionInfo, TransportError};
 
-use super::{node_err, VerbsTransport, MAX_CHAIN};
+use super::{node_err, VerbsTransport};
 use crate::device::Nic;
 use crate::endpoint::{Accepted, QpEndpoint};
 use crate::error::VerbsError;
 use crate::raw::{Connect, Cq, Qp, WcBuf};
+use crate::sendq::{SendQueue, SqConfig};
 
 /// One device: its completion queue (shared by its lanes) and the node's
 /// regions as seen through it.
@@ -23,43 +24,38 @@ pub(super) struct Rail {
     pub(super) remote: Vec<(u64, u32)>,
 }
 
-/// Reads posted with one doorbell: `idx[..n]` index the batch's reads.
-#[derive(Clone, Copy)]
-pub(super) struct Chain {
-    pub(super) seq: u32,
-    pub(super) n: u8,
-    pub(super) idx: [u32; MAX_CHAIN],
-}
-
-/// One RC queue pair and the chains it has in flight (oldest first).
+/// One RC queue pair: its send-queue accounting and the reads it has
+/// posted and not yet retired, in post order (WR `sq.retired() + i` is
+/// `inflight[i]`).
 pub(super) struct Lane {
     pub(super) rail: usize,
     pub(super) qp: Option<Qp>,
     pub(super) gen: u16,
+    /// Negotiated read depth (`max_rd_atomic`).
     pub(super) depth: u32,
-    pub(super) seq: u32,
-    pub(super) outstanding: u32,
-    pub(super) inflight: VecDeque<Chain>,
+    pub(super) sq: SendQueue,
+    pub(super) inflight: VecDeque<u32>,
 }
 
-/// wr_id layout: lane (12 bits) | gen (12 bits) | seq (32 bits) | position in chain (8 bits).
-pub(super) fn wr_id(lane: usize, gen: u16, seq: u32, pos: usize) -> u64 {
-    ((lane as u64 & 0xfff) << 52)
-        | ((u64::from(gen) & 0xfff) << 40)
-        | (u64::from(seq) << 8)
-        | (pos as u64 & 0xff)
+/// wr_id layout: lane (12 bits) | gen (12 bits) | WR number on this QP (40 bits).
+pub(super) fn wr_id(lane: usize, gen: u16, wr: u64) -> u64 {
+    ((lane as u64 & 0xfff) << 52) | ((u64::from(gen) & 0xfff) << 40) | (wr & WR_MASK)
 }
 
-pub(super) fn wr_id_parts(id: u64) -> (usize, u16, u32, usize) {
+/// WR numbers wrap at 2^40 (over a year of posting at 20 M reads/s per QP).
+const WR_MASK: u64 = (1 << 40) - 1;
+
+pub(super) fn wr_id_parts(id: u64) -> (usize, u16, u64) {
     (
         (id >> 52) as usize,
         ((id >> 40) & 0xfff) as u16,
-        ((id >> 8) & 0xffff_ffff) as u32,
-        (id & 0xff) as usize,
+        id & WR_MASK,
     )
 }
 
 impl VerbsTransport {
+    /// The read depth this side offers: the device's initiator and responder
+    /// limits, `max_outstanding`, at most 255.
     pub(super) fn local_depth(&self, nic: &Nic) -> u32 {
         let mut d = nic
             .info
@@ -72,15 +68,30 @@ impl VerbsTransport {
         d.min(nic.info.max_qp_wr).max(1)
     }
 
+    /// Send-queue size and chain length for a QP on `nic` (see [`SqConfig::new`]).
+    pub(super) fn sq_config(&self, nic: &Nic) -> SqConfig {
+        SqConfig::new(
+            self.local_depth(nic),
+            nic.info.max_qp_wr,
+            self.opts.chain as u32,
+            self.opts.sq_depth,
+        )
+    }
+
+    /// A fresh QP on `rail` (RESET) and the endpoint to send the node.
     pub(super) fn new_qp(&self, rail: usize) -> Result<(Qp, QpEndpoint), VerbsError> {
         let r = &self.rails[rail];
         let info = &r.nic.info;
         let depth = self.local_depth(&r.nic);
-        let qp = Qp::new(&r.nic.pd, &r.cq, depth, self.opts.chain).map_err(|e| {
+        let sq = self.sq_config(&r.nic);
+        let qp = Qp::new(&r.nic.pd, &r.cq, sq.sq_depth, self.opts.chain).map_err(|e| {
             node_err(
                 &self.node,
                 "ibv_create_qp",
-                format!("device {}: {e}", info.name),
+                format!(
+                    "device {}: {} send WRs (device max_qp_wr {}): {e}",
+                    info.name, sq.sq_depth, info.max_qp_wr
+                ),
             )
         })?;
         let ep = QpEndpoint {
@@ -94,6 +105,8 @@ impl VerbsTransport {
         Ok((qp, ep))
     }
 
+    /// Brings `qp` to RTS against the node's `remote` endpoint; returns the
+    /// negotiated read depth.
     pub(super) fn bring_up(
         &self,
         rail: usize,
@@ -137,6 +150,8 @@ impl VerbsTransport {
         Ok(depth)
     }
 
+    /// Takes the node's region table from a connect answer (rail 0 sets it,
+    /// later rails must agree) and this rail's remote addresses and keys.
     pub(super) fn apply_regions(&mut self, rail: usize, acc: &Accepted) -> Result<(), VerbsError> {
         if self.regions.is_empty() && rail == 0 {
             self.regions = acc
@@ -187,10 +202,12 @@ impl VerbsTransport {
         Ok(())
     }
 
+    /// Opens a rail on `nic`: its CQ, and `qps_per_rail` QPs connected through the node.
     pub(super) fn add_rail(&mut self, rail: usize, nic: Arc<Nic>) -> Result<(), TransportError> {
         let n = self.opts.qps_per_rail;
-        let depth = self.local_depth(&nic);
-        let cqe = (n as u32 * (depth + 1) + 64).min(nic.info.max_cqe);
+        // A flushed QP completes every WR in its send queue, signaled or not.
+        let sq = self.sq_config(&nic);
+        let cqe = (n as u32 * (sq.sq_depth + 1) + 64).min(nic.info.max_cqe);
         let cq = Cq::new(&nic.ctx, cqe).map_err(|e| {
             node_err(
                 &self.node,
@@ -224,13 +241,14 @@ impl VerbsTransport {
         self.apply_regions(rail, &acc)?;
         for ((mut qp, ep), remote) in qps.into_iter().zip(eps).zip(acc.qps) {
             let depth = self.bring_up(rail, &mut qp, &ep, &remote)?;
+            let mut sq = SendQueue::new(sq);
+            sq.set_rd_depth(depth);
             self.lanes.push(Lane {
                 rail,
                 qp: Some(qp),
                 gen: 0,
                 depth,
-                seq: 0,
-                outstanding: 0,
+                sq,
                 inflight: VecDeque::new(),
             });
         }
@@ -244,17 +262,11 @@ mod tests {
 
     #[test]
     fn wr_id_roundtrip() {
-        for (lane, gen, seq, pos) in [
-            (0, 0, 0, 0),
-            (4095, 4095, u32::MAX, 63),
-            (17, 3, 123_456, 31),
-        ] {
-            assert_eq!(
-                wr_id_parts(wr_id(lane, gen, seq, pos)),
-                (lane, gen, seq, pos)
-            );
+        for (lane, gen, wr) in [(0, 0, 0), (4095, 4095, WR_MASK), (17, 3, 123_456_789)] {
+            assert_eq!(wr_id_parts(wr_id(lane, gen, wr)), (lane, gen, wr));
         }
-        // Distinct lanes/generations never alias.
-        assert_ne!(wr_id(1, 0, 5, 0), wr_id(0, 1, 5, 0));
+        // Distinct lanes/generations never alias; numbers wrap at 2^40.
+        assert_ne!(wr_id(1, 0, 5), wr_id(0, 1, 5));
+        assert_eq!(wr_id_parts(wr_id(2, 1, WR_MASK + 6)), (2, 1, 5));
     }
 }

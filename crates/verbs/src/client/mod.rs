@@ -3,11 +3,14 @@
 //!
 //! Reads are spread over *lanes*: several RC QPs per device ("rail"), every
 //! rail with its own completion queue; a lane takes the next pending reads
-//! whenever it has room. Each post is a chain of up to `chain` work requests
-//! linked into one `ibv_post_send` (one doorbell), only the last signaled;
-//! a lane never has more reads outstanding than the read depth both sides
-//! allow (`max_qp_init_rd_atom` / `max_qp_rd_atom`). RC completes in order,
-//! so the signaled completion of a chain retires the whole chain.
+//! whenever its send queue has free slots. Each post is a chain of up to
+//! `chain` work requests linked into one `ibv_post_send` (one doorbell),
+//! only the last signaled. The send queue (128–512 entries) is deeper than
+//! the read depth both sides allow (`max_rd_atomic`, from
+//! `max_qp_init_rd_atom` / `max_qp_rd_atom`), which the NIC enforces on the
+//! wire: reads beyond it wait in the send queue, so the wire never drains
+//! while the client polls (see [`crate::sendq`]). RC completes in order, so
+//! a signaled completion retires every earlier WR of its QP.
 //!
 //! A work-completion error breaks only its lane: its outstanding reads go
 //! back to the pending queue, the QP is destroyed and rebuilt through the
@@ -72,8 +75,13 @@ pub struct ClientOptions {
     pub qps_per_rail: usize,
     /// Work requests per doorbell (post list length), 1..=64.
     pub chain: usize,
-    /// Cap on outstanding reads per QP (the device limit applies anyway).
+    /// Cap on the read depth per QP (`max_rd_atomic`: reads on the wire;
+    /// the device limit and the node's applies anyway).
     pub max_outstanding: Option<u32>,
+    /// Send-queue entries per QP (`max_send_wr`); `None` sizes it from the
+    /// read depth (twice, 128..=512, capped by the device's `max_qp_wr`).
+    /// See [`SqConfig`](crate::SqConfig).
+    pub sq_depth: Option<u32>,
     /// QP rebuilds allowed within one batch before it fails as a node failure.
     pub max_rebuilds: u32,
     /// Time limit for one batch.
@@ -90,6 +98,7 @@ impl Default for ClientOptions {
             qps_per_rail: 2,
             chain: 32,
             max_outstanding: None,
+            sq_depth: None,
             max_rebuilds: 3,
             timeout: Duration::from_secs(30),
             stall_check: Duration::from_secs(1),
@@ -111,6 +120,24 @@ pub struct VerbsCounters {
     pub batch_registrations: u64,
     /// Doorbells (ibv_post_send calls).
     pub doorbells: u64,
+    /// Nanoseconds spent in batches with reads to post or complete.
+    pub batch_ns: u64,
+    /// Of [`batch_ns`](Self::batch_ns), weighted by occupancy: the mean over
+    /// lanes of the reads provably queued or on the wire
+    /// ([`SendQueue::occupancy`](crate::SendQueue::occupancy)) over the read
+    /// depth, integrated over time.
+    pub occupied_ns: u64,
+}
+
+impl VerbsCounters {
+    /// Time-weighted QP occupancy over every batch so far (0..=1): a lower
+    /// bound of reads on the wire / read depth (a read counts until the
+    /// signaled completion that retires it arrives, but WRs before the oldest
+    /// outstanding signal do not count, since they may be done). `None`
+    /// before the first batch.
+    pub fn occupancy(&self) -> Option<f64> {
+        (self.batch_ns > 0).then(|| self.occupied_ns as f64 / self.batch_ns as f64)
+    }
 }
 
 /// A connection to one storage node over RDMA verbs.
@@ -219,6 +246,7 @@ impl VerbsTransport {
             devices = ?t.rails.iter().map(|r| r.nic.info.name.as_str()).collect::<Vec<_>>(),
             qps = t.lanes.len(),
             depth = t.lanes.first().map(|l| l.depth).unwrap_or(0),
+            sq_depth = t.lanes.first().map(|l| l.sq.config().sq_depth).unwrap_or(0),
             chain = t.opts.chain,
             regions = t.regions.len(),
             "verbs: connected"
@@ -244,6 +272,17 @@ impl VerbsTransport {
             Some(qp) => qp.set_error().is_ok(),
             None => false,
         }
+    }
+
+    /// Per lane: (negotiated read depth, send-queue entries, chain length).
+    pub fn lane_depths(&self) -> Vec<(u32, u32, u32)> {
+        self.lanes
+            .iter()
+            .map(|l| {
+                let c = l.sq.config();
+                (l.depth, c.sq_depth, c.chain)
+            })
+            .collect()
     }
 
     /// Number of QPs (lanes) in use.

@@ -3,13 +3,51 @@
 //! doorbell) at a time, until every read has completed.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use seqfeed_transport::{BatchStats, ReadRequest, TransportError};
 
 use super::completions::Stall;
-use super::lanes::{wr_id, Chain};
-use super::{VerbsTransport, MAX_CHAIN};
+use super::lanes::wr_id;
+use super::{VerbsCounters, VerbsTransport};
 use crate::raw::ReadWr;
+
+/// Integrates the lanes' occupancy over a batch's time: the value only
+/// changes when something is posted or completes, so sampling at those
+/// moments is exact.
+struct OccupancyClock {
+    start: Instant,
+    last: Instant,
+    value: f64,
+    area_ns: f64,
+}
+
+impl OccupancyClock {
+    fn start() -> OccupancyClock {
+        let now = Instant::now();
+        OccupancyClock {
+            start: now,
+            last: now,
+            value: 0.0,
+            area_ns: 0.0,
+        }
+    }
+
+    /// The occupancy became `value` now.
+    fn change(&mut self, value: f64) {
+        let now = Instant::now();
+        self.area_ns += self.value * (now - self.last).as_nanos() as f64;
+        self.last = now;
+        self.value = value;
+    }
+
+    /// Adds the batch to the transport's counters.
+    fn finish(mut self, c: &mut VerbsCounters) {
+        self.change(0.0);
+        c.batch_ns += (self.last - self.start).as_nanos() as u64;
+        c.occupied_ns += self.area_ns as u64;
+    }
+}
 
 /// One batch in progress: its reads, where they go, and what is left.
 pub(super) struct Batch<'a> {
@@ -116,96 +154,103 @@ impl VerbsTransport {
                 self.rebuild_lane(lane)?;
             }
         }
+        let mut occ = OccupancyClock::start();
         loop {
-            let mut progressed = self.post_ready(b)?;
+            let posted = self.post_ready(b)?;
+            if posted {
+                occ.change(self.lane_occupancy());
+            }
             if b.pending.is_empty() && self.lanes.iter().all(|l| l.inflight.is_empty()) {
+                occ.finish(&mut self.counters);
                 return Ok(());
             }
-            progressed |= self.poll_completions(b)?;
-            self.check_stall(&mut stall, progressed, b.pending.len())?;
+            let completed = self.poll_completions(b)?;
+            if completed {
+                occ.change(self.lane_occupancy());
+            }
+            self.check_stall(&mut stall, posted || completed, b.pending.len())?;
         }
     }
 
-    /// Post: every lane with room takes the next pending reads as one chain.
+    /// Mean over lanes of [`SendQueue::occupancy`](crate::SendQueue::occupancy) now.
+    fn lane_occupancy(&self) -> f64 {
+        let n = self.lanes.len().max(1) as f64;
+        self.lanes.iter().map(|l| l.sq.occupancy()).sum::<f64>() / n
+    }
+
+    /// Post: every lane with free send-queue slots takes pending reads, in
+    /// chains, up to its even share of what was pending at the start of the
+    /// round (so a small batch still spreads over every lane and rail).
     /// Returns whether anything was posted.
     fn post_ready(&mut self, b: &mut Batch<'_>) -> Result<bool, TransportError> {
         let nlanes = self.lanes.len();
+        let share = b.pending.len().div_ceil(nlanes.max(1));
         let mut progressed = false;
         for k in 0..nlanes {
-            if b.pending.is_empty() {
-                break;
-            }
             let lane = (self.next_lane + k) % nlanes;
-            let l = &self.lanes[lane];
-            let room = l.depth.saturating_sub(l.outstanding) as usize;
-            if room == 0 || l.qp.is_none() {
-                continue;
-            }
-            // Spread what is pending over all lanes (and so all rails), in chains.
-            let share = b.pending.len().div_ceil(nlanes);
-            let n = room.min(self.opts.chain).min(share).min(b.pending.len());
-            let rail = &self.rails[l.rail];
-            let lkey = b.lkeys[l.rail];
-            let (gen, seq) = (l.gen, l.seq);
-            let mut chain = Chain {
-                seq,
-                n: n as u8,
-                idx: [0; MAX_CHAIN],
-            };
-            self.wrs.clear();
-            for pos in 0..n {
-                let Some(i) = b.pending.pop_front() else {
+            let mut quota = share;
+            while quota > 0 && !b.pending.is_empty() {
+                let l = &self.lanes[lane];
+                if l.qp.is_none() {
+                    break;
+                }
+                let Some(plan) = l.sq.plan(quota.min(b.pending.len())) else {
                     break;
                 };
-                let r = &b.reads[i as usize];
-                let ri = b.region_of[i as usize] as usize;
-                let (raddr, rkey) = rail.remote[ri];
-                chain.idx[pos] = i;
-                self.wrs.push(ReadWr {
-                    wr_id: wr_id(lane, gen, seq, pos),
-                    signaled: pos + 1 == n,
-                    local_addr: b.base + r.dst_offset,
-                    lkey,
-                    len: r.len,
-                    remote_addr: raddr + r.offset,
-                    rkey,
-                });
-            }
-            let l = &mut self.lanes[lane];
-            let posted = match l.qp.as_mut() {
-                Some(qp) => qp.post_reads(&self.wrs),
-                None => Err(std::io::Error::other("no QP")),
-            };
-            match posted {
-                Ok(()) => {
-                    l.seq = l.seq.wrapping_add(1);
-                    l.outstanding += n as u32;
-                    l.inflight.push_back(chain);
-                    b.stats.posts += 1;
-                    self.counters.doorbells += 1;
-                    progressed = true;
+                let n = plan.n as usize;
+                let rail = &self.rails[l.rail];
+                let lkey = b.lkeys[l.rail];
+                let gen = l.gen;
+                self.wrs.clear();
+                for pos in 0..n {
+                    let i = b.pending[pos];
+                    let r = &b.reads[i as usize];
+                    let ri = b.region_of[i as usize] as usize;
+                    let (raddr, rkey) = rail.remote[ri];
+                    self.wrs.push(ReadWr {
+                        wr_id: wr_id(lane, gen, plan.first + pos as u64),
+                        signaled: plan.signaled(pos as u32),
+                        local_addr: b.base + r.dst_offset,
+                        lkey,
+                        len: r.len,
+                        remote_addr: raddr + r.offset,
+                        rkey,
+                    });
                 }
-                Err(e) => {
-                    for pos in (0..n).rev() {
-                        b.pending.push_front(chain.idx[pos]);
+                let l = &mut self.lanes[lane];
+                let posted = match l.qp.as_mut() {
+                    Some(qp) => qp.post_reads(&self.wrs),
+                    None => Err(std::io::Error::other("no QP")),
+                };
+                match posted {
+                    Ok(()) => {
+                        l.sq.commit(plan);
+                        l.inflight.extend(b.pending.drain(..n));
+                        quota -= n;
+                        b.stats.posts += 1;
+                        self.counters.doorbells += 1;
+                        progressed = true;
                     }
-                    let detail = format!(
-                        "device {}: posting {n} reads, first {}: {e}",
-                        self.rails[self.lanes[lane].rail].nic.info.name,
-                        self.describe(b.reads, chain.idx[0])
-                    );
-                    self.lane_failed(
-                        lane,
-                        b.pending,
-                        &mut b.rebuilds,
-                        b.reads,
-                        "ibv_post_send",
-                        detail,
-                    )?;
+                    Err(e) => {
+                        let detail = format!(
+                            "device {}: posting {n} reads, first {}: {e}",
+                            self.rails[self.lanes[lane].rail].nic.info.name,
+                            self.describe(b.reads, b.pending[0])
+                        );
+                        self.lane_failed(
+                            lane,
+                            b.pending,
+                            &mut b.rebuilds,
+                            b.reads,
+                            "ibv_post_send",
+                            detail,
+                        )?;
+                        break;
+                    }
                 }
             }
         }
-        self.next_lane = (self.next_lane + 1) % nlanes;
+        self.next_lane = (self.next_lane + 1) % nlanes.max(1);
         Ok(progressed)
     }
 }

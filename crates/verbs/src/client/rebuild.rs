@@ -35,7 +35,8 @@ impl VerbsTransport {
         l.qp = Some(qp);
         l.gen = l.gen.wrapping_add(1) & 0xfff;
         l.depth = depth;
-        l.outstanding = 0;
+        l.sq.reset();
+        l.sq.set_rd_depth(depth);
         l.inflight.clear();
         self.counters.rebuilds += 1;
         tracing::warn!(node = %self.node, device = %self.rails[rail].nic.info.name, lane, "verbs: QP rebuilt");
@@ -49,7 +50,7 @@ impl VerbsTransport {
             if !l.inflight.is_empty() {
                 l.qp = None;
                 l.inflight.clear();
-                l.outstanding = 0;
+                l.sq.reset();
             }
         }
     }
@@ -68,13 +69,11 @@ impl VerbsTransport {
         let _ = reads;
         let l = &mut self.lanes[lane];
         let mut requeued = 0u64;
-        for ch in l.inflight.drain(..).rev() {
-            for pos in (0..ch.n as usize).rev() {
-                pending.push_front(ch.idx[pos]);
-                requeued += 1;
-            }
+        for i in l.inflight.drain(..).rev() {
+            pending.push_front(i);
+            requeued += 1;
         }
-        l.outstanding = 0;
+        l.sq.reset();
         l.qp = None;
         self.counters.retried_reads += requeued;
         *rebuilds += 1;
