@@ -12,6 +12,8 @@
 //!   credit logic), failed QPs rebuilt and their reads
 //!   retried a bounded number of times before a node failure is reported.
 //! * [`auto_select`] decides between verbs and tcp and logs why.
+//! * [`affinity`] picks the RDMA devices closest to a rank's GPU (PCIe and
+//!   NUMA distance from sysfs), with a per-local-rank override.
 //! * [`standalone`] is a minimal TCP exchange used by the self-test and bench
 //!   binaries before (and besides) the node's real control service.
 //!
@@ -30,6 +32,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod affinity;
 mod client;
 mod device;
 mod endpoint;
