@@ -356,3 +356,46 @@ fn containerfile_commands_run_against_the_built_binary() {
         }
     }
 }
+
+/// A node started under `ulimit -n 64` (as a misconfigured unit would be)
+/// and flooded with 80 silent connections runs out of descriptors in
+/// `accept`: it logs that once, sheds the oldest unauthenticated
+/// connections, stays up, and a real client still gets its answer.
+#[test]
+fn a_node_out_of_file_descriptors_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let addr_file = dir.path().join("addr");
+    let log = dir.path().join("node.log");
+    let node = Killed(
+        Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_seqfeed"))
+            .args(["--log", "warn", "serve", "--dataset", p(&data)])
+            .args(["--listen", "127.0.0.1:0", "--addr-file", p(&addr_file)])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&addr_file, Duration::from_secs(20));
+    let addr = std::fs::read_to_string(&addr_file).unwrap();
+    let silent: Vec<std::net::TcpStream> = (0..80)
+        .map(|_| std::net::TcpStream::connect(addr.trim()).unwrap())
+        .collect();
+    // One attempt with a long reply timeout: the client waits in the
+    // listen backlog while the node sheds silent connections to make room.
+    let o = run(&["health", "--timeout-ms", "20000", addr.trim()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut node = node;
+    assert!(node.0.try_wait().unwrap().is_none(), "the node exited");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("accept failed; backing off") && text.contains("Too many open files"),
+        "{text}"
+    );
+    // Rate-limited: at most the warning budget (10 per interval), not one per failed accept.
+    let lines = text.matches("accept failed; backing off").count();
+    assert!((1..=10).contains(&lines), "{lines} accept warnings:\n{text}");
+    drop(silent);
+}
