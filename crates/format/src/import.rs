@@ -12,7 +12,8 @@ use crate::error::{FormatError, Result, TokenPos};
 use crate::pack::{PackOptions, PackStats, Packer};
 use crate::parquet_input::{import_parquet_ids, import_parquet_text};
 use crate::source::Source;
-use crate::tokenize::{import_text, TextOptions, Tokenizer};
+use crate::text_input::import_text;
+use crate::tokenize::{TextOptions, Tokenizer};
 use crate::Dtype;
 
 /// Element type of an input token array.
@@ -96,12 +97,12 @@ pub enum InputKind {
     /// A `.npy` array (u8/i8/u16/i16/u32/i32/i64, little-endian, C order); the
     /// whole array, flattened, is one document.
     Npy,
-    /// JSON Lines (plain or gzip); each line's `field` (an array of token ids) is one document.
+    /// JSON Lines (plain, gzip or zstd); each line's `field` (an array of token ids) is one document.
     Jsonl {
         /// The token-array field name.
         field: String,
     },
-    /// JSON Lines of text (plain or gzip); each line's text field, tokenized,
+    /// JSON Lines of text (plain, gzip or zstd); each line's text field, tokenized,
     /// is one document. See [`crate::tokenize`].
     Text(TextOptions),
     /// Parquet; each row's `field` (a list of integer token ids: list<int8..int64>
@@ -135,7 +136,7 @@ pub struct Input {
 }
 
 impl Input {
-    /// A text JSON Lines input (plain or gzip).
+    /// A text JSON Lines input (plain, gzip or zstd).
     pub fn text(path: impl Into<PathBuf>, opts: TextOptions) -> Input {
         Input {
             path: path.into(),
@@ -149,15 +150,19 @@ impl Input {
         ext.eq_ignore_ascii_case("parquet") || ext.eq_ignore_ascii_case("pq")
     }
 
-    /// Whether the file name ends in `.jsonl`, `.json`, `.jsonl.gz` or `.json.gz`.
+    /// Whether the file name ends in `.jsonl` or `.json`, optionally followed
+    /// by `.gz` or `.zst`.
     pub fn is_jsonl_name(path: &Path) -> bool {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let name = name.strip_suffix(".gz").unwrap_or(name);
+        let name = name
+            .strip_suffix(".gz")
+            .or_else(|| name.strip_suffix(".zst"))
+            .unwrap_or(name);
         name.ends_with(".jsonl") || name.ends_with(".json")
     }
 
     /// Guesses the kind from the extension: `.idx`/`.bin` Megatron (the prefix
-    /// is taken), `.npy`, `.jsonl`/`.json` (also `.gz`), `.parquet`/`.pq` (the
+    /// is taken), `.npy`, `.jsonl`/`.json` (also `.gz`, `.zst`), `.parquet`/`.pq` (the
     /// token-list column is `jsonl_field` as well), else a raw array of
     /// `raw_dtype` (an error when none is given).
     pub fn detect(
@@ -259,25 +264,25 @@ pub fn pack_inputs(
 }
 
 /// The tokenizer of the text inputs, if any. A source records one tokenizer,
-/// so text inputs must share an encoding and cannot be mixed with token inputs.
+/// so text inputs must share one and cannot be mixed with token inputs.
 fn text_tokenizer(inputs: &[Input]) -> Result<Option<Tokenizer>> {
-    let mut encoding = None;
+    let mut spec: Option<&crate::TokenizerSpec> = None;
     for i in inputs {
         if let Some(t) = i.kind.text_options() {
-            match encoding {
-                None => encoding = Some(t.encoding),
-                Some(e) if e != t.encoding => {
+            match spec {
+                None => spec = Some(&t.tokenizer),
+                Some(s) if *s != t.tokenizer => {
                     return Err(FormatError::InvalidOption(format!(
-                        "{}: text inputs of one source must share a tokenizer ({e} and {})",
+                        "{}: text inputs of one source must share a tokenizer ({s} and {})",
                         i.path.display(),
-                        t.encoding
+                        t.tokenizer
                     )))
                 }
                 Some(_) => {}
             }
         }
     }
-    let Some(encoding) = encoding else {
+    let Some(spec) = spec else {
         return Ok(None);
     };
     if let Some(i) = inputs.iter().find(|i| i.kind.text_options().is_none()) {
@@ -287,7 +292,7 @@ fn text_tokenizer(inputs: &[Input]) -> Result<Option<Tokenizer>> {
             i.kind
         )));
     }
-    Tokenizer::tiktoken(encoding).map(Some)
+    Tokenizer::load(spec).map(Some)
 }
 
 const CHUNK_TOKENS: usize = 1 << 16;
@@ -882,7 +887,7 @@ fn import_jsonl(
     progress: &dyn Fn(u64),
 ) -> Result<()> {
     let counter = std::cell::Cell::new(0u64);
-    let mut reader = crate::tokenize::open_lines(path, &counter)?;
+    let mut reader = crate::text_input::open_lines(path, &counter)?;
     let mut line = String::new();
     let mut tokens: Vec<u32> = Vec::new();
     let mut prog = Progress::new(progress);

@@ -10,9 +10,10 @@
 //!   (`manifest.json`); a [`Dataset`] is a directory of sources, with a
 //!   fingerprint derived from the manifests.
 //! * [`Packer`] / [`pack_tokens`] / [`pack_inputs`] turn documents (in memory,
-//!   Megatron `.bin/.idx`, `.npy`, headerless arrays, JSON Lines of token ids,
-//!   or JSON Lines of text tokenized with an embedded tiktoken encoding, see
-//!   [`tokenize`]) into a source.
+//!   Megatron `.bin/.idx`, `.npy`, headerless arrays, JSON Lines or Parquet of
+//!   token ids, or JSON Lines / Parquet of text tokenized with an embedded
+//!   tiktoken encoding or a Hugging Face `tokenizer.json`, see [`tokenize`])
+//!   into a source.
 //!
 //! The byte layout is specified in `docs/FORMAT.md`.
 //!
@@ -36,13 +37,16 @@ compile_error!(
 mod dataset;
 mod dtype;
 mod error;
+mod hf;
 pub mod import;
 mod mmap;
 mod pack;
 mod parquet_input;
 mod seqfile;
 mod source;
+mod text_input;
 pub mod tokenize;
+mod zstd;
 
 pub use dataset::{fingerprint_of, Dataset};
 pub use dtype::{Dtype, Token};
@@ -59,4 +63,4 @@ pub use source::{
     file_name, FileEntry, Source, SourceManifest, SourceOptions, SourceWriter, TokenizerInfo,
     DEFAULT_MAX_FILE_BYTES, MANIFEST_NAME,
 };
-pub use tokenize::{Encoding, TextOptions, Tokenizer};
+pub use tokenize::{Encoding, TextOptions, Tokenizer, TokenizerSpec};

@@ -17,7 +17,8 @@ use parquet::schema::types::Type;
 use crate::error::{FormatError, Result, TokenPos};
 use crate::import::Progress;
 use crate::pack::{first_overflow, Packer};
-use crate::tokenize::{encode_texts, TextOptions, Tokenizer};
+use crate::text_input::encode_texts;
+use crate::tokenize::{TextOptions, Tokenizer};
 
 /// Rows per batch handed to the tokenizer threads.
 const BATCH_ROWS: usize = 4096;

@@ -50,12 +50,17 @@ pub struct SourceManifest {
 /// The tokenizer recorded in a source manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenizerInfo {
-    /// `tiktoken:<encoding>`, e.g. `tiktoken:cl100k_base`.
+    /// `tiktoken:<encoding>`, e.g. `tiktoken:cl100k_base`, or `hf:<label>` for
+    /// a Hugging Face `tokenizer.json` (the file's stem, or its directory's
+    /// name when the file is called `tokenizer.json`).
     pub name: String,
-    /// blake3 (lower-case hex) of the encoding's rank table: the bytes of the
-    /// `<encoding>.tiktoken` file (`base64(token) rank` lines).
+    /// blake3 (lower-case hex) of the vocabulary: for tiktoken, of the
+    /// encoding's rank table (the bytes of the `<encoding>.tiktoken` file,
+    /// `base64(token) rank` lines); for a `tokenizer.json`, of the file's bytes.
+    /// This, not the name, identifies the tokenizer (see `plan`'s tokenizer pin).
     pub vocab_hash: String,
-    /// Number of ids (largest id, special or not, plus one).
+    /// Number of ids: for tiktoken the largest id, special or not, plus one;
+    /// for a `tokenizer.json` the vocabulary size with added tokens.
     pub n_vocab: u64,
 }
 

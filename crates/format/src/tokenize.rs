@@ -1,12 +1,23 @@
-//! Text input: JSON Lines of raw text (or a Parquet string column, see
-//! [`crate::InputKind::ParquetText`]), tokenized while packing.
+//! Text input: JSON Lines of raw text (plain, gzip or zstd; or a Parquet
+//! string column, see [`crate::InputKind::ParquetText`]), tokenized while packing.
 //!
-//! Each record's text field is encoded with an OpenAI BPE encoding from the
-//! `tiktoken-rs` crate, which embeds the rank tables (nothing is downloaded at
-//! run time). Text is encoded like tiktoken's `encode_ordinary`: special-token
-//! text such as `<|endoftext|>` inside a document is ordinary text, never a
-//! special id. The packer then appends the EOS id after every document (like
-//! Megatron's `--append-eod`); an optional BOS id goes before it.
+//! Two tokenizers ([`TokenizerSpec`]):
+//!
+//! * an OpenAI BPE encoding from the `tiktoken-rs` crate, which embeds the
+//!   rank tables (nothing is downloaded at run time). Text is encoded like
+//!   tiktoken's `encode_ordinary`: special-token text such as `<|endoftext|>`
+//!   inside a document is ordinary text, never a special id;
+//! * a Hugging Face `tokenizer.json` file, loaded with the `tokenizers` crate
+//!   (the library under the Python `tokenizers` wheel). Text is encoded like
+//!   Python's `Tokenizer.encode(text, add_special_tokens=False)`: the
+//!   post-processor adds nothing (no `[CLS]`/`<s>` template), but the
+//!   tokenizer's added tokens, special ones included, are recognised inside
+//!   the text as the library does (`</s>` in a document becomes the `</s>` id).
+//!   Truncation and padding set in the file are switched off: a document is
+//!   packed whole.
+//!
+//! The packer then appends the EOS id after every document (like Megatron's
+//! `--append-eod`); an optional BOS id goes before it.
 //!
 //! Lines are read in batches and tokenized on all cores; documents are packed
 //! in input order, so the output does not depend on the thread count.
@@ -14,23 +25,20 @@
 //! ```no_run
 //! use seqfeed_format::{pack_inputs, Dtype, Encoding, Input, PackOptions, TextOptions, Tokenizer};
 //! let tok = Tokenizer::tiktoken(Encoding::Cl100kBase)?;
-//! let opts = PackOptions::new("web", Dtype::U32, 1025).eos(tok.end_of_text());
+//! let opts = PackOptions::new("web", Dtype::U32, 1025).eos(tok.default_eos()?);
 //! let input = Input::text("corpus.jsonl", TextOptions::new(Encoding::Cl100kBase));
 //! let (source, stats) = pack_inputs(&[input], &opts, "data/web", &|_| {})?;
 //! assert_eq!(source.manifest().tokenizer.as_ref().unwrap().name, "tiktoken:cl100k_base");
 //! # Ok::<(), seqfeed_format::FormatError>(())
 //! ```
 use std::fmt;
-use std::io::{BufRead, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine as _;
 
-use crate::error::{FormatError, Result, TokenPos};
-use crate::import::Progress;
-use crate::pack::{first_overflow, Packer};
+use crate::error::{FormatError, Result};
+use crate::hf::HfTokenizer;
 use crate::source::TokenizerInfo;
 
 /// A tiktoken BPE encoding embedded in the binary.
@@ -97,23 +105,47 @@ impl FromStr for Encoding {
     }
 }
 
+/// Which tokenizer encodes a text input.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TokenizerSpec {
+    /// An embedded tiktoken encoding.
+    Tiktoken(Encoding),
+    /// A Hugging Face `tokenizer.json` file.
+    HuggingFace(PathBuf),
+}
+
+impl From<Encoding> for TokenizerSpec {
+    fn from(e: Encoding) -> Self {
+        TokenizerSpec::Tiktoken(e)
+    }
+}
+
+impl fmt::Display for TokenizerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenizerSpec::Tiktoken(e) => write!(f, "tiktoken:{e}"),
+            TokenizerSpec::HuggingFace(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// How to read and tokenize a text input ([`crate::InputKind::Text`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TextOptions {
     /// The string field of each JSON record holding the document text.
     pub field: String,
-    /// The encoding.
-    pub encoding: Encoding,
+    /// The tokenizer.
+    pub tokenizer: TokenizerSpec,
     /// Prepended to every document, if set.
     pub bos: Option<u32>,
 }
 
 impl TextOptions {
     /// Field `"text"`, no BOS.
-    pub fn new(encoding: Encoding) -> Self {
+    pub fn new(tokenizer: impl Into<TokenizerSpec>) -> Self {
         TextOptions {
             field: "text".into(),
-            encoding,
+            tokenizer: tokenizer.into(),
             bos: None,
         }
     }
@@ -129,24 +161,43 @@ impl TextOptions {
     }
 }
 
-/// A loaded tokenizer.
+enum Backend {
+    Tiktoken {
+        encoding: Encoding,
+        bpe: Box<tiktoken_rs::CoreBPE>,
+    },
+    HuggingFace(Box<HfTokenizer>),
+}
+
+/// A loaded tokenizer: an embedded tiktoken encoding or a `tokenizer.json`.
 pub struct Tokenizer {
-    encoding: Encoding,
-    bpe: tiktoken_rs::CoreBPE,
-    end_of_text: u32,
+    spec: TokenizerSpec,
+    backend: Backend,
+    info: TokenizerInfo,
+    /// The end-of-text token when it is known unambiguously: `(id, text)`.
+    end_of_text: std::result::Result<(u32, String), String>,
     specials: Vec<u32>,
 }
 
 impl fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tokenizer")
-            .field("encoding", &self.encoding)
+            .field("spec", &self.spec)
+            .field("info", &self.info)
             .field("end_of_text", &self.end_of_text)
             .finish_non_exhaustive()
     }
 }
 
 impl Tokenizer {
+    /// Loads the tokenizer `spec` names.
+    pub fn load(spec: &TokenizerSpec) -> Result<Tokenizer> {
+        match spec {
+            TokenizerSpec::Tiktoken(e) => Tokenizer::tiktoken(*e),
+            TokenizerSpec::HuggingFace(p) => Tokenizer::hugging_face(p),
+        }
+    }
+
     /// Loads an embedded tiktoken encoding (about 0.1-0.3 s: the rank table is parsed).
     pub fn tiktoken(encoding: Encoding) -> Result<Tokenizer> {
         let bpe = match encoding {
@@ -164,7 +215,7 @@ impl Tokenizer {
             if let [id] = bpe.encode_with_special_tokens(s)[..] {
                 specials.push(id);
                 if s == tiktoken_rs::ENDOFTEXT {
-                    end_of_text = Some(id);
+                    end_of_text = Some((id, s.to_string()));
                 }
             }
         }
@@ -172,32 +223,98 @@ impl Tokenizer {
         let end_of_text = end_of_text.ok_or_else(|| {
             FormatError::InvalidOption(format!("tiktoken encoding {encoding} has no <|endoftext|>"))
         })?;
-        Ok(Tokenizer {
-            encoding,
-            bpe,
-            end_of_text,
+        let mut tok = Tokenizer {
+            spec: TokenizerSpec::Tiktoken(encoding),
+            backend: Backend::Tiktoken {
+                encoding,
+                bpe: Box::new(bpe),
+            },
+            info: TokenizerInfo {
+                name: format!("tiktoken:{encoding}"),
+                vocab_hash: String::new(),
+                n_vocab: u64::from(encoding.n_vocab()),
+            },
+            end_of_text: Ok(end_of_text),
             specials,
+        };
+        if let Some(table) = tok.rank_table() {
+            tok.info.vocab_hash = blake3::hash(&table).to_hex().to_string();
+        }
+        Ok(tok)
+    }
+
+    /// Loads a Hugging Face `tokenizer.json`. Truncation and padding set in
+    /// the file are switched off (documents are packed whole). The EOS is
+    /// found among the special added tokens when exactly one of the usual
+    /// end-of-text tokens is there (see [`Tokenizer::default_eos`]).
+    pub fn hugging_face(path: &Path) -> Result<Tokenizer> {
+        let hf = HfTokenizer::load(path)?;
+        Ok(Tokenizer {
+            spec: TokenizerSpec::HuggingFace(path.to_path_buf()),
+            info: hf.info.clone(),
+            end_of_text: hf.end_of_text.clone(),
+            specials: hf.special_ids(),
+            backend: Backend::HuggingFace(Box::new(hf)),
         })
     }
 
-    /// The encoding.
-    pub fn encoding(&self) -> Encoding {
-        self.encoding
+    /// What was loaded.
+    pub fn spec(&self) -> &TokenizerSpec {
+        &self.spec
     }
 
-    /// The name recorded in manifests: `tiktoken:<encoding>`.
-    pub fn name(&self) -> String {
-        format!("tiktoken:{}", self.encoding)
+    /// The tiktoken encoding, for a tiktoken tokenizer.
+    pub fn encoding(&self) -> Option<Encoding> {
+        match self.backend {
+            Backend::Tiktoken { encoding, .. } => Some(encoding),
+            Backend::HuggingFace(_) => None,
+        }
     }
 
-    /// The id of `<|endoftext|>`, the default EOS.
-    pub fn end_of_text(&self) -> u32 {
-        self.end_of_text
+    /// The name recorded in manifests: `tiktoken:<encoding>`, or `hf:<label>`
+    /// for a `tokenizer.json` (the file's stem, or its directory's name when
+    /// the file is called `tokenizer.json`).
+    pub fn name(&self) -> &str {
+        &self.info.name
     }
 
-    /// Number of ids ([`Encoding::n_vocab`]).
+    /// The end-of-text id, when the tokenizer has one unambiguously
+    /// (`<|endoftext|>` for tiktoken).
+    pub fn end_of_text(&self) -> Option<u32> {
+        self.end_of_text.as_ref().ok().map(|(id, _)| *id)
+    }
+
+    /// The end-of-text token's text, when known (see [`Tokenizer::end_of_text`]).
+    pub fn end_of_text_token(&self) -> Option<&str> {
+        self.end_of_text.as_ref().ok().map(|(_, s)| s.as_str())
+    }
+
+    /// The EOS to append when none is given: [`Tokenizer::end_of_text`], or
+    /// an error saying why it cannot be chosen (none, or several candidates)
+    /// and asking for an explicit one.
+    pub fn default_eos(&self) -> Result<u32> {
+        match &self.end_of_text {
+            Ok((id, _)) => Ok(*id),
+            Err(why) => Err(FormatError::InvalidOption(format!(
+                "{}: {why}; give the EOS explicitly (--eos TOKEN or --eos ID) or --no-eos",
+                self.spec
+            ))),
+        }
+    }
+
+    /// Number of ids: tiktoken's `n_vocab`, or for a `tokenizer.json` the
+    /// vocabulary size with added tokens (Python's
+    /// `get_vocab_size(with_added_tokens=True)`).
     pub fn n_vocab(&self) -> u32 {
-        self.encoding.n_vocab()
+        u32::try_from(self.info.n_vocab).unwrap_or(u32::MAX)
+    }
+
+    /// The largest id the tokenizer can produce.
+    pub fn max_id(&self) -> u32 {
+        match &self.backend {
+            Backend::Tiktoken { encoding, .. } => encoding.n_vocab() - 1,
+            Backend::HuggingFace(hf) => hf.max_id,
+        }
     }
 
     /// The special-token ids, ascending.
@@ -205,14 +322,80 @@ impl Tokenizer {
         &self.specials
     }
 
-    /// Encodes `text` with `encode_ordinary` semantics: special-token text is
-    /// encoded as ordinary text. Fails (instead of panicking) if the regex
-    /// engine gives up on a pathological input.
+    /// The id of a token given by its text (a special token such as
+    /// `<|endoftext|>` or `</s>`, or any single vocabulary entry), or by its
+    /// decimal id. An id outside the vocabulary or an unknown token is an
+    /// error naming it.
+    pub fn resolve_token(&self, token: &str) -> Result<u32> {
+        let bad = |why: String| FormatError::InvalidOption(format!("{}: {why}", self.spec));
+        if !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit()) {
+            let id: u32 = token
+                .parse()
+                .map_err(|_| bad(format!("token id {token} is too large")))?;
+            if id > self.max_id() || !self.has_id(id) {
+                return Err(bad(format!(
+                    "token id {id} is not in the vocabulary (ids go up to {})",
+                    self.max_id()
+                )));
+            }
+            return Ok(id);
+        }
+        let found = match &self.backend {
+            Backend::Tiktoken { bpe, .. } => {
+                if bpe.special_tokens().iter().any(|s| *s == token) {
+                    match bpe.encode_with_special_tokens(token)[..] {
+                        [id] => Some(id),
+                        _ => None,
+                    }
+                } else {
+                    match self.encode(token).ok().as_deref() {
+                        Some([id]) => Some(*id),
+                        _ => None,
+                    }
+                }
+            }
+            Backend::HuggingFace(hf) => hf.tok.token_to_id(token),
+        };
+        found.ok_or_else(|| {
+            let specials = self
+                .specials
+                .iter()
+                .filter_map(|&id| self.token_text(id))
+                .take(12)
+                .collect::<Vec<_>>()
+                .join(" ");
+            bad(format!(
+                "'{token}' is not a token of this vocabulary (special tokens: {specials})"
+            ))
+        })
+    }
+
+    fn has_id(&self, id: u32) -> bool {
+        match &self.backend {
+            Backend::Tiktoken { bpe, .. } => bpe.decode_bytes(&[id]).is_ok(),
+            Backend::HuggingFace(hf) => hf.tok.id_to_token(id).is_some(),
+        }
+    }
+
+    /// The text of token `id` (lossy for tiktoken byte tokens).
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        match &self.backend {
+            Backend::Tiktoken { bpe, .. } => bpe
+                .decode_bytes(&[id])
+                .ok()
+                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            Backend::HuggingFace(hf) => hf.tok.id_to_token(id),
+        }
+    }
+
+    /// Encodes one document (see the module docs for the semantics of each
+    /// tokenizer). Fails, instead of panicking, if the tokenizer gives up.
     pub fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
         // tiktoken-rs unwraps the regex engine's result (a backtrack limit can be
         // hit on pathological input); keep that from taking the process down.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.bpe.encode_ordinary(text)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &self.backend {
+            Backend::Tiktoken { bpe, .. } => Ok(bpe.encode_ordinary(text)),
+            Backend::HuggingFace(hf) => hf.encode(text),
         }))
         .map_err(|p| {
             let msg = p
@@ -221,299 +404,52 @@ impl Tokenizer {
                 .or_else(|| p.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown error");
             format!("the tokenizer failed on this text: {msg}")
-        })
+        })?
     }
 
-    /// Decodes ids to text (invalid UTF-8 is replaced with U+FFFD); an unknown id is an error.
+    /// Decodes ids to text (tiktoken: invalid UTF-8 is replaced with U+FFFD;
+    /// `tokenizer.json`: the file's decoder, special tokens kept). An unknown
+    /// id is an error.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        let bytes = self.bpe.decode_bytes(ids).map_err(|e| {
-            FormatError::InvalidOption(format!("decoding: unknown token id {}", e.token))
-        })?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        match &self.backend {
+            Backend::Tiktoken { bpe, .. } => {
+                let bytes = bpe.decode_bytes(ids).map_err(|e| {
+                    FormatError::InvalidOption(format!("decoding: unknown token id {}", e.token))
+                })?;
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            Backend::HuggingFace(hf) => hf.decode(ids),
+        }
     }
 
-    /// The encoding's rank table in tiktoken's file format (`base64(token bytes) rank\n`
-    /// for every non-special id in ascending order): byte for byte the
-    /// `<encoding>.tiktoken` file that tiktoken and tiktoken-rs load.
-    pub fn rank_table(&self) -> Vec<u8> {
-        let mut out = String::with_capacity(self.n_vocab() as usize * 16);
-        for id in 0..self.n_vocab() {
+    /// For a tiktoken encoding, its rank table in tiktoken's file format
+    /// (`base64(token bytes) rank\n` for every non-special id in ascending
+    /// order): byte for byte the `<encoding>.tiktoken` file that tiktoken and
+    /// tiktoken-rs load. `None` for a `tokenizer.json`.
+    pub fn rank_table(&self) -> Option<Vec<u8>> {
+        let Backend::Tiktoken { bpe, encoding } = &self.backend else {
+            return None;
+        };
+        let mut out = String::with_capacity(encoding.n_vocab() as usize * 16);
+        for id in 0..encoding.n_vocab() {
             if self.specials.binary_search(&id).is_ok() {
                 continue;
             }
             // Ids that are neither special nor in the table (gaps) are skipped.
-            if let Ok(bytes) = self.bpe.decode_bytes(&[id]) {
+            if let Ok(bytes) = bpe.decode_bytes(&[id]) {
                 base64::engine::general_purpose::STANDARD.encode_string(&bytes, &mut out);
                 out.push(' ');
                 out.push_str(&id.to_string());
                 out.push('\n');
             }
         }
-        out.into_bytes()
+        Some(out.into_bytes())
     }
 
-    /// What a source manifest records: name, blake3 of [`Tokenizer::rank_table`], n_vocab.
+    /// What a source manifest records: the name, the vocab hash (blake3 of
+    /// [`Tokenizer::rank_table`] for tiktoken, of the `tokenizer.json` bytes
+    /// otherwise) and n_vocab.
     pub fn info(&self) -> TokenizerInfo {
-        TokenizerInfo {
-            name: self.name(),
-            vocab_hash: blake3::hash(&self.rank_table()).to_hex().to_string(),
-            n_vocab: u64::from(self.n_vocab()),
-        }
+        self.info.clone()
     }
-}
-
-/// Lines per batch handed to the tokenizer threads, and the batch's byte budget.
-const BATCH_LINES: usize = 4096;
-const BATCH_BYTES: usize = 8 << 20;
-
-/// Opens a (possibly gzip-compressed: detected by its magic bytes) text file,
-/// counting the file bytes read in `counter`.
-pub(crate) fn open_lines<'a>(
-    path: &Path,
-    counter: &'a std::cell::Cell<u64>,
-) -> Result<Box<dyn BufRead + 'a>> {
-    let file = std::fs::File::open(path).map_err(|e| FormatError::io("open", path, e))?;
-    let mut raw = std::io::BufReader::with_capacity(
-        1 << 20,
-        Counting {
-            inner: file,
-            counter,
-        },
-    );
-    let gz = raw
-        .fill_buf()
-        .map_err(|e| FormatError::io("read", path, e))?
-        .starts_with(&[0x1f, 0x8b]);
-    Ok(if gz {
-        Box::new(std::io::BufReader::with_capacity(
-            1 << 20,
-            flate2::bufread::MultiGzDecoder::new(raw),
-        ))
-    } else {
-        Box::new(raw)
-    })
-}
-
-struct Counting<'a, R> {
-    inner: R,
-    counter: &'a std::cell::Cell<u64>,
-}
-
-impl<R: Read> Read for Counting<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.counter.set(self.counter.get() + n as u64);
-        Ok(n)
-    }
-}
-
-/// Parses one line and tokenizes its text: `None` for a blank line.
-fn encode_line(
-    path: &Path,
-    lineno: u64,
-    line: &[u8],
-    field: &str,
-    tok: &Tokenizer,
-) -> Result<Option<Vec<u32>>> {
-    let jerr = |reason: String| FormatError::Jsonl {
-        path: path.to_path_buf(),
-        line: lineno,
-        reason,
-    };
-    let line = line.trim_ascii();
-    if line.is_empty() {
-        return Ok(None);
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(line).map_err(|e| jerr(format!("malformed JSON: {e}")))?;
-    let obj = value.as_object().ok_or_else(|| {
-        jerr(format!(
-            "the record is not a JSON object: {}",
-            kind_of(&value)
-        ))
-    })?;
-    let text = match obj.get(field) {
-        None => return Err(jerr(format!("no field '{field}'"))),
-        Some(serde_json::Value::String(s)) => s,
-        Some(v) => {
-            return Err(jerr(format!(
-                "field '{field}' is {}, not a string",
-                kind_of(v)
-            )))
-        }
-    };
-    tok.encode(text).map(Some).map_err(jerr)
-}
-
-fn kind_of(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
-}
-
-/// Tokenizes every line of `lines` (`(line number, bytes)`) on up to `threads`
-/// threads; results in input order.
-fn encode_batch(
-    path: &Path,
-    lines: &[(u64, Vec<u8>)],
-    field: &str,
-    tok: &Tokenizer,
-    threads: usize,
-) -> Vec<Result<Option<Vec<u32>>>> {
-    par_map(lines, threads, |(n, l)| {
-        encode_line(path, *n, l, field, tok)
-    })
-    .into_iter()
-    .zip(lines)
-    .map(|(r, (n, _))| {
-        r.unwrap_or_else(|| {
-            Err(FormatError::Jsonl {
-                path: path.to_path_buf(),
-                line: *n,
-                reason: "a tokenizer thread failed".into(),
-            })
-        })
-    })
-    .collect()
-}
-
-/// Tokenizes `texts` on up to `threads` threads; results in input order.
-pub(crate) fn encode_texts(
-    tok: &Tokenizer,
-    texts: &[String],
-    threads: usize,
-) -> Vec<std::result::Result<Vec<u32>, String>> {
-    par_map(texts, threads, |t| tok.encode(t))
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err("a tokenizer thread failed".into())))
-        .collect()
-}
-
-/// Applies `f` to every item on up to `threads` threads; results in input
-/// order (`None` only if a worker panicked).
-fn par_map<T: Sync, R: Send>(
-    items: &[T],
-    threads: usize,
-    f: impl Fn(&T) -> R + Sync,
-) -> Vec<Option<R>> {
-    let threads = threads.min(items.len());
-    if threads <= 1 {
-        return items.iter().map(|i| Some(f(i))).collect();
-    }
-    // Threads take blocks of items from a shared cursor, so long items balance out.
-    const BLOCK: usize = 16;
-    let next = AtomicUsize::new(0);
-    let mut out: Vec<Option<R>> = Vec::new();
-    out.resize_with(items.len(), || None);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let start = next.fetch_add(BLOCK, Ordering::Relaxed);
-                        if start >= items.len() {
-                            break;
-                        }
-                        let end = (start + BLOCK).min(items.len());
-                        for (i, item) in items[start..end].iter().enumerate() {
-                            done.push((start + i, f(item)));
-                        }
-                    }
-                    done
-                })
-            })
-            .collect();
-        for h in handles {
-            // A worker cannot panic (encode catches the tokenizer's panics); a
-            // missing result is reported by the caller all the same.
-            if let Ok(done) = h.join() {
-                for (i, r) in done {
-                    out[i] = Some(r);
-                }
-            }
-        }
-    });
-    out
-}
-
-/// Packs the documents of a text JSON Lines file (plain or gzip).
-pub(crate) fn import_text(
-    packer: &mut Packer,
-    path: &Path,
-    opts: &TextOptions,
-    tok: &Tokenizer,
-    progress: &dyn Fn(u64),
-) -> Result<()> {
-    let dtype = packer.dtype();
-    let max = dtype.max_id();
-    if let Some(b) = opts.bos {
-        if u64::from(b) > max {
-            return Err(FormatError::InvalidOption(format!(
-                "BOS id {b} does not fit {dtype}"
-            )));
-        }
-    }
-    let counter = std::cell::Cell::new(0u64);
-    let mut reader = open_lines(path, &counter)?;
-    let mut prog = Progress::new(progress);
-    let mut reported = 0u64;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(32));
-    let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(BATCH_LINES);
-    let mut lineno = 0u64;
-    let mut document = 0u64;
-    let mut eof = false;
-    while !eof {
-        batch.clear();
-        let mut bytes = 0usize;
-        while batch.len() < BATCH_LINES && bytes < BATCH_BYTES {
-            let mut line = Vec::new();
-            let n = reader
-                .read_until(b'\n', &mut line)
-                .map_err(|e| FormatError::Jsonl {
-                    path: path.to_path_buf(),
-                    line: lineno + 1,
-                    reason: format!("read error: {e}"),
-                })?;
-            if n == 0 {
-                eof = true;
-                break;
-            }
-            lineno += 1;
-            bytes += n;
-            batch.push((lineno, line));
-        }
-        for (result, (line, _)) in encode_batch(path, &batch, &opts.field, tok, threads)
-            .into_iter()
-            .zip(&batch)
-        {
-            let Some(tokens) = result? else { continue };
-            if let Some((i, v)) = first_overflow(&tokens, max) {
-                return Err(FormatError::TokenOverflow {
-                    path: path.to_path_buf(),
-                    pos: TokenPos::Text {
-                        line: *line,
-                        document,
-                        token: i as u64,
-                    },
-                    value: u64::from(v),
-                    dtype,
-                });
-            }
-            if let Some(b) = opts.bos {
-                packer.push_tokens(&[b])?;
-            }
-            packer.push_tokens(&tokens)?;
-            packer.end_document()?;
-            document += 1;
-        }
-        prog.add(counter.get() - reported);
-        reported = counter.get();
-    }
-    Ok(())
 }

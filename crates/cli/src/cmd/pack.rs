@@ -5,21 +5,23 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use seqfeed_format::{
     pack_inputs, Dtype, Encoding, InDtype, Input, InputKind, PackOptions, SourceOptions, Tail,
-    TextOptions, Tokenizer,
+    TextOptions, Tokenizer, TokenizerSpec,
 };
 
 /// Flags of `seqfeed pack`.
 #[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("tokenize").args(["tiktoken", "tokenizer"]).multiple(false))]
 pub struct Args {
     /// Input files, packed in the order given. The kind is taken from the extension:
     /// `.idx`/`.bin` Megatron corpus (give `PREFIX.idx`), `.npy`, `.jsonl`/`.json` (also
-    /// `.gz`), `.parquet`/`.pq`, anything else a headerless token array of `--input-dtype`.
-    /// Override with `--format`. With `--tiktoken`, every input is text: JSON Lines (plain or
-    /// gzip) or Parquet with a string column (`--text-field`).
+    /// `.gz`, `.zst`), `.parquet`/`.pq`, anything else a headerless token array of
+    /// `--input-dtype`. Override with `--format`. With `--tokenizer` or `--tiktoken`, every
+    /// input is text: JSON Lines (plain, gzip or zstd, told apart by their magic bytes) or
+    /// Parquet with a string column (`--text-field`).
     ///
     /// Parquet: one document per row, read row group by row group (the file is never loaded
     /// whole); the column is a top-level list of integer ids named by `--jsonl-field` (default
-    /// `input_ids`), or with `--tiktoken` a string column named by `--text-field`. Codecs:
+    /// `input_ids`), or with a tokenizer a string column named by `--text-field`. Codecs:
     /// uncompressed, snappy, gzip, lz4 (not zstd or brotli).
     ///
     /// Documents (what `--eos` ends): one per Megatron sequence and one per JSON Lines
@@ -41,12 +43,16 @@ pub struct Args {
     /// Tokens per sequence.
     #[arg(long)]
     pub seq_len: u64,
-    /// Token id appended after every document (omit when the input already separates
-    /// documents). With `--tiktoken` the default is the encoding's `<|endoftext|>` id
-    /// (100257 for cl100k_base).
-    #[arg(long)]
-    pub eos: Option<u32>,
-    /// Append no EOS id, even with `--tiktoken`.
+    /// Token appended after every document (omit when the input already separates
+    /// documents): an id, or with a tokenizer a token of its vocabulary such as
+    /// `"</s>"` or `"<|endoftext|>"` (it must exist there). With `--tiktoken` the default is
+    /// the encoding's `<|endoftext|>` (100257 for cl100k_base). With `--tokenizer` the
+    /// default is the file's end-of-text token when exactly one of <|endoftext|>,
+    /// <|end_of_text|>, </s>, <eos>, <|eos|>, [EOS], <EOS>, [SEP] is among its special
+    /// tokens (the choice is logged); otherwise give `--eos` or `--no-eos`.
+    #[arg(long, value_name = "TOKEN|ID")]
+    pub eos: Option<String>,
+    /// Append no EOS, even with a tokenizer.
     #[arg(long, conflicts_with = "eos")]
     pub no_eos: bool,
     /// Tokenize text: inputs are JSON Lines (`.jsonl`, `.jsonl.gz`) or Parquet (`.parquet`)
@@ -57,13 +63,25 @@ pub struct Args {
     /// (name, blake3 of its rank table, n_vocab).
     #[arg(long, value_name = "ENCODING")]
     pub tiktoken: Option<Encoding>,
+    /// Tokenize text with a Hugging Face `tokenizer.json` (the `tokenizers` library; the
+    /// file is read locally, nothing is downloaded). Inputs as with `--tiktoken`. Each
+    /// document is encoded like Python's `Tokenizer.encode(text, add_special_tokens=False)`:
+    /// the post-processor adds nothing (no [CLS]/<s> template: use `--bos`), but the
+    /// tokenizer's added tokens, special ones included, are recognised inside the text as
+    /// the library does (a literal "</s>" in a document becomes the </s> id). Truncation
+    /// and padding set in the file are switched off: documents are packed whole. The
+    /// manifest records the tokenizer (name `hf:<file stem, or its directory for
+    /// tokenizer.json>`, blake3 of the file's bytes, vocabulary size with added tokens).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// String field of text JSON Lines records, or string column of Parquet rows (with
-    /// `--tiktoken`).
-    #[arg(long, default_value = "text", requires = "tiktoken")]
+    /// `--tokenizer` or `--tiktoken`).
+    #[arg(long, default_value = "text", requires = "tokenize")]
     pub text_field: String,
-    /// Token id prepended to every document (with `--tiktoken`).
-    #[arg(long, requires = "tiktoken")]
-    pub bos: Option<u32>,
+    /// Token prepended to every document (with `--tokenizer` or `--tiktoken`): an id or a
+    /// token of the vocabulary such as `"<s>"`. None by default.
+    #[arg(long, value_name = "TOKEN|ID", requires = "tokenize")]
+    pub bos: Option<String>,
     /// What to do with the last partial sequence.
     #[arg(long, value_enum, default_value = "drop")]
     pub tail: TailArg,
@@ -109,9 +127,9 @@ pub enum FormatArg {
     Raw,
     /// NumPy `.npy`.
     Npy,
-    /// JSON Lines: a token-array field, or text with `--tiktoken`.
+    /// JSON Lines: a token-array field, or text with a tokenizer.
     Jsonl,
-    /// Parquet: a token-list column, or a string column with `--tiktoken`.
+    /// Parquet: a token-list column, or a string column with a tokenizer.
     Parquet,
 }
 
@@ -167,21 +185,46 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.seq_len == 0 {
         bail!("--seq-len must be at least 1");
     }
-    let tokenizer = match args.tiktoken {
-        Some(e) => Some(Tokenizer::tiktoken(e)?),
+    let spec = match (args.tiktoken, &args.tokenizer) {
+        (Some(e), _) => Some(TokenizerSpec::Tiktoken(e)),
+        (None, Some(p)) => Some(TokenizerSpec::HuggingFace(p.clone())),
+        (None, None) => None,
+    };
+    let tokenizer = match &spec {
+        Some(s) => Some(Tokenizer::load(s)?),
         None => None,
     };
-    let eos = match (&tokenizer, args.no_eos) {
-        (_, true) => None,
-        (Some(t), false) => Some(args.eos.unwrap_or(t.end_of_text())),
-        (None, false) => args.eos,
+    let eos = match (&tokenizer, args.no_eos, &args.eos) {
+        (_, true, _) => None,
+        (Some(t), false, Some(e)) => Some(t.resolve_token(e)?),
+        (Some(t), false, None) => {
+            let id = t.default_eos()?;
+            tracing::info!(
+                eos = id,
+                token = t.end_of_text_token().unwrap_or(""),
+                tokenizer = t.name(),
+                "EOS after every document: the tokenizer's end-of-text token (--eos to choose another, --no-eos for none)"
+            );
+            Some(id)
+        }
+        (None, false, Some(e)) => Some(e.parse::<u32>().map_err(|_| {
+            anyhow::anyhow!(
+                "--eos '{e}': without --tokenizer or --tiktoken the EOS is a numeric token id"
+            )
+        })?),
+        (None, false, None) => None,
+    };
+    let bos = match (&tokenizer, &args.bos) {
+        (Some(t), Some(b)) => Some(t.resolve_token(b)?),
+        _ => None,
     };
     if let Some(t) = &tokenizer {
-        let top = u64::from(t.n_vocab() - 1);
+        let top = u64::from(t.max_id());
         if eos.is_some_and(|e| u64::from(e) > args.dtype.max_id()) && args.eos.is_none() {
             bail!(
-                "the default EOS id {} (<|endoftext|> of {}) does not fit --dtype {}: {} ids go up to {top}, use --dtype u32",
-                t.end_of_text(),
+                "the default EOS id {} ({} of {}) does not fit --dtype {}: {} ids go up to {top}, use --dtype u32",
+                eos.unwrap_or_default(),
+                t.end_of_text_token().unwrap_or("end of text"),
                 t.name(),
                 args.dtype,
                 t.name()
@@ -209,18 +252,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 args.format,
                 FormatArg::Auto | FormatArg::Jsonl | FormatArg::Parquet
             ) {
-                bail!("--tiktoken reads JSON Lines or Parquet of text; --format must be auto, jsonl or parquet");
+                bail!("a tokenizer reads JSON Lines or Parquet of text; --format must be auto, jsonl or parquet");
             }
             let parquet = args.format == FormatArg::Parquet
                 || (args.format == FormatArg::Auto && Input::is_parquet_name(p));
             if args.format == FormatArg::Auto && !parquet && !Input::is_jsonl_name(p) {
                 bail!(
-                    "{}: with --tiktoken, inputs are JSON Lines of text (.jsonl, .json, .jsonl.gz) or Parquet (.parquet); use --format jsonl or parquet for other names",
+                    "{}: with a tokenizer, inputs are JSON Lines of text (.jsonl, .json, .jsonl.gz, .jsonl.zst) or Parquet (.parquet); use --format jsonl or parquet for other names",
                     p.display()
                 );
             }
-            let mut opts = TextOptions::new(t.encoding()).field(args.text_field.clone());
-            opts.bos = args.bos;
+            let mut opts = TextOptions::new(t.spec().clone()).field(args.text_field.clone());
+            opts.bos = bos;
             inputs.push(if parquet {
                 Input {
                     path: p.clone(),
