@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod auth;
 mod logs;
 mod service;
 mod verbs;
@@ -34,6 +35,7 @@ use std::time::Duration;
 use seqfeed_transport::{RegionError, RegionTable};
 use seqfeed_wire::{ClientCounters, Limits, NodeCounters, VerbsAccept, VerbsConnect};
 
+pub use auth::AuthLimit;
 pub use logs::WarnLimit;
 pub use service::NodeHandle;
 pub use verbs::{verbs_devices, verbs_factory};
@@ -93,8 +95,12 @@ pub struct NodeConfig {
     pub files: Option<Vec<String>>,
     /// Address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Shared secret clients must present, if any.
+    /// Shared secret clients must prove they hold, if any. It never
+    /// crosses the network: clients answer a challenge with an HMAC
+    /// ([`seqfeed_wire::auth`]), and the node proves it holds it too.
     pub secret: Option<String>,
+    /// Rate limit of wrong proofs of the secret per peer address.
+    pub auth_limit: AuthLimit,
     /// Node name in the handshake and logs.
     pub node_name: String,
     /// Dataset fingerprint to publish. `None` (the default) reads the
@@ -150,6 +156,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("files", &self.files.as_ref().map(Vec::len))
             .field("listen", &self.listen)
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("auth_limit", &self.auth_limit)
             .field("node_name", &self.node_name)
             .field("fingerprint", &self.fingerprint)
             .field("worker_threads", &self.worker_threads)
@@ -177,6 +184,7 @@ impl NodeConfig {
             files: None,
             listen,
             secret: None,
+            auth_limit: AuthLimit::DEFAULT,
             node_name: format!("node@{listen}"),
             fingerprint: None,
             worker_threads: 4,
@@ -344,6 +352,14 @@ pub struct GuardStats {
     pub buffered_peak: u64,
     /// `accept` failures (EMFILE, ENFILE, ...).
     pub accept_errors: u64,
+    /// Wrong proofs of the shared secret received.
+    pub auth_failures: u64,
+    /// Handshakes refused because their peer was blocked for failing too
+    /// many proofs.
+    pub auth_refused_blocked: u64,
+    /// Peers in the failed-proof table now (bounded by
+    /// [`AuthLimit::max_peers`]).
+    pub auth_peers: u64,
 }
 
 /// A snapshot of a node's counters.

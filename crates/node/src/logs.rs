@@ -89,13 +89,16 @@ pub(crate) enum WarnKind {
     ConnectionError,
     /// `accept` failed (EMFILE and friends).
     Accept,
+    /// A peer blocked for failing too many shared-secret proofs.
+    AuthBlocked,
 }
 
 impl WarnKind {
-    const ALL: [WarnKind; 3] = [
+    const ALL: [WarnKind; 4] = [
         WarnKind::Refused,
         WarnKind::ConnectionError,
         WarnKind::Accept,
+        WarnKind::AuthBlocked,
     ];
 
     fn index(self) -> usize {
@@ -107,6 +110,7 @@ impl WarnKind {
             WarnKind::Refused => "refused handshakes",
             WarnKind::ConnectionError => "connection errors",
             WarnKind::Accept => "accept failures",
+            WarnKind::AuthBlocked => "peers blocked for failed handshake proofs",
         }
     }
 }
@@ -164,7 +168,7 @@ impl Window {
 /// one summary line when the interval ends.
 pub(crate) struct WarnLimiter {
     limit: WarnLimit,
-    windows: [Window; 3],
+    windows: [Window; 4],
 }
 
 impl WarnLimiter {

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant as TokioInstant;
 
+use crate::auth::AuthGuard;
 use crate::logs::{safe, safe_bounded, WarnKind, WarnLimiter};
 use crate::{ClientId, GuardStats, NodeConfig, NodeError, NodeStats, VerbsAcceptor};
 
@@ -61,6 +62,8 @@ struct Guards {
 struct ClientEntry {
     name: Mutex<String>,
     peer: String,
+    /// The peer's address (what failed proofs are counted by).
+    ip: IpAddr,
     batches: AtomicU64,
     reads: AtomicU64,
     bytes: AtomicU64,
@@ -93,6 +96,7 @@ struct Shared {
     pending: Mutex<BTreeMap<u64, Arc<Notify>>>,
     warns: Mutex<WarnLimiter>,
     warn_interval: Duration,
+    auth: AuthGuard,
 }
 
 impl Shared {
@@ -210,6 +214,9 @@ impl Shared {
             buffered_bytes: c.buffered.load(Relaxed),
             buffered_peak: c.buffered_peak.load(Relaxed),
             accept_errors: c.accept_errors.load(Relaxed),
+            auth_failures: self.auth.failures.load(Relaxed),
+            auth_refused_blocked: self.auth.refused_blocked.load(Relaxed),
+            auth_peers: self.auth.peers() as u64,
         }
     }
 }
@@ -456,6 +463,7 @@ pub(crate) fn start(
         node: node.clone(),
         fingerprint: fingerprint.clone(),
         regions: policy.regions.clone(),
+        proof: Some([0; seqfeed_wire::PROOF_LEN]),
     })
     .to_bytes();
     if welcome.len() - seqfeed_wire::HEADER_LEN > config.limits.max_frame as usize {
@@ -488,6 +496,7 @@ pub(crate) fn start(
         pending: Mutex::new(BTreeMap::new()),
         warns: Mutex::new(WarnLimiter::new(config.warn_limit)),
         warn_interval: config.warn_limit.interval.max(Duration::from_millis(10)),
+        auth: AuthGuard::new(config.auth_limit),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     runtime.spawn(warning_summaries(Arc::clone(&shared), shutdown_rx.clone()));
@@ -578,6 +587,9 @@ enum End {
     Normal,
     /// The handshake was refused.
     Refused(String),
+    /// The handshake was refused because the peer is blocked for failed
+    /// proofs (counted, logged at debug level only).
+    Blocked(String),
     /// A protocol or I/O error.
     Error(String),
 }
@@ -599,6 +611,7 @@ async fn connection(
     let entry = Arc::new(ClientEntry {
         name: Mutex::new(String::new()),
         peer: peer.to_string(),
+        ip: peer.ip(),
         batches: AtomicU64::new(0),
         reads: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
@@ -636,6 +649,11 @@ async fn connection(
     }
     match end {
         End::Normal => tracing::debug!(node = %shared.node, %peer, %client, "connection closed"),
+        End::Blocked(why) => {
+            shared.counters.refused.fetch_add(1, Relaxed);
+            shared.auth.refused_blocked.fetch_add(1, Relaxed);
+            tracing::debug!(node = %shared.node, %peer, "handshake refused: {}", safe(&why));
+        }
         End::Refused(why) => {
             shared.counters.refused.fetch_add(1, Relaxed);
             shared.warn(WarnKind::Refused, peer.ip(), || {
@@ -667,7 +685,15 @@ async fn drive(
     mut shutdown: watch::Receiver<bool>,
 ) -> End {
     let g = shared.guards;
-    let mut conn = ServerConn::new(Arc::clone(&shared.policy));
+    let ip = entry.ip;
+    let mut nonce = [0u8; seqfeed_wire::NONCE_LEN];
+    if shared.policy.secret.is_some() {
+        if let Err(e) = getrandom::getrandom(&mut nonce) {
+            return End::Error(format!("drawing a handshake nonce from the OS RNG: {e}"));
+        }
+    }
+    let mut conn = ServerConn::new(Arc::clone(&shared.policy), nonce);
+    let mut was_blocked = false;
     let mut budget = Budget { shared, held: 0 };
     let mut buf = vec![0u8; 64 * 1024];
     let handshake_deadline = TokioInstant::now() + g.handshake_timeout;
@@ -743,6 +769,9 @@ async fn drive(
                 }
                 ServerAction::Close { frame, reason } => {
                     let refused = matches!(frame, Some(Frame::Refused { .. }));
+                    if conn.auth_failed() {
+                        auth_failed(shared, ip);
+                    }
                     if let Some(f) = frame {
                         let _ = tokio::time::timeout(
                             g.write_timeout.min(Duration::from_secs(2)),
@@ -751,7 +780,9 @@ async fn drive(
                         .await;
                     }
                     linger_close(stream).await;
-                    return if refused {
+                    return if refused && was_blocked {
+                        End::Blocked(reason)
+                    } else if refused {
                         End::Refused(reason)
                     } else {
                         End::Error(reason)
@@ -846,10 +877,32 @@ async fn drive(
                         g.max_buffered_bytes, budget.held
                     ));
                 }
+                if conn.in_handshake() && shared.policy.secret.is_some() {
+                    if let Some(why) = shared.auth.check(&shared.node, ip) {
+                        conn.block(why);
+                        was_blocked = true;
+                    }
+                }
                 conn.feed(&buf[..n]);
             }
             Err(e) => return End::Error(format!("read failed: {e}")),
         }
+    }
+}
+
+/// Counts a wrong proof from `ip` and, when it blocks the peer, says so in
+/// one (rate-limited) warning.
+fn auth_failed(shared: &Shared, ip: IpAddr) {
+    if let Some(b) = shared.auth.failed(ip) {
+        shared.warn(WarnKind::AuthBlocked, ip, || {
+            tracing::warn!(
+                node = %shared.node,
+                peer = %ip,
+                "too many wrong shared-secret proofs from {ip}: refusing its handshakes for {:?} (block {})",
+                b.duration,
+                b.strike
+            );
+        });
     }
 }
 

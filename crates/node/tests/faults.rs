@@ -137,7 +137,7 @@ fn hostile_frames_close_only_their_connection() {
         })
     };
 
-    let hello_bytes = Frame::Hello(hello("evil", None, None)).to_bytes();
+    let hello_bytes = Frame::Hello(hello("evil", None)).to_bytes();
     let with_hello = |f: Vec<u8>| [hello_bytes.clone(), f].concat();
     let batch = |region, offset, len| {
         Frame::ReadBatch(ReadBatch {

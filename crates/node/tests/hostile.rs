@@ -67,7 +67,7 @@ fn read_frame(s: &mut TcpStream, r: &mut FrameReader) -> Frame {
 fn raw_authenticated(addr: SocketAddr, name: &str) -> TcpStream {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.write_all(&Frame::Hello(hello(name, None, None)).to_bytes())
+    s.write_all(&Frame::Hello(hello(name, None)).to_bytes())
         .unwrap();
     let mut r = FrameReader::new(Limits::DEFAULT);
     assert!(matches!(read_frame(&mut s, &mut r), Frame::Welcome(_)));
@@ -122,7 +122,7 @@ fn handshake_and_frame_deadlines_stop_trickling_clients() {
     let node = Node::start(c).unwrap();
     let addr = node.local_addr();
 
-    let hello_bytes = Frame::Hello(hello(&"slow".repeat(20), None, None)).to_bytes();
+    let hello_bytes = Frame::Hello(hello(&"slow".repeat(20), None)).to_bytes();
     let s = TcpStream::connect(addr).unwrap();
     let pre_auth = std::thread::spawn(move || {
         trickle(
@@ -267,7 +267,7 @@ fn slowloris_flood_is_capped_and_a_good_client_gets_in() {
         let stop = Arc::clone(&stop);
         let opened = Arc::clone(&opened);
         std::thread::spawn(move || {
-            let hello_bytes = Frame::Hello(hello("loris", None, None)).to_bytes();
+            let hello_bytes = Frame::Hello(hello("loris", None)).to_bytes();
             let connect = || {
                 let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
                 s.set_nonblocking(true).ok()?;

@@ -90,13 +90,13 @@ fn peer_provided_names_cannot_forge_log_lines() {
     let node = start(dir.path(), "node-esc", WarnLimit::DEFAULT);
     let evil = "rank0\nFAKE WARN node=node-esc granted root\x1b[31m red \x1b[0m";
     // Accepted, then a frame the node rejects: the close is logged with the name.
-    let hello_bytes = Frame::Hello(hello(evil, None, None)).to_bytes();
+    let hello_bytes = Frame::Hello(hello(evil, None)).to_bytes();
     send_and_drain(
         node.local_addr(),
         &[hello_bytes, b"GET / HTTP/1.1\r\n\r\n".to_vec()].concat(),
     );
     // Refused: a fingerprint from the wire ends up in the refusal reason.
-    let refused = Frame::Hello(hello(evil, None, Some(evil))).to_bytes();
+    let refused = Frame::Hello(hello(evil, Some(evil))).to_bytes();
     send_and_drain(node.local_addr(), &refused);
     wait_for("node-esc", |l| l.contains("closing connection"));
     wait_for("node-esc", |l| l.contains("handshake refused"));

@@ -159,7 +159,7 @@ fn raw_verbs_client(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut r = FrameReader::new(Limits::DEFAULT);
-    s.write_all(&Frame::Hello(hello("raw", None, None)).to_bytes())
+    s.write_all(&Frame::Hello(hello("raw", None)).to_bytes())
         .unwrap();
     assert!(matches!(read_frame(&mut s, &mut r), Frame::Welcome(_)));
     s.write_all(&connect_req("rxe0", 2).to_bytes()).unwrap();

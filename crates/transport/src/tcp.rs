@@ -14,12 +14,12 @@
 //! the verbs backend uses it to send [`seqfeed_wire::VerbsConnect`].
 
 use std::io::{IoSliceMut, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use seqfeed_wire::{
-    check_welcome, decode_body, decode_header, hello, Frame, HealthOk, Limits, ReadBatch, StatsOk,
-    Welcome, WireRead, HEADER_LEN,
+    decode_body, decode_header, ClientHandshake, ClientStep, Frame, HandshakeError, HealthOk,
+    Limits, ReadBatch, StatsOk, Welcome, WireRead, HEADER_LEN, NONCE_LEN,
 };
 
 use crate::{BatchStats, ReadRequest, RegionInfo, Transport, TransportError};
@@ -40,8 +40,13 @@ const MAX_IOV: usize = 1024;
 pub struct ConnectOptions {
     /// Client name shown in the node's logs and counters.
     pub client_name: String,
-    /// Shared secret, when the node requires one.
+    /// Shared secret, when the node requires one. It never crosses the
+    /// network: the client answers the node's challenge with an HMAC and
+    /// checks the node's own proof ([`seqfeed_wire::auth`]).
     pub secret: Option<String>,
+    /// Local address to connect from (`None`: the system picks), e.g. to
+    /// use one NIC of several.
+    pub local_addr: Option<IpAddr>,
     /// Dataset fingerprint the node must serve (`None` accepts any).
     pub expected_fingerprint: Option<String>,
     /// Parallel TCP connections per node (default 4).
@@ -68,6 +73,7 @@ impl Default for ConnectOptions {
         ConnectOptions {
             client_name: format!("seqfeed-client/{}", std::process::id()),
             secret: None,
+            local_addr: None,
             expected_fingerprint: None,
             connections: 4,
             connect_timeout: Duration::from_secs(2),
@@ -155,17 +161,29 @@ impl ControlClient {
     /// One connect attempt and handshake, no retries.
     pub fn connect_once(addr: SocketAddr, opts: &ConnectOptions) -> Result<Self, TransportError> {
         let node = addr.to_string();
-        let stream = TcpStream::connect_timeout(&addr, opts.connect_timeout)
-            .map_err(|e| io_err(&node, "connecting", e))?;
+        let stream = match opts.local_addr {
+            None => TcpStream::connect_timeout(&addr, opts.connect_timeout)
+                .map_err(|e| io_err(&node, "connecting", e))?,
+            Some(local) => connect_from(local, addr, opts.connect_timeout)
+                .map_err(|e| io_err(&node, format!("connecting from local address {local}"), e))?,
+        };
         let set =
             |r: std::io::Result<()>| r.map_err(|e| io_err(&node, "configuring the socket", e));
         set(stream.set_nodelay(true))?;
         set(stream.set_read_timeout(Some(opts.io_timeout)))?;
         set(stream.set_write_timeout(Some(opts.io_timeout)))?;
-        let h = hello(
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::getrandom(&mut nonce).map_err(|e| {
+            proto(
+                &node,
+                format!("drawing a handshake nonce from the OS RNG: {e}"),
+            )
+        })?;
+        let mut hs = ClientHandshake::new(
             &opts.client_name,
-            opts.secret.as_deref(),
+            opts.secret.as_deref().map(str::as_bytes),
             opts.expected_fingerprint.as_deref(),
+            nonce,
         );
         let mut c = ControlClient {
             stream,
@@ -175,20 +193,34 @@ impl ControlClient {
                 node: String::new(),
                 fingerprint: String::new(),
                 regions: Vec::new(),
+                proof: None,
             },
             limits: opts.limits,
         };
-        c.send(&Frame::Hello(h.clone()))?;
-        let answer = c.recv()?;
-        let w = check_welcome(&h, answer).map_err(|e| match e {
-            seqfeed_wire::HandshakeError::Refused(reason) => TransportError::Refused {
-                node: c.node.clone(),
-                reason,
-            },
-            other => proto(&c.node, format!("handshake: {other}")),
-        })?;
+        c.send(&Frame::Hello(hs.hello().clone()))?;
+        let w = loop {
+            let answer = c.recv()?;
+            match hs.on_frame(answer) {
+                Ok(ClientStep::Send(f)) => c.send(&f)?,
+                Ok(ClientStep::Done(w)) => break w,
+                Err(HandshakeError::Refused(reason)) => {
+                    return Err(TransportError::Refused {
+                        node: c.node.clone(),
+                        reason,
+                    })
+                }
+                Err(e @ HandshakeError::SecretRequired) => {
+                    return Err(TransportError::Refused {
+                        node: c.node.clone(),
+                        reason: format!("{e} (set SEQFEED_SECRET or --secret-file)"),
+                    })
+                }
+                Err(other) => return Err(proto(&c.node, format!("handshake: {other}"))),
+            }
+        };
         c.node = format!("{} ({})", w.node, c.node);
-        c.welcome = w;
+        // The proof is checked and differs per connection: compare tables without it.
+        c.welcome = Welcome { proof: None, ..w };
         tracing::debug!(node = %c.node, regions = c.welcome.regions.len(), "connected");
         Ok(c)
     }
@@ -350,6 +382,15 @@ impl ControlClient {
         }
         Ok(())
     }
+}
+
+/// Connects to `addr` from the local address `local` (any port).
+fn connect_from(local: IpAddr, addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::new(local, 0).into())?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
 }
 
 /// One-sided reads from one node over several TCP connections.

@@ -17,7 +17,16 @@ use std::fmt;
 /// Protocol version spoken by this crate; a node refuses other versions.
 ///
 /// Version 2 added [`QpEndpoint::rd_atomic`] (the RDMA READ depth).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 3 replaced the cleartext secret of the [`Hello`] with a
+/// challenge-response ([`Frame::Challenge`], [`Frame::Proof`],
+/// [`Welcome::proof`]; see [`crate::auth`]).
+pub const PROTOCOL_VERSION: u16 = 3;
+
+/// Bytes of a handshake nonce ([`Hello::nonce`], [`Frame::Challenge`]).
+pub const NONCE_LEN: usize = 32;
+
+/// Bytes of a handshake proof (an HMAC-SHA256 tag).
+pub const PROOF_LEN: usize = 32;
 
 /// Magic bytes opening a [`Hello`] body.
 pub const HELLO_MAGIC: [u8; 4] = *b"SQFD";
@@ -25,7 +34,7 @@ pub const HELLO_MAGIC: [u8; 4] = *b"SQFD";
 /// Bytes of a frame header (`len: u32`, `kind: u8`).
 pub const HEADER_LEN: usize = 5;
 
-/// Longest string field (names, secrets, messages) in bytes.
+/// Longest string field (names, messages) in bytes.
 pub const MAX_STRING: usize = 4096;
 
 /// Longest dataset fingerprint in bytes.
@@ -90,14 +99,24 @@ pub struct RegionInfo {
 }
 
 /// Client's first frame.
+///
+/// Its body starts with the magic, the version and the client name in
+/// every protocol version, so a node decodes that much of a Hello of any
+/// version and refuses another version by name ([`decode_body`] fills the
+/// other fields with defaults then).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// Protocol version the client speaks.
     pub version: u16,
     /// Client name for the node's logs and counters (e.g. `rank3@host`).
     pub client: String,
-    /// Shared secret, when the node requires one.
-    pub secret: Option<String>,
+    /// Fresh random bytes of the client, bound into both proofs so a
+    /// recorded node answer cannot be replayed to it.
+    pub nonce: [u8; NONCE_LEN],
+    /// Whether the client holds a shared secret (it then expects a
+    /// [`Frame::Challenge`] and a node proof). The secret itself never
+    /// crosses the network.
+    pub auth: bool,
     /// The dataset fingerprint the client expects; the node refuses a
     /// mismatch. `None` accepts any dataset.
     pub fingerprint: Option<String>,
@@ -114,6 +133,9 @@ pub struct Welcome {
     pub fingerprint: String,
     /// The node's region table.
     pub regions: Vec<RegionInfo>,
+    /// The node's proof that it holds the shared secret (after a
+    /// [`Frame::Proof`]); `None` when the session is not authenticated.
+    pub proof: Option<[u8; PROOF_LEN]>,
 }
 
 /// One read of a [`ReadBatch`].
@@ -304,6 +326,18 @@ pub enum Frame {
         /// Why.
         reason: String,
     },
+    /// Node: answer to the [`Hello`] of a client when the node holds a
+    /// shared secret: prove you hold it too.
+    Challenge {
+        /// Fresh random bytes of the node (from the OS RNG).
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Client: answer to a [`Frame::Challenge`], an HMAC-SHA256 of the
+    /// handshake under the shared secret ([`crate::auth::client_proof`]).
+    Proof {
+        /// The tag.
+        proof: [u8; PROOF_LEN],
+    },
     /// Client: read these ranges.
     ReadBatch(ReadBatch),
     /// Node: `total` raw bytes follow (the reads of batch `id` in order).
@@ -349,6 +383,10 @@ mod kind {
     pub const ERROR: u8 = 10;
     pub const VERBS_CONNECT: u8 = 11;
     pub const VERBS_ACCEPT: u8 = 12;
+    pub const CHALLENGE: u8 = 13;
+    pub const PROOF: u8 = 14;
+    /// The highest kind.
+    pub const LAST: u8 = PROOF;
 }
 
 impl Frame {
@@ -367,6 +405,8 @@ impl Frame {
             Frame::Error { .. } => "Error",
             Frame::VerbsConnect(_) => "VerbsConnect",
             Frame::VerbsAccept(_) => "VerbsAccept",
+            Frame::Challenge { .. } => "Challenge",
+            Frame::Proof { .. } => "Proof",
         }
     }
 
@@ -384,6 +424,8 @@ impl Frame {
             Frame::Error { .. } => kind::ERROR,
             Frame::VerbsConnect(_) => kind::VERBS_CONNECT,
             Frame::VerbsAccept(_) => kind::VERBS_ACCEPT,
+            Frame::Challenge { .. } => kind::CHALLENGE,
+            Frame::Proof { .. } => kind::PROOF,
         }
     }
 
@@ -402,7 +444,8 @@ impl Frame {
                 w.bytes(&HELLO_MAGIC);
                 w.u16(h.version);
                 w.str(&h.client);
-                w.opt_str(h.secret.as_deref());
+                w.bytes(&h.nonce);
+                w.bytes(&[u8::from(h.auth)]);
                 w.opt_str(h.fingerprint.as_deref());
             }
             Frame::Welcome(wl) => {
@@ -417,8 +460,17 @@ impl Frame {
                     w.u64(r.addr);
                     w.u32(r.rkey);
                 }
+                match &wl.proof {
+                    None => w.bytes(&[0]),
+                    Some(p) => {
+                        w.bytes(&[1]);
+                        w.bytes(p);
+                    }
+                }
             }
             Frame::Refused { reason } => w.str(reason),
+            Frame::Challenge { nonce } => w.bytes(nonce),
+            Frame::Proof { proof } => w.bytes(proof),
             Frame::ReadBatch(b) => {
                 w.u64(b.id);
                 w.u32(b.reads.len() as u32);
@@ -603,7 +655,7 @@ pub fn decode_header(header: &[u8], limits: &Limits) -> Result<(usize, u8), Wire
     };
     let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
     let kind = h[4];
-    if !(kind::HELLO..=kind::VERBS_ACCEPT).contains(&kind) {
+    if !(kind::HELLO..=kind::LAST).contains(&kind) {
         return Err(WireError::UnknownKind(kind));
     }
     if len > limits.max_frame {
@@ -630,10 +682,24 @@ pub fn decode_body(kind: u8, body: &[u8], limits: &Limits) -> Result<Frame, Wire
                     why: "not a seqfeed client",
                 });
             }
+            let version = r.u16("version")?;
+            let client = r.str("client name", MAX_STRING)?;
+            if version != PROTOCOL_VERSION {
+                // Another version's fields follow: leave them unread, so
+                // the node can refuse the version by name.
+                return Ok(Frame::Hello(Hello {
+                    version,
+                    client,
+                    nonce: [0; NONCE_LEN],
+                    auth: false,
+                    fingerprint: None,
+                }));
+            }
             Frame::Hello(Hello {
-                version: r.u16("version")?,
-                client: r.str("client name", MAX_STRING)?,
-                secret: r.opt_str("secret", MAX_STRING)?,
+                version,
+                client,
+                nonce: r.array("client nonce")?,
+                auth: r.flag("auth flag")?,
                 fingerprint: r.opt_str("fingerprint", MAX_FINGERPRINT)?,
             })
         }
@@ -653,15 +719,26 @@ pub fn decode_body(kind: u8, body: &[u8], limits: &Limits) -> Result<Frame, Wire
                     rkey: r.u32("region rkey")?,
                 });
             }
+            let proof = match r.flag("node proof tag")? {
+                false => None,
+                true => Some(r.array("node proof")?),
+            };
             Frame::Welcome(Welcome {
                 version,
                 node,
                 fingerprint,
                 regions,
+                proof,
             })
         }
         kind::REFUSED => Frame::Refused {
             reason: r.str("reason", MAX_STRING)?,
+        },
+        kind::CHALLENGE => Frame::Challenge {
+            nonce: r.array("node nonce")?,
+        },
+        kind::PROOF => Frame::Proof {
+            proof: r.array("client proof")?,
         },
         kind::READ_BATCH => {
             let id = r.u64("request id")?;
@@ -840,6 +917,18 @@ impl<'a> Reader<'a> {
     }
     fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
         Ok(self.array::<1>(what)?[0])
+    }
+    fn flag(&mut self, what: &'static str) -> Result<bool, WireError> {
+        let at = self.pos;
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(WireError::BadValue {
+                what,
+                at,
+                why: "flag is neither 0 nor 1",
+            }),
+        }
     }
     fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
         Ok(u16::from_le_bytes(self.array(what)?))

@@ -4,15 +4,18 @@
 //! [`decode`]; nothing here touches a socket or a clock. The node's tokio
 //! service and the clients' blocking sockets drive them:
 //!
-//! 1. the client sends [`Hello`] (protocol version, client name, optional
-//!    shared secret, expected dataset fingerprint);
-//! 2. the node answers [`Welcome`] (node name, fingerprint, region table)
-//!    or [`Frame::Refused`] and closes;
-//! 3. the client sends [`ReadBatch`]es (many `(region, offset, len)` reads);
+//! 1. the client sends [`Hello`] (protocol version, client name, a nonce,
+//!    whether it holds a shared secret, expected dataset fingerprint);
+//! 2. with a shared secret, the node answers [`Frame::Challenge`] and the
+//!    client proves it holds the secret with [`Frame::Proof`] (an HMAC;
+//!    the secret never crosses the network: [`auth`], [`ClientHandshake`]);
+//! 3. the node answers [`Welcome`] (node name, fingerprint, region table,
+//!    its own proof of the secret) or [`Frame::Refused`] and closes;
+//! 4. the client sends [`ReadBatch`]es (many `(region, offset, len)` reads);
 //!    the node answers each with [`Frame::ReadData`]`{ id, total }` followed
 //!    by `total` raw bytes, the reads' payloads in request order, so the
 //!    client can receive them straight into its destination buffer;
-//! 4. [`Frame::Health`] / [`Frame::Stats`] return counters;
+//! 5. [`Frame::Health`] / [`Frame::Stats`] return counters;
 //!    [`VerbsConnect`] / [`VerbsAccept`] exchange RDMA queue-pair endpoints
 //!    and region keys.
 //!
@@ -35,16 +38,20 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod auth;
+#[cfg(test)]
+mod auth_tests;
 mod frame;
 mod session;
 #[cfg(test)]
 mod tests;
 
+pub use auth::{ClientHandshake, ClientStep};
 pub use frame::{
     decode, decode_body, decode_header, ClientCounters, Decoded, ErrorCode, Frame, HealthOk, Hello,
     Limits, NodeCounters, QpEndpoint, ReadBatch, RegionId, RegionInfo, RegionKey, StatsOk,
     VerbsAccept, VerbsConnect, Welcome, WireError, WireRead, HEADER_LEN, HELLO_MAGIC, MAX_CLIENTS,
-    MAX_FINGERPRINT, MAX_QPS, MAX_STRING, PROTOCOL_VERSION,
+    MAX_FINGERPRINT, MAX_QPS, MAX_STRING, NONCE_LEN, PROOF_LEN, PROTOCOL_VERSION,
 };
 pub use session::{
     check_welcome, find_region, hello, FrameReader, HandshakeError, ServerAction, ServerConn,

@@ -5,19 +5,22 @@
 
 use std::sync::Arc;
 
+use crate::auth;
 use crate::frame::{
     decode, Decoded, ErrorCode, Frame, Hello, Limits, ReadBatch, RegionInfo, VerbsConnect, Welcome,
-    WireError, PROTOCOL_VERSION,
+    WireError, NONCE_LEN, PROOF_LEN, PROTOCOL_VERSION,
 };
 
 /// Largest frame body a node accepts before the handshake succeeded.
 ///
-/// The only frame a client may send then is [`Hello`], at most 8,462 body
-/// bytes (magic 4, version 2, client name 2 + [`MAX_STRING`](crate::MAX_STRING),
-/// secret 1 + 2 + `MAX_STRING`, fingerprint 1 + 2 +
-/// [`MAX_FINGERPRINT`](crate::MAX_FINGERPRINT)); 16 KiB leaves a margin of
-/// almost 2x while an unauthenticated peer cannot make the node buffer
-/// more than that per connection.
+/// The only frames a client may send then are [`Hello`], at most 4,396
+/// body bytes (magic 4, version 2, client name 2 +
+/// [`MAX_STRING`](crate::MAX_STRING), nonce 32, auth flag 1, fingerprint
+/// 1 + 2 + [`MAX_FINGERPRINT`](crate::MAX_FINGERPRINT)), and a 32-byte
+/// [`Frame::Proof`]; a version 2 Hello (which carried the secret) is at
+/// most 8,462 bytes and still gets its version refusal. 16 KiB leaves a
+/// margin while an unauthenticated peer cannot make the node buffer more
+/// than that per connection.
 pub const MAX_PRE_AUTH_FRAME: u32 = 16 << 10;
 
 /// Accumulates received bytes and yields whole frames.
@@ -88,7 +91,8 @@ pub struct ServerPolicy {
     pub node: String,
     /// Fingerprint of the served dataset.
     pub fingerprint: String,
-    /// Shared secret clients must present, if any.
+    /// Shared secret clients must prove they hold, if any (it never
+    /// crosses the network: see [`crate::auth`]).
     pub secret: Option<String>,
     /// The region table (sorted by id).
     pub regions: Vec<RegionInfo>,
@@ -128,6 +132,7 @@ pub enum ServerAction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     AwaitHello,
+    AwaitProof { hello: Box<Hello> },
     Ready { client: String },
     Closed,
 }
@@ -138,11 +143,17 @@ pub struct ServerConn {
     policy: Arc<ServerPolicy>,
     reader: FrameReader,
     state: State,
+    nonce: [u8; NONCE_LEN],
+    blocked: Option<String>,
+    auth_failed: bool,
+    proved: bool,
 }
 
 impl ServerConn {
-    /// A fresh connection awaiting [`Hello`].
-    pub fn new(policy: Arc<ServerPolicy>) -> Self {
+    /// A fresh connection awaiting [`Hello`]. `nonce` is the node's
+    /// challenge when the policy has a secret: fresh random bytes from the
+    /// OS RNG for every connection (unused, and may be zero, without one).
+    pub fn new(policy: Arc<ServerPolicy>, nonce: [u8; NONCE_LEN]) -> Self {
         // Until the handshake succeeds only a small Hello is accepted.
         let limits = Limits {
             max_frame: policy.limits.max_frame.min(MAX_PRE_AUTH_FRAME),
@@ -152,7 +163,35 @@ impl ServerConn {
             policy,
             reader: FrameReader::new(limits),
             state: State::AwaitHello,
+            nonce,
+            blocked: None,
+            auth_failed: false,
+            proved: false,
         }
+    }
+
+    /// Refuses the rest of the handshake with `reason` (the peer is being
+    /// rate-limited): a Hello or Proof that arrives from now on is answered
+    /// with [`Frame::Refused`], without checking any proof.
+    pub fn block(&mut self, reason: String) {
+        self.blocked = Some(reason);
+    }
+
+    /// True while the handshake is not done (the connection is neither
+    /// open nor closed).
+    pub fn in_handshake(&self) -> bool {
+        matches!(self.state, State::AwaitHello | State::AwaitProof { .. })
+    }
+
+    /// True once the client sent a wrong proof of the shared secret (the
+    /// connection is closed with a refusal); what a node rate-limits.
+    pub fn auth_failed(&self) -> bool {
+        self.auth_failed
+    }
+
+    /// True once the client proved it holds the shared secret.
+    pub fn proved(&self) -> bool {
+        self.proved
     }
 
     /// The client's name once the handshake succeeded.
@@ -208,6 +247,11 @@ impl ServerConn {
                 ErrorCode::UNEXPECTED,
                 format!("expected Hello, got {}", f.name()),
             ),
+            (State::AwaitProof { .. }, Frame::Proof { proof }) => self.proof(&proof),
+            (State::AwaitProof { .. }, f) => self.fail(
+                ErrorCode::UNEXPECTED,
+                format!("expected Proof, got {}", f.name()),
+            ),
             (State::Ready { .. }, Frame::ReadBatch(b)) => self.batch(b),
             (State::Ready { .. }, Frame::Health) => ServerAction::Health,
             (State::Ready { .. }, Frame::Stats) => ServerAction::Stats,
@@ -244,23 +288,51 @@ impl ServerConn {
                 h.client, h.version, p.node, PROTOCOL_VERSION
             ));
         }
-        if let Some(want) = &p.secret {
-            match &h.secret {
-                None => {
-                    return self.refuse(format!(
-                        "node {} requires a shared secret and client {:?} sent none",
-                        p.node, h.client
-                    ))
-                }
-                Some(got) if !constant_time_eq(got.as_bytes(), want.as_bytes()) => {
-                    return self.refuse(format!(
-                        "wrong shared secret from client {:?} for node {}",
-                        h.client, p.node
-                    ))
-                }
-                Some(_) => {}
-            }
+        if let Some(why) = self.blocked.take() {
+            return self.refuse(why);
         }
+        match (&p.secret, h.auth) {
+            (Some(_), false) => self.refuse(format!(
+                "node {} requires a shared secret and client {:?} has none",
+                p.node, h.client
+            )),
+            (None, true) => self.refuse(format!(
+                "client {:?} holds a shared secret but node {} has none configured \
+                 (configure the same secret on both sides, or on neither)",
+                h.client, p.node
+            )),
+            (Some(_), true) => {
+                self.state = State::AwaitProof { hello: Box::new(h) };
+                ServerAction::Send(Frame::Challenge { nonce: self.nonce })
+            }
+            (None, false) => self.welcome(h, None),
+        }
+    }
+
+    fn proof(&mut self, proof: &[u8; PROOF_LEN]) -> ServerAction {
+        let p = Arc::clone(&self.policy);
+        let State::AwaitProof { hello } = std::mem::replace(&mut self.state, State::Closed) else {
+            return self.fail(ErrorCode::UNEXPECTED, "unexpected Proof".into());
+        };
+        if let Some(why) = self.blocked.take() {
+            return self.refuse(why);
+        }
+        let secret = p.secret.as_deref().unwrap_or_default().as_bytes();
+        if !auth::verify_client_proof(secret, &hello, &self.nonce, proof) {
+            self.auth_failed = true;
+            return self.refuse(format!(
+                "wrong shared secret from client {:?} for node {}",
+                hello.client, p.node
+            ));
+        }
+        self.proved = true;
+        self.welcome(*hello, Some(proof))
+    }
+
+    /// Checks the fingerprint and opens the session; `proof` is the
+    /// client's verified proof when the session is authenticated.
+    fn welcome(&mut self, h: Hello, proof: Option<&[u8; PROOF_LEN]>) -> ServerAction {
+        let p = Arc::clone(&self.policy);
         if let Some(fp) = &h.fingerprint {
             if *fp != p.fingerprint {
                 return self.refuse(format!(
@@ -269,14 +341,25 @@ impl ServerConn {
                 ));
             }
         }
-        self.state = State::Ready { client: h.client };
-        self.reader.set_limits(p.limits);
-        ServerAction::Send(Frame::Welcome(Welcome {
+        let mut w = Welcome {
             version: PROTOCOL_VERSION,
             node: p.node.clone(),
             fingerprint: p.fingerprint.clone(),
             regions: p.regions.clone(),
-        }))
+            proof: None,
+        };
+        if let (Some(secret), Some(client_proof)) = (&p.secret, proof) {
+            w.proof = Some(auth::node_proof(
+                secret.as_bytes(),
+                &h,
+                &self.nonce,
+                client_proof,
+                &w,
+            ));
+        }
+        self.state = State::Ready { client: h.client };
+        self.reader.set_limits(p.limits);
+        ServerAction::Send(Frame::Welcome(w))
     }
 
     fn batch(&mut self, b: ReadBatch) -> ServerAction {
@@ -322,13 +405,6 @@ pub fn find_region(regions: &[RegionInfo], id: crate::RegionId) -> Option<&Regio
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Why a client's handshake failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -365,14 +441,47 @@ pub enum HandshakeError {
     /// The node sent a frame that does not belong in a handshake.
     #[error("expected Welcome, got {0}")]
     Unexpected(&'static str),
+    /// The node asks for a proof of a shared secret and this client has
+    /// none.
+    #[error("the node requires a shared secret and this client has none")]
+    SecretRequired,
+    /// The client holds a secret and the node opened the session without
+    /// proving that it holds it too.
+    #[error(
+        "node {node} did not prove that it holds the shared secret: it has none configured, \
+         or it is not the node meant; refusing to use it"
+    )]
+    NodeUnauthenticated {
+        /// Node name (as it claims).
+        node: String,
+    },
+    /// The node's proof of the shared secret is wrong.
+    #[error(
+        "node {node} failed to prove that it holds the shared secret: its secret differs \
+         from this client's, or it is not the node meant; refusing to use it"
+    )]
+    BadNodeProof {
+        /// Node name (as it claims).
+        node: String,
+    },
+    /// The node could not decode this client's Hello, most likely because
+    /// it runs an older seqfeed.
+    #[error(
+        "the node could not read this client's Hello ({0}); it probably speaks an older \
+         protocol version than this client's {PROTOCOL_VERSION}"
+    )]
+    Incompatible(String),
 }
 
-/// Builds a [`Hello`] for this protocol version.
-pub fn hello(client: &str, secret: Option<&str>, fingerprint: Option<&str>) -> Hello {
+/// Builds a [`Hello`] for a client without a shared secret (its nonce is
+/// zero: no proof is asked of it). Clients with a secret use
+/// [`ClientHandshake`](crate::ClientHandshake).
+pub fn hello(client: &str, fingerprint: Option<&str>) -> Hello {
     Hello {
         version: PROTOCOL_VERSION,
         client: client.to_owned(),
-        secret: secret.map(str::to_owned),
+        nonce: [0; NONCE_LEN],
+        auth: false,
         fingerprint: fingerprint.map(str::to_owned),
     }
 }

@@ -45,8 +45,18 @@ fn samples() -> Vec<Frame> {
         errors: 2,
     };
     vec![
-        Frame::Hello(hello("rank0", Some("s3cret"), Some("abcd"))),
-        Frame::Hello(hello("", None, None)),
+        Frame::Hello(Hello {
+            nonce: [5; NONCE_LEN],
+            auth: true,
+            ..hello("rank0", Some("abcd"))
+        }),
+        Frame::Hello(hello("", None)),
+        Frame::Challenge {
+            nonce: [0xa5; NONCE_LEN],
+        },
+        Frame::Proof {
+            proof: [0x5a; PROOF_LEN],
+        },
         Frame::Welcome(Welcome {
             version: PROTOCOL_VERSION,
             node: "node-a".into(),
@@ -55,6 +65,7 @@ fn samples() -> Vec<Frame> {
                 region(0, "web/part-00000.seq", 1 << 40),
                 region(1, "é.seq", 0),
             ],
+            proof: Some([3; PROOF_LEN]),
         }),
         Frame::Refused {
             reason: "no".into(),
@@ -141,7 +152,7 @@ fn round_trip_every_frame() {
 /// version-2 one: the count check and the exact-body rule refuse it.
 #[test]
 fn version_1_endpoints_refused() {
-    assert_eq!(PROTOCOL_VERSION, 2);
+    const { assert!(PROTOCOL_VERSION >= 2) };
     assert_eq!(QpEndpoint::ENCODED_LEN, 28);
     let f = Frame::VerbsConnect(VerbsConnect {
         qps: vec![qp(1), qp(2)],
@@ -265,13 +276,16 @@ fn limits_enforced() {
         decode(&u, &limits),
         Err(WireError::BadUtf8 { .. })
     ));
-    let mut o = Frame::Hello(hello("c", None, None)).to_bytes();
-    let tag = o.len() - 2;
-    o[tag] = 7;
-    assert!(matches!(
-        decode(&o, &limits),
-        Err(WireError::BadValue { .. })
-    ));
+    for back in [1, 2] {
+        // The fingerprint's option tag, the auth flag.
+        let mut o = Frame::Hello(hello("c", None)).to_bytes();
+        let tag = o.len() - back;
+        o[tag] = 7;
+        assert!(matches!(
+            decode(&o, &limits),
+            Err(WireError::BadValue { .. })
+        ));
+    }
 }
 
 proptest! {
@@ -289,7 +303,7 @@ proptest! {
     /// A valid header with a random body never panics the decoder or the
     /// node's state machine (before and after a handshake).
     #[test]
-    fn random_bodies_never_panic(kind in 1u8..=12, body in proptest::collection::vec(any::<u8>(), 0..200)) {
+    fn random_bodies_never_panic(kind in 1u8..=14, body in proptest::collection::vec(any::<u8>(), 0..200)) {
         let mut b = (body.len() as u32).to_le_bytes().to_vec();
         b.push(kind);
         b.extend_from_slice(&body);
@@ -297,8 +311,8 @@ proptest! {
             prop_assert_eq!(consumed, b.len());
             prop_assert_eq!(frame.to_bytes(), b.clone());
         }
-        let mut conn = ServerConn::new(policy(None));
-        conn.feed(&Frame::Hello(hello("c", None, None)).to_bytes());
+        let mut conn = ServerConn::new(policy(None), [0; NONCE_LEN]);
+        conn.feed(&Frame::Hello(hello("c", None)).to_bytes());
         conn.feed(&b);
         let mut n = 0;
         while conn.poll().is_some() {
@@ -309,14 +323,15 @@ proptest! {
 
     /// Valid frames with random mutations never panic.
     #[test]
-    fn mutated_frames_never_panic(which in 0usize..13, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
-        let mut b = samples()[which].to_bytes();
+    fn mutated_frames_never_panic(which in 0usize..64, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+        let all = samples();
+        let mut b = all[which % all.len()].to_bytes();
         for (pos, val) in flips {
             let i = pos % b.len();
             b[i] = val;
         }
         let _ = decode(&b, &Limits::DEFAULT);
-        let mut conn = ServerConn::new(policy(None));
+        let mut conn = ServerConn::new(policy(Some("s")), [1; NONCE_LEN]);
         conn.feed(&b);
         while conn.poll().is_some() {}
     }
@@ -369,7 +384,7 @@ proptest! {
     }
 }
 
-fn policy(secret: Option<&str>) -> Arc<ServerPolicy> {
+pub(crate) fn policy(secret: Option<&str>) -> Arc<ServerPolicy> {
     Arc::new(ServerPolicy {
         node: "node-a".into(),
         fingerprint: "fp1".into(),
@@ -381,18 +396,18 @@ fn policy(secret: Option<&str>) -> Arc<ServerPolicy> {
 
 /// In-memory client/server pair: bytes move through queues, delivered in
 /// chunks of `chunk` bytes to exercise partial frames.
-struct Pair {
-    server: ServerConn,
+pub(crate) struct Pair {
+    pub(crate) server: ServerConn,
     to_server: VecDeque<u8>,
     client_rx: FrameReader,
-    closed: Option<String>,
+    pub(crate) closed: Option<String>,
     chunk: usize,
 }
 
 impl Pair {
-    fn new(secret: Option<&str>, chunk: usize) -> Self {
+    pub(crate) fn new(secret: Option<&str>, chunk: usize) -> Self {
         Pair {
-            server: ServerConn::new(policy(secret)),
+            server: ServerConn::new(policy(secret), [9; NONCE_LEN]),
             to_server: VecDeque::new(),
             client_rx: FrameReader::new(Limits::DEFAULT),
             closed: None,
@@ -400,14 +415,27 @@ impl Pair {
         }
     }
 
-    fn client_send(&mut self, f: &Frame) {
+    /// Runs a client handshake to its end.
+    pub(crate) fn handshake(&mut self, c: &mut ClientHandshake) -> Result<Welcome, HandshakeError> {
+        self.client_send(&Frame::Hello(c.hello().clone()));
+        loop {
+            let got = self.drive(&mut Vec::new());
+            assert_eq!(got.len(), 1, "{got:?}");
+            match c.on_frame(got[0].clone())? {
+                ClientStep::Send(f) => self.client_send(&f),
+                ClientStep::Done(w) => return Ok(w),
+            }
+        }
+    }
+
+    pub(crate) fn client_send(&mut self, f: &Frame) {
         self.to_server.extend(f.to_bytes());
     }
 
     /// Moves all queued bytes to the server and runs its actions; returns
     /// the frames the client received (ReadData payloads as `Refused`-free
     /// raw bytes appended to `raw`).
-    fn drive(&mut self, raw: &mut Vec<u8>) -> Vec<Frame> {
+    pub(crate) fn drive(&mut self, raw: &mut Vec<u8>) -> Vec<Frame> {
         let mut out = Vec::new();
         while !self.to_server.is_empty() && self.closed.is_none() {
             let n = self.chunk.min(self.to_server.len());
@@ -476,13 +504,11 @@ impl Pair {
 fn pair_handshake_and_reads() {
     for chunk in [1, 3, 1000] {
         let mut p = Pair::new(Some("s"), chunk);
-        let h = hello("rank0", Some("s"), Some("fp1"));
-        p.client_send(&Frame::Hello(h.clone()));
+        let mut c = ClientHandshake::new("rank0", Some(b"s"), Some("fp1"), [chunk as u8; 32]);
+        let w = p.handshake(&mut c).unwrap();
         let mut raw = Vec::new();
-        let got = p.drive(&mut raw);
-        assert_eq!(got.len(), 1);
-        let w = check_welcome(&h, got[0].clone()).unwrap();
         assert_eq!(w.node, "node-a");
+        assert!(w.proof.is_some());
         assert_eq!(w.regions.len(), 2);
         assert_eq!(p.server.client(), Some("rank0"));
 
@@ -534,37 +560,38 @@ fn pair_handshake_and_reads() {
 
 #[test]
 fn pair_refusals() {
-    let cases: Vec<(Option<&str>, Hello, &str)> = vec![
+    // (node secret, client secret, expected fingerprint, wanted message)
+    type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             Some("s"),
-            hello("c", None, None),
-            "requires a shared secret",
-        ),
-        (
-            Some("s"),
-            hello("c", Some("t"), None),
-            "wrong shared secret",
-        ),
-        (None, hello("c", None, Some("fp2")), "fingerprint mismatch"),
-        (
             None,
-            Hello {
-                version: 99,
-                ..hello("c", None, None)
-            },
-            "protocol version 99",
-        ),
-        (
             None,
-            Hello {
-                version: 1,
-                ..hello("c", None, None)
-            },
-            "protocol version 1,",
+            "requires a shared secret and client \"c\" has none",
         ),
+        (Some("s"), Some("t"), None, "wrong shared secret"),
+        (Some("s"), Some("ss"), None, "wrong shared secret"),
+        (None, Some("s"), None, "node node-a has none configured"),
+        (None, None, Some("fp2"), "fingerprint mismatch"),
+        (Some("s"), Some("s"), Some("fp2"), "fingerprint mismatch"),
     ];
-    for (secret, h, want) in cases {
+    for (secret, client_secret, fp, want) in cases {
         let mut p = Pair::new(secret, 2);
+        let mut c = ClientHandshake::new("c", client_secret.map(str::as_bytes), fp, [1; 32]);
+        let e = p.handshake(&mut c).unwrap_err();
+        assert!(
+            matches!(&e, HandshakeError::Refused(r) if r.contains(want)),
+            "{e}"
+        );
+        assert!(p.server.is_closed());
+        assert_eq!(p.server.auth_failed(), want == "wrong shared secret");
+    }
+    for (version, want) in [(99, "protocol version 99"), (1, "protocol version 1,")] {
+        let mut p = Pair::new(Some("s"), 2);
+        let h = Hello {
+            version,
+            ..hello("c", None)
+        };
         p.client_send(&Frame::Hello(h.clone()));
         let got = p.drive(&mut Vec::new());
         let e = check_welcome(&h, got[0].clone()).unwrap_err();
@@ -598,7 +625,7 @@ fn pair_refusals() {
     ));
     // Unknown region after a good handshake.
     let mut p = Pair::new(None, 5);
-    p.client_send(&Frame::Hello(hello("c", None, None)));
+    p.client_send(&Frame::Hello(hello("c", None)));
     p.client_send(&Frame::ReadBatch(ReadBatch {
         id: 1,
         reads: vec![WireRead {
@@ -619,12 +646,13 @@ fn pair_refusals() {
 
 #[test]
 fn client_checks_welcome() {
-    let h = hello("c", None, Some("fp1"));
+    let h = hello("c", Some("fp1"));
     let w = Welcome {
         version: PROTOCOL_VERSION,
         node: "n".into(),
         fingerprint: "other".into(),
         regions: vec![],
+        proof: None,
     };
     assert!(matches!(
         check_welcome(&h, Frame::Welcome(w.clone())),
@@ -659,13 +687,11 @@ fn pre_auth_frames_are_small_and_the_largest_hello_fits() {
     // The largest legitimate Hello is accepted.
     let big = Frame::Hello(hello(
         &"c".repeat(MAX_STRING),
-        Some(&"s".repeat(MAX_STRING)),
         Some(&"f".repeat(MAX_FINGERPRINT)),
     ));
     let bytes = big.to_bytes();
-    assert_eq!(bytes.len() - HEADER_LEN, 8462);
-    assert!(bytes.len() - HEADER_LEN <= MAX_PRE_AUTH_FRAME as usize / 2 + 400);
-    let mut s = ServerConn::new(policy(None));
+    assert_eq!(bytes.len() - HEADER_LEN, 4396);
+    let mut s = ServerConn::new(policy(None), [0; NONCE_LEN]);
     s.feed(&bytes);
     // Decoded whole (then refused for its made-up fingerprint, not for its size).
     match s.poll() {
@@ -675,9 +701,30 @@ fn pre_auth_frames_are_small_and_the_largest_hello_fits() {
         }) => assert!(reason.contains("fingerprint mismatch"), "{reason}"),
         other => panic!("{other:?}"),
     }
+    // So is the largest version 2 Hello (it carried a secret), refused for
+    // its version.
+    let v2 = crate::auth_tests::v2_hello(
+        &"c".repeat(MAX_STRING),
+        Some(&"s".repeat(MAX_STRING)),
+        Some(&"f".repeat(MAX_FINGERPRINT)),
+    );
+    assert_eq!(v2.len() - HEADER_LEN, 8462);
+    assert!(v2.len() - HEADER_LEN <= MAX_PRE_AUTH_FRAME as usize / 2 + 400);
+    let mut s = ServerConn::new(policy(Some("s")), [0; NONCE_LEN]);
+    s.feed(&v2);
+    match s.poll() {
+        Some(ServerAction::Close {
+            frame: Some(Frame::Refused { reason }),
+            ..
+        }) => assert!(
+            reason.contains("protocol version 2, node node-a speaks 3"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
 
     // A 16 MiB frame announced before the Hello fails at its 5-byte header.
-    let mut s = ServerConn::new(policy(None));
+    let mut s = ServerConn::new(policy(None), [0; NONCE_LEN]);
     let mut header = (16u32 << 20).to_le_bytes().to_vec();
     header.push(4); // ReadBatch
     s.feed(&header);
@@ -692,8 +739,8 @@ fn pre_auth_frames_are_small_and_the_largest_hello_fits() {
 
     // After the handshake the policy's limits apply again: a 1 MiB batch
     // frame is fine.
-    let mut s = ServerConn::new(policy(None));
-    s.feed(&Frame::Hello(hello("c", None, None)).to_bytes());
+    let mut s = ServerConn::new(policy(None), [0; NONCE_LEN]);
+    s.feed(&Frame::Hello(hello("c", None)).to_bytes());
     assert!(matches!(
         s.poll(),
         Some(ServerAction::Send(Frame::Welcome(_)))
