@@ -14,7 +14,8 @@ use crate::error::{FormatError, Result};
 /// in place (writers create a temporary file and rename it), and input corpora
 /// are treated as read-only. A file truncated by another process while mapped
 /// would make reads past the new end fault (SIGBUS); that is the documented
-/// limit of zero-copy reading.
+/// limit of zero-copy reading. The paths that must survive it read with
+/// `pread` instead: `SeqFile::verify` and the local transport.
 pub(crate) fn map_file(file: &File, path: &Path) -> Result<Mmap> {
     // SAFETY: memmap2 requires that the mapped file is not modified or
     // truncated while the map lives. Sequence files are immutable once renamed

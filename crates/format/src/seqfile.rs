@@ -347,16 +347,28 @@ pub struct SeqFile {
     path: PathBuf,
     map: Mmap,
     header: Header,
+    /// (device, inode) of the file mapped, to notice a replaced file.
+    identity: (u64, u64),
 }
 
 impl SeqFile {
     /// Maps `path` and validates its header and length (not the payload hash;
     /// see [`SeqFile::verify`]).
     pub fn open(path: impl AsRef<Path>) -> Result<SeqFile> {
+        use std::os::unix::fs::MetadataExt;
         let path = path.as_ref().to_path_buf();
-        let map = crate::mmap::map_path(&path)?;
+        let file = File::open(&path).map_err(|e| FormatError::io("open", &path, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| FormatError::io("stat", &path, e))?;
+        let map = crate::mmap::map_file(&file, &path)?;
         let header = Header::decode(&path, &map)?;
-        Ok(SeqFile { path, map, header })
+        Ok(SeqFile {
+            path,
+            map,
+            header,
+            identity: (meta.dev(), meta.ino()),
+        })
     }
 
     /// The file's path as opened.
@@ -506,38 +518,86 @@ impl SeqFile {
     /// Recomputes every CRC (stopping at the first bad sequence) and the payload
     /// hash. `progress` is called with payload bytes hashed since the last call.
     ///
-    /// Each ~1 MiB run is CRC-checked and then hashed while it is still in cache
-    /// (measured faster than checking CRCs on a second thread, which streams
-    /// the payload from memory twice).
+    /// Reads the file with `pread` rather than through the map, so a file
+    /// truncated (or replaced) while it is being verified is an error naming
+    /// it, never a SIGBUS. Each ~1 MiB run is CRC-checked and then hashed
+    /// while it is still in cache (measured faster than checking CRCs on a
+    /// second thread, which streams the payload from memory twice).
     pub fn verify(&self, progress: &dyn Fn(u64)) -> Result<()> {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let file = File::open(&self.path).map_err(|e| FormatError::io("open", &self.path, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| FormatError::io("stat", &self.path, e))?;
+        let changed = |what: &'static str, actual: u64| FormatError::Truncated {
+            path: self.path.clone(),
+            what,
+            expected: self.file_len(),
+            actual,
+        };
+        if meta.len() < self.file_len() {
+            return Err(changed("the file as opened (it shrank since)", meta.len()));
+        }
+        if (meta.dev(), meta.ino()) != self.identity {
+            return Err(FormatError::BadHeader {
+                path: self.path.clone(),
+                offset: 0,
+                reason: "the file was replaced since it was opened; open it again".into(),
+            });
+        }
+        let read_at = |buf: &mut [u8], offset: u64, what: &'static str| -> Result<()> {
+            file.read_exact_at(buf, offset).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    let now = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    changed(what, now)
+                } else {
+                    FormatError::io("read", &self.path, e)
+                }
+            })
+        };
         let seq_bytes = self.seq_bytes() as usize;
-        let payload = self.payload();
-        let table = self.crc_table();
-        // ~1 MiB runs of whole sequences.
-        let run_bytes = (1usize << 20).div_ceil(seq_bytes).max(1) * seq_bytes;
-        let mut hasher = blake3::Hasher::new();
-        let bad = match table {
-            Some(table) => {
-                let mut bad = None;
-                for (r, run) in payload.chunks(run_bytes).enumerate() {
-                    let first = (r * run_bytes / seq_bytes) as u64;
-                    bad = first_bad_crc(run, seq_bytes, &table[first as usize..], first);
-                    if bad.is_some() {
-                        break;
-                    }
-                    hasher.update(run);
-                    progress(run.len() as u64);
-                }
-                bad
-            }
-            None => {
-                for run in payload.chunks(run_bytes) {
-                    hasher.update(run);
-                    progress(run.len() as u64);
-                }
-                None
+        let table: Option<Vec<u32>> = match self.header.crc_offset {
+            None => None,
+            Some(off) => {
+                let mut raw = vec![0u8; self.count() as usize * 4];
+                read_at(
+                    &mut raw,
+                    off,
+                    "the CRC table (the file shrank while verified)",
+                )?;
+                Some(
+                    raw.chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                )
             }
         };
+        let payload_len = self.count() * self.seq_bytes();
+        // ~1 MiB runs of whole sequences.
+        let run_bytes = (1usize << 20).div_ceil(seq_bytes.max(1)).max(1) * seq_bytes.max(1);
+        let mut buf = vec![0u8; run_bytes];
+        let mut hasher = blake3::Hasher::new();
+        let mut bad = None;
+        let mut done = 0u64;
+        while done < payload_len {
+            let len = (payload_len - done).min(run_bytes as u64) as usize;
+            let run = &mut buf[..len];
+            read_at(
+                run,
+                self.data_offset() + done,
+                "the payload (the file shrank while verified)",
+            )?;
+            if let Some(table) = &table {
+                let first = done / self.seq_bytes();
+                bad = first_bad_crc(run, seq_bytes, &table[first as usize..], first);
+                if bad.is_some() {
+                    break;
+                }
+            }
+            hasher.update(run);
+            progress(len as u64);
+            done += len as u64;
+        }
         if let Some((index, stored, computed)) = bad {
             return Err(FormatError::CrcMismatch {
                 path: self.path.clone(),
