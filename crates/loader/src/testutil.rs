@@ -246,6 +246,10 @@ pub struct Switch {
     pub connects: AtomicU64,
     /// Milliseconds each batch takes (a slow link).
     pub delay_ms: AtomicU64,
+    /// When non-zero, the node is frozen (a stopped process): every read and
+    /// connect blocks this many milliseconds, then fails as a socket timeout
+    /// does (EAGAIN).
+    pub frozen_ms: AtomicU64,
     /// `register_buffer` calls.
     pub registers: AtomicU64,
     /// `unregister_buffer` calls that removed a registration.
@@ -301,6 +305,7 @@ impl Transport for Flaky {
         reads: &[ReadRequest],
         dst: &mut [u8],
     ) -> Result<BatchStats, TransportError> {
+        freeze(&self.switch, &self.name, "receiving a frame header")?;
         if self.switch.down.load(Ordering::SeqCst) {
             return Err(TransportError::Io {
                 node: self.name.clone(),
@@ -523,6 +528,21 @@ impl BufferAllocator for FakeDeviceAllocator {
     }
 }
 
+/// While `switch` is frozen: waits its `frozen_ms`, then fails the way a
+/// socket read past `SO_RCVTIMEO` does (EAGAIN).
+fn freeze(switch: &Switch, node: &str, what: &str) -> Result<(), TransportError> {
+    let ms = switch.frozen_ms.load(Ordering::SeqCst);
+    if ms == 0 {
+        return Ok(());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    Err(TransportError::Io {
+        node: node.to_owned(),
+        what: what.to_owned(),
+        source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
+    })
+}
+
 /// A node over `root` holding `files`, controlled by the returned switch.
 pub fn flaky_node(root: &Path, name: &str, files: Vec<String>) -> (NodeSpec, Arc<Switch>) {
     let switch = Arc::new(Switch::default());
@@ -535,6 +555,7 @@ pub fn flaky_node(root: &Path, name: &str, files: Vec<String>) -> (NodeSpec, Arc
         files: Some(files),
         connect: Box::new(move || {
             s.connects.fetch_add(1, Ordering::SeqCst);
+            freeze(&s, &n, "receiving a frame header")?;
             if s.down.load(Ordering::SeqCst) {
                 return Err(TransportError::Io {
                     node: n.clone(),

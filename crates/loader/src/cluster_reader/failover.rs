@@ -81,18 +81,29 @@ impl ClusterReader {
             let owner = match self.assign(&pending, reads) {
                 Ok(owner) => owner,
                 Err(fi) => {
-                    // No live holder of file `fi`: wait for a reconnect if one
-                    // is due before the deadline, else give up.
+                    // No live holder of file `fi`: wait for a reconnect while
+                    // the window is open: a probe in flight, or one due before
+                    // the deadline. Else give up.
                     let (opened, deadline) = open(&mut window);
                     let now = Instant::now();
                     let next = self.holders[fi]
                         .iter()
-                        .filter(|&&n| !self.nodes[n].given_up)
-                        .map(|&n| self.nodes[n].retry_at)
+                        .map(|&n| &self.nodes[n])
+                        .filter(|n| !n.given_up)
+                        .map(|n| if n.probing { now } else { n.retry_at })
                         .min();
                     match next {
                         Some(t) if t < deadline && now < deadline => {
-                            std::thread::sleep(t.saturating_duration_since(now));
+                            // Woken by a probe's result, or when the next is due.
+                            let due = self.holders[fi]
+                                .iter()
+                                .map(|&n| &self.nodes[n])
+                                .filter(|n| !n.given_up && !n.probing)
+                                .map(|n| n.retry_at)
+                                .filter(|&t| t > now)
+                                .min()
+                                .unwrap_or(deadline);
+                            self.wait_for_probe(due.min(deadline));
                             continue;
                         }
                         _ => return Err(self.no_replica(step, fi, opened.elapsed())),
@@ -104,7 +115,7 @@ impl ClusterReader {
             )?;
             if !failed.is_empty() {
                 open(&mut window);
-                tracing::warn!(
+                tracing::debug!(
                     step,
                     round,
                     rows = failed.len(),
@@ -122,11 +133,14 @@ impl ClusterReader {
             .iter()
             .map(|&n| {
                 let node = &self.nodes[n];
-                format!(
-                    "{} ({})",
-                    node.spec.name,
-                    node.last_error.as_deref().unwrap_or("no error recorded")
-                )
+                let last = node.last_error.as_deref().unwrap_or("no error recorded");
+                match node.down_because.as_deref() {
+                    Some(read) if !read.ends_with(last) => {
+                        format!("{} ({read}; reconnecting: {last})", node.spec.name)
+                    }
+                    Some(read) => format!("{} ({read})", node.spec.name),
+                    None => format!("{} ({last})", node.spec.name),
+                }
             })
             .collect::<Vec<_>>()
             .join("; ");

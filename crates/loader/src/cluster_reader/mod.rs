@@ -14,13 +14,15 @@
 //!    whose rows are scattered reads into a per-node staging buffer with one
 //!    batch and then copies each row into place (one round trip instead of
 //!    one per run);
-//! 3. when a node fails ([`TransportError::is_node_failure`]) marks it dead,
-//!    moves its rows to other live replicas and reads them again. When a
-//!    file has no live holder, it waits for a holder's reconnect for at most
-//!    [`RetryPolicy::failover_timeout`] (counted from the step's first
-//!    failure); then [`LoaderError::NoReplica`] names the step, the file and
-//!    each replica's last error. Other errors (a read out of bounds) fail the
-//!    step at once.
+//! 3. when a node fails ([`TransportError::is_node_failure`], e.g. a read
+//!    past the io timeout) marks it suspect with one log line naming it and
+//!    what it was reading, moves its rows to other live replicas and reads
+//!    them again at once. When a file has no live holder, it waits for a
+//!    holder's reconnect for at most [`RetryPolicy::failover_timeout`]
+//!    (counted from the step's first failure); then
+//!    [`LoaderError::NoReplica`] names the step, the file and each
+//!    replica's error (a socket timeout says "timed out"). Other errors (a
+//!    read out of bounds) fail the step at once.
 //!
 //! Destination memory: [`ClusterReader::register_buffer`] announces a
 //! long-lived destination (the loader's ring of step buffers) to every node
@@ -41,14 +43,19 @@
 //! step in progress fails with [`LoaderError::DeviceDestination`], which
 //! the loader answers by reading through the host buffer.
 //!
-//! A dead node is reconnected with exponential backoff
-//! ([`RetryPolicy::backoff_initial`] doubling up to
+//! A dead node is reconnected off the step's path, by background probes
+//! (one connect attempt at a time per node, see `revive`) with exponential
+//! backoff ([`RetryPolicy::backoff_initial`] doubling up to
 //! [`RetryPolicy::backoff_max`]) for at most
 //! [`RetryPolicy::max_reconnects`] attempts, then given up for the reader's
-//! lifetime. No wait is unbounded: connects and reads are bounded by the
-//! transports' own timeouts, waiting for a replica by the fail-over window.
+//! lifetime; a step takes a reconnected node back at its start. A frozen
+//! node (a stopped process still accepting TCP connections) thus costs a
+//! run one io timeout, not one per reconnect attempt. No wait is unbounded:
+//! connects and reads are bounded by the transports' own timeouts, waiting
+//! for a replica by the fail-over window.
 
 use std::collections::HashMap;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use seqfeed_transport::{DeviceRegion, RegionId, Transport, TransportError};
@@ -62,11 +69,14 @@ mod round;
 #[cfg(test)]
 mod tests;
 
-use revive::{connect_with_retry, map_regions};
+use revive::{connect_at_start, map_regions, ProbeResult};
 use round::Dest;
 
 /// Opens a transport to one node. Called at start and on every reconnect.
 pub type Connector = Box<dyn Fn() -> Result<Box<dyn Transport>, TransportError> + Send + Sync>;
+
+/// A [`Connector`] shared with the node's background probe.
+type SharedConnector = Arc<dyn Fn() -> Result<Box<dyn Transport>, TransportError> + Send + Sync>;
 
 /// One storage node as the reader sees it.
 pub struct NodeSpec {
@@ -136,6 +146,8 @@ pub struct StepReadStats {
 /// staging buffer's registration goes before its memory.
 struct Node {
     spec: NodeSpec,
+    /// The spec's connector, shared with background probes.
+    connect: SharedConnector,
     transport: Option<Box<dyn Transport>>,
     /// Buffers of [`ClusterReader::register_buffer`] (address, length) the
     /// current transport has registered.
@@ -154,6 +166,11 @@ struct Node {
     failures: u32,
     /// Last error, for messages.
     last_error: Option<String>,
+    /// The read failure that made the node suspect (what was being read),
+    /// until it is reconnected.
+    down_because: Option<String>,
+    /// Whether a background reconnect attempt is in flight.
+    probing: bool,
     /// Staging buffer for scattered rows, reused across steps.
     staging: Vec<u8>,
     /// Bytes read from this node (lifetime).
@@ -205,6 +222,10 @@ pub struct ClusterReader {
     /// For each file, the nodes that hold it (per the node specs).
     holders: Vec<Vec<usize>>,
     policy: RetryPolicy,
+    /// Results of background reconnect attempts (node index, outcome).
+    probes: mpsc::Receiver<ProbeResult>,
+    /// Handed to each background reconnect attempt.
+    probe_tx: mpsc::Sender<ProbeResult>,
 }
 
 impl std::fmt::Debug for ClusterReader {
@@ -236,19 +257,35 @@ impl ClusterReader {
         let now = Instant::now();
         let mut nodes: Vec<Node> = specs
             .into_iter()
-            .map(|spec| Node {
-                spec,
-                transport: None,
-                registered: Vec::new(),
-                staging_registered: false,
-                device: Vec::new(),
-                regions: vec![None; files.len()],
-                given_up: false,
-                retry_at: now,
-                failures: 0,
-                last_error: None,
-                staging: Vec::new(),
-                bytes: 0,
+            .map(|spec| {
+                let NodeSpec {
+                    name,
+                    files: held,
+                    connect,
+                } = spec;
+                let connect: SharedConnector = Arc::from(connect);
+                let forward = connect.clone();
+                Node {
+                    spec: NodeSpec {
+                        name,
+                        files: held,
+                        connect: Box::new(move || forward()),
+                    },
+                    connect,
+                    transport: None,
+                    registered: Vec::new(),
+                    staging_registered: false,
+                    device: Vec::new(),
+                    regions: vec![None; files.len()],
+                    given_up: false,
+                    retry_at: now,
+                    failures: 0,
+                    last_error: None,
+                    down_because: None,
+                    probing: false,
+                    staging: Vec::new(),
+                    bytes: 0,
+                }
             })
             .collect();
         let index: HashMap<&str, usize> = files
@@ -257,32 +294,7 @@ impl ClusterReader {
             .map(|(i, f)| (f.as_str(), i))
             .collect();
 
-        // Connect all nodes in parallel: start-up retries must not add up.
-        let results: Vec<Result<Box<dyn Transport>, LoaderError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = nodes
-                .iter()
-                .map(|n| {
-                    let spec = &n.spec;
-                    s.spawn(move || connect_with_retry(spec, &policy))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .zip(&nodes)
-                .map(|(h, n)| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(LoaderError::Connect {
-                            node: n.spec.name.clone(),
-                            attempts: 0,
-                            source: TransportError::Protocol {
-                                node: n.spec.name.clone(),
-                                what: "connect thread panicked".into(),
-                            },
-                        })
-                    })
-                })
-                .collect()
-        });
+        let results = connect_at_start(&nodes, &index, &policy);
         let mut connect_errors = Vec::new();
         for (node, res) in nodes.iter_mut().zip(results) {
             match res {
@@ -352,6 +364,7 @@ impl ClusterReader {
             files = files.len(),
             "cluster reader connected"
         );
+        let (probe_tx, probes) = mpsc::channel();
         Ok(ClusterReader {
             files,
             nodes,
@@ -359,6 +372,8 @@ impl ClusterReader {
             device: Vec::new(),
             holders,
             policy,
+            probes,
+            probe_tx,
         })
     }
 
@@ -511,5 +526,30 @@ impl ClusterReader {
             }
         }
         self.read_dest(step, reads, row_bytes, Dest::Host(dst))
+    }
+}
+
+/// Says "timed out" for a socket timeout: a read or write past the tcp
+/// transport's io timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO`) surfaces as EAGAIN,
+/// whose text (`os error 11`, "resource temporarily unavailable") does not
+/// say that a node stopped answering.
+pub(super) fn name_timeout(e: TransportError) -> TransportError {
+    match e {
+        TransportError::Io { node, what, source }
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            TransportError::Io {
+                node,
+                what,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "timed out (no answer within the io timeout)",
+                ),
+            }
+        }
+        e => e,
     }
 }

@@ -1,68 +1,116 @@
-//! Revival of dead nodes: connects with retries at start, reconnects with
-//! exponential backoff after a failure, region-table lookups of a new
-//! transport, and giving a node up.
+//! Revival of dead nodes, off the step's path: connects at start (one
+//! attempt per node in parallel, retries only for nodes the run cannot do
+//! without), reconnects after a failure as background probes with
+//! exponential backoff, region-table lookups of a new transport, and giving
+//! a node up.
+//!
+//! A probe is one connect attempt on its own short-lived thread; a node has
+//! at most one in flight, and at most [`RetryPolicy::max_reconnects`] in a
+//! row, so there are never more probe threads than nodes. A step never
+//! waits for a probe unless a file has no live holder at all (then for at
+//! most the fail-over window). A frozen node (stopped process, wedged
+//! host) accepts TCP connections and answers nothing, so each attempt costs
+//! a whole io timeout: on the step's path that cost is what stalled runs.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use seqfeed_transport::{DeviceRegion, RegionId, Transport};
+use seqfeed_transport::{DeviceRegion, RegionId, Transport, TransportError};
 
-use super::{ClusterReader, Node, NodeSpec, RetryPolicy};
+use super::{name_timeout, ClusterReader, Node, NodeSpec, RetryPolicy, SharedConnector};
 use crate::error::LoaderError;
 
+/// The outcome of one background connect attempt: the node's index and the
+/// transport, or why not.
+pub(super) type ProbeResult = (usize, Result<Box<dyn Transport>, TransportError>);
+
 impl ClusterReader {
-    /// Tries to reconnect every dead node whose backoff has expired.
+    /// Takes in finished probes (installing reconnected transports) and
+    /// starts one for every dead node whose backoff has expired. Never blocks.
     pub(super) fn revive_due(&mut self) {
+        while let Ok((ni, res)) = self.probes.try_recv() {
+            self.probe_done(ni, res);
+        }
         let now = Instant::now();
-        let due = |n: &Node| !n.live() && !n.given_up && n.retry_at <= now;
-        if !self.nodes.iter().any(due) {
+        for (ni, node) in self.nodes.iter_mut().enumerate() {
+            if node.live() || node.given_up || node.probing || node.retry_at > now {
+                continue;
+            }
+            let connect: SharedConnector = node.connect.clone();
+            let tx = self.probe_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("seqfeed-probe-{ni}"))
+                .spawn(move || {
+                    // The reader may be gone by now; the transport is then dropped.
+                    let _ = tx.send((ni, connect()));
+                });
+            match spawned {
+                Ok(_) => node.probing = true,
+                Err(e) => {
+                    node.last_error = Some(format!("cannot start a reconnect thread: {e}"));
+                    schedule_retry(node, &self.policy);
+                }
+            }
+        }
+    }
+
+    /// Waits until `until` at most for a probe to finish, and takes it in.
+    pub(super) fn wait_for_probe(&mut self, until: Instant) {
+        let now = Instant::now();
+        if until <= now {
             return;
         }
-        let mut withdrawn: Vec<DeviceRegion> = Vec::new();
+        if let Ok((ni, res)) = self.probes.recv_timeout(until - now) {
+            self.probe_done(ni, res);
+        }
+    }
+
+    /// Takes in the outcome of node `ni`'s probe.
+    fn probe_done(&mut self, ni: usize, res: Result<Box<dyn Transport>, TransportError>) {
+        let Some(node) = self.nodes.get_mut(ni) else {
+            return;
+        };
+        node.probing = false;
+        let t = match res {
+            Ok(t) => t,
+            Err(e) => {
+                let e = name_timeout(e);
+                tracing::debug!(node = %node.spec.name, error = %e, "reconnect failed");
+                node.last_error = Some(e.to_string());
+                schedule_retry(node, &self.policy);
+                return;
+            }
+        };
         let index: HashMap<&str, usize> = self
             .files
             .iter()
             .enumerate()
             .map(|(i, f)| (f.as_str(), i))
             .collect();
-        for node in &mut self.nodes {
-            if !due(node) {
-                continue;
-            }
-            match (node.spec.connect)() {
-                Ok(t) => {
-                    let mut regions = vec![None; self.files.len()];
-                    match map_regions(&node.spec, t.as_ref(), &index, &mut regions) {
-                        Ok(()) => {
-                            tracing::info!(node = %node.spec.name, "node reconnected");
-                            node.regions = regions;
-                            node.set_transport(Some(t));
-                            node.failures = 0;
-                            // Device memory: the new transport registers it too, or
-                            // the region is withdrawn (steps then read through host memory).
-                            for region in &self.device {
-                                let Some(t) = node.transport.as_mut() else {
-                                    break;
-                                };
-                                match t.register_device(region) {
-                                    Ok(()) => node.device.push(*region),
-                                    Err(e) => {
-                                        tracing::warn!(node = %node.spec.name, error = %e, "reconnected node refuses device memory {region}; reading those steps through host memory");
-                                        withdrawn.push(*region);
-                                    }
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(node = %node.spec.name, error = %e, "reconnected node has a wrong region table; giving it up");
-                            node.last_error = Some(e.to_string());
-                            node.given_up = true;
-                        }
-                    }
-                }
+        let mut regions = vec![None; self.files.len()];
+        if let Err(e) = map_regions(&node.spec, t.as_ref(), &index, &mut regions) {
+            tracing::warn!(node = %node.spec.name, error = %e, "reconnected node has a wrong region table; giving it up");
+            node.last_error = Some(e.to_string());
+            node.given_up = true;
+            return;
+        }
+        tracing::info!(node = %node.spec.name, "node reconnected");
+        node.regions = regions;
+        node.set_transport(Some(t));
+        node.failures = 0;
+        node.down_because = None;
+        // Device memory: the new transport registers it too, or the region
+        // is withdrawn (steps then read through host memory).
+        let mut withdrawn: Vec<DeviceRegion> = Vec::new();
+        for region in &self.device {
+            let Some(t) = node.transport.as_mut() else {
+                break;
+            };
+            match t.register_device(region) {
+                Ok(()) => node.device.push(*region),
                 Err(e) => {
-                    node.last_error = Some(e.to_string());
-                    schedule_retry(node, &self.policy);
+                    tracing::warn!(node = %node.spec.name, error = %e, "reconnected node refuses device memory {region}; reading those steps through host memory");
+                    withdrawn.push(*region);
                 }
             }
         }
@@ -72,14 +120,111 @@ impl ClusterReader {
     }
 }
 
-/// Connects to a node, retrying with backoff up to `policy.start_attempts` times.
+/// Start-up connects: one attempt per node, all in parallel. A node whose
+/// first attempt fails is retried here (up to `policy.start_attempts` in
+/// all, with backoff) only when the run may need it: it holds a file no
+/// connected node holds, or its holdings are unknown (no file list). Any
+/// other failed node is left to the background probes, so one frozen node
+/// costs the start at most one connect attempt.
+pub(super) fn connect_at_start(
+    nodes: &[Node],
+    index: &HashMap<&str, usize>,
+    policy: &RetryPolicy,
+) -> Vec<Result<Box<dyn Transport>, LoaderError>> {
+    let panicked = |n: &Node| LoaderError::Connect {
+        node: n.spec.name.clone(),
+        attempts: 0,
+        source: TransportError::Protocol {
+            node: n.spec.name.clone(),
+            what: "connect thread panicked".into(),
+        },
+    };
+    let first: Vec<Result<Box<dyn Transport>, TransportError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let spec = &n.spec;
+                s.spawn(move || (spec.connect)())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(nodes)
+            .map(|(h, n)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(TransportError::Protocol {
+                        node: n.spec.name.clone(),
+                        what: "connect thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    // Files some connected node holds (by its list, else its region table).
+    let mut covered = vec![false; index.len()];
+    for (n, r) in nodes.iter().zip(&first) {
+        let Ok(t) = r else { continue };
+        let names: Vec<&str> = match &n.spec.files {
+            Some(list) => list.iter().map(String::as_str).collect(),
+            None => t.regions().iter().map(|r| r.name.as_str()).collect(),
+        };
+        for name in names {
+            if let Some(&fi) = index.get(name) {
+                covered[fi] = true;
+            }
+        }
+    }
+    let needed = |n: &Node| match &n.spec.files {
+        None => true,
+        Some(list) => list
+            .iter()
+            .any(|f| index.get(f.as_str()).is_some_and(|&fi| !covered[fi])),
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .zip(first)
+            .map(|(n, r)| match r {
+                Ok(t) => Ok(Ok(t)),
+                Err(e) if needed(n) && e.is_node_failure() && policy.start_attempts > 1 => {
+                    let spec = &n.spec;
+                    Err(s.spawn(move || connect_with_retry(spec, policy, 1)))
+                }
+                Err(e) => Ok(Err(LoaderError::Connect {
+                    node: n.spec.name.clone(),
+                    attempts: 1,
+                    source: name_timeout(e),
+                })),
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(nodes)
+            .map(|(h, n)| match h {
+                Ok(r) => r,
+                Err(h) => h.join().unwrap_or_else(|_| Err(panicked(n))),
+            })
+            .collect()
+    })
+}
+
+/// Connects to a node, retrying with backoff up to `policy.start_attempts`
+/// attempts in all, `done` of which were already made (and failed).
 pub(super) fn connect_with_retry(
     spec: &NodeSpec,
     policy: &RetryPolicy,
+    done: u32,
 ) -> Result<Box<dyn Transport>, LoaderError> {
     let attempts = policy.start_attempts.max(1);
     let mut backoff = policy.backoff_initial;
-    let mut attempt = 0;
+    for _ in 1..done.min(16) {
+        backoff = (backoff * 2).min(policy.backoff_max);
+    }
+    if done > 0 {
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(policy.backoff_max);
+    }
+    let mut attempt = done;
     loop {
         attempt += 1;
         match (spec.connect)() {
@@ -88,7 +233,7 @@ pub(super) fn connect_with_retry(
                 return Err(LoaderError::Connect {
                     node: spec.name.clone(),
                     attempts: attempt,
-                    source: e,
+                    source: name_timeout(e),
                 })
             }
             Err(e) => {
@@ -143,7 +288,7 @@ pub(super) fn map_regions(
 pub(super) fn schedule_retry(node: &mut Node, policy: &RetryPolicy) {
     node.failures += 1;
     if node.failures > policy.max_reconnects {
-        tracing::warn!(node = %node.spec.name, failures = node.failures, "giving up on node");
+        tracing::warn!(node = %node.spec.name, failures = node.failures, error = node.last_error.as_deref().unwrap_or(""), "giving up on node");
         node.given_up = true;
         return;
     }

@@ -4,7 +4,7 @@
 use seqfeed_transport::{BatchStats, DeviceRegion, ReadRequest, TransportError};
 
 use super::revive::schedule_retry;
-use super::{ClusterReader, Node, StepReadStats};
+use super::{name_timeout, ClusterReader, Node, StepReadStats};
 use crate::block::SeqRead;
 use crate::error::LoaderError;
 
@@ -121,9 +121,14 @@ impl ClusterReader {
                     })
                 }
                 Err(e) if e.is_node_failure() => {
+                    let e = name_timeout(e);
+                    let what = reading(step, reads, &out.rows, files);
                     let node = &mut self.nodes[ni];
-                    tracing::warn!(node = %node.spec.name, step, error = %e, "node failed; marking it dead");
+                    // The one line that names the suspect node: later reads go
+                    // to replicas, and reconnect attempts run in the background.
+                    tracing::warn!(node = %node.spec.name, step, error = %e, "node failed {what}; suspect until it reconnects: its reads move to replicas and it is probed in the background");
                     node.last_error = Some(e.to_string());
+                    node.down_because = Some(format!("{what}: {e}"));
                     node.set_transport(None);
                     schedule_retry(node, &self.policy);
                     failed.extend(out.rows);
@@ -302,4 +307,29 @@ fn run_rows(runs: &[(usize, &mut [u8])], row_bytes: usize) -> Vec<usize> {
     runs.iter()
         .flat_map(|(first, s)| *first..*first + s.len() / row_bytes.max(1))
         .collect()
+}
+
+/// What a node was reading when it failed, for the log and errors:
+/// `reading step S: N rows of FILE[, FILE, ...]` (at most three files named).
+fn reading(step: u64, reads: &[SeqRead], rows: &[usize], files: &[String]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for &row in rows {
+        let Some(name) = reads.get(row).and_then(|r| files.get(r.file as usize)) else {
+            continue;
+        };
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    let more = names.len().saturating_sub(3);
+    names.truncate(3);
+    let mut what = format!(
+        "reading step {step}: {} rows of {}",
+        rows.len(),
+        names.join(", ")
+    );
+    if more > 0 {
+        what.push_str(&format!(" and {more} more files"));
+    }
+    what
 }

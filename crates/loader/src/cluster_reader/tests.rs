@@ -272,3 +272,87 @@ fn missing_region_and_unplaced_files_are_refused() {
     assert!(matches!(e, LoaderError::Unplaced { .. }), "{e}");
     assert!(e.to_string().contains(&f.names[1]));
 }
+
+/// Issue 12 item 7: a frozen node (a stopped process: connects and reads
+/// block for the io timeout, then fail with EAGAIN) costs a run one io
+/// timeout, not one per reconnect attempt: reconnects run in the background
+/// while the replica serves every row.
+#[test]
+fn frozen_node_costs_one_io_timeout_and_its_rows_move_to_the_replica() {
+    const FROZEN_MS: u64 = 400;
+    let f = files(4, 16, 128, 11);
+    let (a, sa) = flaky_node(f.dir.path(), "node-a", f.names.clone());
+    let (b, _sb) = flaky_node(f.dir.path(), "node-b", f.names.clone());
+    let mut p = quick();
+    p.failover_timeout = Duration::from_secs(3);
+    let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], p).unwrap();
+    let src = RandomBlocks::new(&f, 8, 100);
+    let mut dst = vec![0u8; 8 * 128];
+    let mut reads = Vec::new();
+    src.block(0, 0, 1, &mut reads).unwrap();
+    r.read_step(0, &reads, 128, &mut dst).unwrap();
+    sa.frozen_ms.store(FROZEN_MS, Ordering::SeqCst);
+    let t = Instant::now();
+    let mut moved = 0;
+    for step in 1..30 {
+        reads.clear();
+        src.block(step, 0, 1, &mut reads).unwrap();
+        dst.fill(0);
+        let st = r.read_step(step, &reads, 128, &mut dst).unwrap();
+        assert_eq!(dst, expected(&f, &reads), "step {step}");
+        moved += st.failed_over;
+    }
+    let el = t.elapsed();
+    // One frozen read (FROZEN_MS), then the replica alone; before the fix
+    // every step paid a reconnect attempt of FROZEN_MS on its own path.
+    assert!(
+        el < Duration::from_millis(FROZEN_MS + 350),
+        "29 steps took {el:?} with a frozen node"
+    );
+    assert_eq!(moved, 4, "node-a's half of one step moved to node-b");
+    assert_eq!(r.live_nodes(), vec![false, true]);
+    // Thawed, the node is probed back in and serves again.
+    sa.frozen_ms.store(0, Ordering::SeqCst);
+    let t = Instant::now();
+    let mut step = 30;
+    while r.live_nodes() != vec![true, true] {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "node-a never came back"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        reads.clear();
+        src.block(step, 0, 1, &mut reads).unwrap();
+        r.read_step(step, &reads, 128, &mut dst).unwrap();
+        assert_eq!(dst, expected(&f, &reads));
+        step += 1;
+    }
+}
+
+/// With one replica, a frozen node's error says "timed out" (not `os error
+/// 11`) and names the node, the step and what was being read.
+#[test]
+fn frozen_node_without_replica_says_timed_out_naming_node_and_file() {
+    let f = files(1, 8, 64, 12);
+    let (a, sa) = flaky_node(f.dir.path(), "node-a", f.names.clone());
+    let mut p = quick();
+    p.failover_timeout = Duration::from_millis(500);
+    let mut r = ClusterReader::connect(f.names.clone(), vec![a], p).unwrap();
+    let src = RandomBlocks::new(&f, 4, 10);
+    let mut reads = Vec::new();
+    src.block(2, 0, 1, &mut reads).unwrap();
+    sa.frozen_ms.store(200, Ordering::SeqCst);
+    let mut dst = vec![0u8; 4 * 64];
+    let t = Instant::now();
+    let e = r.read_step(2, &reads, 64, &mut dst).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let msg = e.to_string();
+    assert!(matches!(e, LoaderError::NoReplica { step: 2, .. }), "{msg}");
+    assert!(msg.contains("timed out"), "{msg}");
+    assert!(!msg.contains("os error 11"), "{msg}");
+    assert!(msg.contains("node-a"), "{msg}");
+    assert!(
+        msg.contains(&format!("reading step 2: 4 rows of {}", f.names[0])),
+        "{msg}"
+    );
+}
