@@ -24,6 +24,7 @@
 
 mod auth;
 mod logs;
+mod metrics;
 mod service;
 mod verbs;
 
@@ -95,6 +96,9 @@ pub struct NodeConfig {
     pub files: Option<Vec<String>>,
     /// Address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Address of the Prometheus endpoint (`GET /metrics`), if any (port 0
+    /// picks a free one; [`NodeHandle::metrics_addr`] tells which).
+    pub metrics_listen: Option<SocketAddr>,
     /// Shared secret clients must prove they hold, if any. It never
     /// crosses the network: clients answer a challenge with an HMAC
     /// ([`seqfeed_wire::auth`]), and the node proves it holds it too.
@@ -155,6 +159,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("dataset_root", &self.dataset_root)
             .field("files", &self.files.as_ref().map(Vec::len))
             .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
             .field("auth_limit", &self.auth_limit)
             .field("node_name", &self.node_name)
@@ -183,6 +188,7 @@ impl NodeConfig {
             dataset_root: dataset_root.into(),
             files: None,
             listen,
+            metrics_listen: None,
             secret: None,
             auth_limit: AuthLimit::DEFAULT,
             node_name: format!("node@{listen}"),

@@ -97,6 +97,8 @@ struct Shared {
     warns: Mutex<WarnLimiter>,
     warn_interval: Duration,
     auth: AuthGuard,
+    /// Time to serve each read batch (the /metrics histogram).
+    latency: crate::metrics::ReadLatency,
 }
 
 impl Shared {
@@ -265,6 +267,7 @@ impl Drop for Budget<'_> {
 /// service and closes every connection.
 pub struct NodeHandle {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     fingerprint: String,
     shared: Arc<Shared>,
     shutdown_tx: watch::Sender<bool>,
@@ -286,6 +289,12 @@ impl NodeHandle {
     /// The address the node listens on (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the Prometheus endpoint, when
+    /// [`NodeConfig::metrics_listen`](crate::NodeConfig::metrics_listen) was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The node's name.
@@ -497,9 +506,50 @@ pub(crate) fn start(
         warns: Mutex::new(WarnLimiter::new(config.warn_limit)),
         warn_interval: config.warn_limit.interval.max(Duration::from_millis(10)),
         auth: AuthGuard::new(config.auth_limit),
+        latency: crate::metrics::ReadLatency::new(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     runtime.spawn(warning_summaries(Arc::clone(&shared), shutdown_rx.clone()));
+    let metrics_addr = match config.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = {
+                let _guard = runtime.enter();
+                crate::metrics::bind(addr)
+            }
+            .map_err(|source| NodeError::Io {
+                node: node.clone(),
+                what: "binding the metrics endpoint of",
+                addr,
+                source,
+            })?;
+            let bound = listener.local_addr().map_err(|source| NodeError::Io {
+                node: node.clone(),
+                what: "reading the metrics address of",
+                addr,
+                source,
+            })?;
+            let weak = Arc::downgrade(&shared);
+            let snapshot: crate::metrics::SnapshotFn = Arc::new(move || {
+                let s = weak.upgrade();
+                crate::metrics::Snapshot {
+                    node: s.as_ref().map(|s| s.node_counters()).unwrap_or_default(),
+                    guards: s.as_ref().map(|s| s.guard_stats()).unwrap_or_default(),
+                    qps: s
+                        .as_ref()
+                        .and_then(|s| s.verbs.as_ref().and_then(|v| v.open_qps())),
+                }
+            });
+            let registry = crate::metrics::registry(snapshot, shared.latency.clone());
+            runtime.spawn(crate::metrics::serve(
+                listener,
+                Arc::new(registry),
+                shutdown_rx.clone(),
+            ));
+            tracing::info!(node = %node, addr = %bound, "metrics endpoint serving GET /metrics");
+            Some(bound)
+        }
+    };
     runtime.spawn(accept_loop(listener, Arc::clone(&shared), shutdown_rx));
     tracing::info!(
         node = %node,
@@ -512,6 +562,7 @@ pub(crate) fn start(
     );
     Ok(NodeHandle {
         local_addr,
+        metrics_addr,
         fingerprint,
         shared,
         shutdown_tx,
@@ -738,13 +789,19 @@ async fn drive(
                     ] {
                         c.fetch_add(v, Relaxed);
                     }
+                    let started = Instant::now();
                     match tokio::time::timeout(
                         g.write_timeout,
                         serve_reads(stream, shared, &batch, total),
                     )
                     .await
                     {
-                        Ok(r) => r.map_err(Some),
+                        Ok(r) => {
+                            if r.is_ok() {
+                                shared.latency.observe(started.elapsed());
+                            }
+                            r.map_err(Some)
+                        }
                         Err(_) => Err(None),
                     }
                 }

@@ -28,9 +28,8 @@ pub struct Args {
     /// Node name (handshake, logs, cluster entry). Default: node@LISTEN.
     #[arg(long)]
     name: Option<String>,
-    /// Shared secret clients must present (also SEQFEED_SECRET).
-    #[arg(long, env = "SEQFEED_SECRET", hide_env_values = true)]
-    secret: Option<String>,
+    #[command(flatten)]
+    secret: super::secret::SecretArgs,
     /// Tokio worker threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
@@ -45,6 +44,11 @@ pub struct Args {
     /// Write the bound address (host:port) to this file once listening.
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g.
+    /// 0.0.0.0:9400. Unauthenticated: counts only, no names or data; put it
+    /// on a management network.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Most open connections (default 4096).
     #[arg(long)]
     max_connections: Option<usize>,
@@ -71,8 +75,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(name) = &args.name {
         cfg.node_name = name.clone();
     }
-    cfg.secret = args.secret.filter(|s| !s.is_empty());
+    cfg.secret = args.secret.resolve()?;
     cfg.worker_threads = args.threads;
+    cfg.metrics_listen = args.metrics_listen;
     let ms = Duration::from_millis;
     if let Some(n) = args.max_connections {
         cfg.max_connections = n;
@@ -124,6 +129,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bytes as f64 / (1 << 20) as f64,
         node.fingerprint()
     );
+    if let Some(m) = node.metrics_addr() {
+        eprintln!("seqfeed serve: metrics on http://{m}/metrics");
+    }
     if let Some(path) = &args.addr_file {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, format!("{addr}\n"))
