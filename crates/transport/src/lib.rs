@@ -61,11 +61,13 @@ pub mod cluster;
 pub mod local;
 mod mmap;
 pub mod regions;
+pub mod secret;
 pub mod tcp;
 
 pub use cluster::{ClusterError, ClusterFile, ClusterNode};
 pub use local::LocalTransport;
 pub use regions::{MappedRegion, RegionError, RegionTable};
+pub use secret::{read_secret_file, SecretFileError};
 /// Region ids and table entries are defined with the wire protocol that
 /// carries them.
 pub use seqfeed_wire::{RegionId, RegionInfo};

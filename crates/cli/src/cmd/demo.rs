@@ -80,9 +80,8 @@ pub struct Args {
     /// TCP connections per node per rank.
     #[arg(long, default_value_t = 2)]
     connections: usize,
-    /// Shared secret of the nodes (also SEQFEED_SECRET).
-    #[arg(long, env = "SEQFEED_SECRET", hide_env_values = true)]
-    secret: Option<String>,
+    #[command(flatten)]
+    secret: super::secret::SecretArgs,
     /// Shut node 0 down once a rank has read this step (in-process nodes;
     /// with --replicas 2 the reads move to the replica).
     #[arg(long)]
@@ -134,6 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("--ranks must be at least 1");
     }
     let started = Instant::now();
+    let secret = args.secret.resolve()?;
     // 1. The data and the plan.
     let tmp;
     let (root, opened) = match (&args.dataset, &args.plan) {
@@ -201,7 +201,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 &opened,
                 args.nodes,
                 args.replicas,
-                &args.secret,
+                &secret,
                 verbs,
                 args.transport == TransportKind::Verbs,
             )?
@@ -219,7 +219,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // 3. The ranks.
     let opts = ConnectOptions {
         client_name: "seqfeed-demo".into(),
-        secret: args.secret.clone().filter(|s| !s.is_empty()),
+        secret: secret.clone(),
         expected_fingerprint: opened.dataset_fingerprint.clone(),
         connections: args.connections.max(1),
         connect_timeout: Duration::from_secs(2),

@@ -19,9 +19,8 @@ pub struct Args {
     /// Check every node of this cluster file instead (exit 0 only if all answer).
     #[arg(long)]
     cluster: Option<PathBuf>,
-    /// Shared secret of the node (also SEQFEED_SECRET).
-    #[arg(long, env = "SEQFEED_SECRET", hide_env_values = true)]
-    secret: Option<String>,
+    #[command(flatten)]
+    secret: super::secret::SecretArgs,
     /// Dataset fingerprint the node must serve.
     #[arg(long)]
     fingerprint: Option<String>,
@@ -59,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let opts = ConnectOptions {
         client_name: format!("seqfeed-health/{}", std::process::id()),
-        secret: args.secret.clone().filter(|s| !s.is_empty()),
+        secret: args.secret.resolve()?,
         expected_fingerprint: args.fingerprint.clone(),
         connect_timeout: timeout,
         io_timeout: timeout,

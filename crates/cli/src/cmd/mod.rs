@@ -7,5 +7,6 @@ pub mod pack;
 pub mod place;
 pub mod plan;
 pub mod read;
+pub mod secret;
 pub mod serve;
 pub mod verify;

@@ -55,9 +55,8 @@ pub struct Args {
     /// Parallel TCP connections per node.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Shared secret of the nodes (also SEQFEED_SECRET).
-    #[arg(long, env = "SEQFEED_SECRET", hide_env_values = true)]
-    secret: Option<String>,
+    #[command(flatten)]
+    secret: super::secret::SecretArgs,
     /// Socket read/write timeout of the tcp transport (ms): how long a silent
     /// node (partitioned, stopped) blocks a read before it counts as failed.
     #[arg(long, default_value_t = 10_000)]
@@ -146,7 +145,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     spec.dataset = args.dataset.clone();
     spec.shapes = args.shapes.clone();
     spec.transport = args.transport;
-    spec.secret = args.secret.clone();
+    spec.secret = args.secret.resolve()?;
     spec.connections = args.connections.max(1);
     spec.io_timeout = Duration::from_millis(args.io_timeout_ms.max(100));
     spec.client_name = format!("seqfeed-read/rank{}", config.rank);
