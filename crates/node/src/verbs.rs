@@ -41,7 +41,11 @@ pub fn verbs_devices() -> Result<Vec<String>, String> {
 
 /// A factory enabling verbs on the named RDMA devices (`None`: every device
 /// with an ACTIVE port). Starting the node fails with the reason when no
-/// device is usable (libibverbs missing, no device, no ACTIVE port).
+/// device is usable (libibverbs missing, no device, no ACTIVE port), or,
+/// before anything is registered, when the served files cannot be pinned
+/// (`RLIMIT_MEMLOCK` or `MemAvailable` too small: the message gives the
+/// numbers and the fix; see [`seqfeed_verbs::pinning`]). Devices offering
+/// on-demand paging for RC reads register without pinning.
 pub fn verbs_factory(devices: Option<Vec<String>>) -> VerbsFactory {
     Arc::new(move |table| {
         let acceptor =

@@ -46,6 +46,9 @@ pub struct DeviceInfo {
     pub max_qp_wr: u32,
     /// Maximum CQ entries (`max_cqe`).
     pub max_cqe: u32,
+    /// On-demand paging for RC RDMA READ (`IBV_ODP_SUPPORT` and
+    /// `rc_odp_caps & IBV_ODP_SUPPORT_READ`): regions register without pinning.
+    pub odp_rc_read: bool,
 }
 
 impl DeviceInfo {
@@ -83,6 +86,15 @@ fn gid_type_name(t: GidType) -> &'static str {
         GidType::RoceV1 => "RoCEv1",
         GidType::InfiniBand => "IB",
     }
+}
+
+/// Whether ODP caps offer on-demand paging for RC RDMA READ (responder side).
+fn odp_rc_read(c: &sys::ibv_odp_caps) -> bool {
+    let general = c.general_caps & u64::from(sys::ibv_odp_general_caps::IBV_ODP_SUPPORT.0) != 0;
+    let read = c.per_transport_caps.rc_odp_caps
+        & sys::ibv_odp_transport_cap_bits::IBV_ODP_SUPPORT_READ.0
+        != 0;
+    general && read
 }
 
 fn is_ipv4_mapped(g: &[u8; 16]) -> bool {
@@ -231,6 +243,7 @@ fn open_nic(name: &str, ctx: Arc<DeviceContext>) -> Result<Nic, VerbsError> {
         max_qp_init_rd_atom: a.max_qp_init_rd_atom.max(1) as u32,
         max_qp_wr: a.max_qp_wr.max(1) as u32,
         max_cqe: a.max_cqe.max(1) as u32,
+        odp_rc_read: odp_rc_read(&dattr.attr.odp_caps),
     };
     Ok(Nic { info, ctx, pd })
 }

@@ -23,6 +23,13 @@ pub enum VerbsError {
         /// errno text or other detail.
         detail: String,
     },
+    /// The node would pin more memory than the host allows
+    /// ([`pinning::check`](crate::pinning::check)): the numbers and the fix.
+    #[error("cannot register the served files for RDMA: {detail}")]
+    Pinning {
+        /// What would be pinned, the limit it exceeds, and how to raise it.
+        detail: String,
+    },
     /// A connection-level failure with a node (QP setup, exchange, completion error).
     #[error("node {node}: verbs: {step}: {detail}")]
     Node {

@@ -11,6 +11,9 @@
 //!   than the read depth so the wire stays full ([`sendq`]: the device-free
 //!   credit logic), failed QPs rebuilt and their reads
 //!   retried a bounded number of times before a node failure is reported.
+//! * [`pinning`] checks, before a node registers its files, that the host
+//!   lets it pin them (`RLIMIT_MEMLOCK`, `MemAvailable`), and devices with
+//!   on-demand paging register without pinning.
 //! * [`auto_select`] decides between verbs and tcp and logs why.
 //! * [`affinity`] picks the RDMA devices closest to a rank's GPU (PCIe and
 //!   NUMA distance from sysfs), with a per-local-rank override.
@@ -37,6 +40,7 @@ mod client;
 mod device;
 mod endpoint;
 mod error;
+pub mod pinning;
 mod raw;
 pub mod sendq;
 mod server;

@@ -443,22 +443,25 @@ fn mr_error(e: impl std::error::Error) -> io::Error {
 }
 
 /// Registers `len` bytes at `addr`, kept alive by `owner`, for remote read
-/// only (the node's sequence files).
+/// only (the node's sequence files); with on-demand paging when
+/// `on_demand` (nothing pinned: the device faults pages in as reads arrive).
 pub(crate) fn reg_remote_read(
     pd: &Arc<ProtectionDomain>,
     owner: &Arc<dyn AsRef<[u8]> + Send + Sync>,
+    on_demand: bool,
 ) -> Result<Arc<sideway::ibverbs::memory_region::MemoryRegion>, io::Error> {
     let bytes: &[u8] = (**owner).as_ref();
+    let access = if on_demand {
+        sideway::ibverbs::AccessFlags::RemoteRead | sideway::ibverbs::AccessFlags::OnDemand
+    } else {
+        sideway::ibverbs::AccessFlags::RemoteRead
+    };
     // SAFETY: the range is the memory of `owner`, which the caller keeps alive for
     // longer than the returned MR (the server stores both); remote-read-only access
-    // means the device never writes it.
-    let mr = unsafe {
-        pd.reg_mr(
-            bytes.as_ptr() as usize,
-            bytes.len(),
-            sideway::ibverbs::AccessFlags::RemoteRead,
-        )
-    };
+    // means the device never writes it. With on-demand paging the device
+    // resolves pages through the process's page tables on access instead of
+    // pinning them; the mapping stays alive just the same.
+    let mr = unsafe { pd.reg_mr(bytes.as_ptr() as usize, bytes.len(), access) };
     mr.map_err(mr_error)
 }
 

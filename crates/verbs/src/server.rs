@@ -10,6 +10,7 @@ use sideway::ibverbs::memory_region::MemoryRegion;
 use crate::device::{open_devices, Nic};
 use crate::endpoint::{read_depth, Accepted, QpEndpoint};
 use crate::error::VerbsError;
+use crate::pinning::{PinBudget, PinPlan};
 use crate::raw::{Connect, Cq, Qp, ACCESS_REMOTE_READ};
 
 /// Largest number of QPs one connect request may ask for.
@@ -92,8 +93,48 @@ impl VerbsServer {
         VerbsServer::new(nics, regions)
     }
 
-    /// Registers every region (remote read only) on each of `nics`.
+    /// Registers every region (remote read only) on each of `nics`, after
+    /// checking that this process may pin them ([`PinBudget::current`]).
     pub fn new(nics: Vec<Arc<Nic>>, regions: Vec<ServedRegion>) -> Result<VerbsServer, VerbsError> {
+        VerbsServer::with_budget(nics, regions, &PinBudget::current())
+    }
+
+    /// What registering `regions` on `nics` pins: devices with on-demand
+    /// paging for RC reads pin nothing.
+    pub fn pin_plan(nics: &[Arc<Nic>], regions: &[ServedRegion]) -> PinPlan {
+        let (odp, pin): (Vec<&Arc<Nic>>, Vec<&Arc<Nic>>) =
+            nics.iter().partition(|n| n.info.odp_rc_read);
+        PinPlan {
+            bytes: regions
+                .iter()
+                .map(|r| (*r.data).as_ref().len() as u64)
+                .sum(),
+            regions: regions.len(),
+            pinning: pin.iter().map(|n| n.info.name.clone()).collect(),
+            on_demand: odp.iter().map(|n| n.info.name.clone()).collect(),
+        }
+    }
+
+    /// [`VerbsServer::new`] against a given budget: refuses with
+    /// [`VerbsError::Pinning`] (the numbers and the fix) before registering
+    /// anything when the plan does not fit; registers with on-demand paging
+    /// on devices that offer it for RC RDMA READ.
+    pub fn with_budget(
+        nics: Vec<Arc<Nic>>,
+        regions: Vec<ServedRegion>,
+        budget: &PinBudget,
+    ) -> Result<VerbsServer, VerbsError> {
+        let plan = VerbsServer::pin_plan(&nics, &regions);
+        crate::pinning::check(&plan, budget)?;
+        tracing::info!(
+            bytes = plan.bytes,
+            pinning = ?plan.pinning,
+            on_demand = ?plan.on_demand,
+            memlock = ?budget.memlock,
+            cap_ipc_lock = budget.cap_ipc_lock,
+            mem_available = ?budget.mem_available,
+            "verbs server: memory to register fits"
+        );
         if nics.is_empty() {
             return Err(VerbsError::Device {
                 device: "-".into(),
@@ -129,8 +170,9 @@ impl VerbsServer {
                     mrs.push(None);
                     continue;
                 }
+                let odp = nic.info.odp_rc_read;
                 let reg = |d: &Arc<dyn AsRef<[u8]> + Send + Sync>| {
-                    crate::raw::reg_remote_read(&nic.pd, d).map_err(|e| {
+                    crate::raw::reg_remote_read(&nic.pd, d, odp).map_err(|e| {
                         let efault = e.to_string().contains("os error 14");
                         let err = derr(
                             "ibv_reg_mr (remote read)",
