@@ -5,7 +5,7 @@
 //! memory registration.
 
 use std::net::Ipv6Addr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use rdma_mummy_sys as sys;
 use sideway::ibverbs::address::GidType;
@@ -101,6 +101,31 @@ fn is_ipv4_mapped(g: &[u8; 16]) -> bool {
     g[..10].iter().all(|&b| b == 0) && g[10] == 0xff && g[11] == 0xff
 }
 
+/// Device contexts and protection domains opened by this process, by device
+/// name; weak, so a device closes when nothing holds it any more.
+type Opened = Vec<(String, Weak<DeviceContext>, Weak<ProtectionDomain>)>;
+
+static OPENED: Mutex<Opened> = Mutex::new(Vec::new());
+
+/// The live context and PD of device `name`, if this process holds them.
+fn shared(name: &str) -> Option<(Arc<DeviceContext>, Arc<ProtectionDomain>)> {
+    let opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
+    opened
+        .iter()
+        .filter(|(n, ..)| n == name)
+        .find_map(|(_, c, p)| Some((c.upgrade()?, p.upgrade()?)))
+}
+
+fn remember(nic: &Nic) {
+    let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
+    opened.retain(|(_, c, p)| c.strong_count() > 0 && p.strong_count() > 0);
+    opened.push((
+        nic.info.name.clone(),
+        Arc::downgrade(&nic.ctx),
+        Arc::downgrade(&nic.pd),
+    ));
+}
+
 /// Lists RDMA devices. Errors when libibverbs cannot be loaded or the device
 /// list cannot be read; an empty list is not an error.
 pub fn list_devices() -> Result<Vec<DeviceInfo>, VerbsError> {
@@ -112,6 +137,9 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>, VerbsError> {
 
 /// Opens devices (all, or those named in `only`), each with its first ACTIVE
 /// port (or port 1 when none is active, reported with `active: false`).
+/// A device this process already holds open (through any transport or
+/// server) is shared: one context and one protection domain per device and
+/// process, as `ibv_open_device` per connection would multiply them.
 pub fn open_devices(only: Option<&[String]>) -> Result<Vec<Arc<Nic>>, VerbsError> {
     if let Err(e) = crate::raw::libibverbs_loadable() {
         return Err(VerbsError::NoLibrary { detail: e });
@@ -144,10 +172,20 @@ pub fn open_devices(only: Option<&[String]>) -> Result<Vec<Arc<Nic>>, VerbsError
             step,
             detail,
         };
-        let ctx = dev
-            .open()
-            .map_err(|e| derr("ibv_open_device", format!("{e:?}")))?;
-        let nic = open_nic(&name, ctx)?;
+        // One context and protection domain per device and process, shared by
+        // every transport and server holding them; the port, GID and limits
+        // are queried afresh on every open.
+        let nic = match shared(&name) {
+            Some((ctx, pd)) => open_nic(&name, ctx, Some(pd))?,
+            None => {
+                let ctx = dev
+                    .open()
+                    .map_err(|e| derr("ibv_open_device", format!("{e:?}")))?;
+                let nic = open_nic(&name, ctx, None)?;
+                remember(&nic);
+                nic
+            }
+        };
         out.push(Arc::new(nic));
     }
     if let Some(only) = only {
@@ -164,7 +202,12 @@ pub fn open_devices(only: Option<&[String]>) -> Result<Vec<Arc<Nic>>, VerbsError
     Ok(out)
 }
 
-fn open_nic(name: &str, ctx: Arc<DeviceContext>) -> Result<Nic, VerbsError> {
+/// Queries `ctx` and wraps it with `pd` (a fresh protection domain when `None`).
+fn open_nic(
+    name: &str,
+    ctx: Arc<DeviceContext>,
+    pd: Option<Arc<ProtectionDomain>>,
+) -> Result<Nic, VerbsError> {
     let derr = |step: &'static str, detail: String| VerbsError::Device {
         device: name.to_string(),
         step,
@@ -225,9 +268,12 @@ fn open_nic(name: &str, ctx: Arc<DeviceContext>) -> Result<Nic, VerbsError> {
         Some((_, i, g, t)) => (u8::try_from(i).unwrap_or(0), g, t),
         None => (0, [0u8; 16], "none"),
     };
-    let pd = ctx
-        .alloc_pd()
-        .map_err(|e| derr("ibv_alloc_pd", format!("{e:?}")))?;
+    let pd = match pd {
+        Some(pd) => pd,
+        None => ctx
+            .alloc_pd()
+            .map_err(|e| derr("ibv_alloc_pd", format!("{e:?}")))?,
+    };
     let info = DeviceInfo {
         name: name.to_string(),
         port,
