@@ -117,8 +117,11 @@ pub struct LoaderSpec {
     pub nodes: Nodes,
     /// Transport to the nodes.
     pub transport: TransportKind,
-    /// The nodes' shared secret.
+    /// The nodes' shared secret (never sent: the handshake proves it).
     pub secret: Option<String>,
+    /// A file holding the nodes' shared secret, read at connect time with
+    /// [`seqfeed_transport::read_secret_file`] (not with `secret` too).
+    pub secret_file: Option<PathBuf>,
     /// Parallel TCP connections per node.
     pub connections: usize,
     /// Socket read/write timeout of the tcp transport.
@@ -140,6 +143,7 @@ impl LoaderSpec {
             nodes,
             transport: TransportKind::Auto,
             secret: None,
+            secret_file: None,
             connections: 2,
             io_timeout: Duration::from_secs(10),
             client_name: "seqfeed-loader".into(),
@@ -200,6 +204,26 @@ impl LoaderSpec {
         }
     }
 
+    /// The shared secret to use: `secret` (an empty one counts as none) or
+    /// the contents of `secret_file`, not both.
+    pub fn resolve_secret(&self) -> Result<Option<String>, LoaderError> {
+        let inline = self.secret.clone().filter(|s| !s.is_empty());
+        match (&inline, &self.secret_file) {
+            (Some(_), Some(path)) => Err(LoaderError::Config {
+                what: format!(
+                    "give the shared secret once: a secret and the secret file {} are both set",
+                    path.display()
+                ),
+            }),
+            (_, Some(path)) => seqfeed_transport::read_secret_file(path)
+                .map(Some)
+                .map_err(|e| LoaderError::Config {
+                    what: e.to_string(),
+                }),
+            (s, None) => Ok(s.clone()),
+        }
+    }
+
     /// Connects a cluster reader for `opened`'s files.
     pub fn connect(
         &self,
@@ -209,7 +233,7 @@ impl LoaderSpec {
         let (endpoints, kind) = self.endpoints(opened)?;
         let opts = ConnectOptions {
             client_name: self.client_name.clone(),
-            secret: self.secret.clone().filter(|s| !s.is_empty()),
+            secret: self.resolve_secret()?,
             expected_fingerprint: opened.dataset_fingerprint.clone(),
             connections: self.connections.max(1),
             connect_timeout: self
@@ -261,4 +285,35 @@ pub fn error_message(err: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     message
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_secret_comes_from_the_spec_or_its_file_not_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut spec = LoaderSpec::new("plan.toml", Nodes::Local);
+        assert_eq!(spec.resolve_secret().unwrap(), None);
+        spec.secret = Some(String::new());
+        assert_eq!(spec.resolve_secret().unwrap(), None);
+        spec.secret_file = Some(file.clone());
+        assert_eq!(spec.resolve_secret().unwrap().as_deref(), Some("s3cret"));
+        spec.secret = Some("x".into());
+        let e = spec.resolve_secret().unwrap_err().to_string();
+        assert!(e.contains("once") && e.contains("secret"), "{e}");
+        spec.secret = None;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = spec.resolve_secret().unwrap_err().to_string();
+        assert!(
+            e.contains(file.to_str().unwrap()) && e.contains("chmod 600"),
+            "{e}"
+        );
+    }
 }

@@ -67,10 +67,10 @@ pub(crate) struct NativeLoader {
 impl NativeLoader {
     #[new]
     #[pyo3(signature = (plan, *, dataset=None, shapes=None, cluster=None, nodes=None,
-        transport="auto", device="cpu", prefetch=2, secret=None, start_step=0, start_micro=0,
+        transport="auto", device="cpu", prefetch=2, secret=None, secret_file=None, start_step=0, start_micro=0,
         end_step=None, dp_rank=0, dp_size=1, accumulation=1, widen=false, connections=2,
         io_timeout_ms=10_000, failover_ms=10_000, ring_wait_ms=10_000, client_name=None,
-        split="train"))]
+        split="train", verify_crc=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -83,6 +83,7 @@ impl NativeLoader {
         device: &str,
         prefetch: usize,
         secret: Option<String>,
+        secret_file: Option<PathBuf>,
         start_step: u64,
         start_micro: usize,
         end_step: Option<u64>,
@@ -96,6 +97,7 @@ impl NativeLoader {
         ring_wait_ms: u64,
         client_name: Option<String>,
         split: &str,
+        verify_crc: bool,
     ) -> PyResult<Self> {
         let place = parse_device(device)?;
         let split = crate::inspect::parse_split(split)?;
@@ -125,6 +127,7 @@ impl NativeLoader {
         spec.shapes = shapes;
         spec.transport = transport;
         spec.secret = secret;
+        spec.secret_file = secret_file;
         spec.connections = connections.max(1);
         spec.io_timeout = Duration::from_millis(io_timeout_ms.max(100));
         spec.split = split;
@@ -136,6 +139,7 @@ impl NativeLoader {
             .start_micro(start_micro)
             .prefetch(prefetch)
             .ring_wait(Duration::from_millis(ring_wait_ms))
+            .verify_crc(verify_crc)
             .retry(RetryPolicy {
                 failover_timeout: Duration::from_millis(failover_ms),
                 ..RetryPolicy::default()

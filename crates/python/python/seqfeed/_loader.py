@@ -82,7 +82,11 @@ class Loader:
         transport: ``"auto"``, ``"tcp"``, ``"verbs"`` or ``"local"``.
         device: ``"cpu"`` or ``"cuda:N"``.
         prefetch: steps read ahead of the consumer.
-        secret: the nodes' shared secret (default ``SEQFEED_SECRET``).
+        secret: the nodes' shared secret (default ``SEQFEED_SECRET``). It never
+            crosses the network: the handshake is a challenge-response.
+        secret_file: a file holding the shared secret instead (default
+            ``SEQFEED_SECRET_FILE``); one trailing newline is stripped and a
+            file every user may read is refused.
         start_step: first step (a ``load_state_dict`` overrides it).
         end_step: one past the last step (default: the plan's end).
         dp_rank, dp_size: this process's data-parallel rank and size
@@ -102,6 +106,9 @@ class Loader:
             same names.
         connections, io_timeout_ms, failover_ms, ring_wait_ms: network and
             fail-over bounds (see ``seqfeed read --help``).
+        verify_crc: check every sequence read against its file's CRC32C
+            table (default True); a mismatch is read again from a replica, and
+            with none left the loader raises naming the node, file and sequence.
         split: ``"train"`` (default) or ``"validation"``: the held-out
             sequences of the plan's ``[split]`` (docs/PLAN.md "Splits"),
             sources in config order, each one's held-out sequences in index
@@ -136,6 +143,7 @@ class Loader:
         device="cpu",
         prefetch=2,
         secret=None,
+        secret_file=None,
         start_step=0,
         end_step=None,
         dp_rank=None,
@@ -151,6 +159,7 @@ class Loader:
         failover_ms=10_000,
         ring_wait_ms=10_000,
         split="train",
+        verify_crc=True,
     ):
         if split not in ("train", "validation"):
             raise ValueError(f"split {split!r}: expected 'train' or 'validation'")
@@ -208,6 +217,9 @@ class Loader:
             device=str(self._device) if self._device.type == "cuda" else "cpu",
             prefetch=int(prefetch),
             secret=secret if secret is not None else os.environ.get("SEQFEED_SECRET"),
+            secret_file=_path(
+                secret_file if secret_file is not None else os.environ.get("SEQFEED_SECRET_FILE")
+            ),
             end_step=end_step,
             dp_rank=int(dp_rank),
             dp_size=int(dp_size),
@@ -220,6 +232,7 @@ class Loader:
             failover_ms=failover_ms,
             ring_wait_ms=ring_wait_ms,
             split=split,
+            verify_crc=bool(verify_crc),
         )
         self.micro_batch = micro_batch
         self.accumulation = block // micro_batch
