@@ -343,10 +343,14 @@ fn main() {
                     (_, p) => p,
                 };
             }
+            // QP occupancy (reads provably queued or on the wire / read depth, time-weighted):
+            // independent of rxe's speed, so it shows what a ConnectX would see.
+            let occupancy = v.counters().occupancy().unwrap_or(0.0);
+            let (depth, sq_depth, _) = v.lane_depths().first().copied().unwrap_or_default();
             drop(v);
             drop(tcp);
             println!(
-                "BENCH {kib} KiB q={q} chain={chain}: verbs {} ({:.0} reads/s, {:.1} reads/doorbell), tcp {} ({:.0} reads/s), ib_read_bw {}",
+                "BENCH {kib} KiB q={q} chain={chain}: verbs {} ({:.0} reads/s, {:.1} reads/doorbell, occupancy {occupancy:.3} at read depth {depth}, send queue {sq_depth}), tcp {} ({:.0} reads/s), ib_read_bw {}",
                 mbs(verbs_bw),
                 verbs_bw / msg as f64,
                 vreads as f64 / vposts.max(1) as f64,
