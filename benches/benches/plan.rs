@@ -69,6 +69,7 @@ fn shapes(scale: f64) -> Vec<SourceShape> {
                 fingerprint: format!("blake3-of-{name}-manifest"),
                 seq_len: SEQ_LEN,
                 token_bytes: TOKEN_BYTES,
+                tokenizer: None,
                 files,
             }
         })

@@ -591,3 +591,71 @@ fn pack_tokenizer_json_text() {
     assert!(o.status.success(), "{}", text(&o).1);
     assert!(text(&o).0.contains("documents   3"), "{}", text(&o).0);
 }
+
+#[test]
+fn plan_warns_on_mixed_tokenizers_and_a_pin_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("corpus.jsonl");
+    let mut lines = String::new();
+    for i in 0..300 {
+        lines.push_str(&format!(
+            "{{\"text\": \"The quick brown fox {i}, a lazy dog.\"}}\n"
+        ));
+    }
+    std::fs::write(&input, lines).unwrap();
+    let data = dir.path().join("data");
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    word_tokenizer(&a, &["</s>"]);
+    word_tokenizer(&b, &["<s>", "</s>"]);
+    for (name, tok) in [("web", &a), ("books", &a), ("code", &b)] {
+        let out = data.join(name);
+        let o = seqfeed(&[
+            "pack",
+            "--tokenizer",
+            p(tok),
+            p(&input),
+            "-o",
+            p(&out),
+            "--seq-len",
+            "8",
+        ]);
+        assert!(o.status.success(), "{}", text(&o).1);
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("web/manifest.json")).unwrap()).unwrap();
+    let hash = manifest["tokenizer"]["vocab_hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let plan = |pin: &str, sources: &[&str]| {
+        let mut t = format!("seed = 1\nglobal_batch = 4\n{pin}\n[run]\nsteps = 3\n");
+        for s in sources {
+            t.push_str(&format!("[[sources]]\nname = \"{s}\"\nweight = 1\n"));
+        }
+        let path = dir.path().join("plan.toml");
+        std::fs::write(&path, t).unwrap();
+        seqfeed(&["plan", "stats", "--dataset", p(&data), "--config", p(&path)])
+    };
+    let o = plan("", &["web", "books", "code"]);
+    let stderr = text(&o).1;
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("different tokenizers"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("web, books: hf:a (vocab_hash {hash}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("code: hf:b"), "{stderr}");
+    let o = plan(
+        &format!("tokenizer = \"{hash}\""),
+        &["web", "books", "code"],
+    );
+    let stderr = text(&o).1;
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("source 'code' was packed with tokenizer hf:b"),
+        "{stderr}"
+    );
+    let o = plan(&format!("tokenizer = \"{hash}\""), &["web", "books"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(!text(&o).1.contains("different tokenizers"));
+}

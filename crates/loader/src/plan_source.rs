@@ -171,6 +171,7 @@ mod tests {
             fingerprint: format!("fp-{name}"),
             seq_len: 64,
             token_bytes: 2,
+            tokenizer: None,
             files: (0..files)
                 .map(|i| FileShape {
                     path: format!("{name}/part-{i:05}.seq"),
@@ -217,6 +218,7 @@ mod tests {
             fingerprint: format!("fp-{name}"),
             seq_len: 64,
             token_bytes: 4,
+            tokenizer: None,
             files: (0..files)
                 .map(|i| FileShape {
                     path: format!("{name}/part-{i:05}.seq"),

@@ -6,6 +6,7 @@
 //! global_batch = 1024          # sequences per step (B)
 //! mode = "global"              # or "stratified"; default "global"
 //! max_epochs = 1.0             # default repetition limit (passes over a source)
+//! tokenizer = "3f9a..."        # optional: every source's tokenizer (vocab hash or name)
 //!
 //! [run]                        # exactly one of: sequences, tokens, steps
 //! tokens = 1_000_000_000_000
@@ -165,6 +166,14 @@ pub struct PlanConfig {
     /// take (1.0: no sequence repeats). Fractions are allowed.
     #[serde(default = "default_max_epochs")]
     pub max_epochs: f64,
+    /// Pins the tokenizer of every source of the mixture: a tokenizer's
+    /// `vocab_hash` (64 hex digits, as in the source manifests) or its name
+    /// (`tiktoken:cl100k_base`, `hf:<label>`). A source packed with another
+    /// tokenizer, or from token ids (no tokenizer recorded), is refused.
+    /// Without a pin, sources with different tokenizers only draw a warning.
+    /// Not part of the plan's fingerprint (it selects no sequence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
     /// The run length.
     pub run: RunLength,
     /// The validation split (none when absent).
@@ -278,6 +287,16 @@ impl PlanConfig {
         }
         if self.sources.is_empty() {
             return Err(invalid("sources", "the mixture has no sources"));
+        }
+        if self
+            .tokenizer
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(invalid(
+                "tokenizer",
+                "empty tokenizer pin: give a vocab hash (64 hex digits) or a tokenizer name",
+            ));
         }
         for (i, s) in self.sources.iter().enumerate() {
             let field = format!("sources[{i}] ('{}')", s.name);

@@ -18,6 +18,7 @@ impl SourceShape {
             fingerprint: manifest.fingerprint(),
             seq_len,
             token_bytes: manifest.dtype.size() as u32,
+            tokenizer: manifest.tokenizer.clone(),
             files: manifest
                 .files
                 .iter()

@@ -112,6 +112,16 @@ pub enum PlanError {
         /// The fingerprint found now.
         found: String,
     },
+    /// A source's tokenizer is not the one the config pins (`tokenizer = ...`).
+    #[error("source '{source_name}' was packed with tokenizer {found}, but the plan pins tokenizer = \"{pinned}\"; refusing to mix token ids of another vocabulary (repack the source, or drop it from the plan)")]
+    TokenizerMismatch {
+        /// The mismatching source.
+        source_name: String,
+        /// The config's pin.
+        pinned: String,
+        /// The source's tokenizer (`name (vocab_hash ...)`, or that it has none).
+        found: String,
+    },
     /// A source of the plan is missing from the current dataset.
     #[error(
         "source '{source_name}' of the plan is missing from the dataset (the dataset has: {known})"

@@ -18,6 +18,10 @@
 //!   hash of the sequence index. The training run never reads it;
 //!   [`Plan::validation_iter`] and [`Plan::split_block`] give the
 //!   validation stream ([`Split`]).
+//! * Tokenizers: sources packed with different tokenizers (their manifests'
+//!   `tokenizer.vocab_hash`) draw a warning ([`Plan::mixed_tokenizers`]); a
+//!   config's `tokenizer = "<vocab_hash or name>"` pin refuses any source
+//!   packed with another one, or with none ([`PlanError::TokenizerMismatch`]).
 //! * [`shapes_from_dataset`] / [`SourceShape::from_manifest`]: shapes of a
 //!   packed `seqfeed-format` dataset.
 //!
@@ -28,6 +32,7 @@
 //!     fingerprint: format!("fp-{name}"),
 //!     seq_len: 4096,
 //!     token_bytes: 2,
+//!     tokenizer: None,
 //!     files: vec![FileShape { path: format!("{name}/part-00000.seq"), count: n, data_offset: 4096 }],
 //! };
 //! let config = PlanConfig::from_toml_str(r#"
@@ -60,6 +65,7 @@ mod plan;
 mod quota;
 mod shape;
 mod split;
+mod tokenizer;
 
 pub use bijection::{derive_key, mix64, Feistel, ROUNDS};
 pub use config::{Holdout, MixingMode, PlanConfig, RunLength, SourceWeight, SplitConfig};

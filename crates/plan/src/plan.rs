@@ -5,6 +5,7 @@ use std::ops::Range;
 use crate::bijection::{derive_key, Feistel};
 use crate::config::{invalid, known_names};
 use crate::split::{held_out, kept_index, split_key, Split};
+use crate::tokenizer;
 use crate::{largest_remainder, Holdout, MixingMode, PlanConfig, PlanError, QuotaRow, SourceShape};
 
 /// Where one sequence of the run lives.
@@ -129,6 +130,8 @@ pub struct Plan {
     /// Exclusive cumulative end of each source's held-out sequences in the
     /// validation stream.
     validation_ends: Vec<u64>,
+    /// Set when the sources were packed with different tokenizers (and no pin).
+    mixed_tokenizers: Option<String>,
     fingerprint: String,
 }
 
@@ -171,6 +174,16 @@ impl Plan {
                 }
             }
             chosen.push(shape);
+        }
+        let mixed_tokenizers = match &config.tokenizer {
+            Some(pin) => {
+                tokenizer::check_pin(pin, &chosen)?;
+                None
+            }
+            None => tokenizer::mixed(&chosen),
+        };
+        if let Some(m) = &mixed_tokenizers {
+            tracing::warn!("{m}");
         }
         let first = chosen[0];
         for shape in &chosen {
@@ -397,6 +410,7 @@ impl Plan {
             shuffle,
             shuffle_key,
             validation_ends,
+            mixed_tokenizers,
             fingerprint: String::new(),
         };
         plan.fingerprint = plan.compute_fingerprint();
@@ -497,6 +511,14 @@ impl Plan {
     /// Bytes per sequence.
     pub fn seq_bytes(&self) -> u32 {
         self.seq_bytes
+    }
+
+    /// When the plan's sources were packed with different tokenizers (by
+    /// vocab hash; a source packed from token ids has none) and the config
+    /// pins none: the warning `Plan::new` logged, naming each tokenizer and
+    /// its sources. `None` when they agree (or a pin was checked).
+    pub fn mixed_tokenizers(&self) -> Option<&str> {
+        self.mixed_tokenizers.as_deref()
     }
 
     /// The plan's fingerprint (hex): covers the config and every source's

@@ -1,6 +1,7 @@
 //! The plan's view of a dataset: sources described by their shapes alone
 //! (sequence size, file counts and offsets, fingerprint), no data.
 
+use seqfeed_format::TokenizerInfo;
 use serde::{Deserialize, Serialize};
 
 use crate::PlanError;
@@ -29,6 +30,12 @@ pub struct SourceShape {
     pub seq_len: u32,
     /// Bytes per token (2 for u16, 4 for u32).
     pub token_bytes: u32,
+    /// The tokenizer recorded in the source's manifest (name, vocab hash,
+    /// n_vocab), when `seqfeed pack` tokenized text; `None` for sources packed
+    /// from token ids. Compared across the plan's sources and against the
+    /// config's `tokenizer` pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<TokenizerInfo>,
     /// The files, in order; sequence `i` of the source lives in the file
     /// whose cumulative count range holds `i`.
     pub files: Vec<FileShape>,

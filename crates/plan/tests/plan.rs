@@ -15,6 +15,7 @@ fn shape(name: &str, counts: &[u64]) -> SourceShape {
         fingerprint: format!("fp-{name}"),
         seq_len: 16,
         token_bytes: 2,
+        tokenizer: None,
         files: counts
             .iter()
             .enumerate()

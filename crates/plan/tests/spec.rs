@@ -189,6 +189,7 @@ fn shapes(sources: &[Source]) -> Vec<SourceShape> {
             fingerprint: format!("fp-{}", s.name),
             seq_len: 32,
             token_bytes: 4,
+            tokenizer: None,
             files: s
                 .counts
                 .iter()

@@ -12,6 +12,7 @@ fn shape(name: &str, counts: &[u64]) -> SourceShape {
         fingerprint: format!("fp-{name}-{counts:?}"),
         seq_len: 16,
         token_bytes: 2,
+        tokenizer: None,
         files: counts
             .iter()
             .enumerate()
@@ -194,6 +195,7 @@ fn fingerprints_cover_the_split_and_plans_without_one_are_unchanged() {
         fingerprint: format!("fp-{name}"),
         seq_len: 16,
         token_bytes: 2,
+        tokenizer: None,
         files: vec![FileShape {
             path: format!("{name}/part-00000.seq"),
             count: n,

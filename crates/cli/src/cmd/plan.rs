@@ -688,6 +688,7 @@ mod tests {
                     fingerprint: format!("fp-{name}"),
                     seq_len: 8,
                     token_bytes: 2,
+                    tokenizer: None,
                     files: (0..3)
                         .map(|f| seqfeed_plan::FileShape {
                             path: format!("{name}/part-{f:05}.seq"),
