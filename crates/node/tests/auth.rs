@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,9 +19,53 @@ use seqfeed_transport::{
 };
 use seqfeed_wire::{Frame, VerbsAccept, VerbsConnect, Welcome};
 
+/// Everything the nodes of this test binary logged.
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Sink;
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(|| Sink)
+            .init();
+    });
+}
+
+/// The captured log lines of node `name`.
+fn lines_of(name: &str) -> Vec<String> {
+    let log = LOG.lock().unwrap();
+    String::from_utf8_lossy(&log)
+        .lines()
+        .filter(|l| l.contains(&format!("node={name}")))
+        .map(str::to_owned)
+        .collect()
+}
+
 fn start(root: &std::path::Path, secret: Option<&str>, limit: AuthLimit) -> NodeHandle {
+    start_named(root, "node-auth", secret, limit)
+}
+
+fn start_named(
+    root: &std::path::Path,
+    name: &str,
+    secret: Option<&str>,
+    limit: AuthLimit,
+) -> NodeHandle {
     let mut c = NodeConfig::new(root, "127.0.0.1:0".parse().unwrap());
-    c.node_name = "node-auth".into();
+    c.node_name = name.into();
     c.secret = secret.map(Into::into);
     c.auth_limit = limit;
     Node::start(c).unwrap()
@@ -111,8 +155,10 @@ fn the_secret_never_crosses_the_network_and_its_length_does_not_show() {
     let dir = tempfile::tempdir().unwrap();
     common::make_dataset(dir.path());
     let mut sizes = Vec::new();
+    // 5 bytes at least, so that random nonce and proof bytes do not match
+    // it by chance (a 1-byte secret would, one run in four).
     for secret in [
-        "k",
+        "k3y!x",
         "a much longer shared secret of the cluster, 0123456789",
     ] {
         let node = start(dir.path(), Some(secret), AuthLimit::DEFAULT);
@@ -203,9 +249,11 @@ fn an_impostor_node_is_refused_by_the_client() {
 
 /// (c) After repeated wrong proofs from 127.0.0.1, its next handshakes are
 /// refused at once, even with the right secret, while a client connecting
-/// from 127.0.0.2 is unaffected; the block ends after its backoff.
+/// from 127.0.0.2 is unaffected; the block ends after its backoff. The
+/// block is one WARN line, however many attempts it refuses.
 #[test]
 fn failed_proofs_are_rate_limited_per_peer_address() {
+    capture();
     let dir = tempfile::tempdir().unwrap();
     common::make_dataset(dir.path());
     let limit = AuthLimit {
@@ -213,14 +261,14 @@ fn failed_proofs_are_rate_limited_per_peer_address() {
         backoff: Duration::from_millis(1500),
         ..AuthLimit::DEFAULT
     };
-    let node = start(dir.path(), Some("right"), limit);
+    let node = start_named(dir.path(), "node-rl", Some("right"), limit);
     let addr = node.local_addr();
     for _ in 0..3 {
         let e = TcpTransport::connect(addr, &opts(Some("guess"))).unwrap_err();
         assert!(e.to_string().contains("wrong shared secret"), "{e}");
     }
     // Blocked now: refused quickly, whatever the secret.
-    for secret in ["guess", "right"] {
+    for secret in ["guess", "right", "guess", "guess"] {
         let t0 = Instant::now();
         let e = TcpTransport::connect(addr, &opts(Some(secret))).unwrap_err();
         assert!(
@@ -242,8 +290,23 @@ fn failed_proofs_are_rate_limited_per_peer_address() {
     read8(&mut t);
     let g = node.guard_stats();
     assert_eq!(g.auth_failures, 3);
-    assert_eq!(g.auth_refused_blocked, 2);
+    assert_eq!(g.auth_refused_blocked, 4);
     assert_eq!(g.auth_peers, 1);
+    let lines = lines_of("node-rl");
+    let warns: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("too many"))
+        .collect();
+    assert_eq!(warns.len(), 1, "{}", lines.join("\n"));
+    assert!(
+        warns[0].contains("127.0.0.1") && warns[0].contains("1.5s"),
+        "{}",
+        warns[0]
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("right")),
+        "the secret in the log"
+    );
     // The block ends.
     std::thread::sleep(Duration::from_millis(1600));
     let mut t = TcpTransport::connect(addr, &opts(Some("right"))).unwrap();
