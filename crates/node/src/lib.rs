@@ -25,6 +25,7 @@
 mod auth;
 mod logs;
 mod metrics;
+mod send;
 mod service;
 mod verbs;
 
@@ -125,9 +126,10 @@ pub struct NodeConfig {
     /// A frame, once its first byte arrived, must be complete within this
     /// (default 10 s).
     pub frame_timeout: Duration,
-    /// Every answer (a frame, or a batch's header and data) must be taken
-    /// by the client within this, else the connection is dropped (default
-    /// 30 s; a 256 MiB batch then needs about 9 MB/s).
+    /// A connection whose answer (a frame, or a batch's header and data)
+    /// makes no progress for this long, the client taking none of its bytes,
+    /// is dropped (default 30 s). A slow client that keeps reading is
+    /// served to the end, however long a large batch takes.
     pub write_timeout: Duration,
     /// Most open connections (default 4096). When reached, the oldest
     /// unauthenticated connection is shed; if there is none the new one

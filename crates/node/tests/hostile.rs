@@ -454,6 +454,58 @@ fn client_that_never_reads_is_dropped_at_the_write_deadline() {
     drop(s);
 }
 
+/// Item 3 follow-up: the write deadline is a no-progress timer, not a
+/// deadline for the whole answer. A client that reads a 24 MiB batch slowly
+/// but steadily (128 KiB every 10 ms, several times the 300 ms limit in
+/// all) gets all of it; the old node cut it when the whole answer took
+/// longer than the limit.
+#[test]
+fn slow_but_steady_reader_of_a_large_batch_is_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    common::make_dataset(dir.path());
+    let mut c = config(dir.path());
+    let limit = Duration::from_millis(300);
+    c.write_timeout = limit;
+    let node = Node::start(c).unwrap();
+    let r = node.regions()[0].clone();
+    let len = r.len.min(1 << 20) as u32;
+    let n = (24u64 << 20) / u64::from(len);
+    let batch = Frame::ReadBatch(ReadBatch {
+        id: 9,
+        reads: (0..n)
+            .map(|_| WireRead {
+                region: r.id,
+                offset: 0,
+                len,
+            })
+            .collect(),
+    });
+    let mut s = raw_authenticated(node.local_addr(), "slow-reader");
+    s.write_all(&batch.to_bytes()).unwrap();
+    let t0 = Instant::now();
+    let mut fr = FrameReader::new(Limits::DEFAULT);
+    let Frame::ReadData { id: 9, total } = read_frame(&mut s, &mut fr) else {
+        panic!("expected the batch's ReadData");
+    };
+    assert_eq!(total, n * u64::from(len));
+    let mut got = fr.take_raw(total as usize).len() as u64;
+    let mut buf = vec![0u8; 128 << 10];
+    while got < total {
+        let want = buf.len().min((total - got) as usize);
+        let k = s.read(&mut buf[..want]).unwrap();
+        assert!(
+            k > 0,
+            "cut after {got} of {total} bytes, {:?}",
+            t0.elapsed()
+        );
+        got += k as u64;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = t0.elapsed();
+    assert!(took > limit * 3, "the answer took only {took:?}");
+    assert_eq!(node.guard_stats().timed_out, 0);
+}
+
 /// Item 6: the stats reply lists at most 256 clients, with names escaped
 /// and cut, so many clients with 4 KiB names no longer make a 5-byte
 /// request return megabytes (the old node sent every client, about
