@@ -106,7 +106,10 @@ fn secret_file_on_serve_read_and_health() {
         assert!(t.elapsed() < Duration::from_secs(20), "serve did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let addr = std::fs::read_to_string(&addr_file).unwrap().trim().to_owned();
+    let addr = std::fs::read_to_string(&addr_file)
+        .unwrap()
+        .trim()
+        .to_owned();
     let read = |secret: &[&str]| {
         bin()
             .args(["--log", "warn", "read", "--json", "--plan", p(&plan)])
