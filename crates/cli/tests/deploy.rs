@@ -396,6 +396,9 @@ fn a_node_out_of_file_descriptors_keeps_serving() {
     );
     // Rate-limited: at most the warning budget (10 per interval), not one per failed accept.
     let lines = text.matches("accept failed; backing off").count();
-    assert!((1..=10).contains(&lines), "{lines} accept warnings:\n{text}");
+    assert!(
+        (1..=10).contains(&lines),
+        "{lines} accept warnings:\n{text}"
+    );
     drop(silent);
 }
