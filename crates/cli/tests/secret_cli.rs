@@ -149,3 +149,48 @@ fn secret_file_on_serve_read_and_health() {
     let help = bin().args(["read", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("--secret-file"));
 }
+
+/// `serve --auth-max-failures --auth-backoff-ms`: after one wrong proof the
+/// address is blocked, and even the right secret is refused, naming why.
+#[test]
+fn serve_rate_limit_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = dataset(d);
+    let good = secret_file(d, "secret", "s3cret", 0o600);
+    let wrong = secret_file(d, "wrong-secret", "nope", 0o600);
+    let addr_file = d.join("addr");
+    let _node = Node(
+        bin()
+            .args(["--log", "warn", "serve", "--dataset", p(&data)])
+            .args(["--listen", "127.0.0.1:0", "--addr-file", p(&addr_file)])
+            .args(["--secret-file", p(&good), "--auth-max-failures", "1"])
+            .args(["--auth-backoff-ms", "60000"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while !addr_file.exists() {
+        assert!(t.elapsed() < Duration::from_secs(20), "serve did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let addr = std::fs::read_to_string(&addr_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let health = |file: &Path| {
+        bin()
+            .args(["health", &addr, "--secret-file", p(file)])
+            .output()
+            .unwrap()
+    };
+    assert!(stderr(&health(&wrong)).contains("wrong shared secret"));
+    let o = health(&good);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("too many failed handshakes"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -61,12 +61,21 @@ pub struct Args {
     /// A frame, once started, must arrive whole within this many ms (default 10000).
     #[arg(long)]
     frame_timeout_ms: Option<u64>,
-    /// A client must take each reply whole within this many ms (default 30000).
+    /// A client that takes no byte of a reply for this many ms is dropped
+    /// (default 30000; a slow client that keeps reading is not).
     #[arg(long)]
     write_timeout_ms: Option<u64>,
     /// Node-wide budget for partly received frames, in bytes (default 512 MiB).
     #[arg(long)]
     max_buffered_bytes: Option<u64>,
+    /// Wrong proofs of the shared secret from one address within a minute
+    /// that block it (default 5; 0 never blocks).
+    #[arg(long)]
+    auth_max_failures: Option<u32>,
+    /// How long an address is first blocked, in ms; each further block
+    /// doubles it, up to 5 min (default 1000).
+    #[arg(long)]
+    auth_backoff_ms: Option<u64>,
 }
 
 /// Runs `seqfeed serve`.
@@ -96,6 +105,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(b) = args.max_buffered_bytes {
         cfg.max_buffered_bytes = b;
+    }
+    if let Some(n) = args.auth_max_failures {
+        cfg.auth_limit.failures = n;
+    }
+    if let Some(t) = args.auth_backoff_ms {
+        cfg.auth_limit.backoff = ms(t);
     }
     if args.verbs {
         let devices = (!args.verbs_device.is_empty()).then(|| args.verbs_device.clone());
