@@ -385,3 +385,44 @@ fn handshake_cost() {
         per[0], per[1]
     );
 }
+
+/// A version 2 client (its Hello carried the secret in clear) gets the
+/// version refusal by name from a version 3 node, secret or not.
+#[test]
+fn an_old_client_gets_the_version_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    common::make_dataset(dir.path());
+    let node = start(dir.path(), Some("right"), AuthLimit::DEFAULT);
+    // magic, version 2, client name, secret (in clear), no fingerprint
+    let mut body = seqfeed_wire::HELLO_MAGIC.to_vec();
+    body.extend(2u16.to_le_bytes());
+    body.extend(10u16.to_le_bytes());
+    body.extend(b"old-client");
+    body.push(1);
+    body.extend(5u16.to_le_bytes());
+    body.extend(b"right");
+    body.push(0);
+    let mut hello = (body.len() as u32).to_le_bytes().to_vec();
+    hello.push(1);
+    hello.extend(body);
+    let mut s = TcpStream::connect(node.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(&hello).unwrap();
+    let mut r = seqfeed_wire::FrameReader::new(seqfeed_wire::Limits::DEFAULT);
+    let mut buf = [0u8; 4096];
+    let frame = loop {
+        if let Some(f) = r.next_frame().unwrap() {
+            break f;
+        }
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed without an answer");
+        r.feed(&buf[..n]);
+    };
+    match frame {
+        Frame::Refused { reason } => assert!(
+            reason.contains("\"old-client\" speaks protocol version 2, node node-auth speaks 3"),
+            "{reason}"
+        ),
+        f => panic!("expected Refused, got {f:?}"),
+    }
+}
