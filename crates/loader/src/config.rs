@@ -47,6 +47,10 @@ pub struct LoaderConfig {
     /// [`LoaderError::RingHeld`] instead of waiting forever. Another thread
     /// releasing a batch within this time lets the run go on.
     pub ring_wait: Duration,
+    /// Check every sequence read into host memory against its file's
+    /// CRC32C table ([`ClusterReader::set_verify_crc`](crate::ClusterReader::set_verify_crc));
+    /// on by default.
+    pub verify_crc: bool,
 }
 
 /// Default [`LoaderConfig::ring_wait`].
@@ -67,6 +71,7 @@ impl LoaderConfig {
             prefetch: DEFAULT_PREFETCH,
             retry: RetryPolicy::default(),
             ring_wait: DEFAULT_RING_WAIT,
+            verify_crc: true,
         }
     }
 
@@ -166,6 +171,12 @@ impl LoaderConfig {
     /// buffer ([`LoaderConfig::ring_wait`]).
     pub fn ring_wait(mut self, wait: Duration) -> Self {
         self.ring_wait = wait;
+        self
+    }
+
+    /// Turns the per-read CRC32C check on or off ([`LoaderConfig::verify_crc`]).
+    pub fn verify_crc(mut self, on: bool) -> Self {
+        self.verify_crc = on;
         self
     }
 

@@ -95,6 +95,17 @@ pub enum LoaderError {
         /// Each replica with its last error.
         tried: String,
     },
+    /// Every replica of a file that was read served data that fails the
+    /// file's CRC32C table (a file changed or damaged in place on its nodes).
+    #[error("step {step}: no intact replica of {file:?}: {what}")]
+    Corrupt {
+        /// The step being read.
+        step: u64,
+        /// The dataset-relative file path.
+        file: String,
+        /// Each damaged copy: node, sequence and checksums.
+        what: String,
+    },
     /// A read failed for a reason another replica cannot fix (e.g. out of
     /// bounds: the plan and the node disagree about a file).
     #[error("step {step}: node {node}: {source}")]

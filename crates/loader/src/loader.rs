@@ -63,6 +63,8 @@ pub struct LoaderStats {
     pub read_time: Duration,
     /// Rows re-read from a replica after a node failure.
     pub failed_over: u64,
+    /// Rows that failed their file's CRC32C check (each re-read from a replica).
+    pub crc_mismatches: u64,
     /// Steps the NICs wrote straight into device memory (GPUDirect).
     pub direct_steps: u64,
 }
@@ -198,6 +200,7 @@ impl Loader {
         }
         // Nothing fails after this point but the thread spawn, whose closure
         // (owning the reader and the ring) then drops the reader first.
+        reader.set_verify_crc(config.verify_crc);
         for buf in &mut bufs {
             reader.register_buffer(buf.bytes_mut());
         }
@@ -378,6 +381,7 @@ impl Loader {
         self.stats.steps += 1;
         self.stats.read_time += filled.read_time;
         self.stats.failed_over += filled.stats.failed_over;
+        self.stats.crc_mismatches += filled.stats.crc_mismatches;
         self.stats.direct_steps += u64::from(filled.direct);
         self.held.fetch_add(1, Ordering::SeqCst);
         let slot = Arc::new(StepSlot {

@@ -70,7 +70,7 @@ impl NativeLoader {
         transport="auto", device="cpu", prefetch=2, secret=None, secret_file=None, start_step=0, start_micro=0,
         end_step=None, dp_rank=0, dp_size=1, accumulation=1, widen=false, connections=2,
         io_timeout_ms=10_000, failover_ms=10_000, ring_wait_ms=10_000, client_name=None,
-        split="train"))]
+        split="train", verify_crc=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -97,6 +97,7 @@ impl NativeLoader {
         ring_wait_ms: u64,
         client_name: Option<String>,
         split: &str,
+        verify_crc: bool,
     ) -> PyResult<Self> {
         let place = parse_device(device)?;
         let split = crate::inspect::parse_split(split)?;
@@ -138,6 +139,7 @@ impl NativeLoader {
             .start_micro(start_micro)
             .prefetch(prefetch)
             .ring_wait(Duration::from_millis(ring_wait_ms))
+            .verify_crc(verify_crc)
             .retry(RetryPolicy {
                 failover_timeout: Duration::from_millis(failover_ms),
                 ..RetryPolicy::default()

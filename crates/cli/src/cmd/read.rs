@@ -67,6 +67,10 @@ pub struct Args {
     /// Check every batch against the plan and the dataset's files.
     #[arg(long, requires = "dataset")]
     verify: bool,
+    /// Do not check each sequence read against its file's CRC32C table (the
+    /// check is on by default; a mismatch is read again from a replica).
+    #[arg(long)]
+    no_verify_crc: bool,
     /// Simulated consumer work per step (microseconds of sleep).
     #[arg(long, default_value_t = 0)]
     consume_us: u64,
@@ -121,6 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config = config
         .start_step(args.start)
         .prefetch(args.prefetch)
+        .verify_crc(!args.no_verify_crc)
         .retry(RetryPolicy {
             failover_timeout: Duration::from_millis(args.failover_ms),
             ..RetryPolicy::default()

@@ -80,6 +80,17 @@ impl ClusterReader {
             }
             let owner = match self.assign(&pending, reads) {
                 Ok(owner) => owner,
+                Err(fi) if self.only_damaged_copies(fi) => {
+                    return Err(LoaderError::Corrupt {
+                        step,
+                        file: self.files[fi].clone(),
+                        what: self.holders[fi]
+                            .iter()
+                            .filter_map(|&n| self.nodes[n].bad_files[fi].clone())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    })
+                }
                 Err(fi) => {
                     // No live holder of file `fi`: wait for a reconnect while
                     // the window is open: a probe in flight, or one due before
@@ -170,7 +181,10 @@ impl ClusterReader {
             } else {
                 Some(live[i * live.len() / total])
             };
-            let holds = |n: usize| self.nodes[n].live() && self.nodes[n].regions[fi].is_some();
+            let holds = |n: usize| {
+                let node = &self.nodes[n];
+                node.live() && node.regions[fi].is_some() && node.bad_files[fi].is_none()
+            };
             let pick = match preferred {
                 Some(p) if holds(p) => Some(p),
                 _ => self.holders[fi]
@@ -186,5 +200,17 @@ impl ClusterReader {
             owner.push(n);
         }
         Ok(owner)
+    }
+
+    /// Whether every holder of file `fi` still in play serves a damaged
+    /// copy of it (waiting for a reconnect cannot help).
+    fn only_damaged_copies(&self, fi: usize) -> bool {
+        let holders = &self.holders[fi];
+        holders
+            .iter()
+            .any(|&n| self.nodes[n].bad_files[fi].is_some())
+            && holders
+                .iter()
+                .all(|&n| self.nodes[n].given_up || self.nodes[n].bad_files[fi].is_some())
     }
 }

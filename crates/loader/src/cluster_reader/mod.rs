@@ -55,7 +55,7 @@
 //! for a replica by the fail-over window.
 
 use std::collections::HashMap;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use seqfeed_transport::{DeviceRegion, RegionId, Transport, TransportError};
@@ -63,12 +63,14 @@ use seqfeed_transport::{DeviceRegion, RegionId, Transport, TransportError};
 use crate::block::SeqRead;
 use crate::error::LoaderError;
 
+mod crc;
 mod failover;
 mod revive;
 mod round;
 #[cfg(test)]
 mod tests;
 
+use crc::FileCrc;
 use revive::{connect_at_start, map_regions, ProbeResult};
 use round::Dest;
 
@@ -138,6 +140,9 @@ pub struct StepReadStats {
     pub failed_over: u64,
     /// Rows that went through a staging buffer (scattered rows).
     pub staged_rows: u64,
+    /// Rows whose bytes failed their file's CRC32C table (then read again
+    /// from a replica).
+    pub crc_mismatches: u64,
 }
 
 /// Per-node state.
@@ -171,6 +176,13 @@ struct Node {
     down_because: Option<String>,
     /// Whether a background reconnect attempt is in flight.
     probing: bool,
+    /// Per file of the reader's table: why this node's copy is not read
+    /// (it failed the CRC check), for the reader's lifetime.
+    bad_files: Vec<Option<String>>,
+    /// Rows from this node that failed the CRC check.
+    crc_mismatches: u64,
+    /// The last of them (`FILE sequence N`).
+    last_crc_mismatch: Option<String>,
     /// Staging buffer for scattered rows, reused across steps.
     staging: Vec<u8>,
     /// Bytes read from this node (lifetime).
@@ -226,6 +238,11 @@ pub struct ClusterReader {
     probes: mpsc::Receiver<ProbeResult>,
     /// Handed to each background reconnect attempt.
     probe_tx: mpsc::Sender<ProbeResult>,
+    /// Each file's CRC32C table, fetched from a node the first time the
+    /// file is read (see `crc`).
+    crcs: Vec<OnceLock<FileCrc>>,
+    /// Whether host reads are checked against the tables.
+    verify_crc: bool,
 }
 
 impl std::fmt::Debug for ClusterReader {
@@ -283,6 +300,9 @@ impl ClusterReader {
                     last_error: None,
                     down_because: None,
                     probing: false,
+                    bad_files: vec![None; files.len()],
+                    crc_mismatches: 0,
+                    last_crc_mismatch: None,
                     staging: Vec::new(),
                     bytes: 0,
                 }
@@ -365,6 +385,7 @@ impl ClusterReader {
             "cluster reader connected"
         );
         let (probe_tx, probes) = mpsc::channel();
+        let nfiles = files.len();
         Ok(ClusterReader {
             files,
             nodes,
@@ -374,6 +395,8 @@ impl ClusterReader {
             policy,
             probes,
             probe_tx,
+            crcs: (0..nfiles).map(|_| OnceLock::new()).collect(),
+            verify_crc: true,
         })
     }
 
@@ -395,6 +418,23 @@ impl ClusterReader {
     /// The file table reads index into.
     pub fn files(&self) -> &[String] {
         &self.files
+    }
+
+    /// Turns the per-read CRC32C check on or off (on by default): every
+    /// sequence read into host memory is checked against its file's table,
+    /// fetched from the nodes; one that fails is read again from a replica.
+    pub fn set_verify_crc(&mut self, on: bool) {
+        self.verify_crc = on;
+    }
+
+    /// Whether reads are checked against the files' CRC32C tables.
+    pub fn verify_crc(&self) -> bool {
+        self.verify_crc
+    }
+
+    /// Rows read from each node that failed their CRC32C check, in spec order.
+    pub fn crc_mismatches_per_node(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.crc_mismatches).collect()
     }
 
     /// Announces `buf` as a long-lived destination of [`read_step`](Self::read_step)

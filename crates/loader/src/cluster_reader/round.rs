@@ -1,8 +1,11 @@
 //! One read round: each pending row read from its assigned node, all nodes
 //! in parallel, a node's scattered rows through its staging buffer.
 
+use std::sync::OnceLock;
+
 use seqfeed_transport::{BatchStats, DeviceRegion, ReadRequest, TransportError};
 
+use super::crc::{self, Corrupt, FileCrc};
 use super::revive::schedule_retry;
 use super::{name_timeout, ClusterReader, Node, StepReadStats};
 use crate::block::SeqRead;
@@ -62,6 +65,15 @@ impl ClusterReader {
         };
 
         let files = &self.files;
+        let ctx = NodeCtx {
+            step,
+            reads,
+            row_bytes,
+            files,
+            crcs: &self.crcs,
+            verify: self.verify_crc && !device,
+        };
+        let ctx = &ctx;
         // One unit of work per node with rows; the first runs on this thread
         // (no spawn when a single node is involved), the others on scoped threads.
         let mut work: Vec<NodeWork<'_, '_>> = self
@@ -80,6 +92,7 @@ impl ClusterReader {
             rows,
             batches: 0,
             staged: 0,
+            corrupt: Vec::new(),
         };
         let outcomes: Vec<(usize, NodeOutcome)> = std::thread::scope(|s| {
             let first = if work.is_empty() {
@@ -92,13 +105,13 @@ impl ClusterReader {
                 .map(|(ni, node, runs)| {
                     let name = node.spec.name.clone();
                     let rows = runs.rows(row_bytes);
-                    let h = s.spawn(move || read_node(node, step, reads, row_bytes, runs, files));
+                    let h = s.spawn(move || read_node(node, ctx, runs));
                     (ni, name, rows, h)
                 })
                 .collect();
             let mut outcomes = Vec::with_capacity(handles.len() + 1);
             if let Some((ni, node, runs)) = first {
-                outcomes.push((ni, read_node(node, step, reads, row_bytes, runs, files)));
+                outcomes.push((ni, read_node(node, ctx, runs)));
             }
             for (ni, name, rows, h) in handles {
                 let out = h.join().unwrap_or_else(|_| panicked(&name, rows));
@@ -112,6 +125,16 @@ impl ClusterReader {
             stats.batches += out.batches;
             stats.staged_rows += out.staged;
             match out.result {
+                Ok(st) if !out.corrupt.is_empty() => {
+                    // The node's copy of a file is damaged: that file is read
+                    // from replicas from now on, and every row of this node's
+                    // batch again (a few good rows re-read, no bookkeeping).
+                    self.nodes[ni].bytes += st.bytes;
+                    stats.crc_mismatches +=
+                        out.corrupt.iter().filter(|c| c.sequence.is_some()).count() as u64;
+                    self.mark_corrupt(ni, step, &out.corrupt);
+                    failed.extend(out.rows);
+                }
                 Ok(st) => self.nodes[ni].bytes += st.bytes,
                 Err(TransportError::Unsupported { what, .. }) if device => {
                     return Err(LoaderError::DeviceDestination {
@@ -122,7 +145,7 @@ impl ClusterReader {
                 }
                 Err(e) if e.is_node_failure() => {
                     let e = name_timeout(e);
-                    let what = reading(step, reads, &out.rows, files);
+                    let what = reading(step, reads, &out.rows, &self.files);
                     let node = &mut self.nodes[ni];
                     // The one line that names the suspect node: later reads go
                     // to replicas, and reconnect attempts run in the background.
@@ -190,24 +213,40 @@ struct NodeOutcome {
     rows: Vec<usize>,
     batches: u64,
     staged: u64,
+    /// Files whose copy on this node failed the CRC check (or whose table is
+    /// malformed); the batch's rows are then read again elsewhere.
+    corrupt: Vec<Corrupt>,
+}
+
+/// What a round's node threads share.
+pub(super) struct NodeCtx<'a> {
+    pub(super) step: u64,
+    pub(super) reads: &'a [SeqRead],
+    pub(super) row_bytes: usize,
+    pub(super) files: &'a [String],
+    /// Each file's CRC table, fetched once (from the first node read).
+    pub(super) crcs: &'a [OnceLock<FileCrc>],
+    /// Whether reads are checked against the tables.
+    pub(super) verify: bool,
 }
 
 /// Reads one node's runs: straight into the run when there is a single run,
 /// else with one batch into the node's staging buffer, then row copies.
-fn read_node(
-    node: &mut Node,
-    step: u64,
-    reads: &[SeqRead],
-    row_bytes: usize,
-    runs: NodeRuns<'_>,
-    files: &[String],
-) -> NodeOutcome {
+fn read_node(node: &mut Node, ctx: &NodeCtx<'_>, runs: NodeRuns<'_>) -> NodeOutcome {
+    let NodeCtx {
+        step,
+        reads,
+        row_bytes,
+        files,
+        ..
+    } = *ctx;
     let rows = runs.rows(row_bytes);
     let mut out = NodeOutcome {
         result: Ok(BatchStats::default()),
         rows,
         batches: 0,
         staged: 0,
+        corrupt: Vec::new(),
     };
     let name = node.spec.name.clone();
     let Some(transport) = node.transport.as_mut() else {
@@ -247,6 +286,20 @@ fn read_node(
             dst_offset: (dst_row * row_bytes) as u64,
         });
     }
+    if ctx.verify {
+        // The first read of a file fetches its table (header and table, two reads).
+        match crc::ensure_tables(transport.as_mut(), &node.regions, ctx, &out.rows) {
+            Ok(bad) if bad.is_empty() => {}
+            Ok(bad) => {
+                out.corrupt = bad;
+                return out;
+            }
+            Err(e) => {
+                out.result = Err(e);
+                return out;
+            }
+        }
+    }
     out.batches = 1;
     if let Some(region) = device {
         out.result = if node.device.iter().any(|r| r.contains(&region)) {
@@ -263,6 +316,9 @@ fn read_node(
     if single {
         let (_, dst) = &mut runs[0];
         out.result = transport.read_batch(&requests, dst);
+        if ctx.verify && out.result.is_ok() {
+            out.corrupt = crc::check_rows(ctx, &out.rows, dst);
+        }
         return out;
     }
     let need = out.rows.len() * row_bytes;
@@ -289,7 +345,10 @@ fn read_node(
     }
     out.staged = out.rows.len() as u64;
     out.result = transport.read_batch(&requests, &mut node.staging[..need]);
-    if out.result.is_ok() {
+    if ctx.verify && out.result.is_ok() {
+        out.corrupt = crc::check_rows(ctx, &out.rows, &node.staging[..need]);
+    }
+    if out.result.is_ok() && out.corrupt.is_empty() {
         let mut src = node.staging.chunks_exact(row_bytes.max(1));
         for (_, run) in &mut runs {
             for dst_row in run.chunks_exact_mut(row_bytes.max(1)) {

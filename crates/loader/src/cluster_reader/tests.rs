@@ -55,6 +55,8 @@ fn full_replication_gives_one_run_per_node() {
     let (a, sa) = flaky_node(f.dir.path(), "a", f.names.clone());
     let (b, sb) = flaky_node(f.dir.path(), "b", f.names.clone());
     let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+    // Exact batch counts: no CRC header fetches (these bare files have no table).
+    r.set_verify_crc(false);
     let src = RandomBlocks::new(&f, 16, 4);
     let mut reads = Vec::new();
     src.block(0, 0, 1, &mut reads).unwrap();
@@ -121,6 +123,8 @@ fn registered_destination_is_registered_again_after_reconnect() {
     let (a, sa) = flaky_node(f.dir.path(), "a", f.names.clone());
     let (b, sb) = flaky_node(f.dir.path(), "b", f.names.clone());
     let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+    // Every batch into registered memory: no CRC header fetches (bare files).
+    r.set_verify_crc(false);
     let src = RandomBlocks::new(&f, 8, 100);
     let mut dst = vec![0u8; 8 * 128];
     r.register_buffer(&mut dst);
@@ -355,4 +359,150 @@ fn frozen_node_without_replica_says_timed_out_naming_node_and_file() {
         msg.contains(&format!("reading step 2: 4 rows of {}", f.names[0])),
         "{msg}"
     );
+}
+
+/// One packed source (u32 sequences of 64 tokens, with CRC tables) written
+/// twice, as the disks of two nodes; returns both roots, the files, and one
+/// step that reads every sequence of every file in order (with its bytes).
+fn packed_copies() -> (
+    tempfile::TempDir,
+    tempfile::TempDir,
+    Vec<String>,
+    Vec<SeqRead>,
+    Vec<u8>,
+) {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    seqfeed_format::write_synthetic_source(
+        a.path().join("web"),
+        "web",
+        seqfeed_format::Dtype::U32,
+        64,
+        40,
+        7,
+        256 * 16 + 8192,
+    )
+    .unwrap();
+    std::fs::create_dir_all(b.path().join("web")).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(a.path().join("web"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in &names {
+        std::fs::copy(a.path().join("web").join(n), b.path().join("web").join(n)).unwrap();
+    }
+    let files: Vec<String> = names
+        .iter()
+        .filter(|n| n.ends_with(".seq"))
+        .map(|n| format!("web/{n}"))
+        .collect();
+    assert!(files.len() >= 2, "{files:?}");
+    let (mut reads, mut bytes) = (Vec::new(), Vec::new());
+    for (fi, f) in files.iter().enumerate() {
+        let sf = seqfeed_format::SeqFile::open(a.path().join(f)).unwrap();
+        assert!(sf.has_crc());
+        for i in 0..sf.count() {
+            reads.push(SeqRead {
+                file: fi as u32,
+                offset: sf.sequence_offset(i),
+                len: sf.seq_bytes() as u32,
+                source: 0,
+                position: reads.len() as u64,
+            });
+            bytes.extend_from_slice(sf.sequence_bytes(i).unwrap());
+        }
+    }
+    (a, b, files, reads, bytes)
+}
+
+/// Flips one byte of sequence `seq` of `file` under `root`, in place (same length).
+fn damage(root: &std::path::Path, file: &str, seq: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let at = seqfeed_format::SeqFile::open(root.join(file))
+        .unwrap()
+        .sequence_offset(seq)
+        + 5;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(root.join(file))
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[b[0] ^ 0x5a]).unwrap();
+}
+
+/// Issue 12 item 9: a file changed in place on one of two replicas is
+/// caught by the CRC32C check, the damaged rows come from the other
+/// replica byte for byte, and the damaged copy is not read again.
+#[test]
+fn damaged_copy_on_one_replica_is_caught_and_read_from_the_other() {
+    let (da, db, files, reads, want) = packed_copies();
+    let last = files.last().unwrap().clone();
+    let count = seqfeed_format::SeqFile::open(da.path().join(&last))
+        .unwrap()
+        .count();
+    // The last rows go to node-b (the second share of the step).
+    damage(db.path(), &last, count - 1);
+    let (a, _) = flaky_node(da.path(), "node-a", files.clone());
+    let (b, sb) = flaky_node(db.path(), "node-b", files.clone());
+    let mut r = ClusterReader::connect(files.clone(), vec![a, b], quick()).unwrap();
+    assert!(r.verify_crc());
+    let row = 256;
+    let mut dst = vec![0u8; reads.len() * row];
+    let st = r.read_step(0, &reads, row, &mut dst).unwrap();
+    assert_eq!(dst, want);
+    assert_eq!(st.crc_mismatches, 1);
+    assert_eq!(r.crc_mismatches_per_node(), vec![0, 1]);
+    assert_eq!(
+        r.live_nodes(),
+        vec![true, true],
+        "the node stays in use for other files"
+    );
+    // Later steps: the damaged file only from node-a, the rest from both.
+    let served = sb.batches.load(Ordering::SeqCst);
+    for step in 1..4 {
+        dst.fill(0);
+        let st = r.read_step(step, &reads, row, &mut dst).unwrap();
+        assert_eq!(dst, want, "step {step}");
+        assert_eq!(st.crc_mismatches, 0);
+        assert_eq!(st.failed_over, 0);
+    }
+    assert!(sb.batches.load(Ordering::SeqCst) > served);
+    // Without the check the damaged byte is served silently (the switch works).
+    let (b, _) = flaky_node(db.path(), "node-b", files.clone());
+    let mut r = ClusterReader::connect(files.clone(), vec![b], quick()).unwrap();
+    r.set_verify_crc(false);
+    r.read_step(0, &reads, row, &mut dst).unwrap();
+    assert_ne!(dst, want);
+    assert_eq!(r.crc_mismatches_per_node(), vec![0]);
+}
+
+/// With no intact replica, the step fails at once naming the node, the
+/// file and the sequence.
+#[test]
+fn damaged_copy_without_replica_is_an_error_naming_node_file_and_sequence() {
+    let (_da, db, files, reads, _) = packed_copies();
+    damage(db.path(), &files[0], 2);
+    let (b, _) = flaky_node(db.path(), "node-b", files.clone());
+    let mut p = quick();
+    p.failover_timeout = Duration::from_secs(5);
+    let mut r = ClusterReader::connect(files.clone(), vec![b], p).unwrap();
+    let mut dst = vec![0u8; reads.len() * 256];
+    let t = Instant::now();
+    let e = r.read_step(4, &reads, 256, &mut dst).unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "waited {:?}",
+        t.elapsed()
+    );
+    let msg = e.to_string();
+    assert!(matches!(e, LoaderError::Corrupt { step: 4, .. }), "{msg}");
+    assert!(msg.contains("node-b"), "{msg}");
+    assert!(msg.contains(&files[0]), "{msg}");
+    assert!(msg.contains("sequence 2 of"), "{msg}");
+    assert!(msg.contains("CRC32C"), "{msg}");
 }

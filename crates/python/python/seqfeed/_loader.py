@@ -106,6 +106,9 @@ class Loader:
             same names.
         connections, io_timeout_ms, failover_ms, ring_wait_ms: network and
             fail-over bounds (see ``seqfeed read --help``).
+        verify_crc: check every sequence read against its file's CRC32C
+            table (default True); a mismatch is read again from a replica, and
+            with none left the loader raises naming the node, file and sequence.
         split: ``"train"`` (default) or ``"validation"``: the held-out
             sequences of the plan's ``[split]`` (docs/PLAN.md "Splits"),
             sources in config order, each one's held-out sequences in index
@@ -156,6 +159,7 @@ class Loader:
         failover_ms=10_000,
         ring_wait_ms=10_000,
         split="train",
+        verify_crc=True,
     ):
         if split not in ("train", "validation"):
             raise ValueError(f"split {split!r}: expected 'train' or 'validation'")
@@ -228,6 +232,7 @@ class Loader:
             failover_ms=failover_ms,
             ring_wait_ms=ring_wait_ms,
             split=split,
+            verify_crc=bool(verify_crc),
         )
         self.micro_batch = micro_batch
         self.accumulation = block // micro_batch
