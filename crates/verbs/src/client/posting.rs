@@ -9,13 +9,16 @@ use seqfeed_transport::{BatchStats, ReadRequest, TransportError};
 
 use super::completions::Stall;
 use super::lanes::wr_id;
-use super::{VerbsCounters, VerbsTransport};
+use super::VerbsTransport;
 use crate::raw::ReadWr;
 
 /// Integrates the lanes' occupancy over a batch's time: the value only
 /// changes when something is posted or completes, so sampling at those
-/// moments is exact.
-struct OccupancyClock {
+/// moments is exact. A post counts from the moment `ibv_post_send` is
+/// called: a provider may execute the reads inside that call (rxe runs its
+/// requester in the caller's context), and that time belongs to the posted
+/// state, not to the one before.
+pub(super) struct OccupancyClock {
     start: Instant,
     last: Instant,
     value: f64,
@@ -23,8 +26,8 @@ struct OccupancyClock {
 }
 
 impl OccupancyClock {
-    fn start() -> OccupancyClock {
-        let now = Instant::now();
+    /// A clock starting at `now` with nothing posted.
+    pub(super) fn start(now: Instant) -> OccupancyClock {
         OccupancyClock {
             start: now,
             last: now,
@@ -33,19 +36,21 @@ impl OccupancyClock {
         }
     }
 
-    /// The occupancy became `value` now.
-    fn change(&mut self, value: f64) {
-        let now = Instant::now();
-        self.area_ns += self.value * (now - self.last).as_nanos() as f64;
-        self.last = now;
+    /// The occupancy became `value` at `at` (not before the last change).
+    pub(super) fn change_at(&mut self, at: Instant, value: f64) {
+        let at = at.max(self.last);
+        self.area_ns += self.value * (at - self.last).as_nanos() as f64;
+        self.last = at;
         self.value = value;
     }
 
-    /// Adds the batch to the transport's counters.
-    fn finish(mut self, c: &mut VerbsCounters) {
-        self.change(0.0);
-        c.batch_ns += (self.last - self.start).as_nanos() as u64;
-        c.occupied_ns += self.area_ns as u64;
+    /// Ends the batch at `now`: (batch nanoseconds, occupancy-weighted nanoseconds).
+    pub(super) fn finish(mut self, now: Instant) -> (u64, u64) {
+        self.change_at(now, 0.0);
+        (
+            (self.last - self.start).as_nanos() as u64,
+            self.area_ns as u64,
+        )
     }
 }
 
@@ -65,6 +70,8 @@ pub(super) struct Batch<'a> {
     pub(super) stats: &'a mut BatchStats,
     /// QP rebuilds in this batch.
     pub(super) rebuilds: u32,
+    /// Occupancy over the batch's time.
+    pub(super) occ: OccupancyClock,
 }
 
 impl VerbsTransport {
@@ -134,6 +141,7 @@ impl VerbsTransport {
             pending: &mut pending,
             stats: &mut stats,
             rebuilds: 0,
+            occ: OccupancyClock::start(Instant::now()),
         };
         match self.run_batch(&mut b) {
             Ok(()) => Ok(stats),
@@ -154,19 +162,19 @@ impl VerbsTransport {
                 self.rebuild_lane(lane)?;
             }
         }
-        let mut occ = OccupancyClock::start();
+        b.occ = OccupancyClock::start(Instant::now());
         loop {
             let posted = self.post_ready(b)?;
-            if posted {
-                occ.change(self.lane_occupancy());
-            }
             if b.pending.is_empty() && self.lanes.iter().all(|l| l.inflight.is_empty()) {
-                occ.finish(&mut self.counters);
+                let occ = std::mem::replace(&mut b.occ, OccupancyClock::start(Instant::now()));
+                let (batch_ns, occupied_ns) = occ.finish(Instant::now());
+                self.counters.batch_ns += batch_ns;
+                self.counters.occupied_ns += occupied_ns;
                 return Ok(());
             }
             let completed = self.poll_completions(b)?;
             if completed {
-                occ.change(self.lane_occupancy());
+                b.occ.change_at(Instant::now(), self.lane_occupancy());
             }
             self.check_stall(&mut stall, posted || completed, b.pending.len())?;
         }
@@ -218,6 +226,7 @@ impl VerbsTransport {
                     });
                 }
                 let l = &mut self.lanes[lane];
+                let t0 = Instant::now();
                 let posted = match l.qp.as_mut() {
                     Some(qp) => qp.post_reads(&self.wrs),
                     None => Err(std::io::Error::other("no QP")),
@@ -230,6 +239,8 @@ impl VerbsTransport {
                         b.stats.posts += 1;
                         self.counters.doorbells += 1;
                         progressed = true;
+                        let occupancy = self.lane_occupancy();
+                        b.occ.change_at(t0, occupancy);
                     }
                     Err(e) => {
                         let detail = format!(
@@ -252,5 +263,31 @@ impl VerbsTransport {
         }
         self.next_lane = (self.next_lane + 1) % nlanes.max(1);
         Ok(progressed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn occupancy_clock_weights_values_by_time_from_the_post() {
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        let mut c = OccupancyClock::start(t);
+        // Idle 1 ms, then a post issued at 1 ms (its call returning at 3 ms) fills the
+        // queue; the completions at 5 ms leave it a quarter full; done at 6 ms.
+        c.change_at(ms(1), 1.0);
+        c.change_at(ms(5), 0.25);
+        let (batch, occupied) = c.finish(ms(6));
+        assert_eq!(batch, 6_000_000);
+        assert_eq!(occupied, 4_250_000);
+        // A change stamped before the last one counts from the last one.
+        let mut c = OccupancyClock::start(t);
+        c.change_at(ms(2), 0.5);
+        c.change_at(ms(1), 1.0);
+        assert_eq!(c.finish(ms(3)), (3_000_000, 1_000_000));
     }
 }
