@@ -57,7 +57,10 @@ pub mod verify;
 pub use alloc::{BufferAllocator, HeapAllocator, HostBuffer};
 pub use batch::Batch;
 pub use block::{BlockSource, Dtype, SeqRead};
-pub use cluster_reader::{ClusterReader, Connector, NodeSpec, RetryPolicy, StepReadStats};
+pub use cluster_reader::{
+    ClusterReader, Connector, ErrorCounts, LatencyHistogram, NodeSpec, NodeStats, RetryPolicy,
+    StepReadStats,
+};
 pub use config::{LoaderConfig, DEFAULT_PREFETCH, DEFAULT_RING_WAIT};
 pub use connect::{connect_endpoints, node_spec, node_spec_with, Endpoint, TransportKind};
 pub use dataset::dataset_files;

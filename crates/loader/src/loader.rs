@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use crate::alloc::{BufferAllocator, HeapAllocator, HostBuffer};
 use crate::batch::{Batch, StepSlot};
 use crate::block::{BlockSource, Dtype, SeqRead};
-use crate::cluster_reader::{ClusterReader, StepReadStats};
+use crate::cluster_reader::{ClusterReader, NodeStats, StepReadStats};
 use crate::config::LoaderConfig;
 use crate::error::LoaderError;
 
@@ -119,6 +119,8 @@ pub struct Loader {
     files: Arc<[String]>,
     stats: LoaderStats,
     waiting_since: Option<Instant>,
+    /// Per-node counters, as of the reader's last step.
+    node_stats: Arc<Mutex<Vec<NodeStats>>>,
     /// Slots the consumer holds, and the ring size.
     held: Arc<AtomicUsize>,
     ring: usize,
@@ -214,6 +216,8 @@ impl Loader {
         let sources: Arc<[String]> = source.sources().to_vec().into();
         let files: Arc<[String]> = source.files().to_vec().into();
         let thread_stop = stop.clone();
+        let node_stats = Arc::new(Mutex::new(reader.node_stats()));
+        let thread_node_stats = node_stats.clone();
         let (rank, world, start) = (config.rank, config.world, config.start_step);
         let reader_thread = std::thread::Builder::new()
             .name(format!("seqfeed-reader-{rank}"))
@@ -231,6 +235,7 @@ impl Loader {
                     free: &free,
                     filled: filled_tx,
                     stop: thread_stop,
+                    node_stats: thread_node_stats,
                 });
                 // The transports (and their registrations of the ring) go
                 // before any ring buffer can be freed.
@@ -272,6 +277,7 @@ impl Loader {
             files,
             stats: LoaderStats::default(),
             waiting_since: None,
+            node_stats,
             held: Arc::new(AtomicUsize::new(0)),
             ring,
             done: false,
@@ -308,6 +314,17 @@ impl Loader {
     /// Totals so far.
     pub fn stats(&self) -> LoaderStats {
         self.stats
+    }
+
+    /// Each storage node's counters (bytes, reads, batches, errors by kind,
+    /// fail-overs, reconnects, CRC mismatches, batch latency), in the node
+    /// order of the cluster, as of the reader's last step (steps read ahead
+    /// of the consumer included).
+    pub fn node_stats(&self) -> Vec<NodeStats> {
+        match self.node_stats.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// The next micro-batch, `None` after the last step or after an error.
@@ -470,6 +487,7 @@ struct ReaderArgs<'a> {
     free: &'a Receiver<Box<dyn HostBuffer>>,
     filled: SyncSender<Result<Filled, LoaderError>>,
     stop: Arc<AtomicBool>,
+    node_stats: Arc<Mutex<Vec<NodeStats>>>,
 }
 
 /// Reads every step into a free ring buffer and hands it over. Returns the
@@ -499,6 +517,9 @@ fn reader_loop(a: ReaderArgs<'_>) -> Option<Box<dyn HostBuffer>> {
                 source,
             })
             .and_then(|()| read_into(a.reader, step, &rows, a.row_bytes, buf.as_mut()));
+        if let Ok(mut g) = a.node_stats.lock() {
+            *g = a.reader.node_stats();
+        }
         match result {
             Ok((stats, direct)) => {
                 let msg = Filled {

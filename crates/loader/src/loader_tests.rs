@@ -554,3 +554,27 @@ fn micro_batches_cover_the_block_in_order_and_resume_mid_step() {
     let e = Loader::new(LoaderConfig::new(0, 2).accumulation(5), src, reader(&f)).unwrap_err();
     assert!(e.to_string().contains("does not split into 5"), "{e}");
 }
+
+/// Issue 12 item 10: the loader's per-node counters add up to the run.
+#[test]
+fn loader_node_stats_add_up_to_the_run() {
+    let f = files(3, 20, 256, 17);
+    let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 8, 6));
+    let (a, _) = flaky_node(f.dir.path(), "a", f.names.clone());
+    let (b, _) = flaky_node(f.dir.path(), "b", f.names.clone());
+    let r = ClusterReader::connect(f.names.clone(), vec![a, b], RetryPolicy::default()).unwrap();
+    let mut l = Loader::new(LoaderConfig::new(0, 1), src, r).unwrap();
+    let mut rows = 0u64;
+    while let Some(b) = l.next() {
+        let b = b.unwrap();
+        assert_eq!(b.bytes(), &expected(&f, b.reads())[..]);
+        rows += b.reads().len() as u64;
+    }
+    assert_eq!(rows, 48);
+    let ns = l.node_stats();
+    assert_eq!(ns.len(), 2);
+    assert_eq!(ns.iter().map(|n| n.reads).sum::<u64>(), 48);
+    assert_eq!(ns.iter().map(|n| n.bytes).sum::<u64>(), 48 * 256);
+    assert!(ns.iter().all(|n| n.reads == 24 && n.errors.total() == 0));
+    assert_eq!(l.stats().crc_mismatches, 0);
+}

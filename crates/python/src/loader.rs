@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyList};
 use seqfeed_cuda::dlpack::{DLDataType, DLDevice, KDL_CPU, KDL_CUDA};
 use seqfeed_cuda::{DlpackTensor, LoaderDestination, TransportCaps};
 use seqfeed_loader::{
@@ -231,7 +231,13 @@ impl NativeLoader {
         d.set_item("stall_after_warmup_s", s.stall_after_warmup().as_secs_f64())?;
         d.set_item("read_time_s", s.read_time.as_secs_f64())?;
         d.set_item("failed_over", s.failed_over)?;
+        d.set_item("crc_mismatches", s.crc_mismatches)?;
         d.set_item("direct_steps", s.direct_steps)?;
+        let nodes = PyList::empty(py);
+        for n in self.with(|l| l.node_stats())? {
+            nodes.append(node_stats_dict(py, &n)?)?;
+        }
+        d.set_item("nodes", nodes)?;
         Ok(d)
     }
 
@@ -594,4 +600,38 @@ impl NativeBatch {
             Dtype::U32 => (int(32, 0), "int32"),
         }
     }
+}
+
+/// One node's counters as a dict: name, live, bytes, reads, batches,
+/// errors (by kind), failed_over, reconnects, crc_mismatches,
+/// last_crc_mismatch, given_up, and the batch latency (p50/p99/mean in
+/// seconds, each the upper bound of a power-of-two bucket, None before the
+/// first batch).
+fn node_stats_dict<'py>(
+    py: Python<'py>,
+    n: &seqfeed_loader::NodeStats,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("name", &n.name)?;
+    d.set_item("live", n.live)?;
+    d.set_item("bytes", n.bytes)?;
+    d.set_item("reads", n.reads)?;
+    d.set_item("batches", n.batches)?;
+    let e = PyDict::new(py);
+    e.set_item("timeout", n.errors.timeout)?;
+    e.set_item("connection", n.errors.connection)?;
+    e.set_item("protocol", n.errors.protocol)?;
+    e.set_item("backend", n.errors.backend)?;
+    e.set_item("other", n.errors.other)?;
+    d.set_item("errors", e)?;
+    d.set_item("failed_over", n.failed_over)?;
+    d.set_item("reconnects", n.reconnects)?;
+    d.set_item("crc_mismatches", n.crc_mismatches)?;
+    d.set_item("last_crc_mismatch", n.last_crc_mismatch.as_deref())?;
+    d.set_item("given_up", n.given_up)?;
+    let secs = |x: Option<Duration>| x.map(|d| d.as_secs_f64());
+    d.set_item("latency_p50_s", secs(n.latency.quantile(0.5)))?;
+    d.set_item("latency_p99_s", secs(n.latency.quantile(0.99)))?;
+    d.set_item("latency_mean_s", secs(n.latency.mean()))?;
+    Ok(d)
 }

@@ -67,12 +67,14 @@ mod crc;
 mod failover;
 mod revive;
 mod round;
+mod stats;
 #[cfg(test)]
 mod tests;
 
 use crc::FileCrc;
 use revive::{connect_at_start, map_regions, ProbeResult};
 use round::Dest;
+pub use stats::{ErrorCounts, LatencyHistogram, NodeStats, LATENCY_BUCKETS};
 
 /// Opens a transport to one node. Called at start and on every reconnect.
 pub type Connector = Box<dyn Fn() -> Result<Box<dyn Transport>, TransportError> + Send + Sync>;
@@ -183,6 +185,8 @@ struct Node {
     crc_mismatches: u64,
     /// The last of them (`FILE sequence N`).
     last_crc_mismatch: Option<String>,
+    /// Rows, batches, errors, fail-overs, reconnects, latency.
+    counters: stats::Counters,
     /// Staging buffer for scattered rows, reused across steps.
     staging: Vec<u8>,
     /// Bytes read from this node (lifetime).
@@ -303,6 +307,7 @@ impl ClusterReader {
                     bad_files: vec![None; files.len()],
                     crc_mismatches: 0,
                     last_crc_mismatch: None,
+                    counters: stats::Counters::default(),
                     staging: Vec::new(),
                     bytes: 0,
                 }

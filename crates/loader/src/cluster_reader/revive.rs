@@ -75,6 +75,7 @@ impl ClusterReader {
             Ok(t) => t,
             Err(e) => {
                 let e = name_timeout(e);
+                node.counters.errors.count(&e);
                 tracing::debug!(node = %node.spec.name, error = %e, "reconnect failed");
                 node.last_error = Some(e.to_string());
                 schedule_retry(node, &self.policy);
@@ -95,6 +96,7 @@ impl ClusterReader {
             return;
         }
         tracing::info!(node = %node.spec.name, "node reconnected");
+        node.counters.reconnects += 1;
         node.regions = regions;
         node.set_transport(Some(t));
         node.failures = 0;

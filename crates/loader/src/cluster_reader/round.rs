@@ -2,6 +2,7 @@
 //! in parallel, a node's scattered rows through its staging buffer.
 
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use seqfeed_transport::{BatchStats, DeviceRegion, ReadRequest, TransportError};
 
@@ -93,6 +94,7 @@ impl ClusterReader {
             batches: 0,
             staged: 0,
             corrupt: Vec::new(),
+            elapsed: None,
         };
         let outcomes: Vec<(usize, NodeOutcome)> = std::thread::scope(|s| {
             let first = if work.is_empty() {
@@ -124,6 +126,21 @@ impl ClusterReader {
         for (ni, out) in outcomes {
             stats.batches += out.batches;
             stats.staged_rows += out.staged;
+            let c = &mut self.nodes[ni].counters;
+            c.batches += out.batches;
+            if let Some(d) = out.elapsed {
+                c.latency.record(d);
+            }
+            match &out.result {
+                Ok(_) if out.corrupt.is_empty() => c.reads += out.rows.len() as u64,
+                Ok(_) => c.failed_over += out.rows.len() as u64,
+                Err(e) => {
+                    c.errors.count(e);
+                    if e.is_node_failure() {
+                        c.failed_over += out.rows.len() as u64;
+                    }
+                }
+            }
             match out.result {
                 Ok(st) if !out.corrupt.is_empty() => {
                     // The node's copy of a file is damaged: that file is read
@@ -216,6 +233,8 @@ struct NodeOutcome {
     /// Files whose copy on this node failed the CRC check (or whose table is
     /// malformed); the batch's rows are then read again elsewhere.
     corrupt: Vec<Corrupt>,
+    /// How long the batch took, when one was issued.
+    elapsed: Option<Duration>,
 }
 
 /// What a round's node threads share.
@@ -247,6 +266,7 @@ fn read_node(node: &mut Node, ctx: &NodeCtx<'_>, runs: NodeRuns<'_>) -> NodeOutc
         batches: 0,
         staged: 0,
         corrupt: Vec::new(),
+        elapsed: None,
     };
     let name = node.spec.name.clone();
     let Some(transport) = node.transport.as_mut() else {
@@ -301,9 +321,12 @@ fn read_node(node: &mut Node, ctx: &NodeCtx<'_>, runs: NodeRuns<'_>) -> NodeOutc
         }
     }
     out.batches = 1;
+    let t0 = Instant::now();
     if let Some(region) = device {
         out.result = if node.device.iter().any(|r| r.contains(&region)) {
-            transport.read_batch_device(&requests, &region)
+            let res = transport.read_batch_device(&requests, &region);
+            out.elapsed = Some(t0.elapsed());
+            res
         } else {
             Err(TransportError::Unsupported {
                 node: name,
@@ -316,6 +339,7 @@ fn read_node(node: &mut Node, ctx: &NodeCtx<'_>, runs: NodeRuns<'_>) -> NodeOutc
     if single {
         let (_, dst) = &mut runs[0];
         out.result = transport.read_batch(&requests, dst);
+        out.elapsed = Some(t0.elapsed());
         if ctx.verify && out.result.is_ok() {
             out.corrupt = crc::check_rows(ctx, &out.rows, dst);
         }
@@ -344,7 +368,9 @@ fn read_node(node: &mut Node, ctx: &NodeCtx<'_>, runs: NodeRuns<'_>) -> NodeOutc
         }
     }
     out.staged = out.rows.len() as u64;
+    let t0 = Instant::now();
     out.result = transport.read_batch(&requests, &mut node.staging[..need]);
+    out.elapsed = Some(t0.elapsed());
     if ctx.verify && out.result.is_ok() {
         out.corrupt = crc::check_rows(ctx, &out.rows, &node.staging[..need]);
     }

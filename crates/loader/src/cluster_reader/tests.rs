@@ -457,6 +457,12 @@ fn damaged_copy_on_one_replica_is_caught_and_read_from_the_other() {
     assert_eq!(dst, want);
     assert_eq!(st.crc_mismatches, 1);
     assert_eq!(r.crc_mismatches_per_node(), vec![0, 1]);
+    // The stats name the node, the file and the sequence.
+    let ns = r.node_stats();
+    assert_eq!((ns[0].crc_mismatches, ns[1].crc_mismatches), (0, 1));
+    let named = format!("{last} sequence {}", count - 1);
+    assert_eq!(ns[1].last_crc_mismatch.as_deref(), Some(named.as_str()));
+    assert_eq!(ns[1].name, "node-b");
     assert_eq!(
         r.live_nodes(),
         vec![true, true],
@@ -505,4 +511,58 @@ fn damaged_copy_without_replica_is_an_error_naming_node_file_and_sequence() {
     assert!(msg.contains(&files[0]), "{msg}");
     assert!(msg.contains("sequence 2 of"), "{msg}");
     assert!(msg.contains("CRC32C"), "{msg}");
+}
+
+/// Issue 12 item 10: per-node counters add up to what was read, and count
+/// a failure by kind, the rows it moved, and the reconnect.
+#[test]
+fn node_stats_count_bytes_rows_batches_errors_and_latency() {
+    let f = files(4, 16, 128, 13);
+    let (a, sa) = flaky_node(f.dir.path(), "a", f.names.clone());
+    let (b, _) = flaky_node(f.dir.path(), "b", f.names.clone());
+    let mut r = ClusterReader::connect(f.names.clone(), vec![a, b], quick()).unwrap();
+    r.set_verify_crc(false); // exact batch counts (no table fetches)
+    let src = RandomBlocks::new(&f, 8, 100);
+    let mut dst = vec![0u8; 8 * 128];
+    let mut reads = Vec::new();
+    let mut read = |r: &mut ClusterReader, step: u64| {
+        reads.clear();
+        src.block(step, 0, 1, &mut reads).unwrap();
+        let st = r.read_step(step, &reads, 128, &mut dst).unwrap();
+        assert_eq!(dst, expected(&f, &reads));
+        st
+    };
+    for step in 0..5 {
+        read(&mut r, step);
+    }
+    sa.down.store(true, Ordering::SeqCst);
+    let st = read(&mut r, 5);
+    assert_eq!(st.failed_over, 4);
+    let ns = r.node_stats();
+    assert_eq!(ns.len(), 2);
+    assert_eq!((ns[0].name.as_str(), ns[1].name.as_str()), ("a", "b"));
+    assert!(!ns[0].live && ns[1].live);
+    // 6 steps of 8 rows: a read 4 rows in each of the first 5; b the rest.
+    assert_eq!((ns[0].reads, ns[1].reads), (20, 28));
+    assert_eq!((ns[0].bytes, ns[1].bytes), (20 * 128, 28 * 128));
+    assert_eq!(ns[0].batches, 6, "5 good batches and the failed one");
+    assert_eq!(ns[1].batches, 7, "one per step, and the moved rows");
+    assert_eq!(ns[0].errors.connection, 1);
+    assert_eq!(ns[0].errors.total(), 1);
+    assert_eq!(ns[1].errors.total(), 0);
+    assert_eq!((ns[0].failed_over, ns[1].failed_over), (4, 0));
+    assert_eq!(ns[0].latency.count, 6);
+    assert_eq!(ns[1].latency.count, 7);
+    assert!(ns[1].latency.quantile(0.99).is_some());
+    // Back up: counted as a reconnect.
+    sa.down.store(false, Ordering::SeqCst);
+    let t = Instant::now();
+    let mut step = 6;
+    while !r.node_stats()[0].live {
+        assert!(t.elapsed() < Duration::from_secs(5), "a never reconnected");
+        std::thread::sleep(Duration::from_millis(5));
+        read(&mut r, step);
+        step += 1;
+    }
+    assert_eq!(r.node_stats()[0].reconnects, 1);
 }

@@ -350,7 +350,10 @@ class Loader:
 
     def stats(self):
         """Running totals: steps, micro_batches, sequences, bytes, stall and
-        read times (seconds), rows failed over to replicas."""
+        read times (seconds), rows failed over to replicas, CRC mismatches,
+        and ``nodes``: one dict per storage node (name, live, bytes, reads,
+        batches, errors by kind, failed_over, reconnects, crc_mismatches,
+        last_crc_mismatch, given_up, latency_p50_s/p99_s/mean_s)."""
         if self._native is None:
             return {}
         return self._native.stats()
