@@ -55,7 +55,7 @@ pub struct Args {
     /// Append no EOS, even with a tokenizer.
     #[arg(long, conflicts_with = "eos")]
     pub no_eos: bool,
-    /// Tokenize text: inputs are JSON Lines (`.jsonl`, `.jsonl.gz`) or Parquet (`.parquet`)
+    /// Tokenize text: inputs are JSON Lines (`.jsonl`, `.jsonl.gz`, `.jsonl.zst`) or Parquet (`.parquet`)
     /// whose `--text-field` string is one document, encoded with this embedded tiktoken encoding (cl100k_base,
     /// o200k_base, p50k_base, r50k_base; nothing is downloaded). Encoding follows tiktoken's
     /// `encode_ordinary`: special-token text such as `<|endoftext|>` inside a document is
