@@ -39,6 +39,7 @@ use seqfeed_wire::{ClientCounters, Limits, NodeCounters, VerbsAccept, VerbsConne
 
 pub use auth::AuthLimit;
 pub use logs::WarnLimit;
+pub use seqfeed_verbs::QpLimits;
 pub use service::NodeHandle;
 pub use verbs::{verbs_devices, verbs_factory};
 
@@ -65,10 +66,18 @@ pub trait VerbsAcceptor: Send + Sync {
     /// Connects the node's side of the client's queue pairs and returns the
     /// node's endpoints with every region's address and rkey, or a message
     /// the client sees as an error. `id` is the asking control connection,
-    /// `client` the client's name from its Hello. Called on a blocking
-    /// thread.
-    fn accept(&self, id: ClientId, client: &str, req: &VerbsConnect)
-        -> Result<VerbsAccept, String>;
+    /// `client` the client's name from its Hello. The QPs named in
+    /// `req.replaces` (this connection's only) are destroyed first; a
+    /// request beyond `limits` (the connection's quota, the node-wide cap)
+    /// is refused with a message naming the limit, never by evicting
+    /// another connection's QPs. Called on a blocking thread.
+    fn accept(
+        &self,
+        id: ClientId,
+        client: &str,
+        req: &VerbsConnect,
+        limits: &QpLimits,
+    ) -> Result<VerbsAccept, String>;
 
     /// The control connection `id` closed: release every queue pair
     /// accepted for it. Called on a blocking thread, once, after its last
@@ -149,6 +158,9 @@ pub struct NodeConfig {
     pub stats_max_clients: usize,
     /// RDMA connection setup; `None` answers verbs requests with an error.
     pub verbs: Option<VerbsFactory>,
+    /// Queue pairs one control connection may hold (its quota) and the
+    /// node may hold in all (default [`QpLimits::DEFAULT`]: 128 and 16,384).
+    pub verbs_qp_limits: QpLimits,
     /// How many per-connection warnings (refused handshakes, connection
     /// errors) of each kind are logged per interval; the rest are summed up
     /// in one line per interval. Default: 10 per 10 s.
@@ -177,6 +189,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("max_buffered_bytes", &self.max_buffered_bytes)
             .field("stats_max_clients", &self.stats_max_clients)
             .field("verbs", &self.verbs.is_some())
+            .field("verbs_qp_limits", &self.verbs_qp_limits)
             .field("warn_limit", &self.warn_limit)
             .finish()
     }
@@ -206,6 +219,7 @@ impl NodeConfig {
             max_buffered_bytes: 512 << 20,
             stats_max_clients: 256,
             verbs: None,
+            verbs_qp_limits: QpLimits::DEFAULT,
             warn_limit: WarnLimit::DEFAULT,
         }
     }

@@ -87,6 +87,8 @@ struct Shared {
     clients: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
     next_conn: AtomicU64,
     verbs: Option<Arc<dyn VerbsAcceptor>>,
+    /// Per-connection quota and node-wide cap of verbs QPs.
+    verbs_qp_limits: seqfeed_verbs::QpLimits,
     guards: Guards,
     /// Connections still in their handshake, oldest first, each with the
     /// signal that sheds it.
@@ -489,6 +491,7 @@ pub(crate) fn start(
         clients: Mutex::new(BTreeMap::new()),
         next_conn: AtomicU64::new(0),
         verbs,
+        verbs_qp_limits: config.verbs_qp_limits,
         guards: Guards {
             idle_timeout: config.idle_timeout,
             handshake_timeout: config.handshake_timeout,
@@ -976,7 +979,8 @@ async fn verbs_connect(
     let node = shared.node.clone();
     // From here on the acceptor may hold queue pairs for this connection.
     *verbs_used = true;
-    match tokio::task::spawn_blocking(move || acceptor.accept(id, &client, &req)).await {
+    let limits = shared.verbs_qp_limits;
+    match tokio::task::spawn_blocking(move || acceptor.accept(id, &client, &req, &limits)).await {
         Ok(Ok(accept)) => Frame::VerbsAccept(accept),
         Ok(Err(message)) => Frame::Error {
             code: ErrorCode::INTERNAL,

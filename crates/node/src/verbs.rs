@@ -1,14 +1,15 @@
 //! RDMA verbs for the node: a [`VerbsFactory`] that registers the node's
 //! mapped files on its RDMA devices (remote read only) and answers
 //! `VerbsConnect` with [`seqfeed_verbs::WireAcceptor`], which destroys a
-//! connection's queue pairs when the node reports it closed.
+//! connection's queue pairs when the node reports it closed, and a
+//! replaced QP as soon as its replacement is asked for.
 
 use std::sync::Arc;
 
 use seqfeed_verbs::WireAcceptor;
 use seqfeed_wire::{VerbsAccept, VerbsConnect};
 
-use crate::{ClientId, VerbsAcceptor, VerbsFactory};
+use crate::{ClientId, QpLimits, VerbsAcceptor, VerbsFactory};
 
 impl VerbsAcceptor for WireAcceptor {
     fn accept(
@@ -16,8 +17,9 @@ impl VerbsAcceptor for WireAcceptor {
         id: ClientId,
         client: &str,
         req: &VerbsConnect,
+        limits: &QpLimits,
     ) -> Result<VerbsAccept, String> {
-        WireAcceptor::accept(self, id.0, client, req)
+        WireAcceptor::accept(self, id.0, client, req, limits)
     }
 
     fn disconnected(&self, id: ClientId) {

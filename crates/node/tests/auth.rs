@@ -318,7 +318,13 @@ fn failed_proofs_are_rate_limited_per_peer_address() {
 struct CountingAcceptor(Mutex<usize>);
 
 impl VerbsAcceptor for CountingAcceptor {
-    fn accept(&self, _: ClientId, _: &str, req: &VerbsConnect) -> Result<VerbsAccept, String> {
+    fn accept(
+        &self,
+        _: ClientId,
+        _: &str,
+        req: &VerbsConnect,
+        _: &seqfeed_node::QpLimits,
+    ) -> Result<VerbsAccept, String> {
         *self.0.lock().unwrap() += 1;
         Ok(VerbsAccept {
             qps: req.qps.clone(),
@@ -347,6 +353,8 @@ fn verbs_control_exchange_is_authenticated() {
     let req = Frame::VerbsConnect(VerbsConnect {
         qps: vec![],
         device: "fake0".into(),
+        rail: 0,
+        replaces: vec![],
     });
     let e = ControlClient::connect(node.local_addr(), &opts(Some("wrong"))).unwrap_err();
     assert!(e.to_string().contains("wrong shared secret"), "{e}");
@@ -420,7 +428,10 @@ fn an_old_client_gets_the_version_refusal() {
     };
     match frame {
         Frame::Refused { reason } => assert!(
-            reason.contains("\"old-client\" speaks protocol version 2, node node-auth speaks 3"),
+            reason.contains(&format!(
+                "\"old-client\" speaks protocol version 2, node node-auth speaks {}",
+                seqfeed_wire::PROTOCOL_VERSION
+            )),
             "{reason}"
         ),
         f => panic!("expected Refused, got {f:?}"),

@@ -136,6 +136,8 @@ fn files_subset_health_stats_and_verbs_default() {
         .request(&Frame::VerbsConnect(VerbsConnect {
             qps: vec![],
             device: "rxe0".into(),
+            rail: 0,
+            replaces: vec![],
         }))
         .unwrap_err();
     assert!(e.to_string().contains("verbs not enabled"), "{e}");
@@ -187,6 +189,7 @@ impl seqfeed_node::VerbsAcceptor for FakeVerbs {
         _id: seqfeed_node::ClientId,
         client: &str,
         req: &VerbsConnect,
+        _limits: &seqfeed_node::QpLimits,
     ) -> Result<VerbsAccept, String> {
         if req.qps.is_empty() {
             return Err(format!("{client} asked for no queue pairs"));
@@ -236,6 +239,8 @@ fn verbs_acceptor_plugs_in() {
         .request(&Frame::VerbsConnect(VerbsConnect {
             qps: vec![qp],
             device: "rxe0".into(),
+            rail: 0,
+            replaces: vec![],
         }))
         .unwrap();
     assert!(
@@ -245,6 +250,8 @@ fn verbs_acceptor_plugs_in() {
         .request(&Frame::VerbsConnect(VerbsConnect {
             qps: vec![],
             device: "rxe0".into(),
+            rail: 0,
+            replaces: vec![],
         }))
         .unwrap_err();
     assert!(e.to_string().contains("asked for no queue pairs"), "{e}");

@@ -44,6 +44,7 @@ impl VerbsAcceptor for Recorder {
         id: ClientId,
         client: &str,
         req: &VerbsConnect,
+        _limits: &seqfeed_node::QpLimits,
     ) -> Result<VerbsAccept, String> {
         let mut c = self.0.lock().unwrap();
         if c.disconnects.contains(&id) {
@@ -127,6 +128,8 @@ fn connect_req(device: &str, qps: u32) -> Frame {
             })
             .collect(),
         device: device.into(),
+        rail: 0,
+        replaces: vec![],
     })
 }
 

@@ -92,6 +92,8 @@ fn connect(c: &mut ControlClient, dev: &DeviceInfo, depths: &[u8], first_qpn: u3
         .request(&Frame::VerbsConnect(VerbsConnect {
             qps,
             device: dev.name.clone(),
+            rail: 0,
+            replaces: vec![],
         }))
         .unwrap()
     {
@@ -167,6 +169,115 @@ fn real_acceptor_negotiates_read_depth_and_frees_qps_on_close() {
         } else {
             "not available: no rdma tool".into()
         }
+    );
+    node.shutdown();
+}
+
+/// Issue 10 item 2 on a real device: client A has a QP error injected and
+/// rebuilt 1,000 times (each rebuild names the node QP it replaces), while
+/// client B reads random batches, checked byte for byte against the files,
+/// without a single error or rebuild. The node's QP count never passes the
+/// two clients' lanes, and the kernel's count of the node's RC QPs stays
+/// bounded (sampled every 100 rebuilds).
+#[test]
+fn a_thousand_rebuilds_keep_the_node_bounded_and_others_reading() {
+    use rand::SeedableRng;
+    use seqfeed_transport::{LocalTransport, Transport};
+    use seqfeed_verbs::{ClientOptions, VerbsTransport};
+
+    let Some(dev) = device() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    common::make_dataset(dir.path());
+    let mut cfg = NodeConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.node_name = "node-rebuild".into();
+    cfg.verbs = Some(verbs_factory(Some(vec![dev.name.clone()])));
+    let node = Node::start(cfg).unwrap();
+    let names: Vec<String> = node.regions().iter().map(|r| r.name.clone()).collect();
+    let base = kernel_qps(&dev.name);
+    let vopts = || ClientOptions {
+        devices: Some(vec![dev.name.clone()]),
+        qps_per_rail: 2,
+        max_rebuilds: 2,
+        timeout: Duration::from_secs(20),
+        ..ClientOptions::default()
+    };
+    let addr = node.local_addr().to_string();
+    let mut a = VerbsTransport::connect_node(&addr, &common::opts(1), vopts()).unwrap();
+    let mut b = VerbsTransport::connect_node(&addr, &common::opts(1), vopts()).unwrap();
+    let lanes = a.qp_count() + b.qp_count();
+    assert_eq!(node.verbs_open_qps(), Some(lanes));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = std::sync::Arc::clone(&stop);
+        let root = dir.path().to_path_buf();
+        let names = names.clone();
+        std::thread::spawn(move || {
+            let mut local = LocalTransport::open(&root, &names).unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let mut batches = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || batches == 0 {
+                let (reads, len) = common::random_batch(&mut rng, local.regions(), 64, 16_384);
+                let mut want = vec![0x5au8; len];
+                local.read_batch(&reads, &mut want).unwrap();
+                let mut got = vec![0x5au8; len];
+                if let Err(e) = b.read_batch(&reads, &mut got) {
+                    return Err(format!("client B, batch {batches}: {e}"));
+                }
+                if got != want {
+                    return Err(format!("client B, batch {batches}: bytes differ"));
+                }
+                batches += 1;
+            }
+            Ok((batches, b.counters().rebuilds, b))
+        })
+    };
+    let mut local = LocalTransport::open(dir.path(), &names).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let (mut peak, mut kpeak) = (0usize, base);
+    let t0 = Instant::now();
+    for i in 0..1000usize {
+        assert!(a.inject_qp_error(i % a.qp_count()), "inject {i}");
+        let (reads, len) = common::random_batch(&mut rng, local.regions(), 4, 4096);
+        let mut want = vec![0u8; len];
+        local.read_batch(&reads, &mut want).unwrap();
+        let mut got = vec![0u8; len];
+        a.read_batch(&reads, &mut got)
+            .unwrap_or_else(|e| panic!("client A, rebuild {i}: {e}"));
+        assert_eq!(got, want, "client A, rebuild {i}");
+        peak = peak.max(node.verbs_open_qps().unwrap());
+        if i % 100 == 99 {
+            if let (Some(b0), Some(now)) = (base, kernel_qps(&dev.name)) {
+                kpeak = Some(kpeak.unwrap_or(b0).max(now));
+                assert!(
+                    now <= b0 + lanes + 2,
+                    "rebuild {i}: kernel holds {now} RC QPs of the node (base {b0}, {lanes} lanes)"
+                );
+            }
+        }
+    }
+    let took = t0.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (batches, b_rebuilds, b) = reader.join().unwrap().unwrap();
+    assert!(
+        a.counters().rebuilds >= 1000,
+        "{} rebuilds",
+        a.counters().rebuilds
+    );
+    assert_eq!(b_rebuilds, 0, "client B never saw a QP error");
+    assert!(
+        peak <= lanes,
+        "node held up to {peak} QPs for {lanes} lanes"
+    );
+    assert_eq!(node.verbs_open_qps(), Some(lanes));
+    drop(a);
+    drop(b);
+    assert_eq!(wait_open(&node, 0), Some(0));
+    eprintln!(
+        "rebuilds: A {} in {:.1} s; node QPs peak {peak} for {lanes} lanes; kernel RC QPs of the node peak {} (base {}); B read {batches} batches, 0 errors",
+        1000,
+        took.as_secs_f64(),
+        kpeak.map_or("n/a".to_string(), |k| k.to_string()),
+        base.map_or("n/a".to_string(), |k| k.to_string()),
     );
     node.shutdown();
 }

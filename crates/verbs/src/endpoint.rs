@@ -83,14 +83,17 @@ pub struct Accepted {
 /// service to connect queue pairs: the node helper's `VerbsConnect` frame over
 /// its control client, or the small TCP exchange in [`standalone`](crate::standalone).
 pub trait QpExchange: Send {
-    /// Asks the node to create one QP per entry of `qps` on its device for
-    /// our device `device` (rail index `rail`), connect them to ours, and
-    /// return its endpoints and region table.
+    /// Asks the node to create one QP per entry of `qps` on its device of
+    /// rail `rail` (the node's rail index, after the client's rail map) for
+    /// our device `device`, connect them to ours, and return its endpoints
+    /// and region table. `replaces` names node QPs (from earlier answers)
+    /// that the new ones replace: the node destroys them first.
     fn connect(
         &mut self,
         rail: u32,
         device: &str,
         qps: &[QpEndpoint],
+        replaces: &[u32],
     ) -> Result<Accepted, TransportError>;
 
     /// Called when reads make no progress for a while: an error when the

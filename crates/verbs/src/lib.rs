@@ -41,19 +41,23 @@ mod device;
 mod endpoint;
 mod error;
 pub mod pinning;
+pub mod qpbook;
 mod raw;
 pub mod sendq;
 mod server;
 pub mod standalone;
 mod wire;
 
-pub use client::{ClientOptions, VerbsCounters, VerbsTransport, MAX_CHAIN};
+pub use client::{
+    parse_rail_map, ClientOptions, VerbsCounters, VerbsTransport, MAX_CHAIN, RAIL_MAP_ENV,
+};
 pub use device::{list_devices, mtu_bytes, open_devices, DeviceInfo, Nic};
 pub use endpoint::{Accepted, QpEndpoint, QpExchange};
 pub use error::VerbsError;
+pub use qpbook::{QpBook, QpLimits};
 pub use sendq::{ChainPlan, SendQueue, SqConfig, MAX_SQ_DEPTH, MIN_SQ_DEPTH};
-pub use server::{ServedRegion, ServerQps, VerbsServer, MAX_QPS_PER_CONNECT};
-pub use wire::{join_regions, ControlExchange, WireAcceptor, MAX_KEPT_QPS};
+pub use server::{ServedQp, ServedRegion, ServerQps, VerbsServer, MAX_QPS_PER_CONNECT};
+pub use wire::{join_regions, ControlExchange, WireAcceptor};
 
 /// What [`auto_select`] chose.
 #[derive(Debug, Clone, PartialEq, Eq)]

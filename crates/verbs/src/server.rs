@@ -58,16 +58,41 @@ impl std::fmt::Debug for VerbsServer {
     }
 }
 
-/// QPs accepted for one client connection. Dropping it destroys them; the
-/// node keeps it for as long as the client's control connection lives.
+/// QPs accepted for one connect request. Dropping it destroys them; the
+/// node keeps them while the client's control connection lives, or until
+/// the client replaces one ([`ServerQps::into_qps`] splits them).
 pub struct ServerQps {
-    _qps: Vec<Qp>,
+    qps: Vec<Qp>,
 }
 
 impl std::fmt::Debug for ServerQps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerQps")
-            .field("qps", &self._qps.len())
+            .field("qps", &self.qps.len())
+            .finish()
+    }
+}
+
+impl ServerQps {
+    /// The QPs one by one, each with its QP number (what the client names
+    /// in `VerbsConnect::replaces`).
+    pub fn into_qps(self) -> Vec<(u32, ServedQp)> {
+        self.qps
+            .into_iter()
+            .map(|q| (q.qp_num(), ServedQp { _qp: q }))
+            .collect()
+    }
+}
+
+/// One accepted QP of the node; dropping it destroys it.
+pub struct ServedQp {
+    _qp: Qp,
+}
+
+impl std::fmt::Debug for ServedQp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedQp")
+            .field("qp_num", &self._qp.qp_num())
             .finish()
     }
 }
@@ -221,10 +246,10 @@ impl VerbsServer {
         self.rails.iter().map(|r| r.nic.info.clone()).collect()
     }
 
-    /// The region table as seen through the device serving `client_device` /
-    /// `rail` (addresses and rkeys of that device).
-    pub fn regions(&self, client_device: &str, rail: u32) -> Vec<RegionInfo> {
-        let r = self.rail_for(client_device, rail);
+    /// The region table as seen through the device of `rail` (addresses
+    /// and rkeys of that device; see [`VerbsServer::rail_device`]).
+    pub fn regions(&self, rail: u32) -> Vec<RegionInfo> {
+        let r = self.rail_for(rail);
         self.regions
             .iter()
             .zip(&r.mrs)
@@ -238,17 +263,20 @@ impl VerbsServer {
             .collect()
     }
 
-    /// Picks the node device for a client device: the one with the same name
-    /// (multi-rail hosts name their NICs alike), else device `rail % count`.
-    fn rail_for(&self, client_device: &str, rail: u32) -> &ServerRail {
-        self.rails
-            .iter()
-            .find(|r| r.nic.info.name == client_device)
-            .unwrap_or(&self.rails[rail as usize % self.rails.len()])
+    /// The node device serving rail `rail`: device `rail` in this server's
+    /// order (rail k of a client pairs with rail k of the node, as on a
+    /// rail-optimized fabric; the client maps its rails when they differ),
+    /// wrapping when the client has more rails than the node.
+    pub fn rail_device(&self, rail: u32) -> &str {
+        &self.rail_for(rail).nic.info.name
     }
 
-    /// Accepts a client's QPs from its device `client_device` (rail index
-    /// `rail`; see `rail_for`): creates one QP per client QP,
+    fn rail_for(&self, rail: u32) -> &ServerRail {
+        &self.rails[rail as usize % self.rails.len()]
+    }
+
+    /// Accepts a client's QPs from its device `client_device` (for logs) on
+    /// rail `rail` (see [`VerbsServer::rail_device`]): creates one QP per client QP,
     /// connects it (RTR/RTS, smaller MTU), and returns the node's endpoints
     /// and region table. Keep the returned [`ServerQps`] while the client's
     /// control connection lives.
@@ -258,12 +286,15 @@ impl VerbsServer {
         rail: u32,
         client: &[QpEndpoint],
     ) -> Result<(Accepted, ServerQps), VerbsError> {
-        let r = self.rail_for(client_device, rail);
+        let r = self.rail_for(rail);
         let info = &r.nic.info;
         let nerr = |step: &str, detail: String| VerbsError::Node {
             node: "client".into(),
             step: step.to_string(),
-            detail: format!("device {}: {detail}", info.name),
+            detail: format!(
+                "node device {} port {} (rail {rail}, client device {client_device}): {detail}",
+                info.name, info.port
+            ),
         };
         if client.is_empty() || client.len() > MAX_QPS_PER_CONNECT {
             return Err(nerr(
@@ -313,13 +344,13 @@ impl VerbsServer {
             });
             qps.push(qp);
         }
-        tracing::debug!(device = %info.name, qps = qps.len(), "verbs server: accepted QPs");
+        tracing::debug!(device = %info.name, rail, client_device, qps = qps.len(), "verbs server: accepted QPs");
         Ok((
             Accepted {
                 qps: eps,
-                regions: self.regions(client_device, rail),
+                regions: self.regions(rail),
             },
-            ServerQps { _qps: qps },
+            ServerQps { qps },
         ))
     }
 }

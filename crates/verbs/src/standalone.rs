@@ -168,7 +168,12 @@ impl QpExchange for TcpExchange {
         rail: u32,
         device: &str,
         qps: &[QpEndpoint],
+        replaces: &[u32],
     ) -> Result<Accepted, TransportError> {
+        // This test exchange does not carry `replaces`: its node keeps
+        // replaced QPs until the connection closes (the storage node's
+        // control service destroys them at once).
+        let _ = replaces;
         self.roundtrip(rail, device, qps)
             .map_err(|source| TransportError::Io {
                 node: self.addr.clone(),

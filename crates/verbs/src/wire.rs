@@ -3,7 +3,6 @@
 //! frames over a [`ControlClient`], and the node-side [`WireAcceptor`] that
 //! answers them from the node's mapped [`RegionTable`].
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use seqfeed_transport::tcp::{ConnectOptions, ControlClient};
@@ -13,7 +12,8 @@ use seqfeed_wire::{Frame, RegionKey, VerbsAccept, VerbsConnect};
 use crate::client::{ClientOptions, VerbsTransport};
 use crate::endpoint::{Accepted, QpEndpoint, QpExchange};
 use crate::error::VerbsError;
-use crate::server::{ServedRegion, ServerQps, VerbsServer};
+use crate::qpbook::{QpBook, QpLimits};
+use crate::server::{ServedQp, ServedRegion, VerbsServer};
 
 fn to_wire(q: &QpEndpoint) -> seqfeed_wire::QpEndpoint {
     seqfeed_wire::QpEndpoint {
@@ -89,10 +89,13 @@ impl QpExchange for ControlExchange {
         rail: u32,
         device: &str,
         qps: &[QpEndpoint],
+        replaces: &[u32],
     ) -> Result<Accepted, TransportError> {
         let req = Frame::VerbsConnect(VerbsConnect {
             qps: qps.iter().map(to_wire).collect(),
             device: device.to_string(),
+            rail,
+            replaces: replaces.to_vec(),
         });
         let node = self.client.node().to_string();
         match self.client.request(&req)? {
@@ -155,83 +158,16 @@ impl AsRef<[u8]> for TableRegion {
     }
 }
 
-/// Most accepted QPs a node keeps, a safety bound: the node's control
-/// service reports each closed connection ([`WireAcceptor::disconnected`])
-/// and its QPs are destroyed then; should connections stay open with more
-/// QPs than this, the oldest accepted QPs are destroyed first (a client
-/// still using one sees a QP error, rebuilds it and retries).
-pub const MAX_KEPT_QPS: usize = 16384;
-
-/// Accepted QP sets (`T`: a [`ServerQps`]) by connection, oldest first,
-/// bounded by a total QP count.
-#[derive(Debug)]
-struct Kept<T> {
-    /// QPs held in total.
-    total: usize,
-    /// Accept sequence number -> (connection, QP count, the QPs).
-    sets: BTreeMap<u64, (u64, usize, T)>,
-    next: u64,
-    cap: usize,
-}
-
-impl<T> Kept<T> {
-    fn new(cap: usize) -> Self {
-        Kept {
-            total: 0,
-            sets: BTreeMap::new(),
-            next: 0,
-            cap,
-        }
-    }
-
-    /// Keeps `qps` (`n` QPs) for connection `conn`; returns the sets
-    /// evicted (oldest first) to stay within the cap, to be dropped by the
-    /// caller outside any lock.
-    fn insert(&mut self, conn: u64, n: usize, qps: T) -> Vec<T> {
-        self.sets.insert(self.next, (conn, n, qps));
-        self.next += 1;
-        self.total += n;
-        let mut evicted = Vec::new();
-        while self.total > self.cap {
-            match self.sets.pop_first() {
-                Some((_, (_, m, old))) => {
-                    self.total -= m;
-                    evicted.push(old);
-                }
-                None => break,
-            }
-        }
-        evicted
-    }
-
-    /// Takes every set of connection `conn` out (QP count, the sets).
-    fn remove_conn(&mut self, conn: u64) -> (usize, Vec<T>) {
-        let keys: Vec<u64> = self
-            .sets
-            .iter()
-            .filter(|(_, (c, _, _))| *c == conn)
-            .map(|(k, _)| *k)
-            .collect();
-        let mut n = 0;
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            if let Some((_, m, qps)) = self.sets.remove(&k) {
-                n += m;
-                out.push(qps);
-            }
-        }
-        self.total -= n;
-        (n, out)
-    }
-}
-
 /// The node side of `VerbsConnect`: a [`VerbsServer`] over the node's
 /// mapped files. The storage node calls [`WireAcceptor::accept`] for each
 /// request and [`WireAcceptor::disconnected`] when a control connection
-/// that made requests closes (both on a blocking thread).
+/// that made requests closes (both on a blocking thread). QPs are held per
+/// connection in a [`QpBook`]: a request's `replaces` destroys the named
+/// QPs of that connection at once, each connection has a quota, and the
+/// node-wide cap refuses new QPs instead of evicting anyone's.
 pub struct WireAcceptor {
     server: VerbsServer,
-    kept: Mutex<Kept<ServerQps>>,
+    kept: Mutex<QpBook<ServedQp>>,
 }
 
 impl std::fmt::Debug for WireAcceptor {
@@ -270,7 +206,7 @@ impl WireAcceptor {
         );
         Ok(WireAcceptor {
             server,
-            kept: Mutex::new(Kept::new(MAX_KEPT_QPS)),
+            kept: Mutex::new(QpBook::new()),
         })
     }
 
@@ -281,40 +217,56 @@ impl WireAcceptor {
 
     /// Accepted QPs alive now (all connections).
     pub fn kept_qps(&self) -> usize {
-        self.kept.lock().map(|k| k.total).unwrap_or(0)
+        self.kept.lock().map(|k| k.total()).unwrap_or(0)
     }
 
     /// Connects the node's side of `req`'s queue pairs for control
-    /// connection `conn` (a number unique per connection); `client` names
-    /// the client in errors and logs. The QPs stay alive until
-    /// [`WireAcceptor::disconnected`]`(conn)` (or, past [`MAX_KEPT_QPS`] in
-    /// total, until they are the oldest).
+    /// connection `conn` (a number unique per connection) on the node device
+    /// of `req.rail`; `client` names the client in errors and logs. First
+    /// destroys the connection's QPs named in `req.replaces`; refuses a
+    /// request that would take the connection past `limits.per_connection`
+    /// or the node past `limits.node`. The QPs stay alive until replaced or
+    /// until [`WireAcceptor::disconnected`]`(conn)`.
     pub fn accept(
         &self,
         conn: u64,
         client: &str,
         req: &VerbsConnect,
+        limits: &QpLimits,
     ) -> Result<VerbsAccept, String> {
         let qps: Vec<QpEndpoint> = req.qps.iter().map(from_wire).collect();
-        let (acc, keep) = self
-            .server
-            .accept(&req.device, 0, &qps)
-            .map_err(|e| format!("client {client}: {e}"))?;
-        let n = acc.qps.len();
-        let evicted = match self.kept.lock() {
-            Ok(mut k) => k.insert(conn, n, keep),
+        let n = qps.len();
+        let (replaced, room) = match self.kept.lock() {
+            Ok(mut k) => k.begin(conn, &req.replaces, n, limits),
             // A poisoned lock (a panic elsewhere): refuse rather than leak.
             Err(_) => return Err(format!("client {client}: verbs acceptor state poisoned")),
         };
-        if !evicted.is_empty() {
-            tracing::warn!(
-                client,
-                sets = evicted.len(),
-                cap = MAX_KEPT_QPS,
-                "verbs: more accepted QPs than the cap; destroyed the oldest"
-            );
+        // Destroyed here, outside the lock, before the new ones are made.
+        let gone = replaced.len();
+        drop(replaced);
+        if gone > 0 {
+            tracing::debug!(client, conn, qps = gone, "verbs: destroyed replaced QPs");
         }
-        drop(evicted);
+        room.map_err(|e| {
+            format!(
+                "client {client}: refused {n} QPs on node device {} (rail {}): {e}",
+                self.server.rail_device(req.rail),
+                req.rail
+            )
+        })?;
+        let (acc, keep) = match self.server.accept(&req.device, req.rail, &qps) {
+            Ok(r) => r,
+            Err(e) => {
+                if let Ok(mut k) = self.kept.lock() {
+                    k.cancel(conn, n);
+                }
+                return Err(format!("client {client}: {e}"));
+            }
+        };
+        match self.kept.lock() {
+            Ok(mut k) => k.commit(conn, n, keep.into_qps()),
+            Err(_) => return Err(format!("client {client}: verbs acceptor state poisoned")),
+        }
         Ok(VerbsAccept {
             qps: acc.qps.iter().map(to_wire).collect(),
             regions: acc
@@ -332,12 +284,13 @@ impl WireAcceptor {
     /// Control connection `conn` closed: destroys every QP accepted for it
     /// and returns how many.
     pub fn disconnected(&self, conn: u64) -> usize {
-        let (n, sets) = match self.kept.lock() {
+        let qps = match self.kept.lock() {
             Ok(mut k) => k.remove_conn(conn),
             Err(_) => return 0,
         };
+        let n = qps.len();
         // Destroyed here, outside the lock.
-        drop(sets);
+        drop(qps);
         tracing::debug!(
             conn,
             qps = n,
@@ -376,51 +329,6 @@ mod tests {
             } => assert_eq!(from_wire(&a.qps[0]), deep),
             d => panic!("{d:?}"),
         }
-    }
-
-    /// Counts drops of the sets it stands for.
-    struct Set(Arc<std::sync::atomic::AtomicUsize>);
-
-    impl Drop for Set {
-        fn drop(&mut self) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn kept_sets_freed_per_connection_and_bounded() {
-        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-        let dropped = Arc::new(AtomicUsize::new(0));
-        let set = || Set(Arc::clone(&dropped));
-        let mut k = Kept::new(10);
-        // Connection 1: two requests (3 + 2 QPs); connection 2: one (4 QPs).
-        assert!(k.insert(1, 3, set()).is_empty());
-        assert!(k.insert(2, 4, set()).is_empty());
-        assert!(k.insert(1, 2, set()).is_empty());
-        assert_eq!(k.total, 9);
-        let (n, sets) = k.remove_conn(1);
-        assert_eq!((n, sets.len()), (5, 2));
-        assert_eq!(dropped.load(SeqCst), 0);
-        drop(sets);
-        assert_eq!(dropped.load(SeqCst), 2);
-        assert_eq!(k.total, 4);
-        // Unknown or already released connections release nothing.
-        assert_eq!(k.remove_conn(1).0, 0);
-        assert_eq!(k.remove_conn(7).0, 0);
-        // The cap evicts oldest first: 4 (conn 2) + 5 (conn 3) + 3 (conn 4) > 10.
-        assert!(k.insert(3, 5, set()).is_empty());
-        let ev = k.insert(4, 3, set());
-        assert_eq!(ev.len(), 1);
-        drop(ev);
-        assert_eq!(dropped.load(SeqCst), 3);
-        assert_eq!(k.total, 8);
-        assert_eq!(k.remove_conn(2).0, 0, "connection 2's set was the oldest");
-        assert_eq!(k.remove_conn(3).0, 5);
-        assert_eq!(k.remove_conn(4).0, 3);
-        assert_eq!(k.total, 0);
-        assert!(k.sets.is_empty());
-        drop(k);
-        assert_eq!(dropped.load(SeqCst), 5);
     }
 
     #[test]

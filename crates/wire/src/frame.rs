@@ -20,7 +20,9 @@ use std::fmt;
 /// Version 3 replaced the cleartext secret of the [`Hello`] with a
 /// challenge-response ([`Frame::Challenge`], [`Frame::Proof`],
 /// [`Welcome::proof`]; see [`crate::auth`]).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 4 added [`VerbsConnect::rail`] and [`VerbsConnect::replaces`]
+/// (rail pairing and QP replacement on the node).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Bytes of a handshake nonce ([`Hello::nonce`], [`Frame::Challenge`]).
 pub const NONCE_LEN: usize = 32;
@@ -291,6 +293,14 @@ pub struct VerbsConnect {
     pub qps: Vec<QpEndpoint>,
     /// The client's RDMA device name, for logs.
     pub device: String,
+    /// Which of the node's devices ("rails", in the node's order) the QPs
+    /// are for: rail k of a client pairs with rail k of the node on a
+    /// rail-optimized fabric, or as the client's rail map says.
+    pub rail: u32,
+    /// Node QP numbers (from earlier [`VerbsAccept`]s on this connection)
+    /// that these QPs replace: the node destroys them before connecting the
+    /// new ones. Numbers the connection does not hold are ignored.
+    pub replaces: Vec<u32>,
 }
 
 /// Remote access parameters of one region registered for RDMA.
@@ -506,6 +516,11 @@ impl Frame {
                     w.qp(q);
                 }
                 w.str(&v.device);
+                w.u32(v.rail);
+                w.u32(v.replaces.len() as u32);
+                for q in &v.replaces {
+                    w.u32(*q);
+                }
             }
             Frame::VerbsAccept(v) => {
                 w.u32(v.qps.len() as u32);
@@ -800,9 +815,18 @@ pub fn decode_body(kind: u8, body: &[u8], limits: &Limits) -> Result<Frame, Wire
             for _ in 0..n {
                 qps.push(r.qp()?);
             }
+            let device = r.str("device name", MAX_STRING)?;
+            let rail = r.u32("rail")?;
+            let n = r.count("replaced QP count", MAX_QPS, 4)?;
+            let mut replaces = Vec::with_capacity(n);
+            for _ in 0..n {
+                replaces.push(r.u32("replaced QP number")?);
+            }
             Frame::VerbsConnect(VerbsConnect {
                 qps,
-                device: r.str("device name", MAX_STRING)?,
+                device,
+                rail,
+                replaces,
             })
         }
         kind::VERBS_ACCEPT => {

@@ -103,6 +103,8 @@ fn samples() -> Vec<Frame> {
         Frame::VerbsConnect(VerbsConnect {
             qps: vec![qp(1), qp(2)],
             device: "rxe0".into(),
+            rail: 1,
+            replaces: vec![0x11, 0x22],
         }),
         Frame::VerbsAccept(VerbsAccept {
             qps: vec![qp(9)],
@@ -157,6 +159,8 @@ fn version_1_endpoints_refused() {
     let f = Frame::VerbsConnect(VerbsConnect {
         qps: vec![qp(1), qp(2)],
         device: "rxe0".into(),
+        rail: 0,
+        replaces: vec![],
     });
     let b = f.to_bytes();
     // The wire layout of one endpoint: qpn, psn, gid, lid, mtu, depth.
@@ -185,6 +189,48 @@ fn version_1_endpoints_refused() {
         decode(&hostile, &Limits::DEFAULT),
         Err(WireError::Truncated {
             what: "queue pair count",
+            ..
+        })
+    ));
+}
+
+/// Version 4's `VerbsConnect` tail: the rail and the replaced QP numbers
+/// cross the wire; a version-3 body (no tail) and a count of replaced QPs
+/// the body cannot hold are refused.
+#[test]
+fn verbs_connect_rail_and_replaces() {
+    let f = Frame::VerbsConnect(VerbsConnect {
+        qps: vec![qp(1)],
+        device: "rxe1".into(),
+        rail: 1,
+        replaces: vec![0x33, 0x44],
+    });
+    let b = f.to_bytes();
+    let tail = &b[b.len() - 16..];
+    assert_eq!(&tail[..4], &1u32.to_le_bytes(), "rail");
+    assert_eq!(&tail[4..8], &2u32.to_le_bytes(), "replaced count");
+    assert_eq!(&tail[8..12], &0x33u32.to_le_bytes());
+    assert_eq!(&tail[12..], &0x44u32.to_le_bytes());
+    assert_eq!(
+        decode(&b, &Limits::DEFAULT).unwrap(),
+        Decoded::Frame {
+            frame: f.clone(),
+            consumed: b.len()
+        }
+    );
+    // What a version-3 peer sends: the same frame without the tail.
+    let mut v3 = b[..b.len() - 16].to_vec();
+    let body_len = (v3.len() - HEADER_LEN) as u32;
+    v3[..4].copy_from_slice(&body_len.to_le_bytes());
+    assert!(decode(&v3, &Limits::DEFAULT).is_err());
+    // A replaced count larger than the body: refused before allocating.
+    let mut hostile = b.clone();
+    let at = b.len() - 12;
+    hostile[at..at + 4].copy_from_slice(&1000u32.to_le_bytes());
+    assert!(matches!(
+        decode(&hostile, &Limits::DEFAULT),
+        Err(WireError::Truncated {
+            what: "replaced QP count",
             ..
         })
     ));
@@ -353,12 +399,12 @@ proptest! {
             .collect();
         let n = qps.len();
         for f in [
-            Frame::VerbsConnect(VerbsConnect { qps: qps.clone(), device: "mlx5_0".into() }),
+            Frame::VerbsConnect(VerbsConnect { qps: qps.clone(), device: "mlx5_0".into(), rail: 3, replaces: vec![7; n % 3] }),
             Frame::VerbsAccept(VerbsAccept { qps: qps.clone(), regions: vec![] }),
         ] {
             let b = f.to_bytes();
             // header + count + endpoints + (device string | region count)
-            prop_assert_eq!(b.len(), HEADER_LEN + 4 + n * QpEndpoint::ENCODED_LEN + if matches!(f, Frame::VerbsConnect(_)) { 2 + 6 } else { 4 });
+            prop_assert_eq!(b.len(), HEADER_LEN + 4 + n * QpEndpoint::ENCODED_LEN + if matches!(f, Frame::VerbsConnect(_)) { 2 + 6 + 4 + 4 + 4 * (n % 3) } else { 4 });
             prop_assert_eq!(decode(&b, &Limits::DEFAULT).unwrap(), Decoded::Frame { frame: f.clone(), consumed: b.len() });
             // The same frame with a shorter body (its length field fixed up) is an error.
             let body_len = b.len() - HEADER_LEN;
@@ -717,7 +763,9 @@ fn pre_auth_frames_are_small_and_the_largest_hello_fits() {
             frame: Some(Frame::Refused { reason }),
             ..
         }) => assert!(
-            reason.contains("protocol version 2, node node-a speaks 3"),
+            reason.contains(&format!(
+                "protocol version 2, node node-a speaks {PROTOCOL_VERSION}"
+            )),
             "{reason}"
         ),
         other => panic!("{other:?}"),

@@ -22,6 +22,8 @@ pub(super) struct Rail {
     pub(super) wc: WcBuf,
     /// Per region (same order as the transport's table): remote address and rkey on this device.
     pub(super) remote: Vec<(u64, u32)>,
+    /// Reads posted on this rail's lanes.
+    pub(super) reads: u64,
 }
 
 /// One RC queue pair: its send-queue accounting and the reads it has
@@ -30,6 +32,8 @@ pub(super) struct Rail {
 pub(super) struct Lane {
     pub(super) rail: usize,
     pub(super) qp: Option<Qp>,
+    /// The node's QP connected to `qp` (named as replaced when rebuilt).
+    pub(super) remote_qpn: Option<u32>,
     pub(super) gen: u16,
     /// Negotiated read depth (`max_rd_atomic`).
     pub(super) depth: u32,
@@ -220,6 +224,7 @@ impl VerbsTransport {
             cq: Arc::new(cq),
             wc: WcBuf::new(),
             remote: Vec::new(),
+            reads: 0,
         });
         let mut qps = Vec::with_capacity(n);
         let mut eps = Vec::with_capacity(n);
@@ -229,7 +234,9 @@ impl VerbsTransport {
             eps.push(ep);
         }
         let device = self.rails[rail].nic.info.name.clone();
-        let acc = self.exchange.connect(rail as u32, &device, &eps)?;
+        let acc = self
+            .exchange
+            .connect(self.node_rail(rail), &device, &eps, &[])?;
         if acc.qps.len() != n {
             return Err(node_err(
                 &self.node,
@@ -245,6 +252,7 @@ impl VerbsTransport {
             sq.set_rd_depth(depth);
             self.lanes.push(Lane {
                 rail,
+                remote_qpn: Some(remote.qp_num),
                 qp: Some(qp),
                 gen: 0,
                 depth,

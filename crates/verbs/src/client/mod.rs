@@ -71,6 +71,11 @@ pub const MAX_CHAIN: usize = 64;
 pub struct ClientOptions {
     /// Devices to use (rails); `None` = every device with an ACTIVE port.
     pub devices: Option<Vec<String>>,
+    /// Which node rail each of our rails pairs with: entry k is the node
+    /// rail (the node's device index) for our rail k. `None`: rail k pairs
+    /// with node rail k (rail-optimized fabrics), unless the environment
+    /// variable [`RAIL_MAP_ENV`] gives a map (see [`parse_rail_map`]).
+    pub rail_map: Option<Vec<u32>>,
     /// RC queue pairs per device, used round-robin.
     pub qps_per_rail: usize,
     /// Work requests per doorbell (post list length), 1..=64.
@@ -95,6 +100,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             devices: None,
+            rail_map: None,
             qps_per_rail: 2,
             chain: 32,
             max_outstanding: None,
@@ -140,6 +146,42 @@ impl VerbsCounters {
     }
 }
 
+/// Environment variable giving the client's rail map when
+/// [`ClientOptions::rail_map`] is `None`: `"0:1,1:0"` pairs our rail 0 with
+/// the node's rail 1 and our rail 1 with its rail 0.
+pub const RAIL_MAP_ENV: &str = "SEQFEED_RAIL_MAP";
+
+/// Parses a rail map, `"ours:node,..."` (e.g. `"0:1,1:0"`), into the node
+/// rail of each of our rails (entry k for our rail k). Our rails must be
+/// 0..n, each given once; rails left out pair with the same index.
+pub fn parse_rail_map(s: &str) -> Result<Vec<u32>, String> {
+    let mut pairs: Vec<(u32, u32)> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (a, b) = item
+            .split_once(':')
+            .ok_or_else(|| format!("rail map {s:?}: {item:?} is not ours:node (e.g. 0:1)"))?;
+        let num = |x: &str| {
+            x.trim()
+                .parse::<u32>()
+                .map_err(|e| format!("rail map {s:?}: {x:?} in {item:?}: {e}"))
+        };
+        let (a, b) = (num(a)?, num(b)?);
+        if a >= 256 || b >= 256 {
+            return Err(format!("rail map {s:?}: rail {} is over 255", a.max(b)));
+        }
+        if pairs.iter().any(|p| p.0 == a) {
+            return Err(format!("rail map {s:?}: our rail {a} is given twice"));
+        }
+        pairs.push((a, b));
+    }
+    let n = pairs.iter().map(|p| p.0 + 1).max().unwrap_or(0);
+    let mut map: Vec<u32> = (0..n).collect();
+    for (a, b) in pairs {
+        map[a as usize] = b;
+    }
+    Ok(map)
+}
+
 /// A connection to one storage node over RDMA verbs.
 pub struct VerbsTransport {
     node: String,
@@ -147,6 +189,10 @@ pub struct VerbsTransport {
     region_index: HashMap<RegionId, usize>,
     rails: Vec<Rail>,
     lanes: Vec<Lane>,
+    /// Lane indices in posting order: rails interleaved (QP 0 of every
+    /// rail, then QP 1 of every rail, ...), so reads go round-robin over
+    /// rails and QPs.
+    lane_order: Vec<usize>,
     exchange: Box<dyn QpExchange>,
     opts: ClientOptions,
     mrs: Vec<MrEntry>,
@@ -218,6 +264,12 @@ impl VerbsTransport {
             );
         }
         let mut opts = opts;
+        if opts.rail_map.is_none() {
+            if let Ok(v) = std::env::var(RAIL_MAP_ENV) {
+                opts.rail_map =
+                    Some(parse_rail_map(&v).map_err(|e| node_err(&node, RAIL_MAP_ENV, e))?);
+            }
+        }
         opts.chain = opts.chain.clamp(1, MAX_CHAIN);
         opts.qps_per_rail = opts
             .qps_per_rail
@@ -228,6 +280,7 @@ impl VerbsTransport {
             region_index: HashMap::new(),
             rails: Vec::new(),
             lanes: Vec::new(),
+            lane_order: Vec::new(),
             exchange,
             opts,
             mrs: Vec::new(),
@@ -241,9 +294,14 @@ impl VerbsTransport {
         for (r, nic) in nics.into_iter().enumerate() {
             t.add_rail(r, nic)?;
         }
+        t.lane_order = (0..t.lanes.len()).collect();
+        let per_rail = t.opts.qps_per_rail;
+        t.lane_order
+            .sort_by_key(|&i| (i % per_rail, t.lanes[i].rail));
         tracing::info!(
             node = %t.node,
             devices = ?t.rails.iter().map(|r| r.nic.info.name.as_str()).collect::<Vec<_>>(),
+            node_rails = ?(0..t.rails.len()).map(|r| t.node_rail(r)).collect::<Vec<_>>(),
             qps = t.lanes.len(),
             depth = t.lanes.first().map(|l| l.depth).unwrap_or(0),
             sq_depth = t.lanes.first().map(|l| l.sq.config().sq_depth).unwrap_or(0),
@@ -262,6 +320,20 @@ impl VerbsTransport {
     /// Names of the devices in use, in rail order.
     pub fn devices(&self) -> Vec<String> {
         self.rails.iter().map(|r| r.nic.info.name.clone()).collect()
+    }
+
+    /// Reads posted on each rail since connect, in rail order.
+    pub fn rail_reads(&self) -> Vec<u64> {
+        self.rails.iter().map(|r| r.reads).collect()
+    }
+
+    /// The node rail our rail `rail` pairs with ([`ClientOptions::rail_map`]).
+    pub fn node_rail(&self, rail: usize) -> u32 {
+        self.opts
+            .rail_map
+            .as_ref()
+            .and_then(|m| m.get(rail).copied())
+            .unwrap_or(rail as u32)
     }
 
     /// Fault injection for tests: moves the QP of `lane` (0-based, rail-major)
@@ -373,6 +445,22 @@ impl Transport for VerbsTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rail_maps_parse() {
+        assert_eq!(parse_rail_map("0:1,1:0").unwrap(), vec![1, 0]);
+        assert_eq!(parse_rail_map(" 1:3 ").unwrap(), vec![0, 3]);
+        assert_eq!(parse_rail_map("").unwrap(), Vec::<u32>::new());
+        for (bad, says) in [
+            ("0-1", "not ours:node"),
+            ("0:x", "\"x\""),
+            ("0:1,0:2", "given twice"),
+            ("0:300", "over 255"),
+        ] {
+            let e = parse_rail_map(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn default_options_are_bounded() {

@@ -195,7 +195,7 @@ impl VerbsTransport {
         let share = b.pending.len().div_ceil(nlanes.max(1));
         let mut progressed = false;
         for k in 0..nlanes {
-            let lane = (self.next_lane + k) % nlanes;
+            let lane = self.lane_order[(self.next_lane + k) % nlanes];
             let mut quota = share;
             while quota > 0 && !b.pending.is_empty() {
                 let l = &self.lanes[lane];
@@ -235,6 +235,8 @@ impl VerbsTransport {
                     Ok(()) => {
                         l.sq.commit(plan);
                         l.inflight.extend(b.pending.drain(..n));
+                        let on_rail = l.rail;
+                        self.rails[on_rail].reads += n as u64;
                         quota -= n;
                         b.stats.posts += 1;
                         self.counters.doorbells += 1;

@@ -13,11 +13,18 @@ impl VerbsTransport {
     pub(super) fn rebuild_lane(&mut self, lane: usize) -> Result<(), TransportError> {
         let rail = self.lanes[lane].rail;
         self.lanes[lane].qp = None; // destroy the old QP first: no late writes into any buffer
+                                    // The node destroys its side of the old QP when it accepts the new one.
+        let replaces: Vec<u32> = self.lanes[lane].remote_qpn.take().into_iter().collect();
         let (mut qp, ep) = self.new_qp(rail)?;
         let device = self.rails[rail].nic.info.name.clone();
         let acc = self
             .exchange
-            .connect(rail as u32, &device, std::slice::from_ref(&ep))
+            .connect(
+                self.node_rail(rail),
+                &device,
+                std::slice::from_ref(&ep),
+                &replaces,
+            )
             .map_err(|e| TransportError::Backend {
                 node: self.node.clone(),
                 backend: "verbs",
@@ -33,6 +40,7 @@ impl VerbsTransport {
         let depth = self.bring_up(rail, &mut qp, &ep, &remote)?;
         let l = &mut self.lanes[lane];
         l.qp = Some(qp);
+        l.remote_qpn = Some(remote.qp_num);
         l.gen = l.gen.wrapping_add(1) & 0xfff;
         l.depth = depth;
         l.sq.reset();
