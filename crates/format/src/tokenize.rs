@@ -173,7 +173,10 @@ enum Backend {
 pub struct Tokenizer {
     spec: TokenizerSpec,
     backend: Backend,
+    /// For tiktoken, `vocab_hash` is left empty here and computed on the first
+    /// [`Tokenizer::info`] call (hashing the rank table takes a while).
     info: TokenizerInfo,
+    rank_table_hash: std::sync::OnceLock<String>,
     /// The end-of-text token when it is known unambiguously: `(id, text)`.
     end_of_text: std::result::Result<(u32, String), String>,
     specials: Vec<u32>,
@@ -223,7 +226,7 @@ impl Tokenizer {
         let end_of_text = end_of_text.ok_or_else(|| {
             FormatError::InvalidOption(format!("tiktoken encoding {encoding} has no <|endoftext|>"))
         })?;
-        let mut tok = Tokenizer {
+        Ok(Tokenizer {
             spec: TokenizerSpec::Tiktoken(encoding),
             backend: Backend::Tiktoken {
                 encoding,
@@ -234,13 +237,10 @@ impl Tokenizer {
                 vocab_hash: String::new(),
                 n_vocab: u64::from(encoding.n_vocab()),
             },
+            rank_table_hash: std::sync::OnceLock::new(),
             end_of_text: Ok(end_of_text),
             specials,
-        };
-        if let Some(table) = tok.rank_table() {
-            tok.info.vocab_hash = blake3::hash(&table).to_hex().to_string();
-        }
-        Ok(tok)
+        })
     }
 
     /// Loads a Hugging Face `tokenizer.json`. Truncation and padding set in
@@ -252,6 +252,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             spec: TokenizerSpec::HuggingFace(path.to_path_buf()),
             info: hf.info.clone(),
+            rank_table_hash: std::sync::OnceLock::new(),
             end_of_text: hf.end_of_text.clone(),
             specials: hf.special_ids(),
             backend: Backend::HuggingFace(Box::new(hf)),
@@ -450,6 +451,16 @@ impl Tokenizer {
     /// [`Tokenizer::rank_table`] for tiktoken, of the `tokenizer.json` bytes
     /// otherwise) and n_vocab.
     pub fn info(&self) -> TokenizerInfo {
-        self.info.clone()
+        let mut info = self.info.clone();
+        if info.vocab_hash.is_empty() {
+            info.vocab_hash = self
+                .rank_table_hash
+                .get_or_init(|| {
+                    let table = self.rank_table().unwrap_or_default();
+                    blake3::hash(&table).to_hex().to_string()
+                })
+                .clone();
+        }
+        info
     }
 }
