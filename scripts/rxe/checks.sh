@@ -41,6 +41,16 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
   # the wire's; the occupancy target is asserted in crates/verbs/src/sendq/sim.rs).
   timeout 180 seqfeed-verbs-check depth "$DEV0" || fail depth "exit $?"
   ts "depth done"
+  # Rails (issue 10 item 3): rxe0/rxe1 sit on dummy0/dummy1 in separate subnets, so only a
+  # right pairing carries reads. Rail k pairs with node rail k (both rails must carry reads),
+  # a rail map (0:1,1:0) pairs a node listing its devices the other way round, and pairing
+  # that node by index must fail.
+  if [ -n "$DEV1" ]; then
+    timeout 180 seqfeed-verbs-check rails "$DEV0,$DEV1" || fail rails "exit $?"
+    ts "rails done"
+  else
+    echo "CHECK rails SKIP only one RDMA device"
+  fi
   # Storage nodes + four ranks through the real control service and loader, byte for byte
   # against the files and the plan; then a node shut down with the replica taking over.
   log=${TMPDIR:-/tmp}/seqfeed-rxe-integration.log

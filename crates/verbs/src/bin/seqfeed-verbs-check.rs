@@ -28,6 +28,9 @@ use seqfeed_transport::{DeviceRegion, DmaBuf, ReadRequest, RegionId, Transport, 
 use seqfeed_verbs::standalone::{serve, synthetic_byte, synthetic_region, TcpExchange};
 use seqfeed_verbs::{probe, ClientOptions, Selection, ServedRegion, VerbsServer, VerbsTransport};
 
+#[path = "check/rails.rs"]
+mod rails;
+
 const SEED: u64 = 0x5eed_f00d;
 
 struct Checks {
@@ -726,8 +729,14 @@ fn main() -> ExitCode {
             }
             depthtest(args.get(1).cloned())
         }
+        "rails" => {
+            if !need_device() {
+                return ExitCode::from(2);
+            }
+            rails::railtest(args.get(1).map_or("rxe0,rxe1", String::as_str))
+        }
         _ => {
-            eprintln!("usage: seqfeed-verbs-check devices | serve ADDR REGIONS LEN SEED | selftest [DEVICES] | killtest | depth [DEVICE]");
+            eprintln!("usage: seqfeed-verbs-check devices | serve ADDR REGIONS LEN SEED | selftest [DEVICES] | killtest | depth [DEVICE] | rails DEV0,DEV1");
             return ExitCode::from(64);
         }
     };
