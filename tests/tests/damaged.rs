@@ -1,11 +1,11 @@
 //! A file changed in place on a storage node (issue 12 item 9), end to end:
 //! two `seqfeed serve` processes on two copies of a dataset, one byte of
 //! one sequence flipped in one copy while it is served. `seqfeed read`
-//! checks every sequence against its file's CRC32C table (on by default):
+//! `--verify-crc` checks every sequence against its file's CRC32C table:
 //! with a replica the run completes byte for byte (`--verify` against the
 //! intact copy) and the log names the node, the file and the sequence;
-//! without one the error names them. With `--no-verify-crc` the damaged
-//! byte is served silently (and only `--verify` notices).
+//! without one the error names them. Without the check (the default) the
+//! damaged byte is served silently (and only `--verify` notices).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -155,7 +155,7 @@ fn a_file_changed_in_place_on_one_replica_is_read_from_the_other() {
         })
         .collect();
 
-    let out = read(&c, &nodes, &[]);
+    let out = read(&c, &nodes, &["--verify-crc"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{err}");
     let named: Vec<&str> = err
@@ -168,7 +168,7 @@ fn a_file_changed_in_place_on_one_replica_is_read_from_the_other() {
     }
 
     // With node-1 alone: an error naming the node, the file and the sequence.
-    let out = read(&c, &nodes[1..], &[]);
+    let out = read(&c, &nodes[1..], &["--verify-crc"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "read a damaged copy without error");
     for want in [
@@ -182,7 +182,7 @@ fn a_file_changed_in_place_on_one_replica_is_read_from_the_other() {
 
     // Without the check the damaged byte reaches the batch: only --verify
     // (a direct read of the intact copy) catches it, exit status 3.
-    let out = read(&c, &nodes[1..], &["--no-verify-crc"]);
+    let out = read(&c, &nodes[1..], &[]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(3), "{err}");
 }

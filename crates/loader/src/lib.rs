@@ -10,7 +10,9 @@
 //! memory stays valid until the batch is dropped.
 //!
 //! * [`cluster_reader`]: placement of rows on nodes, parallel batched reads,
-//!   fail-over to replicas, reconnect with backoff.
+//!   fail-over to replicas, reconnect with backoff off the step's path, a
+//!   per-read CRC32C check against each file's table, per-node counters
+//!   ([`NodeStats`]).
 //! * [`alloc`]: where step buffers live ([`BufferAllocator`]); heap by
 //!   default, pinned or device memory from a CUDA backend.
 //! * [`block`]: the [`BlockSource`] abstraction; [`PlanSource`] serves the

@@ -70,7 +70,7 @@ impl NativeLoader {
         transport="auto", device="cpu", prefetch=2, secret=None, secret_file=None, start_step=0, start_micro=0,
         end_step=None, dp_rank=0, dp_size=1, accumulation=1, widen=false, connections=2,
         io_timeout_ms=10_000, failover_ms=10_000, ring_wait_ms=10_000, client_name=None,
-        split="train", verify_crc=true))]
+        split="train", verify_crc=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,

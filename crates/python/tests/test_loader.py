@@ -324,7 +324,8 @@ def test_stats_count_each_node(dataset, node_factory):
         assert n["failed_over"] == 0 and n["reconnects"] == 0 and n["crc_mismatches"] == 0
         assert n["last_crc_mismatch"] is None
         assert 0 < n["latency_p50_s"] <= n["latency_p99_s"] < 10
-    # The CRC check can be switched off; the bytes are the same.
-    off = seqfeed.Loader(plan, dataset=ds, nodes=[a.addr], transport="tcp", dtype="native",
-                         dp_rank=0, dp_size=1, verify_crc=False)
-    assert all(torch.equal(x, t.tokens) for x, t in zip(local, off))
+    # With the CRC check on (off by default), intact data reads the same.
+    on = seqfeed.Loader(plan, dataset=ds, nodes=[a.addr], transport="tcp", dtype="native",
+                        dp_rank=0, dp_size=1, verify_crc=True)
+    assert all(torch.equal(x, t.tokens) for x, t in zip(local, on))
+    assert on.stats()["crc_mismatches"] == 0 and on.stats()["nodes"][0]["reads"] == 96

@@ -67,10 +67,12 @@ pub struct Args {
     /// Check every batch against the plan and the dataset's files.
     #[arg(long, requires = "dataset")]
     verify: bool,
-    /// Do not check each sequence read against its file's CRC32C table (the
-    /// check is on by default; a mismatch is read again from a replica).
+    /// Check each sequence read against its file's CRC32C table (fetched
+    /// from the nodes); a mismatch is read again from a replica, and with no
+    /// intact replica the run fails naming node, file and sequence. Off by
+    /// default: it costs 20-33% of tcp read throughput.
     #[arg(long)]
-    no_verify_crc: bool,
+    verify_crc: bool,
     /// Simulated consumer work per step (microseconds of sleep).
     #[arg(long, default_value_t = 0)]
     consume_us: u64,
@@ -125,7 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config = config
         .start_step(args.start)
         .prefetch(args.prefetch)
-        .verify_crc(!args.no_verify_crc)
+        .verify_crc(args.verify_crc)
         .retry(RetryPolicy {
             failover_timeout: Duration::from_millis(args.failover_ms),
             ..RetryPolicy::default()

@@ -12,6 +12,14 @@
 //! tables cost 4 bytes per sequence of each file read (1/1024 of the data
 //! for 4 KiB sequences), shared by every node of the reader.
 //!
+//! Off by default ([`ClusterReader::set_verify_crc`]): computed on the
+//! reading thread after each batch, the check cost 20-33% of the tcp
+//! reader's throughput on the development host (`SEQFEED_BENCH_ONLY=crc
+//! cargo bench -p seqfeed-benches --bench loader`: 0.81x and 0.67x in two
+//! runs), above the 5% that would make it the default. Checking each piece
+//! as the transport receives it, while it is in cache, is the way to make
+//! it cheap.
+//!
 //! Reads into device memory (GPUDirect) are not checked: the CPU never sees
 //! those bytes. Files written without a table (`pack --no-crc`) are read
 //! unchecked.

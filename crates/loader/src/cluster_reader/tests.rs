@@ -450,7 +450,8 @@ fn damaged_copy_on_one_replica_is_caught_and_read_from_the_other() {
     let (a, _) = flaky_node(da.path(), "node-a", files.clone());
     let (b, sb) = flaky_node(db.path(), "node-b", files.clone());
     let mut r = ClusterReader::connect(files.clone(), vec![a, b], quick()).unwrap();
-    assert!(r.verify_crc());
+    assert!(!r.verify_crc(), "off by default");
+    r.set_verify_crc(true);
     let row = 256;
     let mut dst = vec![0u8; reads.len() * row];
     let st = r.read_step(0, &reads, row, &mut dst).unwrap();
@@ -497,6 +498,7 @@ fn damaged_copy_without_replica_is_an_error_naming_node_file_and_sequence() {
     let mut p = quick();
     p.failover_timeout = Duration::from_secs(5);
     let mut r = ClusterReader::connect(files.clone(), vec![b], p).unwrap();
+    r.set_verify_crc(true);
     let mut dst = vec![0u8; reads.len() * 256];
     let t = Instant::now();
     let e = r.read_step(4, &reads, 256, &mut dst).unwrap_err();
