@@ -17,7 +17,8 @@
 //!
 //! Environment: `SEQFEED_BENCH_SCALE` (float, default 1: scales the dataset
 //! size and the time per measurement), `SEQFEED_BENCH_CONNECTIONS` (the
-//! "several" connection count, default 4).
+//! "several" connection count, default 4), `SEQFEED_BENCH_RECEIVE_THREADS`
+//! (the tcp transport's `receive_threads`, default 0: half the CPUs).
 
 use std::hint::black_box;
 use std::process::{Command, Stdio};
@@ -117,6 +118,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
+    let receive_threads: usize = std::env::var("SEQFEED_BENCH_RECEIVE_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let secs = 1.5 * scale;
     let count = ((8192.0 * scale) as u64).max(1024); // 128 MiB at scale 1
     println!(
@@ -226,10 +231,15 @@ fn main() {
     for conns in [1, several] {
         let opts = ConnectOptions {
             connections: conns,
+            receive_threads,
             expected_fingerprint: Some(ds.fingerprint().to_owned()),
             ..ConnectOptions::default()
         };
         let mut tcp = TcpTransport::connect(node.local_addr(), &opts).expect("tcp connect");
+        println!(
+            "tcp, {conns} connection(s): receive_threads {receive_threads} ({} workers)",
+            tcp.receive_workers()
+        );
         for (i, r) in reference.iter().enumerate() {
             dst.fill(0);
             tcp.read_batch(&workload.batches[i], &mut dst)

@@ -67,6 +67,67 @@ fn tcp_matches_local_byte_for_byte() {
     node.shutdown();
 }
 
+/// Thread ids (`/proc/self/task`) of this process whose name starts with
+/// `prefix`, sorted.
+fn threads_named(prefix: &str) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(prefix))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn tcp_receive_workers_start_at_connect_persist_and_stop_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    common::make_dataset(dir.path());
+    let node = Node::start(config(dir.path())).unwrap();
+    // The workers are named after the node's port: only this test's.
+    let prefix = format!("sf-rx{}-", node.local_addr().port());
+    let mut o = common::opts(4);
+    o.receive_threads = 1;
+    let single = TcpTransport::connect(node.local_addr(), &o).unwrap();
+    assert_eq!(single.receive_workers(), 0);
+    assert!(threads_named(&prefix).is_empty());
+    drop(single);
+
+    o.receive_threads = 3;
+    let mut tcp = TcpTransport::connect(node.local_addr(), &o).unwrap();
+    assert_eq!(tcp.receive_workers(), 2);
+    let workers = threads_named(&prefix);
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let files: Vec<String> = tcp.regions().iter().map(|r| r.name.clone()).collect();
+    let mut local = LocalTransport::open(dir.path(), &files).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for batch in 0..6 {
+        // Megabytes per batch: all four connections carry a run.
+        let (reads, len) = common::random_batch(&mut rng, local.regions(), 300, 16_384);
+        let mut want = vec![0u8; len];
+        local.read_batch(&reads, &mut want).unwrap();
+        let mut got = vec![0u8; len];
+        tcp.read_batch(&reads, &mut got).unwrap();
+        assert_eq!(got, want, "batch {batch}");
+        // The same threads, none started for the batch.
+        assert_eq!(threads_named(&prefix), workers, "batch {batch}");
+    }
+    drop(tcp);
+    let dropped = std::time::Instant::now();
+    while !threads_named(&prefix).is_empty() {
+        assert!(
+            dropped.elapsed() < std::time::Duration::from_secs(5),
+            "receive workers still running after drop: {:?}",
+            threads_named(&prefix)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn small_limits_split_batches_into_many_frames() {
     let dir = tempfile::tempdir().unwrap();

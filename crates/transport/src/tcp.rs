@@ -9,6 +9,13 @@
 //! socket has read and write timeouts, so a dead node is an error, never a
 //! hang.
 //!
+//! The connections of one batch are received in parallel by the calling
+//! thread and the transport's receive workers: a small thread pool
+//! (`rayon-core`) started by [`TcpTransport::connect`] and stopped when the
+//! transport is dropped, so no thread is started per batch. The workers
+//! borrow the batch's destination slices through a scope that ends before
+//! `read_batch` returns.
+//!
 //! [`ControlClient`] is the reusable blocking client of the control
 //! protocol (connect with retries, handshake, one request/one response);
 //! the verbs backend uses it to send [`seqfeed_wire::VerbsConnect`].
@@ -64,7 +71,9 @@ pub struct ConnectOptions {
     pub limits: Limits,
     /// Threads receiving one batch in parallel; connections beyond this
     /// count are driven by the same threads with their requests pipelined.
-    /// 0 (the default) picks half the CPUs, at least 1.
+    /// 0 (the default) picks half the CPUs, at least 1. The calling thread
+    /// is one of them; the others are workers the transport keeps from
+    /// connect until it is dropped.
     pub receive_threads: usize,
 }
 
@@ -402,6 +411,8 @@ pub struct TcpTransport {
     welcome: Welcome,
     conns: Vec<Option<ControlClient>>,
     next_id: u64,
+    /// Receive workers besides the calling thread (`None`: one thread).
+    workers: Option<rayon_core::ThreadPool>,
 }
 
 impl TcpTransport {
@@ -426,6 +437,7 @@ impl TcpTransport {
             }
             conns.push(Some(c));
         }
+        let workers = receive_workers(&node, addr, opts, conns.len())?;
         Ok(TcpTransport {
             addr,
             node,
@@ -433,7 +445,16 @@ impl TcpTransport {
             welcome,
             conns,
             next_id: 0,
+            workers,
         })
+    }
+
+    /// Receive worker threads this transport keeps (the calling thread of
+    /// [`Transport::read_batch`] receives too).
+    pub fn receive_workers(&self) -> usize {
+        self.workers
+            .as_ref()
+            .map_or(0, rayon_core::ThreadPool::current_num_threads)
     }
 
     /// The node's handshake answer.
@@ -609,6 +630,34 @@ fn receive_threads(requested: usize, conns: usize) -> usize {
     t.clamp(1, conns.max(1))
 }
 
+/// The persistent receive workers of a transport with `conns` connections:
+/// one per receive thread besides the caller, named `sf-rx<port>-<i>`
+/// after the node's port (Linux keeps 15 bytes of a thread name).
+fn receive_workers(
+    node: &str,
+    addr: SocketAddr,
+    opts: &ConnectOptions,
+    conns: usize,
+) -> Result<Option<rayon_core::ThreadPool>, TransportError> {
+    let n = receive_threads(opts.receive_threads, conns) - 1;
+    if n == 0 {
+        return Ok(None);
+    }
+    let port = addr.port();
+    rayon_core::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(move |i| format!("sf-rx{port}-{i}"))
+        .build()
+        .map(Some)
+        .map_err(|e| {
+            io_err(
+                node,
+                format!("starting {n} receive threads"),
+                std::io::Error::other(e),
+            )
+        })
+}
+
 impl Transport for TcpTransport {
     fn backend(&self) -> &'static str {
         "tcp"
@@ -679,27 +728,26 @@ impl Transport for TcpTransport {
                 err: None,
             });
         }
-        if threads <= 1 {
-            drive(&mut jobs);
-        } else {
-            // Connection i goes to thread i % threads.
-            let mut groups: Vec<Vec<Job<'_, '_>>> = (0..threads).map(|_| Vec::new()).collect();
-            for (i, job) in jobs.into_iter().enumerate() {
-                groups[i % threads].push(job);
-            }
-            std::thread::scope(|s| {
-                let (mine, others) = groups.split_at_mut(1);
-                let handles: Vec<_> = others
-                    .iter_mut()
-                    .map(|g| s.spawn(move || drive(g)))
-                    .collect();
-                drive(&mut mine[0]);
-                for h in handles {
-                    // drive() does not panic; a panic would be a bug.
-                    let _ = h.join();
+        match &self.workers {
+            Some(pool) if threads > 1 => {
+                // Connection i goes to thread i % threads; group 0 is ours.
+                let mut groups: Vec<Vec<Job<'_, '_>>> = (0..threads).map(|_| Vec::new()).collect();
+                for (i, job) in jobs.into_iter().enumerate() {
+                    groups[i % threads].push(job);
                 }
-            });
-            jobs = groups.into_iter().flatten().collect();
+                let (mine, others) = groups.split_at_mut(1);
+                // The scope returns when every spawned group is done, so the
+                // workers' borrows of the batch end here (a panic in one is
+                // re-raised here: drive() does not panic, so it is a bug).
+                pool.in_place_scope(|s| {
+                    for g in others.iter_mut() {
+                        s.spawn(move |_| drive(g));
+                    }
+                    drive(&mut mine[0]);
+                });
+                jobs = groups.into_iter().flatten().collect();
+            }
+            _ => drive(&mut jobs),
         }
         let results: Vec<(usize, Result<u64, TransportError>)> = jobs
             .into_iter()
