@@ -51,6 +51,11 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
   else
     echo "CHECK rails SKIP only one RDMA device"
   fi
+  # Fabric settings (issue 10 item 4): another RoCE v2 GID index than discovery's, with DSCP 26
+  # and service level 3 on node and client, reads byte-exact; a GID index the port lacks is
+  # refused naming the device, port and index.
+  timeout 120 seqfeed-verbs-check fabric "$DEV0" || fail fabric "exit $?"
+  ts "fabric done"
   # Storage nodes + four ranks through the real control service and loader, byte for byte
   # against the files and the plan; then a node shut down with the replica taking over.
   log=${TMPDIR:-/tmp}/seqfeed-rxe-integration.log

@@ -39,9 +39,10 @@ use seqfeed_wire::{ClientCounters, Limits, NodeCounters, VerbsAccept, VerbsConne
 
 pub use auth::AuthLimit;
 pub use logs::WarnLimit;
+pub use seqfeed_verbs::FabricSettings;
 pub use seqfeed_verbs::QpLimits;
 pub use service::NodeHandle;
-pub use verbs::{verbs_devices, verbs_factory};
+pub use verbs::{verbs_devices, verbs_factory, verbs_factory_with};
 
 /// Identifies one control connection of a node, unique for the node's
 /// lifetime (connections are numbered in accept order).

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use seqfeed_verbs::WireAcceptor;
+use seqfeed_verbs::{FabricSettings, WireAcceptor};
 use seqfeed_wire::{VerbsAccept, VerbsConnect};
 
 use crate::{ClientId, QpLimits, VerbsAcceptor, VerbsFactory};
@@ -48,10 +48,26 @@ pub fn verbs_devices() -> Result<Vec<String>, String> {
 /// (`RLIMIT_MEMLOCK` or `MemAvailable` too small: the message gives the
 /// numbers and the fix; see [`seqfeed_verbs::pinning`]). Devices offering
 /// on-demand paging for RC reads register without pinning.
+///
+/// The fabric settings (GID index, traffic class / DSCP, service level,
+/// pkey index, port) come from the `SEQFEED_*` environment variables
+/// ([`FabricSettings::from_env`]) when the node starts; see
+/// [`verbs_factory_with`] to give them.
 pub fn verbs_factory(devices: Option<Vec<String>>) -> VerbsFactory {
     Arc::new(move |table| {
-        let acceptor =
-            WireAcceptor::from_table(table, devices.as_deref()).map_err(|e| e.to_string())?;
+        let fabric = FabricSettings::from_env()?;
+        let acceptor = WireAcceptor::from_table_with(table, devices.as_deref(), &fabric)
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(acceptor) as Arc<dyn VerbsAcceptor>)
+    })
+}
+
+/// [`verbs_factory`] with the given fabric settings for every QP the node
+/// accepts (the environment is not read).
+pub fn verbs_factory_with(devices: Option<Vec<String>>, fabric: FabricSettings) -> VerbsFactory {
+    Arc::new(move |table| {
+        let acceptor = WireAcceptor::from_table_with(table, devices.as_deref(), &fabric)
+            .map_err(|e| e.to_string())?;
         Ok(Arc::new(acceptor) as Arc<dyn VerbsAcceptor>)
     })
 }

@@ -14,6 +14,7 @@ use sideway::ibverbs::device_context::DeviceContext;
 use sideway::ibverbs::protection_domain::ProtectionDomain;
 
 use crate::error::VerbsError;
+use crate::fabric::FabricSettings;
 
 /// What discovery learned about one RDMA device (one "rail").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +50,12 @@ pub struct DeviceInfo {
     /// On-demand paging for RC RDMA READ (`IBV_ODP_SUPPORT` and
     /// `rc_odp_caps & IBV_ODP_SUPPORT_READ`): regions register without pinning.
     pub odp_rc_read: bool,
+    /// GRH traffic class every QP on this device uses ([`FabricSettings`]).
+    pub traffic_class: u8,
+    /// Service level every QP on this device uses.
+    pub service_level: u8,
+    /// Partition key index every QP on this device uses.
+    pub pkey_index: u16,
 }
 
 impl DeviceInfo {
@@ -141,6 +148,22 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>, VerbsError> {
 /// server) is shared: one context and one protection domain per device and
 /// process, as `ibv_open_device` per connection would multiply them.
 pub fn open_devices(only: Option<&[String]>) -> Result<Vec<Arc<Nic>>, VerbsError> {
+    open_devices_with(only, &FabricSettings::DEFAULT)
+}
+
+/// [`open_devices`] with fabric settings: the port and GID index given
+/// replace discovery's choice (an error names the device, port and index
+/// when they do not exist), and the traffic class, service level and pkey
+/// index are recorded in each [`DeviceInfo`] for its QPs.
+pub fn open_devices_with(
+    only: Option<&[String]>,
+    fabric: &FabricSettings,
+) -> Result<Vec<Arc<Nic>>, VerbsError> {
+    fabric.check().map_err(|detail| VerbsError::Device {
+        device: "-".into(),
+        step: "fabric settings",
+        detail,
+    })?;
     if let Err(e) = crate::raw::libibverbs_loadable() {
         return Err(VerbsError::NoLibrary { detail: e });
     }
@@ -176,12 +199,12 @@ pub fn open_devices(only: Option<&[String]>) -> Result<Vec<Arc<Nic>>, VerbsError
         // every transport and server holding them; the port, GID and limits
         // are queried afresh on every open.
         let nic = match shared(&name) {
-            Some((ctx, pd)) => open_nic(&name, ctx, Some(pd))?,
+            Some((ctx, pd)) => open_nic(&name, ctx, Some(pd), fabric)?,
             None => {
                 let ctx = dev
                     .open()
                     .map_err(|e| derr("ibv_open_device", format!("{e:?}")))?;
-                let nic = open_nic(&name, ctx, None)?;
+                let nic = open_nic(&name, ctx, None, fabric)?;
                 remember(&nic);
                 nic
             }
@@ -207,6 +230,7 @@ fn open_nic(
     name: &str,
     ctx: Arc<DeviceContext>,
     pd: Option<Arc<ProtectionDomain>>,
+    fabric: &FabricSettings,
 ) -> Result<Nic, VerbsError> {
     let derr = |step: &'static str, detail: String| VerbsError::Device {
         device: name.to_string(),
@@ -219,7 +243,15 @@ fn open_nic(
     let a = &dattr.attr.orig_attr;
     let nports = a.phys_port_cnt.max(1);
     let mut chosen = None;
-    for port in 1..=nports {
+    if let Some(p) = fabric.port {
+        if p > nports {
+            return Err(derr(
+                "ibv_query_port",
+                format!("port {p} does not exist (the device has {nports})"),
+            ));
+        }
+    }
+    for port in (1..=nports).filter(|p| fabric.port.is_none_or(|want| want == *p)) {
         let pa = ctx
             .query_port(port)
             .map_err(|e| derr("ibv_query_port", format!("{e:?}")))?;
@@ -264,9 +296,25 @@ fn open_nic(
             best = Some((score, idx, raw, tname));
         }
     }
-    let (gid_index, gid, gid_type) = match best {
-        Some((_, i, g, t)) => (u8::try_from(i).unwrap_or(0), g, t),
-        None => (0, [0u8; 16], "none"),
+    let (gid_index, gid, gid_type) = match (fabric.gid_index, best) {
+        (Some(want), _) => match gids.iter().find(|(i, ..)| *i == u32::from(want)) {
+            Some((_, t, g)) => (want, g.octets(), *t),
+            None => {
+                return Err(derr(
+                    "GID index",
+                    format!(
+                        "port {port}: GID index {want} does not exist or is empty \
+                         (valid: {})",
+                        gids.iter()
+                            .map(|(i, t, g)| format!("{i} {t} {g}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ))
+            }
+        },
+        (None, Some((_, i, g, t))) => (u8::try_from(i).unwrap_or(0), g, t),
+        (None, None) => (0, [0u8; 16], "none"),
     };
     let pd = match pd {
         Some(pd) => pd,
@@ -290,6 +338,9 @@ fn open_nic(
         max_qp_wr: a.max_qp_wr.max(1) as u32,
         max_cqe: a.max_cqe.max(1) as u32,
         odp_rc_read: odp_rc_read(&dattr.attr.odp_caps),
+        traffic_class: fabric.traffic_class,
+        service_level: fabric.service_level,
+        pkey_index: fabric.pkey_index,
     };
     Ok(Nic { info, ctx, pd })
 }

@@ -40,6 +40,7 @@ mod client;
 mod device;
 mod endpoint;
 mod error;
+pub mod fabric;
 pub mod pinning;
 pub mod qpbook;
 mod raw;
@@ -51,9 +52,10 @@ mod wire;
 pub use client::{
     parse_rail_map, ClientOptions, VerbsCounters, VerbsTransport, MAX_CHAIN, RAIL_MAP_ENV,
 };
-pub use device::{list_devices, mtu_bytes, open_devices, DeviceInfo, Nic};
+pub use device::{list_devices, mtu_bytes, open_devices, open_devices_with, DeviceInfo, Nic};
 pub use endpoint::{Accepted, QpEndpoint, QpExchange};
 pub use error::VerbsError;
+pub use fabric::FabricSettings;
 pub use qpbook::{QpBook, QpLimits};
 pub use sendq::{ChainPlan, SendQueue, SqConfig, MAX_SQ_DEPTH, MIN_SQ_DEPTH};
 pub use server::{ServedQp, ServedRegion, ServerQps, VerbsServer, MAX_QPS_PER_CONNECT};

@@ -172,6 +172,65 @@ pub(crate) struct Connect {
     pub max_dest_rd_atomic: u8,
     /// Access flags for remote peers (`IBV_ACCESS_REMOTE_READ` on the node).
     pub access: u32,
+    /// GRH traffic class (DSCP << 2 | ECN).
+    pub traffic_class: u8,
+    /// Service level.
+    pub sl: u8,
+    /// Partition key index.
+    pub pkey_index: u16,
+}
+
+/// Zeroed QP attributes.
+fn zero_attr() -> sys::ibv_qp_attr {
+    // SAFETY: ibv_qp_attr is plain old data (integers, arrays and a union of
+    // integers); zero is the neutral value for every field.
+    unsafe { std::mem::zeroed() }
+}
+
+/// RESET -> INIT attributes of `c` and their mask.
+pub(crate) fn init_attr(c: &Connect) -> (sys::ibv_qp_attr, sys::ibv_qp_attr_mask) {
+    use sys::ibv_qp_attr_mask as M;
+    let mut a = zero_attr();
+    a.qp_state = sys::ibv_qp_state::IBV_QPS_INIT;
+    a.pkey_index = c.pkey_index;
+    a.port_num = c.port;
+    a.qp_access_flags = c.access;
+    (
+        a,
+        M::IBV_QP_STATE | M::IBV_QP_PKEY_INDEX | M::IBV_QP_PORT | M::IBV_QP_ACCESS_FLAGS,
+    )
+}
+
+/// INIT -> RTR attributes of `c` (path to the peer) and their mask.
+pub(crate) fn rtr_attr(c: &Connect) -> (sys::ibv_qp_attr, sys::ibv_qp_attr_mask) {
+    use sys::ibv_qp_attr_mask as M;
+    let mut a = zero_attr();
+    a.qp_state = sys::ibv_qp_state::IBV_QPS_RTR;
+    a.path_mtu = c.path_mtu;
+    a.dest_qp_num = c.remote_qpn;
+    a.rq_psn = c.remote_psn;
+    a.max_dest_rd_atomic = c.max_dest_rd_atomic;
+    a.min_rnr_timer = 12;
+    a.ah_attr.is_global = 1;
+    a.ah_attr.dlid = c.remote_lid;
+    a.ah_attr.sl = c.sl;
+    a.ah_attr.src_path_bits = 0;
+    a.ah_attr.port_num = c.port;
+    a.ah_attr.grh.dgid = sys::ibv_gid { raw: c.remote_gid };
+    a.ah_attr.grh.sgid_index = c.sgid_index;
+    a.ah_attr.grh.hop_limit = 64;
+    a.ah_attr.grh.traffic_class = c.traffic_class;
+    a.ah_attr.grh.flow_label = 0;
+    (
+        a,
+        M::IBV_QP_STATE
+            | M::IBV_QP_AV
+            | M::IBV_QP_PATH_MTU
+            | M::IBV_QP_DEST_QPN
+            | M::IBV_QP_RQ_PSN
+            | M::IBV_QP_MAX_DEST_RD_ATOMIC
+            | M::IBV_QP_MIN_RNR_TIMER,
+    )
 }
 
 /// Access flag constants re-exported for callers.
@@ -261,48 +320,11 @@ impl Qp {
     /// RESET -> INIT -> RTR -> RTS.
     pub fn connect(&mut self, c: &Connect) -> io::Result<()> {
         use sys::ibv_qp_attr_mask as M;
-        // SAFETY: ibv_qp_attr is plain old data; zero is the neutral value for every field.
-        let zero = || -> sys::ibv_qp_attr { unsafe { std::mem::zeroed() } };
-
-        let mut a = zero();
-        a.qp_state = sys::ibv_qp_state::IBV_QPS_INIT;
-        a.pkey_index = 0;
-        a.port_num = c.port;
-        a.qp_access_flags = c.access;
-        self.modify(
-            &mut a,
-            M::IBV_QP_STATE | M::IBV_QP_PKEY_INDEX | M::IBV_QP_PORT | M::IBV_QP_ACCESS_FLAGS,
-            "INIT",
-        )?;
-
-        let mut a = zero();
-        a.qp_state = sys::ibv_qp_state::IBV_QPS_RTR;
-        a.path_mtu = c.path_mtu;
-        a.dest_qp_num = c.remote_qpn;
-        a.rq_psn = c.remote_psn;
-        a.max_dest_rd_atomic = c.max_dest_rd_atomic;
-        a.min_rnr_timer = 12;
-        a.ah_attr.is_global = 1;
-        a.ah_attr.dlid = c.remote_lid;
-        a.ah_attr.sl = 0;
-        a.ah_attr.src_path_bits = 0;
-        a.ah_attr.port_num = c.port;
-        a.ah_attr.grh.dgid = sys::ibv_gid { raw: c.remote_gid };
-        a.ah_attr.grh.sgid_index = c.sgid_index;
-        a.ah_attr.grh.hop_limit = 64;
-        a.ah_attr.grh.traffic_class = 0;
-        a.ah_attr.grh.flow_label = 0;
-        self.modify(
-            &mut a,
-            M::IBV_QP_STATE
-                | M::IBV_QP_AV
-                | M::IBV_QP_PATH_MTU
-                | M::IBV_QP_DEST_QPN
-                | M::IBV_QP_RQ_PSN
-                | M::IBV_QP_MAX_DEST_RD_ATOMIC
-                | M::IBV_QP_MIN_RNR_TIMER,
-            "RTR",
-        )?;
+        let zero = zero_attr;
+        let (mut a, mask) = init_attr(c);
+        self.modify(&mut a, mask, "INIT")?;
+        let (mut a, mask) = rtr_attr(c);
+        self.modify(&mut a, mask, "RTR")?;
 
         let mut a = zero();
         a.qp_state = sys::ibv_qp_state::IBV_QPS_RTS;
@@ -536,4 +558,46 @@ pub(crate) fn reg_dmabuf_local_write(
         )
     };
     mr.map_err(mr_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fabric settings reach the QP attributes of INIT and RTR.
+    #[test]
+    fn fabric_settings_reach_the_qp_attributes() {
+        let c = Connect {
+            port: 2,
+            sgid_index: 5,
+            remote_qpn: 0x11,
+            remote_psn: 0x22,
+            local_psn: 0x33,
+            remote_gid: [9; 16],
+            remote_lid: 7,
+            path_mtu: 5,
+            max_rd_atomic: 16,
+            max_dest_rd_atomic: 8,
+            access: ACCESS_REMOTE_READ,
+            traffic_class: 104,
+            sl: 3,
+            pkey_index: 2,
+        };
+        let (a, m) = init_attr(&c);
+        assert_eq!(
+            (a.pkey_index, a.port_num, a.qp_access_flags),
+            (2, 2, ACCESS_REMOTE_READ)
+        );
+        assert_ne!(m.0 & sys::ibv_qp_attr_mask::IBV_QP_PKEY_INDEX.0, 0);
+        let (a, m) = rtr_attr(&c);
+        assert_eq!(a.ah_attr.grh.traffic_class, 104);
+        assert_eq!(a.ah_attr.grh.sgid_index, 5);
+        assert_eq!(
+            (a.ah_attr.sl, a.ah_attr.port_num, a.ah_attr.is_global),
+            (3, 2, 1)
+        );
+        assert_eq!((a.dest_qp_num, a.rq_psn, a.path_mtu), (0x11, 0x22, 5));
+        assert_eq!(a.max_dest_rd_atomic, 8);
+        assert_ne!(m.0 & sys::ibv_qp_attr_mask::IBV_QP_AV.0, 0);
+    }
 }

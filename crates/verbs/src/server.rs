@@ -7,9 +7,10 @@ use std::sync::Arc;
 use seqfeed_transport::{RegionId, RegionInfo};
 use sideway::ibverbs::memory_region::MemoryRegion;
 
-use crate::device::{open_devices, Nic};
+use crate::device::{open_devices_with, Nic};
 use crate::endpoint::{read_depth, Accepted, QpEndpoint};
 use crate::error::VerbsError;
+use crate::fabric::FabricSettings;
 use crate::pinning::{PinBudget, PinPlan};
 use crate::raw::{Connect, Cq, Qp, ACCESS_REMOTE_READ};
 
@@ -104,7 +105,17 @@ impl VerbsServer {
         devices: Option<&[String]>,
         regions: Vec<ServedRegion>,
     ) -> Result<VerbsServer, VerbsError> {
-        let nics: Vec<_> = open_devices(devices)?
+        VerbsServer::open_with(devices, &FabricSettings::DEFAULT, regions)
+    }
+
+    /// [`VerbsServer::open`] with fabric settings (GID index, traffic class,
+    /// service level, pkey index, port) for every QP it accepts.
+    pub fn open_with(
+        devices: Option<&[String]>,
+        fabric: &FabricSettings,
+        regions: Vec<ServedRegion>,
+    ) -> Result<VerbsServer, VerbsError> {
+        let nics: Vec<_> = open_devices_with(devices, fabric)?
             .into_iter()
             .filter(|n| n.info.active)
             .collect();
@@ -332,6 +343,9 @@ impl VerbsServer {
                 max_rd_atomic: 1,
                 max_dest_rd_atomic: responder,
                 access: ACCESS_REMOTE_READ,
+                traffic_class: info.traffic_class,
+                sl: info.service_level,
+                pkey_index: info.pkey_index,
             })
             .map_err(|e| nerr("QP RESET->RTS", e.to_string()))?;
             eps.push(QpEndpoint {

@@ -12,6 +12,7 @@ use seqfeed_wire::{Frame, RegionKey, VerbsAccept, VerbsConnect};
 use crate::client::{ClientOptions, VerbsTransport};
 use crate::endpoint::{Accepted, QpEndpoint, QpExchange};
 use crate::error::VerbsError;
+use crate::fabric::FabricSettings;
 use crate::qpbook::{QpBook, QpLimits};
 use crate::server::{ServedQp, ServedRegion, VerbsServer};
 
@@ -186,6 +187,16 @@ impl WireAcceptor {
         table: &Arc<RegionTable>,
         devices: Option<&[String]>,
     ) -> Result<WireAcceptor, VerbsError> {
+        WireAcceptor::from_table_with(table, devices, &FabricSettings::DEFAULT)
+    }
+
+    /// [`WireAcceptor::from_table`] with fabric settings for every QP it
+    /// accepts.
+    pub fn from_table_with(
+        table: &Arc<RegionTable>,
+        devices: Option<&[String]>,
+        fabric: &FabricSettings,
+    ) -> Result<WireAcceptor, VerbsError> {
         let regions = table
             .infos()
             .iter()
@@ -198,7 +209,7 @@ impl WireAcceptor {
                 }),
             })
             .collect();
-        let server = VerbsServer::open(devices, regions)?;
+        let server = VerbsServer::open_with(devices, fabric, regions)?;
         tracing::info!(
             devices = ?server.devices().iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
             regions = table.len(),

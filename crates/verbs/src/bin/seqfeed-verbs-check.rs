@@ -28,6 +28,8 @@ use seqfeed_transport::{DeviceRegion, DmaBuf, ReadRequest, RegionId, Transport, 
 use seqfeed_verbs::standalone::{serve, synthetic_byte, synthetic_region, TcpExchange};
 use seqfeed_verbs::{probe, ClientOptions, Selection, ServedRegion, VerbsServer, VerbsTransport};
 
+#[path = "check/fabric.rs"]
+mod fabric;
 #[path = "check/rails.rs"]
 mod rails;
 
@@ -735,8 +737,14 @@ fn main() -> ExitCode {
             }
             rails::railtest(args.get(1).map_or("rxe0,rxe1", String::as_str))
         }
+        "fabric" => {
+            if !need_device() {
+                return ExitCode::from(2);
+            }
+            fabric::fabrictest(args.get(1).map_or("rxe0", String::as_str))
+        }
         _ => {
-            eprintln!("usage: seqfeed-verbs-check devices | serve ADDR REGIONS LEN SEED | selftest [DEVICES] | killtest | depth [DEVICE] | rails DEV0,DEV1");
+            eprintln!("usage: seqfeed-verbs-check devices | serve ADDR REGIONS LEN SEED | selftest [DEVICES] | killtest | depth [DEVICE] | rails DEV0,DEV1 | fabric DEV");
             return ExitCode::from(64);
         }
     };

@@ -143,6 +143,9 @@ impl VerbsTransport {
             max_rd_atomic: depth as u8,
             max_dest_rd_atomic: 1,
             access: 0,
+            traffic_class: info.traffic_class,
+            sl: info.service_level,
+            pkey_index: info.pkey_index,
         })
         .map_err(|e| {
             node_err(

@@ -49,7 +49,7 @@ use seqfeed_transport::{
 };
 use sideway::ibverbs::memory_region::MemoryRegion;
 
-use crate::device::{open_devices, Nic};
+use crate::device::{open_devices_with, Nic};
 use crate::endpoint::QpExchange;
 use crate::error::VerbsError;
 use crate::raw::{Completion, ReadWr};
@@ -76,6 +76,11 @@ pub struct ClientOptions {
     /// with node rail k (rail-optimized fabrics), unless the environment
     /// variable [`RAIL_MAP_ENV`] gives a map (see [`parse_rail_map`]).
     pub rail_map: Option<Vec<u32>>,
+    /// GID index, traffic class, service level, pkey index and port of our
+    /// QPs; `None`: from the `SEQFEED_*` environment variables
+    /// ([`FabricSettings::from_env`](crate::FabricSettings::from_env)),
+    /// else discovery's choice.
+    pub fabric: Option<crate::FabricSettings>,
     /// RC queue pairs per device, used round-robin.
     pub qps_per_rail: usize,
     /// Work requests per doorbell (post list length), 1..=64.
@@ -101,6 +106,7 @@ impl Default for ClientOptions {
         ClientOptions {
             devices: None,
             rail_map: None,
+            fabric: None,
             qps_per_rail: 2,
             chain: 32,
             max_outstanding: None,
@@ -238,7 +244,15 @@ impl VerbsTransport {
         opts: ClientOptions,
     ) -> Result<VerbsTransport, TransportError> {
         let node = node.into();
-        let nics: Vec<_> = open_devices(opts.devices.as_deref())
+        let fabric = match opts.fabric {
+            Some(f) => f,
+            None => crate::FabricSettings::from_env().map_err(|e| TransportError::Backend {
+                node: node.clone(),
+                backend: "verbs",
+                what: e,
+            })?,
+        };
+        let nics: Vec<_> = open_devices_with(opts.devices.as_deref(), &fabric)
             .map_err(|e| TransportError::Backend {
                 node: node.clone(),
                 backend: "verbs",
