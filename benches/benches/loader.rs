@@ -16,9 +16,10 @@
 //!
 //! Then the cost of the per-read CRC32C check (issue 12 item 9) over tcp:
 //! the reader's throughput with the check against without it, the same
-//! steps in interleaved passes of the same run (best of 5 each); target
-//! >= 0.95x (the check would be on by default if it cost under 5%; it is
-//! not: 0.81x and 0.67x in two runs on the 2-core development host).
+//! steps in interleaved passes of the same run (best of 5 each); the
+//! target is 0.95x or more (the check would be on by default if it cost
+//! under 5%; it is not: 0.81x and 0.67x in two runs on the 2-core
+//! development host).
 //!
 //! `SEQFEED_BENCH_SCALE=N` multiplies the number of steps;
 //! `SEQFEED_BENCH_ONLY=crc` runs the CRC comparison only.
