@@ -14,7 +14,10 @@ impl VerbsTransport {
         let rail = self.lanes[lane].rail;
         self.lanes[lane].qp = None; // destroy the old QP first: no late writes into any buffer
                                     // The node destroys its side of the old QP when it accepts the new one.
-        let replaces: Vec<u32> = self.lanes[lane].remote_qpn.take().into_iter().collect();
+                                    // Kept until the new one is up: should this request not reach the
+                                    // node, the next rebuild names it again (the node ignores numbers it
+                                    // no longer holds).
+        let replaces: Vec<u32> = self.lanes[lane].remote_qpn.into_iter().collect();
         let (mut qp, ep) = self.new_qp(rail)?;
         let device = self.rails[rail].nic.info.name.clone();
         let acc = self
@@ -36,11 +39,12 @@ impl VerbsTransport {
         let Some(remote) = acc.qps.first().copied() else {
             return Err(node_err(&self.node, "VerbsConnect answer", "no QP in answer").into());
         };
+        // The node now holds the new QP (the old one is gone): name it next time.
+        self.lanes[lane].remote_qpn = Some(remote.qp_num);
         self.apply_regions(rail, &acc)?;
         let depth = self.bring_up(rail, &mut qp, &ep, &remote)?;
         let l = &mut self.lanes[lane];
         l.qp = Some(qp);
-        l.remote_qpn = Some(remote.qp_num);
         l.gen = l.gen.wrapping_add(1) & 0xfff;
         l.depth = depth;
         l.sq.reset();
