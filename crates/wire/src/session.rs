@@ -275,7 +275,7 @@ impl ServerConn {
     fn refuse(&mut self, reason: String) -> ServerAction {
         self.state = State::Closed;
         ServerAction::Close {
-            reason: format!("refused: {reason}"),
+            reason: reason.clone(),
             frame: Some(Frame::Refused { reason }),
         }
     }
