@@ -41,6 +41,14 @@ pub struct Args {
     /// every device with an ACTIVE port).
     #[arg(long, value_delimiter = ',', requires = "verbs")]
     verbs_device: Vec<String>,
+    /// Most RDMA queue pairs one client connection may hold (its quota;
+    /// default 128). A request beyond it is refused, naming the quota.
+    #[arg(long, requires = "verbs")]
+    verbs_qp_quota: Option<usize>,
+    /// Most RDMA queue pairs the node holds for all clients (default
+    /// 16384). A request beyond it is refused; no client's QPs are evicted.
+    #[arg(long, requires = "verbs")]
+    verbs_max_qps: Option<usize>,
     /// GID index for every queue pair (default: the port's RoCE v2
     /// IPv4-mapped GID; env SEQFEED_GID_INDEX).
     #[arg(long, requires = "verbs")]
@@ -133,6 +141,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.verbs {
         let devices = (!args.verbs_device.is_empty()).then(|| args.verbs_device.clone());
+        if let Some(n) = args.verbs_qp_quota {
+            cfg.verbs_qp_limits.per_connection = n;
+        }
+        if let Some(n) = args.verbs_max_qps {
+            cfg.verbs_qp_limits.node = n;
+        }
         cfg.verbs = Some(seqfeed_node::verbs_factory_with(
             devices,
             fabric_settings(&args)?,
