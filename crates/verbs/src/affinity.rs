@@ -359,6 +359,76 @@ pub fn nics_for_this_rank(gpu_bus_id: Option<&str>) -> Result<NicChoice, VerbsEr
     choose_nics(&default_sysfs(), gpu_bus_id, rank, &env)
 }
 
+/// The devices (rails) of a rank's verbs transports, for
+/// [`ClientOptions::devices`](crate::ClientOptions::devices); `Ok(None)`:
+/// every device with an ACTIVE port, as a rank without a GPU has always used.
+///
+/// In order of precedence:
+/// 1. `explicit` devices (e.g. `seqfeed read --verbs-device`), used as given;
+/// 2. an environment override for `local_rank` (`SEQFEED_NICS_LOCAL_RANK_<n>`,
+///    `SEQFEED_NICS`, see [`choose_nics`]), for any rank; a device it names
+///    that does not exist is an error;
+/// 3. with a GPU destination (`gpu_bus_id`), the devices closest to that GPU
+///    ([`choose_nics`]). When sysfs cannot place the GPU or lists no RDMA
+///    device, the rank falls back to every device, with a warning;
+/// 4. else `None`.
+///
+/// The choice is logged with its reason (except the plain `None`).
+pub fn devices_for_rank(
+    sysfs: &Path,
+    gpu_bus_id: Option<&str>,
+    local_rank: usize,
+    explicit: Option<&[String]>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<NicChoice>, VerbsError> {
+    if let Some(devices) = explicit.filter(|d| !d.is_empty()) {
+        let choice = NicChoice {
+            devices: devices.to_vec(),
+            reason: "devices given explicitly".into(),
+            ranking: Vec::new(),
+        };
+        tracing::info!(
+            local_rank,
+            devices = %choice.devices.join(","),
+            "verbs: NIC affinity: {}",
+            choice.reason
+        );
+        return Ok(Some(choice));
+    }
+    let overridden = env_override(local_rank, env).is_some();
+    if gpu_bus_id.is_none() && !overridden {
+        tracing::debug!(
+            local_rank,
+            "verbs: NIC affinity: no GPU destination, every ACTIVE device"
+        );
+        return Ok(None);
+    }
+    match choose_nics(sysfs, gpu_bus_id, local_rank, env) {
+        Ok(choice) => Ok(Some(choice)),
+        Err(e) if overridden => Err(e),
+        Err(e) => {
+            tracing::warn!(
+                local_rank,
+                gpu = gpu_bus_id.unwrap_or("-"),
+                "verbs: NIC affinity: {e}; using every ACTIVE device"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// [`devices_for_rank`] for this process: `/sys`, the process environment,
+/// and the local rank from the launcher ([`local_rank_from_env`], 0 when
+/// none says).
+pub fn devices_for_this_rank(
+    gpu_bus_id: Option<&str>,
+    explicit: Option<&[String]>,
+) -> Result<Option<NicChoice>, VerbsError> {
+    let env = |k: &str| std::env::var(k).ok();
+    let rank = local_rank_from_env(&env).unwrap_or(0);
+    devices_for_rank(&default_sysfs(), gpu_bus_id, rank, explicit, &env)
+}
+
 #[cfg(test)]
 #[path = "affinity/tests.rs"]
 mod tests;

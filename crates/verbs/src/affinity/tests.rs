@@ -296,3 +296,54 @@ fn bus_ids_and_local_rank() {
     assert_eq!(local_rank_from_env(&env), Some(5));
     assert_eq!(local_rank_from_env(&no_env), None);
 }
+
+#[test]
+fn a_rank_s_devices_explicit_then_env_then_gpu_then_all() {
+    let t = dgx_like(&[0, 1, 2, 3]);
+    let devices = |gpu: Option<&str>,
+                   rank,
+                   explicit: Option<&[String]>,
+                   env: &dyn Fn(&str) -> Option<String>| {
+        devices_for_rank(t.root(), gpu, rank, explicit, env)
+            .expect("devices")
+            .map(|c| c.devices)
+    };
+    let gpu5 = gpu_id(2, 1);
+    // A CPU rank with nothing set: every ACTIVE device, as before.
+    assert_eq!(devices(None, 0, None, &no_env), None);
+    assert_eq!(
+        devices(None, 0, Some(&[]), &no_env),
+        None,
+        "empty = not given"
+    );
+    // A GPU rank: the NIC behind its switch.
+    assert_eq!(
+        devices(Some(&gpu5), 5, None, &no_env),
+        Some(vec!["mlx5_5".into()])
+    );
+    // Explicit devices win over the GPU and the environment, as given.
+    let env = |k: &str| (k == "SEQFEED_NICS").then(|| "mlx5_7".to_string());
+    let given = ["mlx5_0".to_string(), "mlx5_3".to_string()];
+    assert_eq!(
+        devices(Some(&gpu5), 5, Some(&given), &env),
+        Some(given.to_vec())
+    );
+    // The environment overrides the GPU's choice, and applies to CPU ranks.
+    assert_eq!(
+        devices(Some(&gpu5), 5, None, &env),
+        Some(vec!["mlx5_7".into()])
+    );
+    assert_eq!(devices(None, 2, None, &env), Some(vec!["mlx5_7".into()]));
+    // An override naming a missing device is an error, GPU or not.
+    let bad = |k: &str| (k == "SEQFEED_NICS_LOCAL_RANK_1").then(|| "mlx5_9".to_string());
+    for gpu in [None, Some(gpu5.as_str())] {
+        let e = devices_for_rank(t.root(), gpu, 1, None, &bad).expect_err("missing device");
+        assert!(e.to_string().contains("mlx5_9"), "{e}");
+    }
+    // A GPU sysfs cannot place (a container's partial /sys): every device.
+    assert_eq!(devices(Some("0000:99:00.0"), 0, None, &no_env), None);
+    // No RDMA device listed at all: every device (the transport reports it).
+    let empty = Tree::new();
+    let none = devices_for_rank(empty.root(), Some(&gpu5), 0, None, &no_env).expect("fallback");
+    assert_eq!(none, None);
+}
