@@ -4,6 +4,12 @@
 //! Backends: `local` (the node's files are on this host: read straight from
 //! their mapping), `tcp` and `verbs` (RDMA); `auto` picks the best available
 //! one and logs why.
+//!
+//! A rank's verbs transports use the RDMA devices [`VerbsDevices`] resolves
+//! to: those given explicitly, else an environment override
+//! (`SEQFEED_NICS*`), else, for a rank whose batches go to a GPU, the NICs
+//! closest to that GPU ([`seqfeed_verbs::affinity`]), else every ACTIVE
+//! device.
 
 use std::path::{Path, PathBuf};
 
@@ -112,8 +118,42 @@ impl Endpoint {
     }
 }
 
+/// How a rank picks the RDMA devices (rails) of its verbs transports; see
+/// [`seqfeed_verbs::affinity::devices_for_rank`] for the order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerbsDevices {
+    /// Devices given explicitly (`seqfeed read --verbs-device`): used as
+    /// given, over every other rule.
+    pub explicit: Option<Vec<String>>,
+    /// PCI bus id of the GPU the rank's batches go to (from
+    /// `seqfeed_cuda::DeviceInfo::pci_bus_id`); `None` for a host
+    /// destination. With it, the NICs closest to that GPU are used.
+    pub gpu_bus_id: Option<String>,
+}
+
+impl VerbsDevices {
+    /// The verbs client options for this process (sysfs at `/sys`, the
+    /// environment, the local rank from `LOCAL_RANK` and the like), the
+    /// choice logged.
+    pub fn client_options(&self) -> Result<seqfeed_verbs::ClientOptions, LoaderError> {
+        let choice = seqfeed_verbs::affinity::devices_for_this_rank(
+            self.gpu_bus_id.as_deref(),
+            self.explicit.as_deref(),
+        )
+        .map_err(|e| LoaderError::Open {
+            what: "choosing the RDMA devices of this rank".into(),
+            source: e.into(),
+        })?;
+        Ok(seqfeed_verbs::ClientOptions {
+            devices: choice.map(|c| c.devices),
+            ..seqfeed_verbs::ClientOptions::default()
+        })
+    }
+}
+
 /// Connects a [`ClusterReader`] for the file table `files` to every node of
-/// `endpoints` over transport `kind` with network options `opts`.
+/// `endpoints` over transport `kind` with network options `opts` (verbs
+/// devices chosen by [`VerbsDevices::default`]: no GPU, no explicit devices).
 pub fn connect_endpoints(
     files: &[String],
     endpoints: &[Endpoint],
@@ -121,9 +161,38 @@ pub fn connect_endpoints(
     opts: &ConnectOptions,
     retry: RetryPolicy,
 ) -> Result<ClusterReader, LoaderError> {
+    connect_endpoints_with(
+        files,
+        endpoints,
+        kind,
+        opts,
+        &VerbsDevices::default(),
+        retry,
+    )
+}
+
+/// [`connect_endpoints`] with the rank's verbs devices chosen by `verbs`
+/// (resolved, and logged, once, and only when some node is read over
+/// verbs).
+pub fn connect_endpoints_with(
+    files: &[String],
+    endpoints: &[Endpoint],
+    kind: TransportKind,
+    opts: &ConnectOptions,
+    verbs: &VerbsDevices,
+    retry: RetryPolicy,
+) -> Result<ClusterReader, LoaderError> {
+    let over_verbs = endpoints
+        .iter()
+        .any(|e| resolve_kind(kind, e).0 == TransportKind::Verbs);
+    let vopts = if over_verbs {
+        verbs.client_options()?
+    } else {
+        seqfeed_verbs::ClientOptions::default()
+    };
     let specs = endpoints
         .iter()
-        .map(|e| node_spec_with(kind, e, opts))
+        .map(|e| node_spec_verbs(kind, e, opts, &vopts))
         .collect::<Result<Vec<_>, _>>()?;
     ClusterReader::connect(files.to_vec(), specs, retry)
 }
@@ -134,36 +203,55 @@ pub fn node_spec(kind: TransportKind, endpoint: &Endpoint) -> Result<NodeSpec, L
     node_spec_with(kind, endpoint, &ConnectOptions::default())
 }
 
-/// The [`NodeSpec`] for `endpoint` over transport `kind`; network
-/// transports use `opts` (secret, expected fingerprint, connections,
-/// timeouts). Each connector call makes one connect attempt
-/// (`opts.retries` is ignored): the [`ClusterReader`]
-/// owns retries and backoff.
-pub fn node_spec_with(
-    kind: TransportKind,
-    endpoint: &Endpoint,
-    opts: &ConnectOptions,
-) -> Result<NodeSpec, LoaderError> {
-    let mut verbs_fallback = false;
-    let kind = match kind {
+/// The transport `kind` resolves to for `endpoint`, and whether it is
+/// verbs chosen by `auto` (then a node refusing verbs is read over tcp).
+fn resolve_kind(kind: TransportKind, endpoint: &Endpoint) -> (TransportKind, bool) {
+    match kind {
         TransportKind::Auto if endpoint.addr.is_some() => {
             // Probed once per process; `auto_select` logs which and why.
             static PROBE: std::sync::OnceLock<seqfeed_verbs::Selection> =
                 std::sync::OnceLock::new();
             match PROBE.get_or_init(seqfeed_verbs::auto_select) {
-                seqfeed_verbs::Selection::Verbs { .. } => {
-                    verbs_fallback = true;
-                    TransportKind::Verbs
-                }
-                seqfeed_verbs::Selection::Tcp { .. } => TransportKind::Tcp,
+                seqfeed_verbs::Selection::Verbs { .. } => (TransportKind::Verbs, true),
+                seqfeed_verbs::Selection::Tcp { .. } => (TransportKind::Tcp, false),
             }
         }
         TransportKind::Auto => {
             tracing::debug!(node = %endpoint.name, "auto transport: local (node is a local dataset)");
-            TransportKind::Local
+            (TransportKind::Local, false)
         }
-        k => k,
-    };
+        k => (k, false),
+    }
+}
+
+/// The [`NodeSpec`] for `endpoint` over transport `kind`; network
+/// transports use `opts` (secret, expected fingerprint, connections,
+/// timeouts). Each connector call makes one connect attempt
+/// (`opts.retries` is ignored): the [`ClusterReader`]
+/// owns retries and backoff. Verbs uses the default client options (every
+/// ACTIVE device, or `SEQFEED_NICS*`); see [`node_spec_verbs`].
+pub fn node_spec_with(
+    kind: TransportKind,
+    endpoint: &Endpoint,
+    opts: &ConnectOptions,
+) -> Result<NodeSpec, LoaderError> {
+    node_spec_verbs(
+        kind,
+        endpoint,
+        opts,
+        &seqfeed_verbs::ClientOptions::default(),
+    )
+}
+
+/// [`node_spec_with`] with the verbs client options `vopts` (devices,
+/// queue pairs per device, ...), e.g. from [`VerbsDevices::client_options`].
+pub fn node_spec_verbs(
+    kind: TransportKind,
+    endpoint: &Endpoint,
+    opts: &ConnectOptions,
+    vopts: &seqfeed_verbs::ClientOptions,
+) -> Result<NodeSpec, LoaderError> {
+    let (kind, verbs_fallback) = resolve_kind(kind, endpoint);
     match kind {
         TransportKind::Local => {
             let root = endpoint.root.clone().ok_or_else(|| LoaderError::Config {
@@ -219,11 +307,12 @@ pub fn node_spec_with(
             })?;
             let mut opts = opts.clone();
             opts.retries = 0;
+            let vopts = vopts.clone();
             Ok(NodeSpec {
                 name: endpoint.name.clone(),
                 files: endpoint.files.clone(),
                 connect: Box::new(move || {
-                    let vopts = seqfeed_verbs::ClientOptions::default();
+                    let vopts = vopts.clone();
                     match seqfeed_verbs::VerbsTransport::connect_node(addr.as_str(), &opts, vopts) {
                         Ok(t) => Ok(Box::new(t) as Box<dyn Transport>),
                         // auto: a node without verbs (it refuses VerbsConnect) is read over tcp.
@@ -240,5 +329,44 @@ pub fn node_spec_with(
         TransportKind::Auto => Err(LoaderError::Config {
             what: format!("node {}: no transport resolved", endpoint.name),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_verbs_devices_reach_the_client_options_as_given() {
+        let v = VerbsDevices {
+            explicit: Some(vec!["mlx5_3".into(), "mlx5_1".into()]),
+            // Explicit devices win: the GPU is not even looked up.
+            gpu_bus_id: Some("0000:99:00.0".into()),
+        };
+        let o = v.client_options().expect("client options");
+        assert_eq!(
+            o.devices,
+            Some(vec!["mlx5_3".to_string(), "mlx5_1".to_string()])
+        );
+        let d = seqfeed_verbs::ClientOptions::default();
+        assert_eq!((o.qps_per_rail, o.chain), (d.qps_per_rail, d.chain));
+    }
+
+    #[test]
+    fn tcp_and_local_endpoints_do_not_resolve_verbs() {
+        let remote = Endpoint::remote("n", "127.0.0.1:1", None);
+        assert_eq!(
+            resolve_kind(TransportKind::Tcp, &remote),
+            (TransportKind::Tcp, false)
+        );
+        assert_eq!(
+            resolve_kind(TransportKind::Auto, &Endpoint::local("/nonexistent", None)),
+            (TransportKind::Local, false)
+        );
+        assert_eq!(
+            resolve_kind(TransportKind::Verbs, &remote),
+            (TransportKind::Verbs, false),
+            "verbs asked for: no tcp fallback"
+        );
     }
 }

@@ -64,7 +64,10 @@ pub use cluster_reader::{
     StepReadStats,
 };
 pub use config::{LoaderConfig, DEFAULT_PREFETCH, DEFAULT_RING_WAIT};
-pub use connect::{connect_endpoints, node_spec, node_spec_with, Endpoint, TransportKind};
+pub use connect::{
+    connect_endpoints, connect_endpoints_with, node_spec, node_spec_verbs, node_spec_with,
+    Endpoint, TransportKind, VerbsDevices,
+};
 pub use dataset::dataset_files;
 pub use error::{BoxError, LoaderError};
 pub use loader::{Loader, LoaderStats, Next};

@@ -18,7 +18,7 @@ use crate::alloc::BufferAllocator;
 use crate::block::BlockSource;
 use crate::cluster_reader::ClusterReader;
 use crate::config::LoaderConfig;
-use crate::connect::{connect_endpoints, Endpoint, TransportKind};
+use crate::connect::{connect_endpoints_with, Endpoint, TransportKind, VerbsDevices};
 use crate::error::{BoxError, LoaderError};
 use crate::loader::Loader;
 use crate::plan_source::PlanSource;
@@ -130,11 +130,19 @@ pub struct LoaderSpec {
     pub client_name: String,
     /// The stream to read: training (default) or validation.
     pub split: Split,
+    /// RDMA devices of the verbs transport, given explicitly (`None`:
+    /// chosen by [`VerbsDevices`]: `SEQFEED_NICS*`, the GPU's nearest NICs,
+    /// else every ACTIVE device).
+    pub verbs_devices: Option<Vec<String>>,
+    /// PCI bus id of the GPU this rank's batches go to (`None`: a host
+    /// destination), so the verbs transport uses the NICs closest to it.
+    pub gpu_bus_id: Option<String>,
 }
 
 impl LoaderSpec {
     /// A spec for `plan` over `nodes`, transport `auto`, no secret, 2
-    /// connections per node, a 10 s io timeout, the training stream.
+    /// connections per node, a 10 s io timeout, the training stream, a host
+    /// destination and no explicit verbs devices.
     pub fn new(plan: impl Into<PathBuf>, nodes: Nodes) -> Self {
         LoaderSpec {
             plan: plan.into(),
@@ -148,6 +156,8 @@ impl LoaderSpec {
             io_timeout: Duration::from_secs(10),
             client_name: "seqfeed-loader".into(),
             split: Split::Train,
+            verbs_devices: None,
+            gpu_bus_id: None,
         }
     }
 
@@ -242,7 +252,18 @@ impl LoaderSpec {
             io_timeout: self.io_timeout.max(Duration::from_millis(100)),
             ..ConnectOptions::default()
         };
-        connect_endpoints(opened.source.files(), &endpoints, kind, &opts, config.retry)
+        let verbs = VerbsDevices {
+            explicit: self.verbs_devices.clone(),
+            gpu_bus_id: self.gpu_bus_id.clone(),
+        };
+        connect_endpoints_with(
+            opened.source.files(),
+            &endpoints,
+            kind,
+            &opts,
+            &verbs,
+            config.retry,
+        )
     }
 }
 

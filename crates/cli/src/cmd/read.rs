@@ -34,9 +34,15 @@ pub struct Args {
     /// Read the dataset's files on this host (local transport).
     #[arg(long)]
     local: bool,
-    /// Transport: auto, tcp or local.
+    /// Transport: auto, tcp, verbs or local.
     #[arg(long, default_value = "auto")]
     transport: TransportKind,
+    /// RDMA devices of the verbs transport (comma-separated, e.g.
+    /// mlx5_0,mlx5_1: one rail each). Default: SEQFEED_NICS_LOCAL_RANK_<n>
+    /// or SEQFEED_NICS when set, else every ACTIVE device (this command
+    /// reads into host memory, so no GPU affinity applies).
+    #[arg(long, value_delimiter = ',')]
+    verbs_device: Vec<String>,
     /// This rank (default: RANK from the environment, else 0).
     #[arg(long)]
     rank: Option<usize>,
@@ -156,6 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     spec.connections = args.connections.max(1);
     spec.io_timeout = Duration::from_millis(args.io_timeout_ms.max(100));
     spec.client_name = format!("seqfeed-read/rank{}", config.rank);
+    spec.verbs_devices = (!args.verbs_device.is_empty()).then(|| args.verbs_device.clone());
     let (endpoints, _) = spec.endpoints(&opened)?;
     // The plan's identity in the log: two runs with the same fingerprint read
     // the same sequences in the same order (an unpinned config changes plan
