@@ -133,6 +133,14 @@ impl NativeLoader {
         spec.split = split;
         spec.client_name = client_name
             .unwrap_or_else(|| format!("seqfeed-python/dp{dp_rank}/pid{}", std::process::id()));
+        if let Place::Cuda(i) = place {
+            // The verbs transport reads through the NICs closest to this GPU.
+            spec.gpu_bus_id = seqfeed_cuda::probe()
+                .system()
+                .and_then(|s| s.devices.iter().find(|d| d.index == i))
+                .map(|d| d.pci_bus_id.clone())
+                .filter(|b| !b.is_empty());
+        }
         let mut config = LoaderConfig::data_parallel(dp_rank, dp_size)
             .accumulation(accumulation)
             .start_step(start_step)
