@@ -76,7 +76,7 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
   SEQFEED_REQUIRE_RDMA=1 timeout 300 seqfeed-node-verbs --test-threads=1 --nocapture >"$nlog" 2>&1
   if grep -q '^test result: ok. 2 passed' "$nlog"; then
     echo "CHECK node-qps PASS $(grep '^depths' "$nlog")"
-    echo "CHECK qp-replace PASS $(grep '^rebuilds:' "$nlog")"
+    echo "CHECK qp-replace PASS $(grep -o 'rebuilds: A .*' "$nlog")"
   else
     cat "$nlog"
     fail node-qps "node verbs acceptor / QP replacement: $(grep -E 'panicked|FAILED|test result' "$nlog" | head -3 | tr '\n' ' ')"

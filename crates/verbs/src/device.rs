@@ -142,7 +142,8 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>, VerbsError> {
         .collect())
 }
 
-/// Opens devices (all, or those named in `only`), each with its first ACTIVE
+/// Opens devices (all in libibverbs' order, or those named in `only`, in
+/// that order: they become rails 0, 1, ...), each with its first ACTIVE
 /// port (or port 1 when none is active, reported with `active: false`).
 /// A device this process already holds open (through any transport or
 /// server) is shared: one context and one protection domain per device and
@@ -212,6 +213,9 @@ pub fn open_devices_with(
         out.push(Arc::new(nic));
     }
     if let Some(only) = only {
+        // Rails in the order given (rail k is the k-th device named), not
+        // the order libibverbs lists them in.
+        out.sort_by_key(|n| only.iter().position(|o| *o == n.info.name));
         for o in only {
             if !out.iter().any(|n| &n.info.name == o) {
                 return Err(VerbsError::Device {
