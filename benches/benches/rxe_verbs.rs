@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use seqfeed_benches::{print_ratio, rate};
+use seqfeed_benches::{cpu_times, print_ratio, rate};
 use seqfeed_format::{write_synthetic_source, Dataset, Dtype};
 use seqfeed_node::{verbs_factory, Node, NodeConfig};
 use seqfeed_transport::{ConnectOptions, LocalTransport, ReadRequest, TcpTransport, Transport};
@@ -314,20 +314,30 @@ fn main() {
             let (mut tcp_bw, mut verbs_bw, mut perf) =
                 (0.0f64, 0.0f64, Err::<f64, String>("not run".into()));
             let (mut vreads, mut vposts) = (0u64, 0u64);
+            // Client CPU seconds and bytes moved, over every round: the calling
+            // thread (verbs polls there) plus the tcp transport's receive workers.
+            let (mut tcp_cpu, mut tcp_bytes, mut verbs_cpu, mut verbs_bytes) =
+                (0.0f64, 0u64, 0.0f64, 0u64);
             for _round in 0..ROUNDS {
+                let c0 = cpu_times(&["sf-rx"]);
                 let (t, _) = measure(secs, BATCH_BYTES, |n| {
                     tcp.read_batch(&batches[n % batches.len()], &mut dst)
                         .expect("tcp read");
                     black_box(&mut dst);
+                    tcp_bytes += BATCH_BYTES;
                 });
+                tcp_cpu += (cpu_times(&["sf-rx"]) - c0).client;
                 tcp_bw = tcp_bw.max(t);
+                let c0 = cpu_times(&[]);
                 let (r, _) = measure(secs, BATCH_BYTES, |n| {
                     let st = v
                         .read_batch(&batches[n % batches.len()], &mut dst)
                         .expect("verbs read");
                     (vreads, vposts) = (vreads + st.reads, vposts + st.posts);
                     black_box(&mut dst);
+                    verbs_bytes += BATCH_BYTES;
                 });
+                verbs_cpu += (cpu_times(&[]) - c0).client;
                 verbs_bw = verbs_bw.max(r);
                 port += 1;
                 let p = match &ip {
@@ -385,6 +395,17 @@ fn main() {
                 verbs_bw,
                 tcp_bw,
                 &format!("tcp ({q} conns)"),
+                None,
+            );
+            // CPU seconds per GB moved in the client (lower is better).
+            let per_gb = |cpu: f64, bytes: u64| cpu / (bytes as f64 / 1e9).max(1e-12);
+            let (vc, tc) = (per_gb(verbs_cpu, verbs_bytes), per_gb(tcp_cpu, tcp_bytes));
+            println!("BENCH {kib} KiB q={q}: client CPU s/GB verbs {vc:.3}, tcp {tc:.3}");
+            print_ratio(
+                &format!("RATIO verbs/tcp client CPU per GB {kib}KiB q={q}"),
+                vc,
+                tc,
+                &format!("tcp ({q} conns) CPU/GB"),
                 None,
             );
         }

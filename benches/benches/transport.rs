@@ -11,6 +11,12 @@
 //! * the `local` transport against a single-threaded memcpy of the same
 //!   byte ranges from the same mapping: target >= 0.7x.
 //!
+//! With the tcp rows it prints CPU seconds per GB moved: in the client
+//! threads (the calling thread and the transport's receive workers) and in
+//! the whole process (client plus the in-process node), against iperf3's
+//! client plus server (its `-J` CPU utilization). The same counters as
+//! getrusage(2), so the verbs rows of `rxe_verbs` compare with these.
+//!
 //! Every transported batch is checked once against the reference copy.
 //! iperf3 comes from the Debian package (`scripts/setup.sh`); without it the
 //! tcp ratios are reported as unavailable and the absolute GB/s printed.
@@ -25,7 +31,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use seqfeed_benches::{print_ratio, rate};
+use seqfeed_benches::{cpu_times, print_ratio, rate, CpuTimes};
 use seqfeed_format::{write_synthetic_source, Dataset, Dtype};
 use seqfeed_node::{Node, NodeConfig};
 use seqfeed_transport::{ConnectOptions, LocalTransport, ReadRequest, TcpTransport, Transport};
@@ -64,9 +70,30 @@ fn measure(secs: f64, bytes_per_batch: usize, mut f: impl FnMut(usize)) -> f64 {
     best
 }
 
+/// Bytes moved and CPU used while moving them.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuPerGb {
+    cpu: CpuTimes,
+    bytes: u64,
+}
+
+impl CpuPerGb {
+    fn per_gb(&self, cpu: f64) -> f64 {
+        cpu / (self.bytes as f64 / 1e9).max(1e-12)
+    }
+}
+
+/// One iperf3 run: bytes/s received, and CPU seconds per GB of client and
+/// server together (`None` when iperf3 did not report them).
+#[derive(Debug, Clone, Copy)]
+struct Iperf {
+    rate: f64,
+    cpu_per_gb: Option<f64>,
+}
+
 /// iperf3 on 127.0.0.1: `streams` parallel streams, `len` bytes per
 /// write/read (`None`: iperf3's default, 128 KiB).
-fn iperf3(streams: usize, secs: u64, len: Option<&str>) -> Result<f64, String> {
+fn iperf3(streams: usize, secs: u64, len: Option<&str>) -> Result<Iperf, String> {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         l.local_addr().map_err(|e| e.to_string())?.port()
@@ -105,7 +132,21 @@ fn iperf3(streams: usize, secs: u64, len: Option<&str>) -> Result<f64, String> {
     let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .ok_or("iperf3 -J output has no end.sum_received.bits_per_second")?;
-    Ok(bps / 8.0)
+    // Utilization is CPU time (getrusage) over wall time, in percent.
+    let cpu = &v["end"]["cpu_utilization_percent"];
+    let cpu_per_gb = match (
+        cpu["host_total"].as_f64(),
+        cpu["remote_total"].as_f64(),
+        v["end"]["sum_received"]["seconds"].as_f64(),
+        v["end"]["sum_received"]["bytes"].as_f64(),
+    ) {
+        (Some(h), Some(r), Some(s), Some(b)) if b > 0.0 => Some((h + r) / 100.0 * s / (b / 1e9)),
+        _ => None,
+    };
+    Ok(Iperf {
+        rate: bps / 8.0,
+        cpu_per_gb,
+    })
 }
 
 fn gbs(x: f64) -> String {
@@ -246,21 +287,28 @@ fn main() {
                 .expect("tcp read");
             assert!(dst == *r, "tcp batch {i} differs from the local reference");
         }
-        transports.push((conns, tcp, 0.0f64));
+        transports.push((conns, tcp, 0.0f64, CpuPerGb::default()));
     }
     // Interleave tcp and iperf3 rounds so both see the same machine load;
     // keep the best of each.
     let rounds = 3;
-    let mut iperf_single: Result<f64, String> = Err("not run".into());
-    let mut iperf_multi: Result<f64, String> = Err("not run".into());
-    let mut iperf_big: Result<f64, String> = Err("not run".into());
+    let mut iperf_single: Result<Iperf, String> = Err("not run".into());
+    let mut iperf_multi: Result<Iperf, String> = Err("not run".into());
+    let mut iperf_big: Result<Iperf, String> = Err("not run".into());
     for round in 0..rounds {
-        for (_, tcp, best) in transports.iter_mut() {
+        for (_, tcp, best, used) in transports.iter_mut() {
+            let mut moved = 0u64;
+            let c0 = cpu_times(&["sf-rx"]);
             let r = measure(secs / rounds as f64, workload.bytes_per_batch, |n| {
                 tcp.read_batch(&workload.batches[n % n_batches], &mut dst)
                     .expect("tcp read");
                 black_box(&mut dst);
+                moved += workload.bytes_per_batch as u64;
             });
+            let c = cpu_times(&["sf-rx"]) - c0;
+            used.cpu.process += c.process;
+            used.cpu.client += c.client;
+            used.bytes += moved;
             *best = best.max(r);
         }
         if round == 0 || iperf_single.is_ok() {
@@ -271,7 +319,7 @@ fn main() {
             ] {
                 let r = iperf3(streams, 2, len);
                 *slot = match (&*slot, r) {
-                    (Ok(a), Ok(b)) => Ok(a.max(b)),
+                    (Ok(a), Ok(b)) if a.rate >= b.rate => Ok(*a),
                     (_, r) => r,
                 };
             }
@@ -281,22 +329,47 @@ fn main() {
     for (conns, r) in &tcp_rates {
         println!("tcp transport, {conns} connection(s): {}", gbs(*r));
     }
+    for (conns, _, _, used) in &transports {
+        println!(
+            "tcp transport, {conns} connection(s): CPU s/GB {:.3} client threads, {:.3} process (client + node), over {:.1} GB",
+            used.per_gb(used.cpu.client),
+            used.per_gb(used.cpu.process),
+            used.bytes as f64 / 1e9
+        );
+    }
     drop(node);
 
     match iperf_single {
         Err(e) => println!("iperf3 unavailable: {e}; tcp ratios not measured"),
         Ok(single) => {
-            println!("iperf3 loopback, 1 stream: {}", gbs(single));
-            let multi = iperf_multi;
-            if let Ok(m) = &multi {
-                println!("iperf3 loopback, {several} streams: {}", gbs(*m));
-            }
-            if let Ok(b) = &iperf_big {
+            let cpu = |i: &Iperf| {
+                i.cpu_per_gb.map_or_else(
+                    || "CPU not reported".to_string(),
+                    |c| format!("CPU s/GB {c:.3} client + server"),
+                )
+            };
+            println!(
+                "iperf3 loopback, 1 stream: {}, {}",
+                gbs(single.rate),
+                cpu(&single)
+            );
+            if let Ok(m) = &iperf_multi {
                 println!(
-                    "iperf3 loopback, 1 stream, 1 MiB writes (-l 1M): {}",
-                    gbs(*b)
+                    "iperf3 loopback, {several} streams: {}, {}",
+                    gbs(m.rate),
+                    cpu(m)
                 );
             }
+            let multi = iperf_multi.map(|m| m.rate);
+            if let Ok(b) = &iperf_big {
+                println!(
+                    "iperf3 loopback, 1 stream, 1 MiB writes (-l 1M): {}, {}",
+                    gbs(b.rate),
+                    cpu(b)
+                );
+            }
+            let single = single.rate;
+            let iperf_big = iperf_big.map(|b| b.rate);
             for (conns, r) in &tcp_rates {
                 let target = if *conns == 1 { 0.7 } else { 1.0 };
                 print_ratio(
