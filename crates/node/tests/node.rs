@@ -100,7 +100,16 @@ fn tcp_receive_workers_start_at_connect_persist_and_stop_on_drop() {
     o.receive_threads = 3;
     let mut tcp = TcpTransport::connect(node.local_addr(), &o).unwrap();
     assert_eq!(tcp.receive_workers(), 2);
-    let workers = threads_named(&prefix);
+    // The pool's threads name themselves once they run, which can be just
+    // after connect returns: wait (bounded) for both.
+    let started = std::time::Instant::now();
+    let workers = loop {
+        let w = threads_named(&prefix);
+        if w.len() >= 2 || started.elapsed() > std::time::Duration::from_secs(5) {
+            break w;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     assert_eq!(workers.len(), 2, "{workers:?}");
     let files: Vec<String> = tcp.regions().iter().map(|r| r.name.clone()).collect();
     let mut local = LocalTransport::open(dir.path(), &files).unwrap();
