@@ -7,7 +7,7 @@
 //! 1. assigns each row to a live node that holds the row's file, preferring
 //!    node `i` for the `i`-th contiguous share of rows so that each node's rows
 //!    form few runs and the load is spread evenly;
-//! 2. turns each node's rows into one batch of [`ReadRequest`]s (region
+//! 2. turns each node's rows into one batch of [`ReadRequest`](seqfeed_transport::ReadRequest)s (region
 //!    looked up by file name in the node's region table) and issues the
 //!    batches to all nodes in parallel, one scoped thread per node. A node
 //!    whose rows form a single run reads straight into the destination; one
