@@ -516,3 +516,60 @@ fn serve_limits_are_flags() {
     assert!(run(&["serve", "--help"]).status.success());
     assert!(stdout(&run(&["serve", "--help"])).contains("--handshake-timeout-ms"));
 }
+
+/// The fabric flags (issue 10 item 4) on `serve` and `read`: listed in
+/// both helps, a DSCP out of range is refused naming it, and on `serve`
+/// they need `--verbs`.
+#[test]
+fn fabric_flags_on_serve_and_read() {
+    for cmd in ["serve", "read"] {
+        let help = stdout(&run(&[cmd, "--help"]));
+        for flag in [
+            "--gid-index",
+            "--traffic-class",
+            "--dscp",
+            "--service-level",
+            "--pkey-index",
+            "--ib-port",
+        ] {
+            assert!(help.contains(flag), "{cmd} --help lacks {flag}:\n{help}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dataset(dir.path());
+    let data = src.parent().unwrap();
+    let o = run(&[
+        "serve",
+        "--dataset",
+        p(data),
+        "--listen",
+        "127.0.0.1:0",
+        "--gid-index",
+        "3",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("need --verbs"), "{}", stderr(&o));
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "seed = 7\nglobal_batch = 4\n[run]\nsteps = 5\n[[sources]]\nname = \"web\"\nweight = 1.0\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "read",
+        "--plan",
+        p(&plan),
+        "--dataset",
+        p(data),
+        "--node",
+        "127.0.0.1:9",
+        "--dscp",
+        "64",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--dscp 64: DSCP is 0..=63"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -129,6 +129,10 @@ pub struct VerbsDevices {
     /// `seqfeed_cuda::DeviceInfo::pci_bus_id`); `None` for a host
     /// destination. With it, the NICs closest to that GPU are used.
     pub gpu_bus_id: Option<String>,
+    /// Fabric settings of the rank's queue pairs (GID index, traffic class,
+    /// service level, pkey index, port); `None`: the `SEQFEED_*`
+    /// environment, else discovery's choice.
+    pub fabric: Option<seqfeed_verbs::FabricSettings>,
 }
 
 impl VerbsDevices {
@@ -146,6 +150,7 @@ impl VerbsDevices {
         })?;
         Ok(seqfeed_verbs::ClientOptions {
             devices: choice.map(|c| c.devices),
+            fabric: self.fabric,
             ..seqfeed_verbs::ClientOptions::default()
         })
     }
@@ -342,12 +347,20 @@ mod tests {
             explicit: Some(vec!["mlx5_3".into(), "mlx5_1".into()]),
             // Explicit devices win: the GPU is not even looked up.
             gpu_bus_id: Some("0000:99:00.0".into()),
+            fabric: Some(seqfeed_verbs::FabricSettings {
+                gid_index: Some(3),
+                traffic_class: 26 << 2,
+                ..seqfeed_verbs::FabricSettings::DEFAULT
+            }),
         };
         let o = v.client_options().expect("client options");
         assert_eq!(
             o.devices,
             Some(vec!["mlx5_3".to_string(), "mlx5_1".to_string()])
         );
+        // The fabric settings reach the verbs client as given.
+        let f = o.fabric.expect("fabric settings");
+        assert_eq!((f.gid_index, f.traffic_class), (Some(3), 104));
         let d = seqfeed_verbs::ClientOptions::default();
         assert_eq!((o.qps_per_rail, o.chain), (d.qps_per_rail, d.chain));
     }

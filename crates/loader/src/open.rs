@@ -137,6 +137,9 @@ pub struct LoaderSpec {
     /// PCI bus id of the GPU this rank's batches go to (`None`: a host
     /// destination), so the verbs transport uses the NICs closest to it.
     pub gpu_bus_id: Option<String>,
+    /// Fabric settings of the verbs queue pairs (`None`: the `SEQFEED_*`
+    /// environment, else discovery's choice).
+    pub verbs_fabric: Option<seqfeed_verbs::FabricSettings>,
 }
 
 impl LoaderSpec {
@@ -158,6 +161,7 @@ impl LoaderSpec {
             split: Split::Train,
             verbs_devices: None,
             gpu_bus_id: None,
+            verbs_fabric: None,
         }
     }
 
@@ -255,6 +259,7 @@ impl LoaderSpec {
         let verbs = VerbsDevices {
             explicit: self.verbs_devices.clone(),
             gpu_bus_id: self.gpu_bus_id.clone(),
+            fabric: self.verbs_fabric,
         };
         connect_endpoints_with(
             opened.source.files(),

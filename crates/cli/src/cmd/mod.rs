@@ -1,6 +1,7 @@
 //! One module per subcommand; each has `Args` and `run(Args) -> anyhow::Result<ExitCode>`.
 pub mod demo;
 pub mod docs;
+pub mod fabric;
 pub mod health;
 pub mod inspect;
 pub mod pack;

@@ -43,6 +43,8 @@ pub struct Args {
     /// reads into host memory, so no GPU affinity applies).
     #[arg(long, value_delimiter = ',')]
     verbs_device: Vec<String>,
+    #[command(flatten)]
+    fabric: super::fabric::FabricArgs,
     /// This rank (default: RANK from the environment, else 0).
     #[arg(long)]
     rank: Option<usize>,
@@ -163,6 +165,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     spec.io_timeout = Duration::from_millis(args.io_timeout_ms.max(100));
     spec.client_name = format!("seqfeed-read/rank{}", config.rank);
     spec.verbs_devices = (!args.verbs_device.is_empty()).then(|| args.verbs_device.clone());
+    spec.verbs_fabric = args
+        .fabric
+        .any()
+        .then(|| args.fabric.settings())
+        .transpose()?;
     let (endpoints, _) = spec.endpoints(&opened)?;
     // The plan's identity in the log: two runs with the same fingerprint read
     // the same sequences in the same order (an unpinned config changes plan

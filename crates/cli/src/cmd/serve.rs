@@ -49,25 +49,8 @@ pub struct Args {
     /// 16384). A request beyond it is refused; no client's QPs are evicted.
     #[arg(long, requires = "verbs")]
     verbs_max_qps: Option<usize>,
-    /// GID index for every queue pair (default: the port's RoCE v2
-    /// IPv4-mapped GID; env SEQFEED_GID_INDEX).
-    #[arg(long, requires = "verbs")]
-    gid_index: Option<u8>,
-    /// GRH traffic class byte (env SEQFEED_TRAFFIC_CLASS).
-    #[arg(long, requires = "verbs", conflicts_with = "dscp")]
-    traffic_class: Option<u8>,
-    /// DSCP 0..=63, i.e. traffic class DSCP << 2 (env SEQFEED_DSCP).
-    #[arg(long, requires = "verbs")]
-    dscp: Option<u8>,
-    /// Service level 0..=15 (env SEQFEED_SERVICE_LEVEL).
-    #[arg(long, requires = "verbs")]
-    service_level: Option<u8>,
-    /// Partition key index (env SEQFEED_PKEY_INDEX).
-    #[arg(long, requires = "verbs")]
-    pkey_index: Option<u16>,
-    /// Device port, 1-based (default: the first ACTIVE port; env SEQFEED_IB_PORT).
-    #[arg(long, requires = "verbs")]
-    ib_port: Option<u8>,
+    #[command(flatten)]
+    fabric: super::fabric::FabricArgs,
     /// Write the bound address (host:port) to this file once listening.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -139,6 +122,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(t) = args.auth_backoff_ms {
         cfg.auth_limit.backoff = ms(t);
     }
+    if args.fabric.any() && !args.verbs {
+        bail!(
+            "the fabric flags (--gid-index, --dscp, ...) set RDMA queue pairs: they need --verbs"
+        );
+    }
     if args.verbs {
         let devices = (!args.verbs_device.is_empty()).then(|| args.verbs_device.clone());
         if let Some(n) = args.verbs_qp_quota {
@@ -149,7 +137,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         cfg.verbs = Some(seqfeed_node::verbs_factory_with(
             devices,
-            fabric_settings(&args)?,
+            args.fabric.settings()?,
         ));
     }
     if let Some(path) = &args.cluster {
@@ -233,32 +221,4 @@ fn notify_systemd(states: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(false, states) {
         tracing::warn!(error = %e, "could not notify systemd (NOTIFY_SOCKET)");
     }
-}
-
-/// The node's fabric settings: the `SEQFEED_*` environment, then the flags.
-fn fabric_settings(args: &Args) -> anyhow::Result<seqfeed_node::FabricSettings> {
-    let mut f = seqfeed_node::FabricSettings::from_env().map_err(anyhow::Error::msg)?;
-    if let Some(i) = args.gid_index {
-        f.gid_index = Some(i);
-    }
-    if let Some(t) = args.traffic_class {
-        f.traffic_class = t;
-    }
-    if let Some(d) = args.dscp {
-        if d > 63 {
-            bail!("--dscp {d}: DSCP is 0..=63");
-        }
-        f.traffic_class = d << 2;
-    }
-    if let Some(s) = args.service_level {
-        f.service_level = s;
-    }
-    if let Some(p) = args.pkey_index {
-        f.pkey_index = p;
-    }
-    if let Some(p) = args.ib_port {
-        f.port = Some(p);
-    }
-    f.check().map_err(anyhow::Error::msg)?;
-    Ok(f)
 }
