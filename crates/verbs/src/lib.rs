@@ -41,6 +41,7 @@ mod device;
 mod endpoint;
 mod error;
 pub mod fabric;
+mod mrcache;
 pub mod pinning;
 pub mod qpbook;
 mod raw;

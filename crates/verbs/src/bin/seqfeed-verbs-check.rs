@@ -353,6 +353,33 @@ fn selftest(devices: Option<Vec<String>>) -> u32 {
             t.unregister_buffer(ring.as_ptr() as usize, ring.len());
             drop(ring);
 
+            // Two more transports (as the loader's one per node) announce one ring:
+            // the second reuses the first's registration (once per device), and
+            // both read into it byte for byte.
+            let mut t2 = connect(&addr, devices.clone(), 1)?;
+            let mut t3 = connect(&addr, devices.clone(), 1)?;
+            let mut shared_ring = vec![0u8; 8 << 20];
+            t2.register_buffer(&mut shared_ring).map_err(|e| e.to_string())?;
+            t3.register_buffer(&mut shared_ring).map_err(|e| e.to_string())?;
+            let (k2, k3) = (t2.counters(), t3.counters());
+            if (k2.registrations, k3.registrations, k3.shared_registrations) != (1, 0, 1) {
+                return Err(format!(
+                    "one ring announced by two transports: registrations {} and {}, shared {}",
+                    k2.registrations, k3.registrations, k3.shared_registrations
+                ));
+            }
+            for (i, tr) in [&mut t2, &mut t3].into_iter().enumerate() {
+                let (reads, expect) = make_batch(&mut rng, nregions, len, seq, 32);
+                let off = i * (4 << 20);
+                let dst = &mut shared_ring[off..off + expect.len()];
+                tr.read_batch(&reads, dst)
+                    .map_err(|e| format!("shared ring, transport {i}: {e}"))?;
+                compare(dst, &expect, &reads).map_err(|e| format!("shared ring, transport {i}: {e}"))?;
+            }
+            t2.unregister_buffer(shared_ring.as_ptr() as usize, shared_ring.len());
+            t3.unregister_buffer(shared_ring.as_ptr() as usize, shared_ring.len());
+            drop((t2, t3, shared_ring));
+
             // Free + reallocate. Above glibc's largest mmap threshold (32 MiB) every
             // buffer is its own mapping, and the kernel tends to hand the same
             // addresses back: exactly the case a registration cache keyed by address
@@ -398,6 +425,7 @@ fn selftest(devices: Option<Vec<String>>) -> u32 {
             let k = t.counters();
             Ok(format!(
                 "3 unregistered batches: 3 per-batch registrations; 6 batches in a registered ring: 1 registration; \
+                 one ring announced by two transports: registered once, reused once, both byte-exact; \
                  40 MiB destination freed and reallocated (same address: {}), then registered, freed and \
                  reallocated (same address: {}): all bytes equal ({} registrations, {} per batch)",
                 same[0], same[1], k.registrations, k.batch_registrations

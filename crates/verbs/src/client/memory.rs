@@ -35,24 +35,40 @@ impl MrEntry {
 }
 
 impl VerbsTransport {
-    /// Registers `len` bytes at `addr` (local write) on every rail.
+    /// Registers `len` bytes at `addr` (local write) on every rail. A
+    /// `shared` registration (an announced, long-lived buffer) reuses the
+    /// one another transport of this process holds for the same range on the
+    /// same device, so the loader's ring is registered once per device, not
+    /// once per node; a per-batch registration is always this transport's own.
     pub(super) fn register_range(
         &mut self,
         addr: usize,
         len: usize,
+        shared: bool,
     ) -> Result<Vec<Arc<MemoryRegion>>, TransportError> {
         let mut per_rail = Vec::with_capacity(self.rails.len());
+        let mut fresh = false;
         for r in &self.rails {
-            let mr = crate::raw::reg_local_write(&r.nic.pd, addr, len).map_err(|e| {
+            let reg = if shared {
+                crate::mrcache::local_write(&r.nic.pd, addr, len)
+            } else {
+                crate::raw::reg_local_write(&r.nic.pd, addr, len).map(|mr| (mr, true))
+            };
+            let (mr, new) = reg.map_err(|e| {
                 node_err(
                     &self.node,
                     "ibv_reg_mr (destination, local write)",
                     format!("device {}: {len} bytes at {addr:#x}: {e}", r.nic.info.name),
                 )
             })?;
+            fresh |= new;
             per_rail.push(mr);
         }
-        self.counters.registrations += 1;
+        if fresh {
+            self.counters.registrations += 1;
+        } else {
+            self.counters.shared_registrations += 1;
+        }
         Ok(per_rail)
     }
 
@@ -64,7 +80,7 @@ impl VerbsTransport {
         if let Some(e) = self.mrs.iter().find(|e| e.contains(addr, len)) {
             return Ok(e.per_rail.iter().map(|m| m.lkey()).collect());
         }
-        let per_rail = self.register_range(addr, len)?;
+        let per_rail = self.register_range(addr, len, false)?;
         self.counters.batch_registrations += 1;
         let keys = per_rail.iter().map(|m| m.lkey()).collect();
         self.batch_mrs = per_rail;
@@ -152,7 +168,7 @@ impl VerbsTransport {
         // Whatever overlaps `buf` was made on pages that `buf` owns now (or
         // that were freed): it must not serve reads any more.
         self.mrs.retain(|e| !e.overlaps(addr, len));
-        let per_rail = self.register_range(addr, len)?;
+        let per_rail = self.register_range(addr, len, true)?;
         self.mrs.push(MrEntry {
             addr,
             len,

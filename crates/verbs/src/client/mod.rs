@@ -130,6 +130,10 @@ pub struct VerbsCounters {
     /// Of [`registrations`](Self::registrations), those made for one batch
     /// only (destination outside every registered buffer).
     pub batch_registrations: u64,
+    /// Buffers registered with [`Transport::register_buffer`](seqfeed_transport::Transport::register_buffer)
+    /// whose registrations another transport of this process already held
+    /// on every rail (reused, not made again; not in `registrations`).
+    pub shared_registrations: u64,
     /// Doorbells (ibv_post_send calls).
     pub doorbells: u64,
     /// Nanoseconds spent in batches with reads to post or complete.
