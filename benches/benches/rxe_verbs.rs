@@ -5,6 +5,16 @@
 //! `scripts/rxe/run.sh bench`, or any host with an RDMA device):
 //! * the verbs transport against perftest's `ib_read_bw` at the same message
 //!   size and QP count on the same device (target >= 0.9x);
+//! * the same with the read depth capped at 16 and at 4 on both sides, against
+//!   `ib_read_bw -o 16` / `-o 4` (target >= 0.95x). The client caps its
+//!   initiator depth with `ClientOptions::max_outstanding`; the node has no
+//!   cap of its own but answers each QP with responder resources
+//!   min(client's depth, device's), so the cap bounds both ends of the QP
+//!   (`max_rd_atomic` on the client, `max_dest_rd_atomic` on the node), as
+//!   perftest's `-o` does given to server and client. Each row prints its QP
+//!   occupancy, negotiated read depth and send-queue size, and the verbs
+//!   client CPU seconds per GB against the tcp row of the same size and
+//!   connection count (tcp does not depend on the read depth);
 //! * the verbs transport against the tcp transport to the same node
 //!   (same number of connections as QPs);
 //! * message rates (reads/s) of both.
@@ -14,7 +24,9 @@
 //!
 //! Environment: `SEQFEED_BENCH_SCALE` / `BENCH_SCALE` (float, default 1:
 //! time per measurement and dataset size), `SEQFEED_BENCH_DEVICE` (default:
-//! the first usable device), `SEQFEED_BENCH_QPS` (comma list, default `1,2`).
+//! the first usable device), `SEQFEED_BENCH_QPS` (comma list, default `1,2`),
+//! `SEQFEED_BENCH_DEPTHS` (comma list of read-depth caps, default `16,4`;
+//! empty: none).
 
 use std::hint::black_box;
 use std::io::Read;
@@ -60,8 +72,11 @@ fn measure(secs: f64, bytes_per_batch: u64, mut f: impl FnMut(usize)) -> (f64, f
 }
 
 /// perftest's ib_read_bw at `size` bytes with `qps` QPs for `secs` seconds on
-/// `device`/`gid_index`, server and client in this host; returns bytes/s
-/// (from the reported message rate, which has no MB-vs-MiB ambiguity).
+/// `device`/`gid_index`, server and client in this host, with at most `outs`
+/// outstanding reads per QP (`-o`, both sides; `None`: the device maximum);
+/// returns bytes/s (from the reported message rate, which has no MB-vs-MiB
+/// ambiguity).
+#[allow(clippy::too_many_arguments)]
 fn ib_read_bw(
     device: &str,
     gid_index: u8,
@@ -70,6 +85,7 @@ fn ib_read_bw(
     qps: usize,
     secs: u64,
     port: u16,
+    outs: Option<u32>,
 ) -> Result<f64, String> {
     let args = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = [
@@ -90,6 +106,9 @@ fn ib_read_bw(
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(o) = outs {
+            v.extend(["-o".to_string(), o.to_string()]);
+        }
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
@@ -233,6 +252,9 @@ fn main() {
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
         .filter(|v: &Vec<usize>| !v.is_empty())
         .unwrap_or_else(|| vec![1, 2]);
+    let depth_caps: Vec<u32> = std::env::var("SEQFEED_BENCH_DEPTHS")
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|_| vec![16, 4]);
     let info = device.as_ref().map(|d| {
         seqfeed_verbs::list_devices()
             .expect("devices")
@@ -341,9 +363,16 @@ fn main() {
                 verbs_bw = verbs_bw.max(r);
                 port += 1;
                 let p = match &ip {
-                    Some(ip) => {
-                        ib_read_bw(dev, info.gid_index, ip, msg, q, secs.ceil() as u64, port)
-                    }
+                    Some(ip) => ib_read_bw(
+                        dev,
+                        info.gid_index,
+                        ip,
+                        msg,
+                        q,
+                        secs.ceil() as u64,
+                        port,
+                        None,
+                    ),
                     None => Err(format!(
                         "{dev} has no IPv4-mapped GID to point ib_read_bw at"
                     )),
@@ -408,6 +437,104 @@ fn main() {
                 &format!("tcp ({q} conns) CPU/GB"),
                 None,
             );
+
+            // The same reads with the read depth capped on both sides, against
+            // `ib_read_bw -o cap`, interleaved round by round.
+            for &cap in &depth_caps {
+                let vopts = ClientOptions {
+                    devices: Some(vec![dev.clone()]),
+                    qps_per_rail: q,
+                    chain,
+                    max_outstanding: Some(cap),
+                    ..Default::default()
+                };
+                let mut v = match VerbsTransport::connect_node(&addr, &copts(1), vopts) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        println!("CHECK bench-verbs-connect-depth{cap} FAIL {e}");
+                        failed = true;
+                        continue;
+                    }
+                };
+                v.register_buffer(&mut dst)
+                    .expect("registering the destination");
+                dst.fill(0);
+                v.read_batch(&batches[0], &mut dst).expect("verbs read");
+                assert!(dst == reference, "verbs batch differs from the files");
+                let (depth, sq_depth, _) = v.lane_depths().first().copied().unwrap_or_default();
+                if depth > cap {
+                    println!("CHECK bench-depth{cap} FAIL read depth {depth} above the cap {cap}");
+                    failed = true;
+                }
+                let (mut verbs_bw, mut perf) = (0.0f64, Err::<f64, String>("not run".into()));
+                let (mut vreads, mut vposts, mut cpu, mut bytes) = (0u64, 0u64, 0.0f64, 0u64);
+                for _round in 0..ROUNDS {
+                    let c0 = cpu_times(&[]);
+                    let (r, _) = measure(secs, BATCH_BYTES, |n| {
+                        let st = v
+                            .read_batch(&batches[n % batches.len()], &mut dst)
+                            .expect("verbs read");
+                        (vreads, vposts) = (vreads + st.reads, vposts + st.posts);
+                        black_box(&mut dst);
+                        bytes += BATCH_BYTES;
+                    });
+                    cpu += (cpu_times(&[]) - c0).client;
+                    verbs_bw = verbs_bw.max(r);
+                    port += 1;
+                    let p = match &ip {
+                        Some(ip) => ib_read_bw(
+                            dev,
+                            info.gid_index,
+                            ip,
+                            msg,
+                            q,
+                            secs.ceil() as u64,
+                            port,
+                            Some(cap),
+                        ),
+                        None => Err(format!(
+                            "{dev} has no IPv4-mapped GID to point ib_read_bw at"
+                        )),
+                    };
+                    perf = match (perf, p) {
+                        (Ok(a), Ok(b)) => Ok(a.max(b)),
+                        (_, p) => p,
+                    };
+                }
+                let occupancy = v.counters().occupancy().unwrap_or(0.0);
+                drop(v);
+                println!(
+                    "BENCH {kib} KiB q={q} chain={chain} depth cap {cap}: verbs {} ({:.0} reads/s, {:.1} reads/doorbell, occupancy {occupancy:.3} at read depth {depth}, send queue {sq_depth}), ib_read_bw -o {cap} {}",
+                    mbs(verbs_bw),
+                    verbs_bw / msg as f64,
+                    vreads as f64 / vposts.max(1) as f64,
+                    perf.as_ref().map(|p| format!("{} ({:.0} reads/s)", mbs(*p), p / msg as f64)).unwrap_or_else(|e| e.clone())
+                );
+                match perf {
+                    Ok(p) => print_ratio(
+                        &format!("RATIO verbs/ib_read_bw -o{cap} {kib}KiB q={q}"),
+                        verbs_bw,
+                        p,
+                        &format!("ib_read_bw -o {cap}"),
+                        Some(0.95),
+                    ),
+                    Err(e) => {
+                        println!("CHECK bench-ib_read_bw-o{cap} FAIL {e}");
+                        failed = true;
+                    }
+                }
+                let vc = per_gb(cpu, bytes);
+                println!(
+                    "BENCH {kib} KiB q={q} depth cap {cap}: client CPU s/GB verbs {vc:.3}, tcp {tc:.3} (tcp row above)"
+                );
+                print_ratio(
+                    &format!("RATIO verbs/tcp client CPU per GB -o{cap} {kib}KiB q={q}"),
+                    vc,
+                    tc,
+                    &format!("tcp ({q} conns) CPU/GB"),
+                    None,
+                );
+            }
         }
     }
     node.shutdown();

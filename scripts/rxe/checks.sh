@@ -106,7 +106,8 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
 fi
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
-  timeout 400 seqfeed-rxe-bench || fail bench "exit $?"
+  # 2 sizes x 1-2 QPs x (device depth, capped at 16, capped at 4), each against ib_read_bw.
+  timeout 900 seqfeed-rxe-bench || fail bench "exit $?"
   ts "bench done"
 fi
 
