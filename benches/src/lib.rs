@@ -108,13 +108,20 @@ mod tests {
     #[test]
     fn cpu_times_count_this_thread_and_named_threads_only() {
         let c0 = cpu_times(&["cpu-test-burn"]);
+        // The helper stays alive (blocked) until both readings are taken: a
+        // thread that has exited is gone from /proc/self/task.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let helper = std::thread::Builder::new()
             .name("cpu-test-burn".into())
-            .spawn(|| burn(0.4))
+            .spawn(move || {
+                burn(0.4);
+                let _ = done_rx.recv();
+            })
             .expect("spawn");
         burn(0.4);
         let with = cpu_times(&["cpu-test-burn"]) - c0;
         let without = cpu_times(&[]) - c0;
+        drop(done_tx);
         helper.join().expect("join");
         // Two spinning threads; the machine may be shared, so loose bounds.
         assert!(with.client > without.client + 0.05, "{with:?} {without:?}");
