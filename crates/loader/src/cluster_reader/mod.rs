@@ -247,6 +247,10 @@ pub struct ClusterReader {
     crcs: Vec<OnceLock<FileCrc>>,
     /// Whether host reads are checked against the tables.
     verify_crc: bool,
+    /// Threads that read the other nodes' rows of a round (the first node's
+    /// run on the caller), started with the first round that needs them and
+    /// kept for the reader's life: no thread is started per round.
+    workers: Option<rayon_core::ThreadPool>,
 }
 
 impl std::fmt::Debug for ClusterReader {
@@ -402,6 +406,7 @@ impl ClusterReader {
             probe_tx,
             crcs: (0..nfiles).map(|_| OnceLock::new()).collect(),
             verify_crc: false,
+            workers: None,
         })
     }
 

@@ -96,31 +96,60 @@ impl ClusterReader {
             corrupt: Vec::new(),
             elapsed: None,
         };
-        let outcomes: Vec<(usize, NodeOutcome)> = std::thread::scope(|s| {
-            let first = if work.is_empty() {
+        let others = work.len().saturating_sub(1);
+        let pool = if others == 0 {
+            None
+        } else {
+            Some(round_workers(&mut self.workers, others)?)
+        };
+        let outcomes: Vec<(usize, NodeOutcome)> = {
+            let mut first = if work.is_empty() {
                 None
             } else {
                 Some(work.remove(0))
             };
-            let handles: Vec<_> = work
-                .into_iter()
-                .map(|(ni, node, runs)| {
-                    let name = node.spec.name.clone();
-                    let rows = runs.rows(row_bytes);
-                    let h = s.spawn(move || read_node(node, ctx, runs));
-                    (ni, name, rows, h)
-                })
+            // One result slot per other node, filled by the pool's threads.
+            let slots: Vec<std::sync::Mutex<Option<NodeOutcome>>> =
+                work.iter().map(|_| std::sync::Mutex::new(None)).collect();
+            let meta: Vec<(usize, String, Vec<usize>)> = work
+                .iter()
+                .map(|(ni, node, runs)| (*ni, node.spec.name.clone(), runs.rows(row_bytes)))
                 .collect();
-            let mut outcomes = Vec::with_capacity(handles.len() + 1);
-            if let Some((ni, node, runs)) = first {
-                outcomes.push((ni, read_node(node, ctx, runs)));
+            let mut outcomes = Vec::with_capacity(work.len() + 1);
+            let mut run_first = |outcomes: &mut Vec<(usize, NodeOutcome)>| {
+                if let Some((ni, node, runs)) = first.take() {
+                    outcomes.push((ni, read_node(node, ctx, runs)));
+                }
+            };
+            match pool {
+                Some(pool) => pool.in_place_scope(|s| {
+                    for ((_, node, runs), slot) in work.into_iter().zip(&slots) {
+                        s.spawn(move |_| {
+                            // A panic becomes this node's error, as a joined
+                            // thread's did, instead of unwinding the round.
+                            let out =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    read_node(node, ctx, runs)
+                                }));
+                            if let (Ok(out), Ok(mut slot)) = (out, slot.lock()) {
+                                *slot = Some(out);
+                            }
+                        });
+                    }
+                    run_first(&mut outcomes);
+                }),
+                None => run_first(&mut outcomes),
             }
-            for (ni, name, rows, h) in handles {
-                let out = h.join().unwrap_or_else(|_| panicked(&name, rows));
+            for ((ni, name, rows), slot) in meta.into_iter().zip(slots) {
+                let out = slot
+                    .into_inner()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| panicked(&name, rows));
                 outcomes.push((ni, out));
             }
             outcomes
-        });
+        };
 
         let mut failed = Vec::new();
         for (ni, out) in outcomes {
@@ -222,6 +251,35 @@ impl NodeRuns<'_> {
 
 /// One node's share of a round: its index, its state, and its rows.
 type NodeWork<'n, 'd> = (usize, &'n mut Node, NodeRuns<'d>);
+
+/// The reader's round workers, started (or grown) to `n` threads: the
+/// nodes of a round beyond the first are read on them.
+fn round_workers(
+    workers: &mut Option<rayon_core::ThreadPool>,
+    n: usize,
+) -> Result<&rayon_core::ThreadPool, LoaderError> {
+    if workers
+        .as_ref()
+        .is_some_and(|p| p.current_num_threads() < n)
+    {
+        *workers = None;
+    }
+    if workers.is_none() {
+        let pool = rayon_core::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("sf-round-{i}"))
+            .build()
+            .map_err(|e| LoaderError::Open {
+                what: format!("starting {n} reader threads"),
+                source: Box::new(std::io::Error::other(e.to_string())),
+            })?;
+        *workers = Some(pool);
+    }
+    workers.as_ref().ok_or_else(|| LoaderError::Open {
+        what: "reader threads".into(),
+        source: Box::new(std::io::Error::other("not started")),
+    })
+}
 
 /// What one node's thread did in one round.
 struct NodeOutcome {

@@ -568,3 +568,44 @@ fn node_stats_count_bytes_rows_batches_errors_and_latency() {
     }
     assert_eq!(r.node_stats()[0].reconnects, 1);
 }
+
+/// Item 6 of issue 10: a round's other nodes are read on persistent
+/// workers, the same threads every round (none started per round), and the
+/// bytes stay exact.
+#[test]
+fn round_workers_are_started_once_and_reused() {
+    let f = files(3, 10, 64, 3);
+    let nodes: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| flaky_node(f.dir.path(), n, f.names.clone()).0)
+        .collect();
+    let mut r = ClusterReader::connect(f.names.clone(), nodes, quick()).unwrap();
+    assert!(r.workers.is_none(), "no workers before the first round");
+    let src = RandomBlocks::new(&f, 24, 8);
+    let ids = |r: &ClusterReader| {
+        let mut v: Vec<String> = r
+            .workers
+            .as_ref()
+            .expect("workers started")
+            .broadcast(|_| format!("{:?}", std::thread::current().id()));
+        v.sort();
+        v
+    };
+    let mut first = None;
+    for step in 0..8 {
+        let mut reads = Vec::new();
+        src.block(step, 0, 1, &mut reads).unwrap();
+        let mut dst = vec![0u8; 24 * 64];
+        r.read_step(step, &reads, 64, &mut dst).unwrap();
+        assert_eq!(dst, expected(&f, &reads), "step {step}");
+        let now = ids(&r);
+        assert_eq!(now.len(), 2, "two workers for three nodes");
+        assert_eq!(
+            first.get_or_insert_with(|| now.clone()),
+            &now,
+            "step {step}"
+        );
+    }
+    let per = r.bytes_per_node();
+    assert!(per.iter().all(|&b| b > 0), "every node read: {per:?}");
+}
