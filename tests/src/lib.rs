@@ -403,3 +403,71 @@ pub fn seqfeed_bin() -> PathBuf {
     })
     .clone()
 }
+
+/// A `seqfeed serve` child process on 127.0.0.1 (ephemeral port). Dropping
+/// it continues it (a test may have stopped it with SIGSTOP), kills it and
+/// reaps it.
+pub struct ServeProcess {
+    /// The child process.
+    pub child: std::process::Child,
+    /// The address it listens on (`host:port`).
+    pub addr: String,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `seqfeed serve` named `name` over the dataset at `root`, serving
+/// `files` (every file when `None`), and waits (at most 30 s) until it has
+/// written its address; panics if it exits first.
+pub fn serve_process(root: &Path, name: &str, files: Option<&[String]>) -> ServeProcess {
+    let addr_file = root.join(format!(".{name}.addr"));
+    let mut cmd = std::process::Command::new(seqfeed_bin());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "2",
+        "--name",
+        name,
+    ])
+    .arg("--dataset")
+    .arg(root)
+    .arg("--addr-file")
+    .arg(&addr_file)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    if let Some(files) = files {
+        cmd.arg("--files").arg(files.join(","));
+    }
+    let child = cmd.spawn().expect("spawn seqfeed serve");
+    let mut s = ServeProcess {
+        child,
+        addr: String::new(),
+    };
+    let t = std::time::Instant::now();
+    loop {
+        if let Ok(a) = std::fs::read_to_string(&addr_file) {
+            if !a.trim().is_empty() {
+                s.addr = a.trim().to_owned();
+                return s;
+            }
+        }
+        if let Ok(Some(status)) = s.child.try_wait() {
+            panic!("seqfeed serve {name} exited early: {status}");
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{name} never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -9,66 +9,17 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use seqfeed_loader::BlockSource;
-use seqfeed_tests::{corpus, place, seqfeed_bin, write_plan_and_cluster, Corpus, NodeAddr};
-
-struct Serve {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use seqfeed_tests::{
+    corpus, place, seqfeed_bin, serve_process, write_plan_and_cluster, Corpus, NodeAddr,
+    ServeProcess,
+};
 
 /// Starts `seqfeed serve` named `name` on an ephemeral port over `root`.
-fn serve(root: &Path, name: &str) -> Serve {
-    let addr_file = root.join(format!(".{name}.addr"));
-    let child = Command::new(seqfeed_bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "2",
-            "--name",
-            name,
-        ])
-        .arg("--dataset")
-        .arg(root)
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn seqfeed serve");
-    let mut s = Serve {
-        child,
-        addr: String::new(),
-    };
-    let t = Instant::now();
-    loop {
-        if let Ok(a) = std::fs::read_to_string(&addr_file) {
-            if !a.trim().is_empty() {
-                s.addr = a.trim().to_owned();
-                return s;
-            }
-        }
-        if let Ok(Some(status)) = s.child.try_wait() {
-            panic!("seqfeed serve {name} exited early: {status}");
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{name} never listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn serve(root: &Path, name: &str) -> ServeProcess {
+    serve_process(root, name, None)
 }
 
 /// Copies the dataset at `from` (every source directory) to `to`.

@@ -4,14 +4,14 @@
 //! error naming the node and the step; never a hang.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use seqfeed_loader::LoaderError;
 use seqfeed_tests::{
-    addrs, assert_failed_over, corpus, place, quick_retry, run_ranks_with_a_kill, seqfeed_bin,
-    start_nodes, tcp_reader, Corpus, NodeAddr, RankRun,
+    addrs, assert_failed_over, corpus, place, quick_retry, run_ranks_with_a_kill, serve_process,
+    start_nodes, tcp_reader, Corpus, NodeAddr, RankRun, ServeProcess,
 };
 
 const KILL_AFTER: u64 = 4;
@@ -94,66 +94,15 @@ fn unreachable_node_at_start_is_a_clear_error_after_retries() {
     assert!(t.elapsed() < Duration::from_secs(10));
 }
 
-struct Serve {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `seqfeed serve` on 127.0.0.1 (ephemeral port) serving `files`.
-fn serve(root: &Path, name: &str, files: &[String]) -> Serve {
-    let addr_file = root.join(format!(".{name}.addr"));
-    let child = Command::new(seqfeed_bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "2",
-            "--name",
-            name,
-        ])
-        .arg("--dataset")
-        .arg(root)
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .arg("--files")
-        .arg(files.join(","))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn seqfeed serve");
-    let mut s = Serve {
-        child,
-        addr: String::new(),
-    };
-    let t = Instant::now();
-    loop {
-        if let Ok(a) = std::fs::read_to_string(&addr_file) {
-            s.addr = a.trim().to_owned();
-            return s;
-        }
-        if let Ok(Some(status)) = s.child.try_wait() {
-            panic!("seqfeed serve {name} exited early: {status}");
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "seqfeed serve {name} never listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn serve(root: &Path, name: &str, files: &[String]) -> ServeProcess {
+    serve_process(root, name, Some(files))
 }
 
 /// Starts `seqfeed serve` processes `node-0`, `node-1`, ... one per file list;
 /// returns them with their addresses.
-fn serve_nodes(root: &Path, placement: &[Vec<String>]) -> (Vec<Serve>, Vec<NodeAddr>) {
-    let procs: Vec<Serve> = placement
+fn serve_nodes(root: &Path, placement: &[Vec<String>]) -> (Vec<ServeProcess>, Vec<NodeAddr>) {
+    let procs: Vec<ServeProcess> = placement
         .iter()
         .enumerate()
         .map(|(i, files)| serve(root, &format!("node-{i}"), files))

@@ -8,29 +8,19 @@
 //! and names the node and what was being read.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use seqfeed_tests::{corpus, place, seqfeed_bin, write_plan_and_cluster, Corpus, NodeAddr};
+use seqfeed_tests::{
+    corpus, place, seqfeed_bin, serve_process, write_plan_and_cluster, Corpus, NodeAddr,
+    ServeProcess,
+};
 
 /// The loader's io timeout in these runs.
 const IO_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Steps of the run, and the simulated consumer work per step.
 const STEPS: u64 = 60;
 const CONSUME_US: u64 = 20_000;
-
-struct Serve {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        signal("CONT", self.child.id());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn signal(sig: &str, pid: u32) {
     let st = Command::new("kill")
@@ -40,47 +30,8 @@ fn signal(sig: &str, pid: u32) {
 }
 
 /// Starts `seqfeed serve` named `name` on an ephemeral port over `root`.
-fn serve(root: &Path, name: &str) -> Serve {
-    let addr_file = root.join(format!(".{name}.addr"));
-    let child = Command::new(seqfeed_bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "2",
-            "--name",
-            name,
-        ])
-        .arg("--dataset")
-        .arg(root)
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn seqfeed serve");
-    let mut s = Serve {
-        child,
-        addr: String::new(),
-    };
-    let t = Instant::now();
-    loop {
-        if let Ok(a) = std::fs::read_to_string(&addr_file) {
-            if !a.trim().is_empty() {
-                s.addr = a.trim().to_owned();
-                return s;
-            }
-        }
-        if let Ok(Some(status)) = s.child.try_wait() {
-            panic!("seqfeed serve {name} exited early: {status}");
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{name} never listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn serve(root: &Path, name: &str) -> ServeProcess {
+    serve_process(root, name, None)
 }
 
 /// Runs `seqfeed read --verify` over the cluster file of `nodes`; when
@@ -112,7 +63,7 @@ fn read(c: &Corpus, nodes: &[NodeAddr], freeze: Option<(u32, Duration)>) -> (Out
     (out, t.elapsed())
 }
 
-fn node_addrs(procs: &[&Serve], files: &[Vec<String>]) -> Vec<NodeAddr> {
+fn node_addrs(procs: &[&ServeProcess], files: &[Vec<String>]) -> Vec<NodeAddr> {
     procs
         .iter()
         .zip(files)
