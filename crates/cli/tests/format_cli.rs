@@ -1,6 +1,10 @@
 //! `seqfeed pack`, `inspect` and `verify` run as the built binary.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::p;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -17,10 +21,6 @@ fn text(o: &Output) -> (String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 fn write_u32s(path: &Path, v: &[u32]) {

@@ -3,30 +3,11 @@
 //! man pages and `--version`.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{bin, p, run, stderr, stdout};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_seqfeed"));
-    c.env_remove("SEQFEED_LOG").env_remove("NO_COLOR");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 /// Packs 1000 u32 tokens into `root/web` (seq_len 10: 100 sequences in
 /// several files) and returns the source directory.

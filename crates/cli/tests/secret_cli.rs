@@ -3,26 +3,14 @@
 //! a real node process on loopback.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{bin, p, stderr};
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_seqfeed"));
-    c.env_remove("SEQFEED_LOG")
-        .env_remove("SEQFEED_SECRET")
-        .env_remove("SEQFEED_SECRET_FILE");
-    c
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 /// Packs 1000 u32 tokens into `root/data/web` (seq_len 10) and returns
 /// the dataset root.
