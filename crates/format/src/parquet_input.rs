@@ -16,8 +16,8 @@ use parquet::schema::types::Type;
 
 use crate::error::{FormatError, Result, TokenPos};
 use crate::import::Progress;
-use crate::pack::{first_overflow, Packer};
-use crate::text_input::encode_texts;
+use crate::pack::Packer;
+use crate::text_input::{encode_texts, push_document};
 use crate::tokenize::{TextOptions, Tokenizer};
 
 /// Rows per batch handed to the tokenizer threads.
@@ -334,23 +334,11 @@ pub(crate) fn import_parquet_text(
             for (i, result) in encode_texts(tok, &batch, threads).into_iter().enumerate() {
                 let r = first + i as u64;
                 let tokens = result.map_err(|e| err(path, at_row(g, r), e))?;
-                if let Some((t, v)) = first_overflow(&tokens, max) {
-                    return Err(FormatError::TokenOverflow {
-                        path: path.to_path_buf(),
-                        pos: TokenPos::Row {
-                            row_group: g as u64,
-                            row: r,
-                            element: t as u64,
-                        },
-                        value: u64::from(v),
-                        dtype,
-                    });
-                }
-                if let Some(b) = opts.bos {
-                    packer.push_tokens(&[b])?;
-                }
-                packer.push_tokens(&tokens)?;
-                packer.end_document()?;
+                push_document(packer, path, &tokens, max, opts.bos, |t| TokenPos::Row {
+                    row_group: g as u64,
+                    row: r,
+                    element: t,
+                })?;
             }
             first += batch.len() as u64;
         }

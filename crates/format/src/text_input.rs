@@ -246,27 +246,41 @@ pub(crate) fn import_text(
             .zip(&batch)
         {
             let Some(tokens) = result? else { continue };
-            if let Some((i, v)) = first_overflow(&tokens, max) {
-                return Err(FormatError::TokenOverflow {
-                    path: path.to_path_buf(),
-                    pos: TokenPos::Text {
-                        line: *line,
-                        document,
-                        token: i as u64,
-                    },
-                    value: u64::from(v),
-                    dtype,
-                });
-            }
-            if let Some(b) = opts.bos {
-                packer.push_tokens(&[b])?;
-            }
-            packer.push_tokens(&tokens)?;
-            packer.end_document()?;
+            push_document(packer, path, &tokens, max, opts.bos, |i| TokenPos::Text {
+                line: *line,
+                document,
+                token: i,
+            })?;
             document += 1;
         }
         prog.add(counter.get() - reported);
         reported = counter.get();
     }
     Ok(())
+}
+
+/// Appends one tokenized document (BOS first when given; the tokenizer's
+/// EOS is already in `tokens`) to `packer`, after checking every id fits
+/// the output dtype (`max`); an id that does not is an error at `pos(i)`.
+pub(crate) fn push_document(
+    packer: &mut Packer,
+    path: &Path,
+    tokens: &[u32],
+    max: u64,
+    bos: Option<u32>,
+    pos: impl Fn(u64) -> TokenPos,
+) -> Result<()> {
+    if let Some((i, v)) = first_overflow(tokens, max) {
+        return Err(FormatError::TokenOverflow {
+            path: path.to_path_buf(),
+            pos: pos(i as u64),
+            value: u64::from(v),
+            dtype: packer.dtype(),
+        });
+    }
+    if let Some(b) = bos {
+        packer.push_tokens(&[b])?;
+    }
+    packer.push_tokens(tokens)?;
+    packer.end_document()
 }
