@@ -554,3 +554,87 @@ fn fabric_flags_on_serve_and_read() {
         stderr(&o)
     );
 }
+
+/// `read --json` over a real node reports that node's counters
+/// (`per_node`): its bytes and sequences equal the run's, one batch per
+/// step, no errors, a latency for every batch; the text summary has a line
+/// for it.
+#[test]
+fn read_reports_per_node_counters() {
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dataset(dir.path());
+    let data = src.parent().unwrap();
+    let addr_file = dir.path().join("addr");
+    let _node = Killed(
+        bin()
+            .args([
+                "--log",
+                "warn",
+                "serve",
+                "--dataset",
+                p(data),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--name", "node-a", "--addr-file", p(&addr_file)])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = std::time::Instant::now();
+    while !addr_file.exists() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "serve did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let addr = std::fs::read_to_string(&addr_file).unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "seed = 7\nglobal_batch = 4\n[run]\nsteps = 5\n[[sources]]\nname = \"web\"\nweight = 1.0\n",
+    )
+    .unwrap();
+    let args = [
+        "--log",
+        "warn",
+        "read",
+        "--plan",
+        p(&plan),
+        "--dataset",
+        p(data),
+        "--node",
+        addr.trim(),
+    ];
+    let o = run(&[&args[..], &["--json", "--verify"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&stdout(&o));
+    let nodes = v["per_node"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{v}");
+    let n = &nodes[0];
+    assert_eq!(n["bytes"], v["bytes"]);
+    assert_eq!(n["sequences"], v["sequences"]);
+    assert_eq!(n["sequences"], 20);
+    assert_eq!(n["batches"], 5);
+    assert_eq!(n["batch_latency_us"]["count"], 5);
+    assert_eq!(n["failed_over"], 0);
+    assert_eq!(n["live"], true);
+    for kind in ["timeout", "connection", "protocol", "backend", "other"] {
+        assert_eq!(n["errors"][kind], 0, "{n}");
+    }
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("node ") && l.contains("20 sequences in 5 batches")),
+        "{text}"
+    );
+}

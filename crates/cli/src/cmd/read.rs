@@ -217,6 +217,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     let wall = t0.elapsed();
     let st = loader.stats();
+    let per_node = loader.node_stats();
     let gbps = |bytes: u64, d: Duration| bytes as f64 / d.as_secs_f64().max(1e-9) / 1e9;
     let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
     if args.json {
@@ -239,6 +240,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "stall_after_warmup_secs": st.stall_after_warmup().as_secs_f64(),
             "failed_over": st.failed_over,
             "verified_bytes": args.verify.then_some(checked),
+            "per_node": per_node.iter().map(node_json).collect::<Vec<_>>(),
         });
         println!("{out}");
         return Ok(ExitCode::SUCCESS);
@@ -265,8 +267,57 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         st.stall_after_warmup().as_secs_f64() * 1e3 / st.steps.saturating_sub(1).max(1) as f64,
         st.failed_over
     );
+    for n in &per_node {
+        let ms =
+            |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3));
+        println!(
+            "  node {}: {:.1} MiB, {} sequences in {} batches; batch ms p50 {} p99 {} mean {}; errors {}, failed over {}, reconnects {}, CRC mismatches {}{}",
+            n.name,
+            n.bytes as f64 / (1 << 20) as f64,
+            n.reads,
+            n.batches,
+            ms(n.latency.quantile(0.5)),
+            ms(n.latency.quantile(0.99)),
+            ms(n.latency.mean()),
+            n.errors.total(),
+            n.failed_over,
+            n.reconnects,
+            n.crc_mismatches,
+            if n.given_up { " (given up)" } else { "" }
+        );
+    }
     if args.verify {
         println!("  verified: {checked} bytes equal to the plan's sequences in the files: OK");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One node's loader counters for `read --json`.
+fn node_json(n: &seqfeed_loader::NodeStats) -> serde_json::Value {
+    let us = |d: Option<Duration>| d.map(|d| d.as_micros() as u64);
+    serde_json::json!({
+        "name": n.name,
+        "live": n.live,
+        "bytes": n.bytes,
+        "sequences": n.reads,
+        "batches": n.batches,
+        "errors": {
+            "timeout": n.errors.timeout,
+            "connection": n.errors.connection,
+            "protocol": n.errors.protocol,
+            "backend": n.errors.backend,
+            "other": n.errors.other,
+        },
+        "failed_over": n.failed_over,
+        "reconnects": n.reconnects,
+        "crc_mismatches": n.crc_mismatches,
+        "last_crc_mismatch": n.last_crc_mismatch,
+        "given_up": n.given_up,
+        "batch_latency_us": {
+            "p50": us(n.latency.quantile(0.5)),
+            "p99": us(n.latency.quantile(0.99)),
+            "mean": us(n.latency.mean()),
+            "count": n.latency.count,
+        },
+    })
 }
