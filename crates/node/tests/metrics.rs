@@ -80,7 +80,21 @@ fn metrics_count_what_clients_read_and_what_was_refused() {
     let e = TcpTransport::connect(node.local_addr(), &bad).unwrap_err();
     assert!(matches!(e, TransportError::Refused { .. }), "{e}");
 
-    let body = scrape(m);
+    // The node counts a refused handshake when it has closed that
+    // connection, just after the client read the refusal: scrape until it
+    // shows (bounded).
+    let t = std::time::Instant::now();
+    let body = loop {
+        let body = scrape(m);
+        let refused = sample(
+            &body,
+            "seqfeed_node_errors_total{kind=\"handshake_refused\"}",
+        );
+        if refused >= 1.0 || t.elapsed() > Duration::from_secs(5) {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(
         sample(&body, "seqfeed_node_bytes_served_total"),
         bytes as f64
