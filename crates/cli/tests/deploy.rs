@@ -8,12 +8,12 @@
 
 mod common;
 
-use common::{bin, p, run, stderr, stdout};
+use common::{bin, p, pack_counting_source, run, stderr, stdout, Killed};
 
 use std::net::TcpListener;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
@@ -27,27 +27,8 @@ fn deploy_file(name: &str) -> String {
 
 /// Packs 1000 u32 tokens into `root/data/web` and returns `root/data`.
 fn dataset(root: &Path) -> PathBuf {
-    let input = root.join("tokens.u32");
-    let bytes: Vec<u8> = (0..1000u32).flat_map(|t| t.to_le_bytes()).collect();
-    std::fs::write(&input, bytes).unwrap();
-    let data = root.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let o = run(&[
-        "--log",
-        "warn",
-        "pack",
-        p(&input),
-        "--input-dtype",
-        "u32",
-        "--dtype",
-        "u32",
-        "--seq-len",
-        "10",
-        "-o",
-        p(&data.join("web")),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    data
+    let src = pack_counting_source(root, &[]);
+    src.parent().unwrap().to_path_buf()
 }
 
 fn free_port() -> u16 {
@@ -56,16 +37,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Kills the child when dropped (a failed assertion must not leak a node).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn wait_for(path: &Path, limit: Duration) {

@@ -5,36 +5,14 @@
 
 mod common;
 
-use common::{bin, p, run, stderr, stdout};
+use common::{bin, p, pack_counting_source, run, stderr, stdout, Killed};
 
 use std::path::{Path, PathBuf};
 
 /// Packs 1000 u32 tokens into `root/web` (seq_len 10: 100 sequences in
 /// several files) and returns the source directory.
 fn dataset(root: &Path) -> PathBuf {
-    let input = root.join("tokens.u32");
-    let bytes: Vec<u8> = (0..1000u32).flat_map(|t| t.to_le_bytes()).collect();
-    std::fs::write(&input, bytes).unwrap();
-    let out = root.join("data").join("web");
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let o = run(&[
-        "--log",
-        "warn",
-        "pack",
-        p(&input),
-        "--input-dtype",
-        "u32",
-        "--dtype",
-        "u32",
-        "--seq-len",
-        "10",
-        "--max-file-size",
-        "8K",
-        "-o",
-        p(&out),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    out
+    pack_counting_source(root, &["--max-file-size", "8K"])
 }
 
 fn json(text: &str) -> serde_json::Value {
@@ -561,13 +539,6 @@ fn fabric_flags_on_serve_and_read() {
 /// for it.
 #[test]
 fn read_reports_per_node_counters() {
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let src = dataset(dir.path());
     let data = src.parent().unwrap();
