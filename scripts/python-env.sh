@@ -123,8 +123,36 @@ pip_q() { "$PY" -m pip install -q --disable-pip-version-check "${PIP_EXTRA[@]}" 
 # pip, so that manylinux_2_28 wheels (torch, megatron-core) are recognised.
 step "pip install --upgrade pip" pip_q --upgrade pip
 # torch first and alone: it is by far the biggest download, and megatron-core,
-# torchdata need it.
-step "pip install torch (PyPI wheel, CUDA-enabled, pulls nvidia-* wheels)" pip_q torch
+# torchdata need it. The CUDA wheels are ~3 GB to download and ~6 GB installed;
+# pip's cache would keep a second copy of the download. Where the disk is short,
+# install without the cache, and say how much room there is either way.
+free_mib() { df -Pm "$1" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
+TORCH_NEED_MIB=9500  # installed + the downloads pip holds while installing
+TORCH_CACHE_MIB=3500 # what pip's cache keeps on top
+torch_args=()
+if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
+    venv_free=$(free_mib "$VENV")
+    tmp_free=$(free_mib "${TMPDIR:-/tmp}")
+    cache_dir=$("$PY" -m pip cache dir 2>/dev/null || echo "$HOME/.cache/pip")
+    mkdir -p "$cache_dir" 2>/dev/null || true
+    cache_free=$(free_mib "$cache_dir")
+    say "disk: ${venv_free:-?} MiB free for the venv, ${tmp_free:-?} MiB in ${TMPDIR:-/tmp}, ${cache_free:-?} MiB for pip's cache ($cache_dir); torch needs about $TORCH_NEED_MIB MiB"
+    if [ -z "${cache_free:-}" ] || [ "$cache_free" -lt $((TORCH_NEED_MIB + TORCH_CACHE_MIB)) ]; then
+        say "installing torch with --no-cache-dir: too little room to keep its wheels in pip's cache too"
+        torch_args+=(--no-cache-dir)
+    fi
+    if [ -n "${venv_free:-}" ] && [ "$venv_free" -lt "$TORCH_NEED_MIB" ]; then
+        say "WARNING: only $venv_free MiB free where the venv lives ($VENV); torch's CUDA wheels need about $TORCH_NEED_MIB MiB. Free space (cargo clean, pip cache purge) or set SEQFEED_VENV to a roomier disk if the install fails."
+    fi
+fi
+install_torch() {
+    if pip_q "${torch_args[@]}" torch; then
+        return 0
+    fi
+    say "torch did not install; disk now: $(free_mib "$VENV") MiB free for the venv, $(free_mib "${TMPDIR:-/tmp}") MiB in ${TMPDIR:-/tmp}"
+    return 1
+}
+step "pip install torch (PyPI wheel, CUDA-enabled, pulls nvidia-* wheels)" install_torch
 step "pip install numpy pytest maturin" pip_q numpy pytest maturin
 step "pip install torchdata tiktoken" pip_q torchdata tiktoken
 step "pip install tokenizers pyarrow" pip_q tokenizers pyarrow
