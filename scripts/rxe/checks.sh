@@ -34,18 +34,23 @@ odp_of() { seqfeed-verbs-check devices 2>/dev/null | awk -v d="$1" '$1 == d { fo
 # as_user KIB CMD: CMD (a shell string) as user `seqfeed` under `ulimit -l KIB`.
 as_user() { ( ulimit -l "$1" && exec su -s /bin/sh seqfeed -c "$2" ); }
 oom_count() { dmesg | grep -ciE 'out of memory|oom-kill|invoked oom-killer'; }
-memcheck() {   # the ODP variant (CHECK odp) or the pinning one (CHECK memlock-refusal), as the devices offer
+# memcheck [NAME [xfail]]: the ODP variant (CHECK odp) or the pinning one (CHECK
+# memlock-refusal), as the devices offer; `xfail` reports a failure as XFAIL (a known issue,
+# not counted) and a pass as XPASS.
+memcheck() {
   devs=$DEV0${DEV1:+,$DEV1}; ndev=1; [ -n "$DEV1" ] && ndev=2
   odp=$(odp_of "$DEV0"); [ -n "$DEV1" ] && [ "$(odp_of "$DEV1")" != true ] && odp=false
   name=memlock-refusal; [ "$odp" = true ] && name=odp
+  name=${1:-$name}; xf=${2:-}
+  mfail() { if [ -n "$xf" ]; then echo "CHECK $1 XFAIL $2 (known issue, not counted: scripts/rxe/README.md)"; else fail "$1" "$2"; fi; }
   if [ "$(id -u)" != 0 ] || ! id seqfeed >/dev/null 2>&1 || ! command -v su >/dev/null; then
     why="needs root, su and a user named seqfeed (uid $(id -u); $(id seqfeed 2>&1))"
-    if [ -n "${RXE_GUEST:-}" ]; then fail "$name" "$why"; else echo "CHECK $name SKIP $why"; fi
+    if [ -n "${RXE_GUEST:-}" ]; then mfail "$name" "$why"; else echo "CHECK $name SKIP $why"; fi
     return
   fi
-  w=${TMPDIR:-/tmp}/seqfeed-mem; rm -rf "$w"; mkdir -p "$w/run"; chown seqfeed "$w/run"
-  if ! seqfeed --log warn demo --keep "$w/ds" --steps 16 --global-batch 64 --seq-len 2048 >"$w/demo.log" 2>&1; then
-    tail -20 "$w/demo.log"; fail "$name" "building the dataset (seqfeed demo --keep) failed"; return
+  w=${TMPDIR:-/tmp}/seqfeed-mem; rm -rf "$w/run"; mkdir -p "$w/run"; chown seqfeed "$w/run"
+  if [ ! -s "$w/ds/plan.toml" ] && ! seqfeed --log warn demo --keep "$w/ds" --steps 16 --global-batch 64 --seq-len 2048 >"$w/demo.log" 2>&1; then
+    tail -20 "$w/demo.log"; mfail "$name" "building the dataset (seqfeed demo --keep) failed"; return
   fi
   seq_bytes=$(find "$w/ds" -name '*.seq' -exec cat {} + | wc -c)
   seq_files=$(find "$w/ds" -name '*.seq' | wc -l)
@@ -76,15 +81,15 @@ memcheck() {   # the ODP variant (CHECK odp) or the pinning one (CHECK memlock-r
   }
   oom0=$(oom_count)
   if [ "$odp" = true ]; then
-    if ! serve_and_read 64 odp; then fail "$name" "$got"; return; fi
+    if ! serve_and_read 64 odp; then dmesg | tail -20; mfail "$name" "$got"; return; fi
     line=$(grep 'memory to register fits' "$w/serve-odp.log")
     if ! echo "$line" | grep -q 'pinning=\[\]' || ! echo "$line" | grep -q "on_demand=\[\"$DEV0\""; then
-      fail "$name" "the node did not register with on-demand paging: ${line:-no 'memory to register fits' line}"; return
+      mfail "$name" "the node did not register with on-demand paging: ${line:-no 'memory to register fits' line}"; return
     fi
     if [ "$vmpin" != "0 kB" ] || [ "$seq_bytes" -le $((64 * 1024 * 16)) ] || [ "$(oom_count)" != "$oom0" ]; then
-      fail "$name" "$got; want VmPin 0 kB, data > 16x the 64 KiB limit, no OOM"; return
+      mfail "$name" "$got; want VmPin 0 kB, data > 16x the 64 KiB limit, no OOM"; return
     fi
-    echo "CHECK $name PASS ODP (IBV_ACCESS_ON_DEMAND) on $devs: $got; log: $(echo "$line" | grep -oE 'pinning=[^ ]* on_demand=\[[^]]*\]')"
+    echo "CHECK $name ${xf:+X}PASS ODP (IBV_ACCESS_ON_DEMAND) on $devs: $got; log: $(echo "$line" | grep -oE 'pinning=[^ ]* on_demand=\[[^]]*\]')"
     return
   fi
   # No ODP: refused under 64 KiB with the numbers and the fix.
@@ -100,14 +105,14 @@ memcheck() {   # the ODP variant (CHECK odp) or the pinning one (CHECK memlock-r
               "/etc/security/limits.conf" "--ulimit memlock=-1"; do
     case "$msg" in *"$want"*) ;; *) bad="$bad no '$want';" ;; esac
   done
-  if [ -n "$bad" ]; then cat "$w/refused.log"; fail "$name" "refusal under ulimit -l 64:$bad"; return; fi
+  if [ -n "$bad" ]; then cat "$w/refused.log"; mfail "$name" "refusal under ulimit -l 64:$bad"; return; fi
   # Enough: the need plus 1 MiB (page rounding of each registration).
   kib=$((need / 1024 + 1024))
-  if ! serve_and_read $kib pinned; then fail "$name" "$got"; return; fi
+  if ! serve_and_read $kib pinned; then mfail "$name" "$got"; return; fi
   pinned_kib=${vmpin% kB}
   if ! grep 'memory to register fits' "$w/serve-pinned.log" | grep -q "pinning=\[\"$DEV0\"" \
      || [ "${pinned_kib:-0}" -lt $((need / 1024)) ] || [ "$(oom_count)" != "$oom0" ]; then
-    fail "$name" "$got; want the devices pinning, VmPin >= $((need / 1024)) kB, no OOM"; return
+    mfail "$name" "$got; want the devices pinning, VmPin >= $((need / 1024)) kB, no OOM"; return
   fi
   echo "CHECK $name PASS refused under ulimit -l 64 as uid $(id -u seqfeed) (exit 1, no OOM): '${msg#seqfeed: error: }'; then $got"
 }
@@ -205,11 +210,35 @@ fi
 
 if [ "$MODE" = odp ]; then
   # On-demand paging: the device must offer it for RC RDMA READ (ibv_devinfo shows the kernel's
-  # caps), and a node must serve more than it may pin.
+  # caps), and a node must serve more than it may pin. Known issues of Linux 7.3.4's rxe (see
+  # scripts/rxe/README.md) are run and reported as XFAIL/XPASS, not counted.
   seqfeed-verbs-check devices 2>/dev/null | sed 's/^/ODPCAPS seqfeed-verbs-check devices: /'
   command -v ibv_devinfo >/dev/null && ibv_devinfo -v -d "$DEV0" | grep -A8 -E 'odp_caps' | sed "s/^/ODPCAPS ibv_devinfo -v -d $DEV0: /"
-  # The kernel's ODP READ path without seqfeed: perftest's ib_read_bw with and without --odp
-  # (anonymous memory, 64 KiB reads over loopback), as information.
+  if [ "$(odp_of "$DEV0")" = true ]; then
+    # 1. The ODP node as the boot's first RDMA traffic: on 7.3.4 its reads never complete.
+    memcheck odp-first-traffic xfail
+    ts "odp-first-traffic done"
+    # 2. Pinned reads on this kernel (SEQFEED_VERBS_ODP=0): the in-process self-test.
+    SEQFEED_VERBS_ODP=0 timeout 180 seqfeed-verbs-check selftest "$DEV0" >/tmp/st-pinned.log 2>&1 \
+      && echo "CHECK selftest-pinned PASS $(grep -c ' PASS ' /tmp/st-pinned.log) sub-checks (SEQFEED_VERBS_ODP=0: every region pinned)" \
+      || { grep '^CHECK' /tmp/st-pinned.log; fail selftest-pinned "seqfeed-verbs-check selftest $DEV0 with SEQFEED_VERBS_ODP=0"; }
+    ts "selftest-pinned done"
+    # 3. The ODP node under ulimit -l 64 (ODP_REPEAT times, from RXE_ODP_REPEAT): counted.
+    r=0; while [ $r -lt "${ODP_REPEAT:-1}" ]; do memcheck; r=$((r + 1)); done
+    ts "odp done"
+    # 4. The self-test with ODP (regions in anonymous memory): on 7.3.4 reads complete with
+    # wrong bytes.
+    if timeout 180 seqfeed-verbs-check selftest "$DEV0" >/tmp/st-odp.log 2>&1; then
+      echo "CHECK selftest-odp XPASS $(grep -c ' PASS ' /tmp/st-odp.log) sub-checks byte-exact with ODP regions"
+    else
+      echo "CHECK selftest-odp XFAIL $(grep -c ' FAIL ' /tmp/st-odp.log) of $(grep -c '^CHECK' /tmp/st-odp.log) sub-checks failed, first: $(grep -m1 ' FAIL ' /tmp/st-odp.log | cut -c1-240) (known issue, not counted: scripts/rxe/README.md)"
+    fi
+    ts "selftest-odp done"
+  else
+    fail odp "$DEV0 offers no on-demand paging for RC RDMA READ (kernel $(uname -r))"
+  fi
+  # 5. The kernel's READ path without seqfeed, as information: perftest's ib_read_bw with and
+  # without --odp (anonymous memory, 64 KiB reads over loopback; it does not check the bytes).
   if command -v ib_read_bw >/dev/null; then
     gi=$(seqfeed-verbs-check devices 2>/dev/null | awk -v d="$DEV0" '$1 == d { sub(/^gid\[/, "", $6); sub(/\].*/, "", $6); print $6 }')
     for odpflag in "" --odp; do
@@ -220,12 +249,6 @@ if [ "$MODE" = odp ]; then
       echo "ODPCAPS ib_read_bw -d $DEV0 -s 65536 -n 200 ${odpflag:-(pinned)}: exit $brc $(awk '$1 == 65536 {print "BW MB/s " $4}' /tmp/ibrb-c.log) $(grep -iE 'error|fail|couldn' /tmp/ibrb-c.log | head -2 | tr '\n' ' ')"
     done
   fi
-  if [ "$(odp_of "$DEV0")" = true ]; then
-    memcheck
-  else
-    fail odp "$DEV0 offers no on-demand paging for RC RDMA READ (kernel $(uname -r))"
-  fi
-  ts "odp done"
 fi
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then

@@ -6,6 +6,8 @@
 #   scripts/rxe/run.sh test     # verbs self-tests + node/ranks over rxe (what .ci/run runs)
 #   scripts/rxe/run.sh bench    # verbs vs ib_read_bw vs tcp, printed as ratios
 #   scripts/rxe/run.sh all      # both in one boot
+#   scripts/rxe/run.sh odp      # on-demand paging on trixie-backports' kernel (not in CI;
+#                               # see scripts/rxe/README.md)
 #   scripts/rxe/run.sh host-test|host-bench|host-all
 #                               # the same checks directly on this host, for machines whose
 #                               # kernel has RDMA (rxe: `rdma link add rxe0 type rxe netdev IFACE`,
@@ -23,7 +25,8 @@
 # Downloads and build products are cached under .vm/ (gitignored).
 # Env: RXE_TIMEOUT (guest wall limit, s; default 540, 1200 with the bench), RXE_MEM (MiB, 2048),
 #      RXE_SMP (2), RXE_BENCH_SCALE (bench iterations multiplier, 1),
-#      RXE_SKIP_BUILD=1 (reuse binaries already in target/release).
+#      RXE_SKIP_BUILD=1 (reuse binaries already in target/release), RXE_KERNEL=debian|backports,
+#      RXE_BACKPORTS (suite, trixie-backports), RXE_MIRROR, RXE_ODP_REPEAT (odp mode).
 set -euo pipefail
 
 MODE=${1:-test}
@@ -61,7 +64,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN="$TARGET_DIR/release"
 GUEST_BINS=(seqfeed-verbs-check seqfeed)
 if [[ "${RXE_SKIP_BUILD:-0}" != 1 ]]; then
-  log "building release binaries (${GUEST_BINS[*]}, rxe integration test, benchmark)"
+  log "building release binaries (${GUEST_BINS[*]}, rxe integration test, node verbs test$([[ "$MODE" == *bench || "$MODE" == *all ]] && echo ", benchmark"))"
   (cd "$ROOT" && cargo build --release -q -p seqfeed-verbs --bins)
   (cd "$ROOT" && cargo build --release -q -p seqfeed --bin seqfeed)
   # The node + loader integration test over verbs (tests/tests/rxe.rs), as a guest binary.
@@ -283,7 +286,7 @@ set +e
 timeout "${RXE_TIMEOUT:-$guest_limit}" qemu-system-x86_64 -accel tcg -m "${RXE_MEM:-2048}" -smp "${RXE_SMP:-2}" \
   -nographic -no-reboot -nic none \
   -kernel "$KERNEL" -initrd "$VM/initrd.gz" \
-  -append "console=ttyS0 quiet panic=-1 MODE=$MODE BENCH_SCALE=${RXE_BENCH_SCALE:-1}" >"$LOG" 2>&1
+  -append "console=ttyS0 quiet panic=-1 MODE=$MODE BENCH_SCALE=${RXE_BENCH_SCALE:-1} ODP_REPEAT=${RXE_ODP_REPEAT:-1}" >"$LOG" 2>&1
 qrc=$?
 set -e
 # Show the guest's check/result lines (and the whole log on failure).
