@@ -56,6 +56,11 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
   # refused naming the device, port and index.
   timeout 120 seqfeed-verbs-check fabric "$DEV0" || fail fabric "exit $?"
   ts "fabric done"
+  # Completion handling (issue 10 item 6): long reads at depth 1, read once by a client that
+  # only spins and once by one that spins 50 us then sleeps on its completion channel. Both
+  # byte-exact; the sleeper must have slept and spent clearly less CPU per wall second.
+  timeout 240 seqfeed-verbs-check sleep "$DEV0" || fail sleep "exit $?"
+  ts "sleep done"
   # Storage nodes + four ranks through the real control service and loader, byte for byte
   # against the files and the plan; then a node shut down with the replica taking over.
   log=${TMPDIR:-/tmp}/seqfeed-rxe-integration.log

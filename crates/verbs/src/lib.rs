@@ -51,7 +51,8 @@ pub mod standalone;
 mod wire;
 
 pub use client::{
-    parse_rail_map, ClientOptions, VerbsCounters, VerbsTransport, MAX_CHAIN, RAIL_MAP_ENV,
+    parse_rail_map, parse_spin, ClientOptions, VerbsCounters, VerbsTransport, DEFAULT_SPIN,
+    MAX_CHAIN, RAIL_MAP_ENV, SPIN_ENV,
 };
 pub use device::{list_devices, mtu_bytes, open_devices, open_devices_with, DeviceInfo, Nic};
 pub use endpoint::{Accepted, QpEndpoint, QpExchange};

@@ -198,8 +198,9 @@ impl VerbsServer {
                 detail,
             };
             let cqe = (MAX_QPS_PER_CONNECT as u32 * 4).min(nic.info.max_cqe);
-            let cq =
-                Arc::new(Cq::new(&nic.ctx, cqe).map_err(|e| derr("ibv_create_cq", e.to_string()))?);
+            let cq = Arc::new(
+                Cq::new(&nic.ctx, cqe, None).map_err(|e| derr("ibv_create_cq", e.to_string()))?,
+            );
             let mut mrs = Vec::with_capacity(table.len());
             for (idx, (id, name, len, _ptr)) in table.iter().enumerate() {
                 if *len == 0 {

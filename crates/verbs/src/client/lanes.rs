@@ -11,14 +11,15 @@ use super::{node_err, VerbsTransport};
 use crate::device::Nic;
 use crate::endpoint::{Accepted, QpEndpoint};
 use crate::error::VerbsError;
-use crate::raw::{Connect, Cq, Qp, WcBuf};
+use crate::raw::{CompChannel, Connect, Cq, Qp, WcBuf};
 use crate::sendq::{SendQueue, SqConfig};
 
-/// One device: its completion queue (shared by its lanes) and the node's
-/// regions as seen through it.
+/// One device: its completion queue (shared by its lanes), the completion
+/// channel a waiting batch sleeps on, and the node's regions as seen through it.
 pub(super) struct Rail {
     pub(super) nic: Arc<Nic>,
     pub(super) cq: Arc<Cq>,
+    pub(super) channel: Arc<CompChannel>,
     pub(super) wc: WcBuf,
     /// Per region (same order as the transport's table): remote address and rkey on this device.
     pub(super) remote: Vec<(u64, u32)>,
@@ -215,7 +216,14 @@ impl VerbsTransport {
         // A flushed QP completes every WR in its send queue, signaled or not.
         let sq = self.sq_config(&nic);
         let cqe = (n as u32 * (sq.sq_depth + 1) + 64).min(nic.info.max_cqe);
-        let cq = Cq::new(&nic.ctx, cqe).map_err(|e| {
+        let channel = Arc::new(CompChannel::new(&nic.ctx).map_err(|e| {
+            node_err(
+                &self.node,
+                "ibv_create_comp_channel",
+                format!("device {}: {e}", nic.info.name),
+            )
+        })?);
+        let cq = Cq::new(&nic.ctx, cqe, Some(&channel)).map_err(|e| {
             node_err(
                 &self.node,
                 "ibv_create_cq",
@@ -225,6 +233,7 @@ impl VerbsTransport {
         self.rails.push(Rail {
             nic,
             cq: Arc::new(cq),
+            channel,
             wc: WcBuf::new(),
             remote: Vec::new(),
             reads: 0,
