@@ -99,6 +99,17 @@ pub struct ClientOptions {
     /// After this long without any completion, the node's control connection
     /// is checked ([`QpExchange::check_alive`]); a dead node fails the batch.
     pub stall_check: Duration,
+    /// How QPs are connected: through the control service (QP numbers and
+    /// GIDs exchanged) or with rdma_cm. `None`: from the environment
+    /// variable [`CONNECT_ENV`](crate::cm::CONNECT_ENV), else control.
+    pub connect: Option<crate::cm::ConnectMode>,
+    /// rdma_cm: the node's address when its grant names none (InfiniBand,
+    /// or a node whose GID is no IP address). [`VerbsTransport::connect_node`]
+    /// fills in the control address's host.
+    pub cm_addr: Option<std::net::IpAddr>,
+    /// rdma_cm: bound on one QP's set-up (address and route resolution,
+    /// connect).
+    pub cm_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -114,6 +125,9 @@ impl Default for ClientOptions {
             max_rebuilds: 3,
             timeout: Duration::from_secs(30),
             stall_check: Duration::from_secs(1),
+            connect: None,
+            cm_addr: None,
+            cm_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -288,6 +302,12 @@ impl VerbsTransport {
                     Some(parse_rail_map(&v).map_err(|e| node_err(&node, RAIL_MAP_ENV, e))?);
             }
         }
+        if opts.connect.is_none() {
+            opts.connect = Some(
+                crate::cm::ConnectMode::from_env()
+                    .map_err(|e| node_err(&node, "connect mode", e))?,
+            );
+        }
         opts.chain = opts.chain.clamp(1, MAX_CHAIN);
         opts.qps_per_rail = opts
             .qps_per_rail
@@ -324,10 +344,16 @@ impl VerbsTransport {
             depth = t.lanes.first().map(|l| l.depth).unwrap_or(0),
             sq_depth = t.lanes.first().map(|l| l.sq.config().sq_depth).unwrap_or(0),
             chain = t.opts.chain,
+            connect = ?t.connect_mode(),
             regions = t.regions.len(),
             "verbs: connected"
         );
         Ok(t)
+    }
+
+    /// How this transport's QPs were connected.
+    pub fn connect_mode(&self) -> crate::cm::ConnectMode {
+        self.opts.connect.unwrap_or_default()
     }
 
     /// Counters since connect.
