@@ -138,7 +138,7 @@ done
 ln -sf /bin/busybox "$R/sbin/modprobe"
 
 KSRC="$KDIR/pkg/lib/modules/$KVER"
-MODS="rdma_rxe ib_uverbs ib_core udp_tunnel ip6_udp_tunnel crc32_generic dummy"
+MODS="rdma_rxe ib_uverbs ib_core udp_tunnel ip6_udp_tunnel crc32_generic dummy rdma_ucm"
 want=()
 for m in $MODS; do
   line=$(grep -E "/(${m}|${m//_/-})\.ko:" "$KSRC/modules.dep" | head -1)
@@ -164,7 +164,7 @@ copy_with_libs() {
 }
 LIBDIR=/usr/lib/x86_64-linux-gnu
 for b in /usr/bin/ib_read_bw /usr/bin/rdma \
-         "$LIBDIR/libibverbs.so.1" "$LIBDIR/libibverbs/librxe-rdmav34.so"; do
+         "$LIBDIR/libibverbs.so.1" "$LIBDIR/libibverbs/librxe-rdmav34.so" "$LIBDIR/librdmacm.so.1"; do
   copy_with_libs "$b"
 done
 for b in "${GUEST_BINS[@]}"; do copy_with_libs "$BIN/$b" "/usr/bin/$b"; done

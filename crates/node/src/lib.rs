@@ -42,7 +42,9 @@ pub use logs::WarnLimit;
 pub use seqfeed_verbs::FabricSettings;
 pub use seqfeed_verbs::QpLimits;
 pub use service::NodeHandle;
-pub use verbs::{verbs_devices, verbs_factory, verbs_factory_with};
+pub use verbs::{
+    clients_use_cm, verbs_devices, verbs_factory, verbs_factory_cm, verbs_factory_with,
+};
 
 /// Identifies one control connection of a node, unique for the node's
 /// lifetime (connections are numbered in accept order).

@@ -367,6 +367,9 @@ pub(crate) struct Qp {
     wrs: Vec<sys::ibv_send_wr>,
     sges: Vec<sys::ibv_sge>,
     max_chain: usize,
+    /// Dropped after the QP is destroyed: what must live as long as it
+    /// (its rdma_cm connection, see `cm`).
+    keep: Option<Box<dyn Send>>,
 }
 
 // SAFETY: libibverbs QPs may be used from any thread; a Qp is posted through `&mut self` only.
@@ -413,7 +416,13 @@ impl Qp {
             wrs,
             sges: vec![sge0; max_chain],
             max_chain,
+            keep: None,
         })
+    }
+
+    /// Keeps `x` alive as long as this QP (dropped right after it).
+    pub fn keep_alive(&mut self, x: Box<dyn Send>) {
+        self.keep = Some(x);
     }
 
     pub fn qp_num(&self) -> u32 {
@@ -438,6 +447,18 @@ impl Qp {
                 format!("ibv_modify_qp to {step}: {e}"),
             ))
         }
+    }
+
+    /// Applies attributes another component computed (rdma_cm's
+    /// `rdma_init_qp_attr`) with their raw mask.
+    pub fn modify_raw(
+        &mut self,
+        attr: &mut sys::ibv_qp_attr,
+        mask: i32,
+        step: &str,
+    ) -> io::Result<()> {
+        // The mask is the C int rdma_init_qp_attr filled; ibv_qp_attr_mask wraps its bits.
+        self.modify(attr, sys::ibv_qp_attr_mask(mask as u32), step)
     }
 
     /// RESET -> INIT -> RTR -> RTS.

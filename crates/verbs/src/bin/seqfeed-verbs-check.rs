@@ -15,6 +15,8 @@
 //! seqfeed-verbs-check fabric DEV              GID index, traffic class, service level
 //! seqfeed-verbs-check sleep DEV               spin-then-sleep vs pure spinning, waiting on a
 //!                                             killed node: CPU per wall second of the reader
+//! seqfeed-verbs-check cm DEV0[,DEV1]         QPs connected with rdma_cm: reads byte-exact
+//!                                             (both rails), rebuild, bounded clear errors
 //! ```
 //! Every check prints `CHECK <name> PASS|FAIL <detail>`; the exit code is
 //! non-zero if any check failed or no device was found.
@@ -32,6 +34,8 @@ use seqfeed_transport::{DeviceRegion, DmaBuf, ReadRequest, RegionId, Transport, 
 use seqfeed_verbs::standalone::{serve, synthetic_byte, synthetic_region, TcpExchange};
 use seqfeed_verbs::{probe, ClientOptions, Selection, ServedRegion, VerbsServer, VerbsTransport};
 
+#[path = "check/cm.rs"]
+mod cm;
 #[path = "check/fabric.rs"]
 mod fabric;
 #[path = "check/rails.rs"]
@@ -793,8 +797,14 @@ fn main() -> ExitCode {
             }
             sleep::sleeptest(args.get(1).map_or("rxe0", String::as_str))
         }
+        "cm" => {
+            if !need_device() {
+                return ExitCode::from(2);
+            }
+            cm::cmtest(args.get(1).map_or("rxe0", String::as_str))
+        }
         _ => {
-            eprintln!("usage: seqfeed-verbs-check devices | serve ADDR REGIONS LEN SEED | selftest [DEVICES] | killtest | depth [DEVICE] | rails DEV0,DEV1 | fabric DEV | sleep DEV");
+            eprintln!("usage: seqfeed-verbs-check devices | serve ADDR REGIONS LEN SEED | selftest [DEVICES] | killtest | depth [DEVICE] | rails DEV0,DEV1 | fabric DEV | sleep DEV | cm DEV0[,DEV1]");
             return ExitCode::from(64);
         }
     };

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use seqfeed_transport::{RegionInfo, TransportError};
 
 use super::{node_err, VerbsTransport};
+use crate::cm::{self, ConnectMode};
 use crate::device::Nic;
 use crate::endpoint::{Accepted, QpEndpoint};
 use crate::error::VerbsError;
@@ -99,13 +100,17 @@ impl VerbsTransport {
                 ),
             )
         })?;
-        let ep = QpEndpoint {
-            qp_num: qp.qp_num(),
-            psn: rand::random::<u32>() & 0xff_ffff,
-            gid: info.gid,
-            lid: info.lid,
-            mtu: info.mtu,
-            rd_atom: depth as u8,
+        let ep = if self.connect_mode() == ConnectMode::Cm {
+            cm::request_endpoint(qp.qp_num(), depth as u8)
+        } else {
+            QpEndpoint {
+                qp_num: qp.qp_num(),
+                psn: rand::random::<u32>() & 0xff_ffff,
+                gid: info.gid,
+                lid: info.lid,
+                mtu: info.mtu,
+                rd_atom: depth as u8,
+            }
         };
         Ok((qp, ep))
     }
@@ -120,6 +125,9 @@ impl VerbsTransport {
         remote: &QpEndpoint,
     ) -> Result<u32, VerbsError> {
         let info = &self.rails[rail].nic.info;
+        if self.connect_mode() == ConnectMode::Cm {
+            return self.bring_up_cm(rail, qp, local, remote);
+        }
         let mut depth = u32::from(local.rd_atom);
         if remote.rd_atom != 0 {
             depth = depth.min(u32::from(remote.rd_atom));
@@ -156,6 +164,54 @@ impl VerbsTransport {
             )
         })?;
         Ok(depth)
+    }
+
+    /// [`bring_up`](Self::bring_up) with rdma_cm: connects `qp` to the
+    /// node QP its grant names, at the address and port the grant gives.
+    fn bring_up_cm(
+        &self,
+        rail: usize,
+        qp: &mut Qp,
+        local: &QpEndpoint,
+        remote: &QpEndpoint,
+    ) -> Result<u32, VerbsError> {
+        let info = &self.rails[rail].nic.info;
+        let Some(grant) = cm::CmGrant::from_endpoint(remote) else {
+            return Err(node_err(
+                &self.node,
+                "VerbsConnect answer",
+                format!(
+                    "rail {rail} (device {}): the node answered without an rdma_cm grant \
+                     (mtu {}, port {}): it does not listen for rdma_cm (seqfeed serve --verbs-cm-port)",
+                    info.name, remote.mtu, remote.lid
+                ),
+            ));
+        };
+        let Some(ip) = grant.addr.or(self.opts.cm_addr) else {
+            return Err(node_err(
+                &self.node,
+                "rdma_cm resolve addr",
+                format!(
+                    "rail {rail} (device {}): the node gave no rdma_cm address for its rail {} \
+                     and none is configured (ClientOptions::cm_addr)",
+                    info.name,
+                    self.node_rail(rail)
+                ),
+            ));
+        };
+        let mut depth = local.rd_atom.max(1);
+        if grant.rd_atom != 0 {
+            depth = depth.min(grant.rd_atom);
+        }
+        let target = cm::CmTarget {
+            node: &self.node,
+            dst: std::net::SocketAddr::new(ip, grant.port),
+            src: cm::src_for(info, ip),
+            timeout: self.opts.cm_timeout,
+        };
+        let (conn, depth) = cm::connect_qp(qp, info, &grant, &target, depth)?;
+        qp.keep_alive(Box::new(conn));
+        Ok(u32::from(depth))
     }
 
     /// Takes the node's region table from a connect answer (rail 0 sets it,

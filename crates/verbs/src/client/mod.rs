@@ -99,6 +99,17 @@ pub struct ClientOptions {
     /// After this long without any completion, the node's control connection
     /// is checked ([`QpExchange::check_alive`]); a dead node fails the batch.
     pub stall_check: Duration,
+    /// How QPs are connected: through the control service (QP numbers and
+    /// GIDs exchanged) or with rdma_cm. `None`: from the environment
+    /// variable [`CONNECT_ENV`](crate::cm::CONNECT_ENV), else control.
+    pub connect: Option<crate::cm::ConnectMode>,
+    /// rdma_cm: the node's address when its grant names none (InfiniBand,
+    /// or a node whose GID is no IP address). [`VerbsTransport::connect_node`]
+    /// fills in the control address's host.
+    pub cm_addr: Option<std::net::IpAddr>,
+    /// rdma_cm: bound on one QP's set-up (address and route resolution,
+    /// connect).
+    pub cm_timeout: Duration,
     /// How long a waiting batch polls its CQs without progress before it
     /// sleeps on their completion channels (spin-then-sleep). `Some(ZERO)`
     /// sleeps at once; `None` never sleeps (pure busy polling, as
@@ -139,6 +150,9 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(30),
             stall_check: Duration::from_secs(1),
             spin: Some(DEFAULT_SPIN),
+            connect: None,
+            cm_addr: None,
+            cm_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -320,6 +334,12 @@ impl VerbsTransport {
                     Some(parse_rail_map(&v).map_err(|e| node_err(&node, RAIL_MAP_ENV, e))?);
             }
         }
+        if opts.connect.is_none() {
+            opts.connect = Some(
+                crate::cm::ConnectMode::from_env()
+                    .map_err(|e| node_err(&node, "connect mode", e))?,
+            );
+        }
         if let Ok(v) = std::env::var(SPIN_ENV) {
             opts.spin = parse_spin(&v).map_err(|e| node_err(&node, SPIN_ENV, e))?;
         }
@@ -361,10 +381,16 @@ impl VerbsTransport {
             sq_depth = t.lanes.first().map(|l| l.sq.config().sq_depth).unwrap_or(0),
             chain = t.opts.chain,
             spin_us = ?t.opts.spin.map(|d| d.as_micros()),
+            connect = ?t.connect_mode(),
             regions = t.regions.len(),
             "verbs: connected"
         );
         Ok(t)
+    }
+
+    /// How this transport's QPs were connected.
+    pub fn connect_mode(&self) -> crate::cm::ConnectMode {
+        self.opts.connect.unwrap_or_default()
     }
 
     /// Counters since connect.
