@@ -142,8 +142,8 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
   fi
   ts "demo-cm done"
   # The CLI end to end (issue 10 item 4): `seqfeed serve --verbs --verbs-cm-port` serves a
-  # generated dataset, and `seqfeed read --transport verbs --verify` with
-  # SEQFEED_VERBS_CONNECT=cm reads it through that node, byte-exact against the files.
+  # generated dataset, and `seqfeed read --transport verbs --verbs-connect cm --verify`
+  # reads it through that node, byte-exact against the files.
   d=${TMPDIR:-/tmp}/seqfeed-cli-cm
   rm -rf "$d" "$d.addr"
   seqfeed --log warn demo --keep "$d" --transport tcp --steps 4 >"$d.demo.log" 2>&1
@@ -151,13 +151,13 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
     --verbs --verbs-cm-port 7472 >"$d.serve.log" 2>&1 &
   spid=$!
   i=0; while [ ! -s "$d.addr" ] && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done
-  SEQFEED_VERBS_CONNECT=cm timeout 120 seqfeed --log warn,seqfeed_verbs=info read --plan "$d/plan.toml" \
-    --dataset "$d" --node "$(cat "$d.addr" 2>/dev/null)" --transport verbs --verify >"$d.read.log" 2>&1
+  timeout 120 seqfeed --log warn,seqfeed_verbs=info read --plan "$d/plan.toml" \
+    --dataset "$d" --node "$(cat "$d.addr" 2>/dev/null)" --transport verbs --verbs-connect cm --verify >"$d.read.log" 2>&1
   rrc=$?
   kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
   if [ "$rrc" = 0 ] && grep -q '^  verified: .*: OK$' "$d.read.log" && grep -q 'connect=Cm' "$d.read.log" \
      && grep -q 'rdma_cm listener up' "$d.serve.log"; then
-    echo "CHECK cli-cm PASS seqfeed serve --verbs-cm-port 7472 + SEQFEED_VERBS_CONNECT=cm seqfeed read --transport verbs: $(grep '^  verified:' "$d.read.log" | sed 's/^ *//')"
+    echo "CHECK cli-cm PASS seqfeed serve --verbs-cm-port 7472 + seqfeed read --transport verbs --verbs-connect cm: $(grep '^  verified:' "$d.read.log" | sed 's/^ *//')"
   else
     tail -20 "$d.demo.log" "$d.serve.log" "$d.read.log"
     fail cli-cm "seqfeed serve --verbs-cm-port / read over rdma_cm (exit $rrc)"
