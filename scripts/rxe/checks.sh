@@ -156,6 +156,26 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
   # refused naming the device, port and index.
   timeout 120 seqfeed-verbs-check fabric "$DEV0" || fail fabric "exit $?"
   ts "fabric done"
+  # Completion handling (issue 10 item 6): long reads at depth 1, read once by a client that
+  # only spins and once by one that spins 50 us then sleeps on its completion channel. Both
+  # byte-exact; the sleeper must have slept and spent clearly less CPU per wall second.
+  timeout 240 seqfeed-verbs-check sleep "$DEV0" || fail sleep "exit $?"
+  ts "sleep done"
+  # rdma_cm set-up (issue 10 item 4): QPs connected with librdmacm (address and route resolved
+  # by the kernel) instead of the control-service exchange, reads byte-exact over both rails and
+  # after a rebuild; a node without a listener, an address nobody holds, a port nothing listens
+  # on and a token the node never granted each fail within the timeout, naming the step.
+  clog=${TMPDIR:-/tmp}/seqfeed-cm.log
+  timeout 180 seqfeed-verbs-check cm "$DEV0${DEV1:+,$DEV1}" >"$clog" 2>&1
+  crc=$?
+  grep '^CHECK' "$clog"
+  if [ "$crc" = 0 ] && ! grep -q '^CHECK [^ ]* FAIL' "$clog"; then
+    echo "CHECK cm PASS $(grep -c '^CHECK cm-[^ ]* PASS' "$clog") rdma_cm checks passed"
+  else
+    tail -20 "$clog"
+    fail cm "seqfeed-verbs-check cm (exit $crc)"
+  fi
+  ts "cm done"
   # Storage nodes + four ranks through the real control service and loader, byte for byte
   # against the files and the plan; then a node shut down with the replica taking over.
   log=${TMPDIR:-/tmp}/seqfeed-rxe-integration.log
@@ -203,6 +223,46 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
     fi
     ts "demo-$kind done"
   done
+  # The same job with every rank's QPs connected by rdma_cm (SEQFEED_VERBS_CONNECT=cm; the
+  # in-process nodes listen for it): real control service, quotas and QP teardown, reads
+  # byte-exact, every node holding 0 QPs after the ranks left.
+  dlog=${TMPDIR:-/tmp}/seqfeed-demo-cm.log
+  SEQFEED_VERBS_CONNECT=cm timeout 240 seqfeed --log warn,seqfeed_verbs=info demo --transport verbs --steps 8 >"$dlog" 2>&1
+  drc=$?
+  ncm=$(grep -c 'verbs: connected.*connect=Cm' "$dlog")
+  nctl=$(grep -c 'verbs: connected.*connect=Control' "$dlog")
+  if [ "$drc" = 0 ] && grep -q '^demo OK' "$dlog" && grep -qE '^transports: verbs=[1-9][0-9]*$' "$dlog" \
+     && [ "$ncm" -ge 1 ] && [ "$nctl" = 0 ] \
+     && [ "$(grep -c 'verbs QPs open after the ranks left: 0$' "$dlog")" -ge 1 ] \
+     && ! grep -qE 'verbs QPs open after the ranks left: [1-9]' "$dlog"; then
+    echo "CHECK demo-cm PASS $(grep '^transports:' "$dlog"); $ncm transports connected with rdma_cm, 0 by exchange; $(grep -c 'verbs QPs open after the ranks left: 0$' "$dlog") nodes hold 0 QPs after the ranks left; $(grep '^demo OK' "$dlog")"
+  else
+    tail -40 "$dlog"
+    fail demo-cm "SEQFEED_VERBS_CONNECT=cm seqfeed demo --transport verbs (exit $drc, $ncm cm / $nctl exchange connects): $(grep -E '^(transports|demo |seqfeed: error)' "$dlog" | tr '\n' ' ')"
+  fi
+  ts "demo-cm done"
+  # The CLI end to end (issue 10 item 4): `seqfeed serve --verbs --verbs-cm-port` serves a
+  # generated dataset, and `seqfeed read --transport verbs --verbs-connect cm --verify`
+  # reads it through that node, byte-exact against the files.
+  d=${TMPDIR:-/tmp}/seqfeed-cli-cm
+  rm -rf "$d" "$d.addr"
+  seqfeed --log warn demo --keep "$d" --transport tcp --steps 4 >"$d.demo.log" 2>&1
+  seqfeed --log warn,seqfeed_verbs=info serve --dataset "$d" --listen 127.0.0.1:0 --addr-file "$d.addr" \
+    --verbs --verbs-cm-port 7472 >"$d.serve.log" 2>&1 &
+  spid=$!
+  i=0; while [ ! -s "$d.addr" ] && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done
+  timeout 120 seqfeed --log warn,seqfeed_verbs=info read --plan "$d/plan.toml" \
+    --dataset "$d" --node "$(cat "$d.addr" 2>/dev/null)" --transport verbs --verbs-connect cm --verify >"$d.read.log" 2>&1
+  rrc=$?
+  kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+  if [ "$rrc" = 0 ] && grep -q '^  verified: .*: OK$' "$d.read.log" && grep -q 'connect=Cm' "$d.read.log" \
+     && grep -q 'rdma_cm listener up' "$d.serve.log"; then
+    echo "CHECK cli-cm PASS seqfeed serve --verbs-cm-port 7472 + seqfeed read --transport verbs --verbs-connect cm: $(grep '^  verified:' "$d.read.log" | sed 's/^ *//')"
+  else
+    tail -20 "$d.demo.log" "$d.serve.log" "$d.read.log"
+    fail cli-cm "seqfeed serve --verbs-cm-port / read over rdma_cm (exit $rrc)"
+  fi
+  ts "cli-cm done"
   # RLIMIT_MEMLOCK on the real device: refusal and enough (no ODP), or ODP serving beyond it.
   memcheck
   ts "memlock done"

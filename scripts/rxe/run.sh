@@ -205,7 +205,8 @@ ln -sf /bin/busybox "$R/sbin/modprobe"
 # busybox insmod loads plain ELF only. crc32_generic is what 6.1's rxe gets its CRC from
 # (a crypto soft dependency, not in modules.dep); newer rxe calls the crc32 library instead,
 # so it is optional.
-MODS="crc32_generic? ip6_udp_tunnel udp_tunnel ib_core ib_uverbs rdma_rxe dummy"
+# rdma_ucm (librdmacm, the opt-in rdma_cm set-up) brings rdma_cm, ib_cm, iw_cm and configfs.
+MODS="crc32_generic? ip6_udp_tunnel udp_tunnel ib_core ib_uverbs rdma_rxe dummy rdma_ucm"
 order=()
 add_mod() {   # add_mod PATH: its dependencies first (modules.dep lists them nearest first), then it
   local f=$1 line d i deps=()
@@ -250,7 +251,7 @@ copy_with_libs() {
 }
 LIBDIR=/usr/lib/x86_64-linux-gnu
 for b in /usr/bin/ib_read_bw /usr/bin/rdma /usr/bin/ibv_devinfo \
-         "$LIBDIR/libibverbs.so.1" "$LIBDIR/libibverbs/librxe-rdmav34.so"; do
+         "$LIBDIR/libibverbs.so.1" "$LIBDIR/libibverbs/librxe-rdmav34.so" "$LIBDIR/librdmacm.so.1"; do
   copy_with_libs "$b"
 done
 for b in "${GUEST_BINS[@]}"; do copy_with_libs "$BIN/$b" "/usr/bin/$b"; done

@@ -133,6 +133,9 @@ pub struct VerbsDevices {
     /// service level, pkey index, port); `None`: the `SEQFEED_*`
     /// environment, else discovery's choice.
     pub fabric: Option<seqfeed_verbs::FabricSettings>,
+    /// How the rank's queue pairs are connected (control-service exchange
+    /// or rdma_cm); `None`: `SEQFEED_VERBS_CONNECT`, else the exchange.
+    pub connect: Option<seqfeed_verbs::ConnectMode>,
 }
 
 impl VerbsDevices {
@@ -151,6 +154,7 @@ impl VerbsDevices {
         Ok(seqfeed_verbs::ClientOptions {
             devices: choice.map(|c| c.devices),
             fabric: self.fabric,
+            connect: self.connect,
             ..seqfeed_verbs::ClientOptions::default()
         })
     }
@@ -352,6 +356,7 @@ mod tests {
                 traffic_class: 26 << 2,
                 ..seqfeed_verbs::FabricSettings::DEFAULT
             }),
+            connect: Some(seqfeed_verbs::ConnectMode::Cm),
         };
         let o = v.client_options().expect("client options");
         assert_eq!(
@@ -361,6 +366,7 @@ mod tests {
         // The fabric settings reach the verbs client as given.
         let f = o.fabric.expect("fabric settings");
         assert_eq!((f.gid_index, f.traffic_class), (Some(3), 104));
+        assert_eq!(o.connect, Some(seqfeed_verbs::ConnectMode::Cm));
         let d = seqfeed_verbs::ClientOptions::default();
         assert_eq!((o.qps_per_rail, o.chain), (d.qps_per_rail, d.chain));
     }

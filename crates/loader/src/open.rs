@@ -140,6 +140,9 @@ pub struct LoaderSpec {
     /// Fabric settings of the verbs queue pairs (`None`: the `SEQFEED_*`
     /// environment, else discovery's choice).
     pub verbs_fabric: Option<seqfeed_verbs::FabricSettings>,
+    /// How verbs queue pairs are connected (`None`: `SEQFEED_VERBS_CONNECT`,
+    /// else the control-service exchange).
+    pub verbs_connect: Option<seqfeed_verbs::ConnectMode>,
 }
 
 impl LoaderSpec {
@@ -162,6 +165,7 @@ impl LoaderSpec {
             verbs_devices: None,
             gpu_bus_id: None,
             verbs_fabric: None,
+            verbs_connect: None,
         }
     }
 
@@ -260,6 +264,7 @@ impl LoaderSpec {
             explicit: self.verbs_devices.clone(),
             gpu_bus_id: self.gpu_bus_id.clone(),
             fabric: self.verbs_fabric,
+            connect: self.verbs_connect,
         };
         connect_endpoints_with(
             opened.source.files(),

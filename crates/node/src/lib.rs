@@ -39,10 +39,12 @@ use seqfeed_wire::{ClientCounters, Limits, NodeCounters, VerbsAccept, VerbsConne
 
 pub use auth::AuthLimit;
 pub use logs::WarnLimit;
-pub use seqfeed_verbs::FabricSettings;
 pub use seqfeed_verbs::QpLimits;
+pub use seqfeed_verbs::{ConnectMode, FabricSettings};
 pub use service::NodeHandle;
-pub use verbs::{verbs_devices, verbs_factory, verbs_factory_with};
+pub use verbs::{
+    clients_use_cm, verbs_devices, verbs_factory, verbs_factory_cm, verbs_factory_with,
+};
 
 /// Identifies one control connection of a node, unique for the node's
 /// lifetime (connections are numbered in accept order).

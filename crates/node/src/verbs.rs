@@ -65,9 +65,44 @@ pub fn verbs_factory(devices: Option<Vec<String>>) -> VerbsFactory {
 /// [`verbs_factory`] with the given fabric settings for every QP the node
 /// accepts (the environment is not read).
 pub fn verbs_factory_with(devices: Option<Vec<String>>, fabric: FabricSettings) -> VerbsFactory {
+    verbs_factory_cm(devices, Some(fabric), None)
+}
+
+/// [`verbs_factory_with`] (`fabric` `None`: from the environment when the
+/// node starts, as [`verbs_factory`]), plus an rdma_cm listener on `cm_listen` (e.g.
+/// `0.0.0.0:7472`) when given: clients that connect their queue pairs
+/// with rdma_cm (`SEQFEED_VERBS_CONNECT=cm`) get, through the control
+/// service as before, their regions and rkeys, their QP quota and a grant
+/// for each QP, then connect it with librdmacm (see
+/// [`seqfeed_verbs::cm`]). Control-service clients are served as before.
+pub fn verbs_factory_cm(
+    devices: Option<Vec<String>>,
+    fabric: Option<FabricSettings>,
+    cm_listen: Option<std::net::SocketAddr>,
+) -> VerbsFactory {
     Arc::new(move |table| {
-        let acceptor = WireAcceptor::from_table_with(table, devices.as_deref(), &fabric)
+        let fabric = match fabric {
+            Some(f) => f,
+            None => FabricSettings::from_env()?,
+        };
+        let mut acceptor = WireAcceptor::from_table_with(table, devices.as_deref(), &fabric)
             .map_err(|e| e.to_string())?;
+        if let Some(addr) = cm_listen {
+            let port = acceptor
+                .listen_cm(addr)
+                .map_err(|e| format!("rdma_cm listener on {addr}: {e}"))?;
+            tracing::info!(%addr, port, "verbs: queue pairs may also connect with rdma_cm");
+        }
         Ok(Arc::new(acceptor) as Arc<dyn VerbsAcceptor>)
     })
+}
+
+/// Whether verbs clients of this process connect their queue pairs with
+/// rdma_cm (`SEQFEED_VERBS_CONNECT=cm`): in-process nodes (`seqfeed demo`)
+/// then listen for it.
+pub fn clients_use_cm() -> bool {
+    matches!(
+        seqfeed_verbs::ConnectMode::from_env(),
+        Ok(seqfeed_verbs::ConnectMode::Cm)
+    )
 }

@@ -288,7 +288,14 @@ fn failed_proofs_are_rate_limited_per_peer_address() {
     o.expected_fingerprint = Some(node.fingerprint().to_owned());
     let mut t = TcpTransport::connect(addr, &o).unwrap();
     read8(&mut t);
-    let g = node.guard_stats();
+    // The node counts a refused handshake when it closes that connection,
+    // just after the client has read the refusal: wait for it (bounded).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut g = node.guard_stats();
+    while g.auth_refused_blocked < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        g = node.guard_stats();
+    }
     assert_eq!(g.auth_failures, 3);
     assert_eq!(g.auth_refused_blocked, 4);
     assert_eq!(g.auth_peers, 1);

@@ -17,6 +17,10 @@
 //! * [`auto_select`] decides between verbs and tcp and logs why.
 //! * [`affinity`] picks the RDMA devices closest to a rank's GPU (PCIe and
 //!   NUMA distance from sysfs), with a per-local-rank override.
+//! * [`cm`] connects the queue pairs with rdma_cm instead (opt-in,
+//!   `SEQFEED_VERBS_CONNECT=cm`; the node's [`CmListener`]): the kernel
+//!   resolves address, route and GID; regions, quotas and QP replacement
+//!   stay on the control service.
 //! * [`standalone`] is a minimal TCP exchange used by the self-test and bench
 //!   binaries before (and besides) the node's real control service.
 //!
@@ -37,6 +41,7 @@
 
 pub mod affinity;
 mod client;
+pub mod cm;
 mod device;
 mod endpoint;
 mod error;
@@ -51,8 +56,10 @@ pub mod standalone;
 mod wire;
 
 pub use client::{
-    parse_rail_map, ClientOptions, VerbsCounters, VerbsTransport, MAX_CHAIN, RAIL_MAP_ENV,
+    parse_rail_map, parse_spin, ClientOptions, VerbsCounters, VerbsTransport, DEFAULT_SPIN,
+    MAX_CHAIN, RAIL_MAP_ENV, SPIN_ENV,
 };
+pub use cm::{CmListener, ConnectMode, CONNECT_ENV};
 pub use device::{list_devices, mtu_bytes, open_devices, open_devices_with, DeviceInfo, Nic};
 pub use endpoint::{Accepted, QpEndpoint, QpExchange};
 pub use error::VerbsError;

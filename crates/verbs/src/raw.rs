@@ -81,9 +81,119 @@ impl WcBuf {
 // SAFETY: ibv_wc holds only integers (no pointers); moving it across threads is fine.
 unsafe impl Send for WcBuf {}
 
-/// A completion queue. Keeps its device context alive.
+/// A completion channel (`ibv_comp_channel`): a file descriptor that becomes
+/// readable when a CQ attached to it and armed with [`Cq::arm`] gets its next
+/// completion. The descriptor is non-blocking, so [`CompChannel::drain`]
+/// never sleeps; [`wait_readable`] is where a poller sleeps. Keeps its
+/// device context alive.
+pub(crate) struct CompChannel {
+    ch: NonNull<sys::ibv_comp_channel>,
+    _ctx: Arc<DeviceContext>,
+}
+
+// SAFETY: a completion channel is a file descriptor plus a refcount that
+// libibverbs only changes under its own locks; it may be used from any thread.
+unsafe impl Send for CompChannel {}
+// SAFETY: see above.
+unsafe impl Sync for CompChannel {}
+
+impl CompChannel {
+    pub fn new(ctx: &Arc<DeviceContext>) -> io::Result<CompChannel> {
+        // SAFETY: the context pointer is valid while `ctx` lives (we keep an Arc).
+        let ch = unsafe { sys::ibv_create_comp_channel(ctx.context().as_ptr()) };
+        let ch = NonNull::new(ch).ok_or_else(io::Error::last_os_error)?;
+        let chan = CompChannel {
+            ch,
+            _ctx: Arc::clone(ctx),
+        };
+        let fd = chan.fd();
+        // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL take and return ints.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(chan)
+    }
+
+    /// The channel's file descriptor (owned by libibverbs).
+    pub fn fd(&self) -> i32 {
+        // SAFETY: the channel is alive; `fd` is a plain integer field.
+        unsafe { self.ch.as_ref().fd }
+    }
+
+    /// Takes every event queued on the channel without sleeping and
+    /// acknowledges each at once; returns how many there were.
+    pub fn drain(&self) -> io::Result<u32> {
+        let mut n = 0u32;
+        loop {
+            let mut cq: *mut sys::ibv_cq = ptr::null_mut();
+            let mut cq_ctx: *mut std::ffi::c_void = ptr::null_mut();
+            // SAFETY: the channel is alive and its fd non-blocking, so this
+            // returns at once; both out-pointers point to locals.
+            let rc = unsafe { sys::ibv_get_cq_event(self.ch.as_ptr(), &mut cq, &mut cq_ctx) };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(n),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                };
+            }
+            // SAFETY: `cq` is a CQ of ours attached to this channel: every such
+            // CQ holds an Arc of the channel, and it is only destroyed after
+            // its events are acknowledged, which happens here, right away.
+            unsafe { sys::ibv_ack_cq_events(cq, 1) };
+            n += 1;
+        }
+    }
+}
+
+impl Drop for CompChannel {
+    fn drop(&mut self) {
+        // SAFETY: created by ibv_create_comp_channel, destroyed exactly once;
+        // the CQs attached to it hold an Arc of it and are therefore gone.
+        let rc = unsafe { sys::ibv_destroy_comp_channel(self.ch.as_ptr()) };
+        if rc != 0 {
+            tracing::error!(
+                errno = rc,
+                "ibv_destroy_comp_channel failed: {}",
+                io::Error::from_raw_os_error(rc)
+            );
+        }
+    }
+}
+
+/// Sleeps until one of `fds` is readable or `timeout` passes; returns
+/// whether one became readable. An interrupted sleep returns `false` (the
+/// caller polls its CQs and comes back).
+pub(crate) fn wait_readable(fds: &[i32], timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = i32::try_from(timeout.as_millis().max(1)).unwrap_or(i32::MAX);
+    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd entries for the call's duration.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(rc > 0)
+}
+
+/// A completion queue. Keeps its device context (and its completion
+/// channel, if any) alive.
 pub(crate) struct Cq {
     cq: NonNull<sys::ibv_cq>,
+    _channel: Option<Arc<CompChannel>>,
     _ctx: Arc<DeviceContext>,
 }
 
@@ -94,24 +204,37 @@ unsafe impl Send for Cq {}
 unsafe impl Sync for Cq {}
 
 impl Cq {
-    pub fn new(ctx: &Arc<DeviceContext>, entries: u32) -> io::Result<Cq> {
+    /// A CQ of `entries` on `ctx`, attached to `channel` when given (which
+    /// must belong to the same device context).
+    pub fn new(
+        ctx: &Arc<DeviceContext>,
+        entries: u32,
+        channel: Option<&Arc<CompChannel>>,
+    ) -> io::Result<Cq> {
         let entries = i32::try_from(entries).unwrap_or(i32::MAX);
-        // SAFETY: the context pointer is valid while `ctx` lives (we keep an Arc);
-        // no completion channel, no user context.
-        let cq = unsafe {
-            sys::ibv_create_cq(
-                ctx.context().as_ptr(),
-                entries,
-                ptr::null_mut(),
-                ptr::null_mut(),
-                0,
-            )
-        };
+        let ch = channel.map_or(ptr::null_mut(), |c| c.ch.as_ptr());
+        // SAFETY: the context pointer is valid while `ctx` lives (we keep an
+        // Arc), so is the channel (we keep an Arc of it too); no user context.
+        let cq =
+            unsafe { sys::ibv_create_cq(ctx.context().as_ptr(), entries, ptr::null_mut(), ch, 0) };
         let cq = NonNull::new(cq).ok_or_else(io::Error::last_os_error)?;
         Ok(Cq {
             cq,
+            _channel: channel.cloned(),
             _ctx: Arc::clone(ctx),
         })
+    }
+
+    /// Asks for an event on the CQ's channel at its next completion
+    /// (`ibv_req_notify_cq`, any completion). Poll once more after arming:
+    /// completions that arrived before it raise no event.
+    pub fn arm(&self) -> io::Result<()> {
+        // SAFETY: the CQ is alive; req_notify_cq is the provider's op for it.
+        let rc = unsafe { sys::ibv_req_notify_cq(self.cq.as_ptr(), 0) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(())
     }
 
     /// Polls up to 64 completions, appending them to `out`; returns how many.
@@ -244,6 +367,9 @@ pub(crate) struct Qp {
     wrs: Vec<sys::ibv_send_wr>,
     sges: Vec<sys::ibv_sge>,
     max_chain: usize,
+    /// Dropped after the QP is destroyed: what must live as long as it
+    /// (its rdma_cm connection, see `cm`).
+    keep: Option<Box<dyn Send>>,
 }
 
 // SAFETY: libibverbs QPs may be used from any thread; a Qp is posted through `&mut self` only.
@@ -290,7 +416,13 @@ impl Qp {
             wrs,
             sges: vec![sge0; max_chain],
             max_chain,
+            keep: None,
         })
+    }
+
+    /// Keeps `x` alive as long as this QP (dropped right after it).
+    pub fn keep_alive(&mut self, x: Box<dyn Send>) {
+        self.keep = Some(x);
     }
 
     pub fn qp_num(&self) -> u32 {
@@ -315,6 +447,18 @@ impl Qp {
                 format!("ibv_modify_qp to {step}: {e}"),
             ))
         }
+    }
+
+    /// Applies attributes another component computed (rdma_cm's
+    /// `rdma_init_qp_attr`) with their raw mask.
+    pub fn modify_raw(
+        &mut self,
+        attr: &mut sys::ibv_qp_attr,
+        mask: i32,
+        step: &str,
+    ) -> io::Result<()> {
+        // The mask is the C int rdma_init_qp_attr filled; ibv_qp_attr_mask wraps its bits.
+        self.modify(attr, sys::ibv_qp_attr_mask(mask as u32), step)
     }
 
     /// RESET -> INIT -> RTR -> RTS.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use seqfeed_transport::{RegionId, RegionInfo};
 use sideway::ibverbs::memory_region::MemoryRegion;
 
+use crate::cm::{self, CmListener, CmSlot};
 use crate::device::{open_devices_with, Nic};
 use crate::endpoint::{read_depth, Accepted, QpEndpoint};
 use crate::error::VerbsError;
@@ -39,6 +40,8 @@ struct ServerRail {
 /// accepted. Shareable across the node's connection tasks (`Send + Sync`).
 pub struct VerbsServer {
     rails: Vec<ServerRail>,
+    /// rdma_cm listener, when QPs may also be connected with rdma_cm.
+    cm: Option<CmListener>,
     regions: Vec<(RegionId, String, u64, usize)>, // id, name, len, ptr
     _data: Vec<Arc<dyn AsRef<[u8]> + Send + Sync>>,
 }
@@ -63,7 +66,23 @@ impl std::fmt::Debug for VerbsServer {
 /// node keeps them while the client's control connection lives, or until
 /// the client replaces one ([`ServerQps::into_qps`] splits them).
 pub struct ServerQps {
-    qps: Vec<Qp>,
+    qps: Vec<NodeQp>,
+}
+
+/// A node QP: connected through the control service, or granted for an
+/// rdma_cm connect (the slot owns the QP and its cm connection).
+enum NodeQp {
+    Direct(Qp),
+    Cm(Arc<CmSlot>),
+}
+
+impl NodeQp {
+    fn qp_num(&self) -> u32 {
+        match self {
+            NodeQp::Direct(q) => q.qp_num(),
+            NodeQp::Cm(s) => s.qp_num(),
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerQps {
@@ -87,7 +106,7 @@ impl ServerQps {
 
 /// One accepted QP of the node; dropping it destroys it.
 pub struct ServedQp {
-    _qp: Qp,
+    _qp: NodeQp,
 }
 
 impl std::fmt::Debug for ServedQp {
@@ -210,8 +229,9 @@ impl VerbsServer {
                 detail,
             };
             let cqe = (MAX_QPS_PER_CONNECT as u32 * 4).min(nic.info.max_cqe);
-            let cq =
-                Arc::new(Cq::new(&nic.ctx, cqe).map_err(|e| derr("ibv_create_cq", e.to_string()))?);
+            let cq = Arc::new(
+                Cq::new(&nic.ctx, cqe, None).map_err(|e| derr("ibv_create_cq", e.to_string()))?,
+            );
             let mut mrs = Vec::with_capacity(table.len());
             for (idx, (id, name, len, _ptr)) in table.iter().enumerate() {
                 if *len == 0 {
@@ -259,9 +279,25 @@ impl VerbsServer {
         }
         Ok(VerbsServer {
             rails,
+            cm: None,
             regions: table,
             _data: data,
         })
+    }
+
+    /// Starts an rdma_cm listener on `addr` (e.g. `0.0.0.0:7472`; port 0
+    /// picks one): clients that ask for rdma_cm QPs ([`crate::ConnectMode::Cm`])
+    /// then get grants to connect to it. Returns the port.
+    pub fn listen_cm(&mut self, addr: std::net::SocketAddr) -> Result<u16, VerbsError> {
+        let l = CmListener::start(addr)?;
+        let port = l.port();
+        self.cm = Some(l);
+        Ok(port)
+    }
+
+    /// The rdma_cm listener's port, when it listens.
+    pub fn cm_port(&self) -> Option<u16> {
+        self.cm.as_ref().map(CmListener::port)
     }
 
     /// The devices this server uses, in rail order.
@@ -298,6 +334,45 @@ impl VerbsServer {
         &self.rails[rail as usize % self.rails.len()]
     }
 
+    /// The rdma_cm branch of [`VerbsServer::accept`]: one RESET QP per
+    /// request, offered to the listener; the answer carries the grants.
+    fn accept_cm(
+        &self,
+        rail: u32,
+        client: &[QpEndpoint],
+        nerr: impl Fn(&str, String) -> VerbsError,
+    ) -> Result<(Accepted, ServerQps), VerbsError> {
+        let r = self.rail_for(rail);
+        let info = &r.nic.info;
+        let Some(l) = &self.cm else {
+            return Err(nerr(
+                "VerbsConnect",
+                "the client asks for rdma_cm QPs, but this node does not listen for rdma_cm \
+                 (start it with --verbs-cm-port)"
+                    .into(),
+            ));
+        };
+        let addr = cm::rail_addr(info);
+        let mut qps = Vec::with_capacity(client.len());
+        let mut eps = Vec::with_capacity(client.len());
+        for c in client {
+            let responder = read_depth(info.max_qp_rd_atom, c.rd_atom);
+            let qp = Qp::new(&r.nic.pd, &r.cq, 1, 1)
+                .map_err(|e| nerr("ibv_create_qp", e.to_string()))?;
+            let slot = l.offer(qp, info, responder);
+            eps.push(l.grant(&slot, addr).to_endpoint());
+            qps.push(NodeQp::Cm(slot));
+        }
+        tracing::debug!(device = %info.name, rail, qps = qps.len(), ?addr, "verbs server: granted QPs for rdma_cm");
+        Ok((
+            Accepted {
+                qps: eps,
+                regions: self.regions(rail),
+            },
+            ServerQps { qps },
+        ))
+    }
+
     /// Accepts a client's QPs from its device `client_device` (for logs) on
     /// rail `rail` (see [`VerbsServer::rail_device`]): creates one QP per client QP,
     /// connects it (RTR/RTS, smaller MTU), and returns the node's endpoints
@@ -324,6 +399,19 @@ impl VerbsServer {
                 "VerbsConnect",
                 format!(
                     "asked for {} QPs (1..={MAX_QPS_PER_CONNECT} allowed)",
+                    client.len()
+                ),
+            ));
+        }
+        let n_cm = client.iter().filter(|c| cm::is_cm(c)).count();
+        if n_cm == client.len() {
+            return self.accept_cm(rail, client, nerr);
+        }
+        if n_cm != 0 {
+            return Err(nerr(
+                "VerbsConnect",
+                format!(
+                    "{n_cm} of {} QPs ask for rdma_cm: all or none",
                     client.len()
                 ),
             ));
@@ -368,7 +456,7 @@ impl VerbsServer {
                 mtu: info.mtu,
                 rd_atom: responder,
             });
-            qps.push(qp);
+            qps.push(NodeQp::Direct(qp));
         }
         tracing::debug!(device = %info.name, rail, client_device, qps = qps.len(), "verbs server: accepted QPs");
         Ok((

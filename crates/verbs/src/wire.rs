@@ -141,8 +141,14 @@ impl VerbsTransport {
         copts: &ConnectOptions,
         vopts: ClientOptions,
     ) -> Result<VerbsTransport, TransportError> {
-        let client = ControlClient::connect(addr, copts)?;
+        let mut client = ControlClient::connect(addr, copts)?;
         let node = client.node().to_string();
+        let mut vopts = vopts;
+        if vopts.cm_addr.is_none() {
+            // rdma_cm falls back to the control address's host when a node's
+            // grant names no address (InfiniBand GIDs are no IP addresses).
+            vopts.cm_addr = client.stream_mut().peer_addr().ok().map(|a| a.ip());
+        }
         VerbsTransport::connect(node, Box::new(ControlExchange::new(client)), vopts)
     }
 }
@@ -181,6 +187,17 @@ impl std::fmt::Debug for WireAcceptor {
 }
 
 impl WireAcceptor {
+    /// Starts the node's rdma_cm listener on `addr` (see
+    /// [`VerbsServer::listen_cm`]); returns its port.
+    pub fn listen_cm(&mut self, addr: std::net::SocketAddr) -> Result<u16, VerbsError> {
+        self.server.listen_cm(addr)
+    }
+
+    /// The rdma_cm listener's port, when it listens.
+    pub fn cm_port(&self) -> Option<u16> {
+        self.server.cm_port()
+    }
+
     /// Registers every region of `table` (remote read only) on the named
     /// devices, or on every device with an ACTIVE port.
     pub fn from_table(

@@ -83,3 +83,62 @@ fn reads_match_the_source_bytes() {
     drop(t);
     h.join().unwrap().unwrap();
 }
+
+/// QPs connected with rdma_cm (issue 10 item 4): the node listens, the
+/// client resolves the node's rail address and connects; reads are exact.
+#[test]
+fn rdma_cm_connected_reads_match() {
+    if !device_or_skip("rdma_cm_connected_reads_match") {
+        return;
+    }
+    let seed = 7;
+    let len = 1 << 16;
+    let regions = (0..2)
+        .map(|r| ServedRegion {
+            id: RegionId(r),
+            name: format!("r{r}"),
+            data: Arc::new(synthetic_region(seed, r, len)),
+        })
+        .collect();
+    let mut server = VerbsServer::open(None, regions).unwrap();
+    let port = server.listen_cm("0.0.0.0:0".parse().unwrap()).unwrap();
+    assert_eq!(server.cm_port(), Some(port));
+    let server = Arc::new(server);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = Arc::clone(&stop);
+    let h = std::thread::spawn(move || serve(server, listener, st));
+    let ex = TcpExchange::connect(&addr).unwrap();
+    let mut t = VerbsTransport::connect(
+        &addr,
+        Box::new(ex),
+        ClientOptions {
+            connect: Some(seqfeed_verbs::ConnectMode::Cm),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(t.connect_mode(), seqfeed_verbs::ConnectMode::Cm);
+    let reads: Vec<ReadRequest> = (0..20u64)
+        .map(|i| ReadRequest {
+            region: RegionId((i % 2) as u32),
+            offset: i * 1000,
+            len: 1000,
+            dst_offset: i * 1000,
+        })
+        .collect();
+    let mut dst = vec![0u8; 20 * 1000];
+    t.read_batch(&reads, &mut dst).unwrap();
+    for r in &reads {
+        for j in 0..u64::from(r.len) {
+            assert_eq!(
+                dst[(r.dst_offset + j) as usize],
+                synthetic_byte(seed, r.region.0, r.offset + j)
+            );
+        }
+    }
+    drop(t);
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap().unwrap();
+}

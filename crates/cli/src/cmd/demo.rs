@@ -822,9 +822,12 @@ fn start_nodes(
         cfg.node_name = node.name.clone();
         cfg.secret = secret.clone().filter(|s| !s.is_empty());
         cfg.worker_threads = 2;
+        // Ranks told to connect with rdma_cm (SEQFEED_VERBS_CONNECT=cm) need
+        // nodes that listen for it (a port the kernel picks; grants carry it).
+        let cm = seqfeed_node::clients_use_cm().then(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         cfg.verbs = verbs
             .as_ref()
-            .map(|d| seqfeed_node::verbs_factory(Some(d.clone())));
+            .map(|d| seqfeed_node::verbs_factory_cm(Some(d.clone()), None, cm));
         let h = match Node::start(cfg.clone()) {
             // auto: a node that cannot enable verbs serves tcp (and says so).
             Err(e) if cfg.verbs.is_some() && !verbs_required => {

@@ -43,6 +43,12 @@ pub struct Args {
     /// reads into host memory, so no GPU affinity applies).
     #[arg(long, value_delimiter = ',')]
     verbs_device: Vec<String>,
+    /// How verbs queue pairs are connected: `control` (QP numbers and GIDs
+    /// exchanged through the node's control service) or `cm` (rdma_cm: the
+    /// kernel resolves address, route and GID; the node must run with
+    /// `serve --verbs-cm-port`). Default: SEQFEED_VERBS_CONNECT, else control.
+    #[arg(long, value_parser = parse_connect)]
+    verbs_connect: Option<seqfeed_node::ConnectMode>,
     #[command(flatten)]
     fabric: super::fabric::FabricArgs,
     /// This rank (default: RANK from the environment, else 0).
@@ -165,6 +171,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     spec.io_timeout = Duration::from_millis(args.io_timeout_ms.max(100));
     spec.client_name = format!("seqfeed-read/rank{}", config.rank);
     spec.verbs_devices = (!args.verbs_device.is_empty()).then(|| args.verbs_device.clone());
+    spec.verbs_connect = args.verbs_connect;
     spec.verbs_fabric = args
         .fabric
         .any()
@@ -320,4 +327,9 @@ fn node_json(n: &seqfeed_loader::NodeStats) -> serde_json::Value {
             "count": n.latency.count,
         },
     })
+}
+
+/// `--verbs-connect` values: `control` or `cm`.
+fn parse_connect(s: &str) -> Result<seqfeed_node::ConnectMode, String> {
+    seqfeed_node::ConnectMode::parse(s).map_err(|_| format!("{s:?}: expected control or cm"))
 }

@@ -49,6 +49,13 @@ pub struct Args {
     /// 16384). A request beyond it is refused; no client's QPs are evicted.
     #[arg(long, requires = "verbs")]
     verbs_max_qps: Option<usize>,
+    /// Also listen for rdma_cm connect requests on this port (all RDMA
+    /// devices): clients with SEQFEED_VERBS_CONNECT=cm connect their queue
+    /// pairs with librdmacm (kernel route/neighbour or SA path resolution)
+    /// instead of exchanging GIDs; authentication, regions and QP quotas
+    /// stay on the control service.
+    #[arg(long, requires = "verbs")]
+    verbs_cm_port: Option<u16>,
     #[command(flatten)]
     fabric: super::fabric::FabricArgs,
     /// Write the bound address (host:port) to this file once listening.
@@ -135,9 +142,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(n) = args.verbs_max_qps {
             cfg.verbs_qp_limits.node = n;
         }
-        cfg.verbs = Some(seqfeed_node::verbs_factory_with(
+        let cm = args
+            .verbs_cm_port
+            .map(|p| SocketAddr::from(([0, 0, 0, 0], p)));
+        cfg.verbs = Some(seqfeed_node::verbs_factory_cm(
             devices,
-            args.fabric.settings()?,
+            Some(args.fabric.settings()?),
+            cm,
         ));
     }
     if let Some(path) = &args.cluster {

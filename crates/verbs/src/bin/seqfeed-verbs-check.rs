@@ -11,6 +11,12 @@
 //!                                             reads must fail as a node failure, bounded
 //! seqfeed-verbs-check depth [DEVICE]          read depth 4, 16 and the device maximum, one
 //!                                             QP each, send queue apart: OCCUPANCY rows
+//! seqfeed-verbs-check rails DEV0,DEV1         rail pairing by index and by rail map
+//! seqfeed-verbs-check fabric DEV              GID index, traffic class, service level
+//! seqfeed-verbs-check sleep DEV               spin-then-sleep vs pure spinning, waiting on a
+//!                                             killed node: CPU per wall second of the reader
+//! seqfeed-verbs-check cm DEV0[,DEV1]         QPs connected with rdma_cm: reads byte-exact
+//!                                             (both rails), rebuild, bounded clear errors
 //! ```
 //! Every check prints `CHECK <name> PASS|FAIL <detail>`; the exit code is
 //! non-zero if any check failed or no device was found.
@@ -28,10 +34,14 @@ use seqfeed_transport::{DeviceRegion, DmaBuf, ReadRequest, RegionId, Transport, 
 use seqfeed_verbs::standalone::{serve, synthetic_byte, synthetic_region, TcpExchange};
 use seqfeed_verbs::{probe, ClientOptions, Selection, ServedRegion, VerbsServer, VerbsTransport};
 
+#[path = "check/cm.rs"]
+mod cm;
 #[path = "check/fabric.rs"]
 mod fabric;
 #[path = "check/rails.rs"]
 mod rails;
+#[path = "check/sleep.rs"]
+mod sleep;
 
 const SEED: u64 = 0x5eed_f00d;
 
@@ -626,25 +636,34 @@ fn depthtest(device: Option<String>) -> u32 {
     c.failed
 }
 
+/// Starts a synthetic node (2 regions of 1 MiB) in a child process of this
+/// binary; returns it and its control address once it is ready.
+fn spawn_node() -> Result<(std::process::Child, String), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(["serve", "127.0.0.1:0", "2", "1048576", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawning node: {e}"))?;
+    let mut line = String::new();
+    let out = child.stdout.take().ok_or("no stdout")?;
+    BufReader::new(out)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    match line.trim().strip_prefix("READY ") {
+        Some(a) => Ok((child, a.to_string())),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("node said {line:?}"))
+        }
+    }
+}
+
 fn killtest() -> u32 {
     let mut c = Checks { failed: 0 };
     let r = (|| -> Result<String, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut child = Command::new(exe)
-            .args(["serve", "127.0.0.1:0", "2", "1048576", "0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawning node: {e}"))?;
-        let mut line = String::new();
-        let out = child.stdout.take().ok_or("no stdout")?;
-        BufReader::new(out)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        let addr = line
-            .trim()
-            .strip_prefix("READY ")
-            .ok_or(format!("node said {line:?}"))?
-            .to_string();
+        let (mut child, addr) = spawn_node()?;
         let mut t = connect(&addr, None, 2)?;
         run_batches(&mut t, 3, 3, 16 << 10, 32)?;
         child.kill().map_err(|e| e.to_string())?;
@@ -773,8 +792,20 @@ fn main() -> ExitCode {
             }
             fabric::fabrictest(args.get(1).map_or("rxe0", String::as_str))
         }
+        "sleep" => {
+            if !need_device() {
+                return ExitCode::from(2);
+            }
+            sleep::sleeptest(args.get(1).map_or("rxe0", String::as_str))
+        }
+        "cm" => {
+            if !need_device() {
+                return ExitCode::from(2);
+            }
+            cm::cmtest(args.get(1).map_or("rxe0", String::as_str))
+        }
         _ => {
-            eprintln!("usage: seqfeed-verbs-check devices | serve ADDR REGIONS LEN SEED | selftest [DEVICES] | killtest | depth [DEVICE] | rails DEV0,DEV1 | fabric DEV");
+            eprintln!("usage: seqfeed-verbs-check devices | serve ADDR REGIONS LEN SEED | selftest [DEVICES] | killtest | depth [DEVICE] | rails DEV0,DEV1 | fabric DEV | sleep DEV | cm DEV0[,DEV1]");
             return ExitCode::from(64);
         }
     };

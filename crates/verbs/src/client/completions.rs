@@ -1,7 +1,17 @@
 //! Completions: polling every rail's CQ, retiring chains in order (RC
 //! completes in order, so a signaled completion retires every earlier chain
-//! of its lane), handing a failed lane to rebuild, and noticing a stalled
-//! node.
+//! of its lane), handing a failed lane to rebuild, sleeping on the rails'
+//! completion channels once spinning has gone on long enough, and noticing
+//! a stalled node.
+//!
+//! Waiting is spin-then-sleep: the batch loop polls the CQs without pause
+//! (completions of a deep send queue arrive microseconds apart, and a
+//! context switch would cost more than it saves) until nothing has
+//! progressed for [`ClientOptions::spin`](super::ClientOptions::spin); then
+//! it arms every rail's CQ, polls once more (a completion that arrived
+//! before arming raises no event) and sleeps in `poll(2)` on the rails'
+//! completion channels. A rank waiting on a slow node, or on a deep queue of
+//! large reads, therefore does not burn a core.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +20,11 @@ use seqfeed_transport::TransportError;
 use super::lanes::wr_id_parts;
 use super::posting::Batch;
 use super::{node_err, VerbsTransport};
-use crate::raw::wc_status_str;
+use crate::raw::{wait_readable, wc_status_str};
+
+/// Longest single sleep on the completion channels: the batch loop wakes at
+/// least this often to enforce its deadline and check the node.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
 
 /// Progress bookkeeping of one batch: when it must end, when a completion
 /// last arrived, when the node was last asked whether it is alive.
@@ -22,6 +36,16 @@ pub(super) struct Stall {
 }
 
 impl Stall {
+    /// Whether the loop has spun without progress for longer than `spin`
+    /// (`None`: never give up spinning). Reads the clock every 64 idle rounds.
+    pub(super) fn spun_out(&self, spin: Option<Duration>) -> bool {
+        match spin {
+            None => false,
+            Some(s) if s.is_zero() => true,
+            Some(s) => self.idle & 63 == 63 && self.last_progress.elapsed() >= s,
+        }
+    }
+
     /// A batch that started now and may run for `timeout`.
     pub(super) fn new(timeout: Duration) -> Stall {
         let now = Instant::now();
@@ -95,14 +119,67 @@ impl VerbsTransport {
         Ok(progressed)
     }
 
-    /// After a round without progress: every 1024 idle rounds, ask the
-    /// control connection whether the node is still there (so a dead node
-    /// fails in about `stall_check`, not the full timeout) and enforce the
-    /// batch deadline; `not_posted` is named in the timeout error.
+    /// Arms every rail's CQ, polls once more, and when that finds nothing
+    /// sleeps on the rails' completion channels until a completion event,
+    /// the next node check, the batch deadline or [`MAX_SLEEP`], whichever
+    /// comes first. Returns whether the extra poll made progress.
+    pub(super) fn sleep_for_completions(
+        &mut self,
+        b: &mut Batch<'_>,
+        s: &Stall,
+    ) -> Result<bool, TransportError> {
+        for r in &self.rails {
+            r.cq.arm().map_err(|e| {
+                node_err(
+                    &self.node,
+                    "ibv_req_notify_cq",
+                    format!("device {}: {e}", r.nic.info.name),
+                )
+            })?;
+        }
+        if self.poll_completions(b)? {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        let next_check = s.last_progress.max(s.alive_checked) + self.opts.stall_check;
+        let timeout = s
+            .deadline
+            .saturating_duration_since(now)
+            .min(next_check.saturating_duration_since(now))
+            .clamp(Duration::from_millis(1), MAX_SLEEP);
+        self.fds.clear();
+        self.fds.extend(self.rails.iter().map(|r| r.channel.fd()));
+        wait_readable(&self.fds, timeout).map_err(|e| {
+            node_err(
+                &self.node,
+                "poll(2) on the completion channels",
+                e.to_string(),
+            )
+        })?;
+        for r in &self.rails {
+            r.channel.drain().map_err(|e| {
+                node_err(
+                    &self.node,
+                    "ibv_get_cq_event",
+                    format!("device {}: {e}", r.nic.info.name),
+                )
+            })?;
+        }
+        self.counters.sleeps += 1;
+        self.counters.sleep_ns += now.elapsed().as_nanos() as u64;
+        Ok(false)
+    }
+
+    /// After a round without progress: every 1024 idle rounds, or after a
+    /// sleep (`slept`), ask the control connection whether the node is still
+    /// there (so a dead node fails in about `stall_check`, not the full
+    /// timeout) and enforce the batch deadline; `not_posted` is named in the
+    /// timeout error.
     pub(super) fn check_stall(
         &mut self,
         s: &mut Stall,
         progressed: bool,
+        slept: bool,
         not_posted: usize,
     ) -> Result<(), TransportError> {
         if progressed {
@@ -111,7 +188,7 @@ impl VerbsTransport {
             return Ok(());
         }
         s.idle += 1;
-        if s.idle & 1023 != 0 {
+        if !slept && s.idle & 1023 != 0 {
             std::hint::spin_loop();
             return Ok(());
         }

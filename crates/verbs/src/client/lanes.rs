@@ -8,17 +8,19 @@ use std::sync::Arc;
 use seqfeed_transport::{RegionInfo, TransportError};
 
 use super::{node_err, VerbsTransport};
+use crate::cm::{self, ConnectMode};
 use crate::device::Nic;
 use crate::endpoint::{Accepted, QpEndpoint};
 use crate::error::VerbsError;
-use crate::raw::{Connect, Cq, Qp, WcBuf};
+use crate::raw::{CompChannel, Connect, Cq, Qp, WcBuf};
 use crate::sendq::{SendQueue, SqConfig};
 
-/// One device: its completion queue (shared by its lanes) and the node's
-/// regions as seen through it.
+/// One device: its completion queue (shared by its lanes), the completion
+/// channel a waiting batch sleeps on, and the node's regions as seen through it.
 pub(super) struct Rail {
     pub(super) nic: Arc<Nic>,
     pub(super) cq: Arc<Cq>,
+    pub(super) channel: Arc<CompChannel>,
     pub(super) wc: WcBuf,
     /// Per region (same order as the transport's table): remote address and rkey on this device.
     pub(super) remote: Vec<(u64, u32)>,
@@ -98,13 +100,17 @@ impl VerbsTransport {
                 ),
             )
         })?;
-        let ep = QpEndpoint {
-            qp_num: qp.qp_num(),
-            psn: rand::random::<u32>() & 0xff_ffff,
-            gid: info.gid,
-            lid: info.lid,
-            mtu: info.mtu,
-            rd_atom: depth as u8,
+        let ep = if self.connect_mode() == ConnectMode::Cm {
+            cm::request_endpoint(qp.qp_num(), depth as u8)
+        } else {
+            QpEndpoint {
+                qp_num: qp.qp_num(),
+                psn: rand::random::<u32>() & 0xff_ffff,
+                gid: info.gid,
+                lid: info.lid,
+                mtu: info.mtu,
+                rd_atom: depth as u8,
+            }
         };
         Ok((qp, ep))
     }
@@ -119,6 +125,9 @@ impl VerbsTransport {
         remote: &QpEndpoint,
     ) -> Result<u32, VerbsError> {
         let info = &self.rails[rail].nic.info;
+        if self.connect_mode() == ConnectMode::Cm {
+            return self.bring_up_cm(rail, qp, local, remote);
+        }
         let mut depth = u32::from(local.rd_atom);
         if remote.rd_atom != 0 {
             depth = depth.min(u32::from(remote.rd_atom));
@@ -155,6 +164,54 @@ impl VerbsTransport {
             )
         })?;
         Ok(depth)
+    }
+
+    /// [`bring_up`](Self::bring_up) with rdma_cm: connects `qp` to the
+    /// node QP its grant names, at the address and port the grant gives.
+    fn bring_up_cm(
+        &self,
+        rail: usize,
+        qp: &mut Qp,
+        local: &QpEndpoint,
+        remote: &QpEndpoint,
+    ) -> Result<u32, VerbsError> {
+        let info = &self.rails[rail].nic.info;
+        let Some(grant) = cm::CmGrant::from_endpoint(remote) else {
+            return Err(node_err(
+                &self.node,
+                "VerbsConnect answer",
+                format!(
+                    "rail {rail} (device {}): the node answered without an rdma_cm grant \
+                     (mtu {}, port {}): it does not listen for rdma_cm (seqfeed serve --verbs-cm-port)",
+                    info.name, remote.mtu, remote.lid
+                ),
+            ));
+        };
+        let Some(ip) = grant.addr.or(self.opts.cm_addr) else {
+            return Err(node_err(
+                &self.node,
+                "rdma_cm resolve addr",
+                format!(
+                    "rail {rail} (device {}): the node gave no rdma_cm address for its rail {} \
+                     and none is configured (ClientOptions::cm_addr)",
+                    info.name,
+                    self.node_rail(rail)
+                ),
+            ));
+        };
+        let mut depth = local.rd_atom.max(1);
+        if grant.rd_atom != 0 {
+            depth = depth.min(grant.rd_atom);
+        }
+        let target = cm::CmTarget {
+            node: &self.node,
+            dst: std::net::SocketAddr::new(ip, grant.port),
+            src: cm::src_for(info, ip),
+            timeout: self.opts.cm_timeout,
+        };
+        let (conn, depth) = cm::connect_qp(qp, info, &grant, &target, depth)?;
+        qp.keep_alive(Box::new(conn));
+        Ok(u32::from(depth))
     }
 
     /// Takes the node's region table from a connect answer (rail 0 sets it,
@@ -215,7 +272,14 @@ impl VerbsTransport {
         // A flushed QP completes every WR in its send queue, signaled or not.
         let sq = self.sq_config(&nic);
         let cqe = (n as u32 * (sq.sq_depth + 1) + 64).min(nic.info.max_cqe);
-        let cq = Cq::new(&nic.ctx, cqe).map_err(|e| {
+        let channel = Arc::new(CompChannel::new(&nic.ctx).map_err(|e| {
+            node_err(
+                &self.node,
+                "ibv_create_comp_channel",
+                format!("device {}: {e}", nic.info.name),
+            )
+        })?);
+        let cq = Cq::new(&nic.ctx, cqe, Some(&channel)).map_err(|e| {
             node_err(
                 &self.node,
                 "ibv_create_cq",
@@ -225,6 +289,7 @@ impl VerbsTransport {
         self.rails.push(Rail {
             nic,
             cq: Arc::new(cq),
+            channel,
             wc: WcBuf::new(),
             remote: Vec::new(),
             reads: 0,

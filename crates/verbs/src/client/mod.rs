@@ -99,6 +99,41 @@ pub struct ClientOptions {
     /// After this long without any completion, the node's control connection
     /// is checked ([`QpExchange::check_alive`]); a dead node fails the batch.
     pub stall_check: Duration,
+    /// How QPs are connected: through the control service (QP numbers and
+    /// GIDs exchanged) or with rdma_cm. `None`: from the environment
+    /// variable [`CONNECT_ENV`](crate::cm::CONNECT_ENV), else control.
+    pub connect: Option<crate::cm::ConnectMode>,
+    /// rdma_cm: the node's address when its grant names none (InfiniBand,
+    /// or a node whose GID is no IP address). [`VerbsTransport::connect_node`]
+    /// fills in the control address's host.
+    pub cm_addr: Option<std::net::IpAddr>,
+    /// rdma_cm: bound on one QP's set-up (address and route resolution,
+    /// connect).
+    pub cm_timeout: Duration,
+    /// How long a waiting batch polls its CQs without progress before it
+    /// sleeps on their completion channels (spin-then-sleep). `Some(ZERO)`
+    /// sleeps at once; `None` never sleeps (pure busy polling, as
+    /// `ib_read_bw`). The environment variable [`SPIN_ENV`] overrides it.
+    pub spin: Option<Duration>,
+}
+
+/// Environment variable overriding [`ClientOptions::spin`]: microseconds to
+/// spin before sleeping, or `always` to never sleep.
+pub const SPIN_ENV: &str = "SEQFEED_VERBS_SPIN_US";
+
+/// Default [`ClientOptions::spin`]: long enough for the next completion of a
+/// busy queue, short against a step.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
+/// Parses a [`SPIN_ENV`] value: microseconds, or `always` (never sleep).
+pub fn parse_spin(s: &str) -> Result<Option<Duration>, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("always") {
+        return Ok(None);
+    }
+    t.parse::<u64>()
+        .map(|us| Some(Duration::from_micros(us)))
+        .map_err(|e| format!("{SPIN_ENV}={s:?}: expected microseconds or \"always\": {e}"))
 }
 
 impl Default for ClientOptions {
@@ -114,6 +149,10 @@ impl Default for ClientOptions {
             max_rebuilds: 3,
             timeout: Duration::from_secs(30),
             stall_check: Duration::from_secs(1),
+            spin: Some(DEFAULT_SPIN),
+            connect: None,
+            cm_addr: None,
+            cm_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -143,6 +182,11 @@ pub struct VerbsCounters {
     /// ([`SendQueue::occupancy`](crate::SendQueue::occupancy)) over the read
     /// depth, integrated over time.
     pub occupied_ns: u64,
+    /// Times a batch slept on its completion channels after spinning
+    /// [`ClientOptions::spin`] without progress.
+    pub sleeps: u64,
+    /// Nanoseconds spent in those sleeps.
+    pub sleep_ns: u64,
 }
 
 impl VerbsCounters {
@@ -211,6 +255,8 @@ pub struct VerbsTransport {
     next_lane: usize,
     comps: Vec<Completion>,
     wrs: Vec<ReadWr>,
+    /// Scratch: the rails' completion-channel descriptors, for `poll(2)`.
+    fds: Vec<i32>,
     counters: VerbsCounters,
 }
 
@@ -288,6 +334,15 @@ impl VerbsTransport {
                     Some(parse_rail_map(&v).map_err(|e| node_err(&node, RAIL_MAP_ENV, e))?);
             }
         }
+        if opts.connect.is_none() {
+            opts.connect = Some(
+                crate::cm::ConnectMode::from_env()
+                    .map_err(|e| node_err(&node, "connect mode", e))?,
+            );
+        }
+        if let Ok(v) = std::env::var(SPIN_ENV) {
+            opts.spin = parse_spin(&v).map_err(|e| node_err(&node, SPIN_ENV, e))?;
+        }
         opts.chain = opts.chain.clamp(1, MAX_CHAIN);
         opts.qps_per_rail = opts
             .qps_per_rail
@@ -307,6 +362,7 @@ impl VerbsTransport {
             next_lane: 0,
             comps: Vec::with_capacity(256),
             wrs: Vec::with_capacity(MAX_CHAIN),
+            fds: Vec::new(),
             counters: VerbsCounters::default(),
         };
         for (r, nic) in nics.into_iter().enumerate() {
@@ -324,10 +380,17 @@ impl VerbsTransport {
             depth = t.lanes.first().map(|l| l.depth).unwrap_or(0),
             sq_depth = t.lanes.first().map(|l| l.sq.config().sq_depth).unwrap_or(0),
             chain = t.opts.chain,
+            spin_us = ?t.opts.spin.map(|d| d.as_micros()),
+            connect = ?t.connect_mode(),
             regions = t.regions.len(),
             "verbs: connected"
         );
         Ok(t)
+    }
+
+    /// How this transport's QPs were connected.
+    pub fn connect_mode(&self) -> crate::cm::ConnectMode {
+        self.opts.connect.unwrap_or_default()
     }
 
     /// Counters since connect.
@@ -478,6 +541,19 @@ mod tests {
             let e = parse_rail_map(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn spin_settings_parse() {
+        assert_eq!(parse_spin("0").unwrap(), Some(Duration::ZERO));
+        assert_eq!(
+            parse_spin(" 250 ").unwrap(),
+            Some(Duration::from_micros(250))
+        );
+        assert_eq!(parse_spin("Always").unwrap(), None);
+        let e = parse_spin("fast").unwrap_err();
+        assert!(e.contains(SPIN_ENV) && e.contains("\"fast\""), "{e}");
+        assert!(parse_spin("-5").is_err());
     }
 
     #[test]

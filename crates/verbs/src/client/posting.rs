@@ -172,11 +172,16 @@ impl VerbsTransport {
                 self.counters.occupied_ns += occupied_ns;
                 return Ok(());
             }
-            let completed = self.poll_completions(b)?;
+            let mut completed = self.poll_completions(b)?;
+            let mut slept = false;
+            if !posted && !completed && stall.spun_out(self.opts.spin) {
+                completed = self.sleep_for_completions(b, &stall)?;
+                slept = !completed;
+            }
             if completed {
                 b.occ.change_at(Instant::now(), self.lane_occupancy());
             }
-            self.check_stall(&mut stall, posted || completed, b.pending.len())?;
+            self.check_stall(&mut stall, posted || completed, slept, b.pending.len())?;
         }
     }
 
