@@ -3,10 +3,12 @@
 # `scripts/rxe/run.sh host-test|host-bench` on a machine that has RDMA devices
 # itself (kernel rxe, InfiniBand or RoCE hardware): the same binaries, no code change.
 #
-# usage: checks.sh test|bench|all [DEV0 [DEV1]]
+# usage: checks.sh test|bench|all|odp [DEV0 [DEV1]]
 # Needs on PATH: seqfeed-verbs-check, seqfeed-rxe-integration, seqfeed-node-verbs, seqfeed (test: also runs
 # `seqfeed demo --transport verbs` and requires every rank to have read over verbs),
-# seqfeed-rxe-bench (bench). Prints CHECK lines and, last, one line
+# seqfeed-rxe-bench (bench). test and odp also run a node as the unprivileged user `seqfeed`
+# under a small RLIMIT_MEMLOCK (needs root, su and that user; the guest has them: RXE_GUEST=1
+# makes their absence a FAIL, elsewhere a SKIP). Prints CHECK lines and, last, one line
 #   RXE_RESULT: PASS mode=...   or   RXE_RESULT: FAIL mode=... failed: <checks>
 # and exits non-zero on FAIL. A missing RDMA device is a FAIL.
 MODE=${1:-test}
@@ -17,6 +19,104 @@ fail() { failed="$failed $1"; echo "CHECK $1 FAIL $2"; }
 ts() { echo "[T+$(cut -d' ' -f1 /proc/uptime)s] $*"; }
 
 seqfeed-verbs-check devices || fail devices "no usable RDMA device"
+
+# ---- the node's memory budget on the real device (issue 10 item 7) -------------------------
+# A dataset from `seqfeed demo --keep`, served by `seqfeed serve --verbs` on DEV0[,DEV1] as the
+# unprivileged user `seqfeed` (no CAP_IPC_LOCK) under a small `ulimit -l`, read by a client
+# (root) with `seqfeed read --transport verbs --verify`: every byte compared with the files.
+#   no ODP (6.1's rxe): under 64 KiB the node must refuse, exit 1, naming the numbers (pinning
+#     needs devices x the served .seq bytes) and the fix, not OOM; with the limit just above
+#     that it must serve byte-exact, and its VmPin must cover what it registered;
+#   ODP for RC READ on every device: under 64 KiB it must serve byte-exact with nothing
+#     pinned (log: pinning=[], on_demand=[devices]; VmPin 0 kB): more than it can pin.
+# odp_of DEV: the device's odp_rc_read as `seqfeed-verbs-check devices` reports it.
+odp_of() { seqfeed-verbs-check devices 2>/dev/null | awk -v d="$1" '$1 == d { for (i = 1; i < NF; i++) if ($i == "odp_rc_read") print $(i + 1) }'; }
+# as_user KIB CMD: CMD (a shell string) as user `seqfeed` under `ulimit -l KIB`.
+as_user() { ( ulimit -l "$1" && exec su -s /bin/sh seqfeed -c "$2" ); }
+oom_count() { dmesg | grep -ciE 'out of memory|oom-kill|invoked oom-killer'; }
+# memcheck [NAME [xfail]]: the ODP variant (CHECK odp) or the pinning one (CHECK
+# memlock-refusal), as the devices offer; `xfail` reports a failure as XFAIL (a known issue,
+# not counted) and a pass as XPASS.
+memcheck() {
+  devs=$DEV0${DEV1:+,$DEV1}; ndev=1; [ -n "$DEV1" ] && ndev=2
+  odp=$(odp_of "$DEV0"); [ -n "$DEV1" ] && [ "$(odp_of "$DEV1")" != true ] && odp=false
+  name=memlock-refusal; [ "$odp" = true ] && name=odp
+  name=${1:-$name}; xf=${2:-}
+  mfail() { if [ -n "$xf" ]; then echo "CHECK $1 XFAIL $2 (known issue, not counted: scripts/rxe/README.md)"; else fail "$1" "$2"; fi; }
+  if [ "$(id -u)" != 0 ] || ! id seqfeed >/dev/null 2>&1 || ! command -v su >/dev/null; then
+    why="needs root, su and a user named seqfeed (uid $(id -u); $(id seqfeed 2>&1))"
+    if [ -n "${RXE_GUEST:-}" ]; then mfail "$name" "$why"; else echo "CHECK $name SKIP $why"; fi
+    return
+  fi
+  w=${TMPDIR:-/tmp}/seqfeed-mem; rm -rf "$w/run"; mkdir -p "$w/run"; chown seqfeed "$w/run"
+  if [ ! -s "$w/ds/plan.toml" ] && ! seqfeed --log warn demo --keep "$w/ds" --steps 16 --global-batch 64 --seq-len 2048 >"$w/demo.log" 2>&1; then
+    tail -20 "$w/demo.log"; mfail "$name" "building the dataset (seqfeed demo --keep) failed"; return
+  fi
+  seq_bytes=$(find "$w/ds" -name '*.seq' -exec cat {} + | wc -c)
+  seq_files=$(find "$w/ds" -name '*.seq' | wc -l)
+  need=$((seq_bytes * ndev))
+  serve_cmd="exec seqfeed --log info serve --dataset $w/ds --listen 127.0.0.1:0 --verbs --verbs-device $devs --threads 2 --addr-file $w/run/addr"
+  # serve_and_read KIB LABEL: a node as `seqfeed` under KIB, a verifying client; sets got, vmpin.
+  serve_and_read() {
+    rm -f "$w/run/addr"
+    ( ulimit -l "$1" && exec su -s /bin/sh seqfeed -c "$serve_cmd" ) >"$w/serve-$2.log" 2>&1 &
+    spid=$!
+    i=0; while [ ! -s "$w/run/addr" ] && [ $i -lt 600 ] && kill -0 $spid 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
+    if [ ! -s "$w/run/addr" ]; then
+      kill $spid 2>/dev/null; wait $spid 2>/dev/null; tail -20 "$w/serve-$2.log"
+      got="the node did not start under ulimit -l $1: $(grep 'seqfeed: error' "$w/serve-$2.log")"; return 1
+    fi
+    timeout 180 seqfeed --log warn read --dataset "$w/ds" --plan "$w/ds/plan.toml" --node "$(cat "$w/run/addr")" \
+      --transport verbs --verify >"$w/read-$2.log" 2>&1
+    rrc=$?
+    vmpin=$(awk '/^VmPin:/ {print $2 " " $3}' /proc/$spid/status 2>/dev/null)
+    whoami_node=$(awk '/^Uid:/ {print $2}' /proc/$spid/status 2>/dev/null)
+    caps=$(awk '/^CapEff:/ {print $2}' /proc/$spid/status 2>/dev/null)
+    kill $spid 2>/dev/null; wait $spid 2>/dev/null
+    if [ $rrc != 0 ] || ! grep -q 'verified: .* OK' "$w/read-$2.log"; then
+      tail -20 "$w/read-$2.log"; tail -20 "$w/serve-$2.log"
+      got="seqfeed read --transport verbs --verify (exit $rrc): $(grep -E 'seqfeed: error|FAILED' "$w/read-$2.log" | head -2)"; return 1
+    fi
+    got="node uid $whoami_node (CapEff $caps) under ulimit -l $1 KiB served $seq_files files, $seq_bytes bytes on $devs: $(grep -o 'verified: [0-9]* bytes' "$w/read-$2.log") byte-exact over verbs; node VmPin $vmpin"
+  }
+  oom0=$(oom_count)
+  if [ "$odp" = true ]; then
+    if ! serve_and_read 64 odp; then dmesg | tail -20; mfail "$name" "$got"; return; fi
+    line=$(grep 'memory to register fits' "$w/serve-odp.log")
+    if ! echo "$line" | grep -q 'pinning=\[\]' || ! echo "$line" | grep -q "on_demand=\[\"$DEV0\""; then
+      mfail "$name" "the node did not register with on-demand paging: ${line:-no 'memory to register fits' line}"; return
+    fi
+    if [ "$vmpin" != "0 kB" ] || [ "$seq_bytes" -le $((64 * 1024 * 16)) ] || [ "$(oom_count)" != "$oom0" ]; then
+      mfail "$name" "$got; want VmPin 0 kB, data > 16x the 64 KiB limit, no OOM"; return
+    fi
+    echo "CHECK $name ${xf:+X}PASS ODP (IBV_ACCESS_ON_DEMAND) on $devs: $got; log: $(echo "$line" | grep -oE 'pinning=[^ ]* on_demand=\[[^]]*\]')"
+    return
+  fi
+  # No ODP: refused under 64 KiB with the numbers and the fix.
+  as_user 64 "$serve_cmd" >"$w/refused.log" 2>&1
+  rc=$?
+  msg=$(grep 'seqfeed: error' "$w/refused.log")
+  bad=""
+  [ $rc = 1 ] || bad="$bad exit $rc (want 1);"
+  [ ! -s "$w/run/addr" ] || bad="$bad it listened;"
+  [ "$(oom_count)" = "$oom0" ] || bad="$bad OOM in dmesg;"
+  for want in "serves " "in $seq_files files" "$(echo "$devs" | sed 's/,/, /')" "RLIMIT_MEMLOCK is 64.0 KiB (65536 bytes)" \
+              "pinning needs" "($need bytes)" "ulimit -l unlimited" "LimitMEMLOCK=infinity" \
+              "/etc/security/limits.conf" "--ulimit memlock=-1"; do
+    case "$msg" in *"$want"*) ;; *) bad="$bad no '$want';" ;; esac
+  done
+  if [ -n "$bad" ]; then cat "$w/refused.log"; mfail "$name" "refusal under ulimit -l 64:$bad"; return; fi
+  # Enough: the need plus 1 MiB (page rounding of each registration).
+  kib=$((need / 1024 + 1024))
+  if ! serve_and_read $kib pinned; then mfail "$name" "$got"; return; fi
+  pinned_kib=${vmpin% kB}
+  if ! grep 'memory to register fits' "$w/serve-pinned.log" | grep -q "pinning=\[\"$DEV0\"" \
+     || [ "${pinned_kib:-0}" -lt $((need / 1024)) ] || [ "$(oom_count)" != "$oom0" ]; then
+    mfail "$name" "$got; want the devices pinning, VmPin >= $((need / 1024)) kB, no OOM"; return
+  fi
+  echo "CHECK $name PASS refused under ulimit -l 64 as uid $(id -u seqfeed) (exit 1, no OOM): '${msg#seqfeed: error: }'; then $got"
+}
+
 if [ -z "$DEV0" ]; then
   DEV0=$(seqfeed-verbs-check devices 2>/dev/null | awk '$4=="ACTIVE"{print $1}' | head -1)
   DEV1=$(seqfeed-verbs-check devices 2>/dev/null | awk '$4=="ACTIVE"{print $1}' | sed -n 2p)
@@ -163,6 +263,52 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
     fail cli-cm "seqfeed serve --verbs-cm-port / read over rdma_cm (exit $rrc)"
   fi
   ts "cli-cm done"
+  # RLIMIT_MEMLOCK on the real device: refusal and enough (no ODP), or ODP serving beyond it.
+  memcheck
+  ts "memlock done"
+fi
+
+if [ "$MODE" = odp ]; then
+  # On-demand paging: the device must offer it for RC RDMA READ (ibv_devinfo shows the kernel's
+  # caps), and a node must serve more than it may pin. Known issues of Linux 7.3.4's rxe (see
+  # scripts/rxe/README.md) are run and reported as XFAIL/XPASS, not counted.
+  seqfeed-verbs-check devices 2>/dev/null | sed 's/^/ODPCAPS seqfeed-verbs-check devices: /'
+  command -v ibv_devinfo >/dev/null && ibv_devinfo -v -d "$DEV0" | grep -A8 -E 'odp_caps' | sed "s/^/ODPCAPS ibv_devinfo -v -d $DEV0: /"
+  if [ "$(odp_of "$DEV0")" = true ]; then
+    # 1. The ODP node as the boot's first RDMA traffic: on 7.3.4 its reads never complete.
+    memcheck odp-first-traffic xfail
+    ts "odp-first-traffic done"
+    # 2. Pinned reads on this kernel (SEQFEED_VERBS_ODP=0): the in-process self-test.
+    SEQFEED_VERBS_ODP=0 timeout 180 seqfeed-verbs-check selftest "$DEV0" >/tmp/st-pinned.log 2>&1 \
+      && echo "CHECK selftest-pinned PASS $(grep -c ' PASS ' /tmp/st-pinned.log) sub-checks (SEQFEED_VERBS_ODP=0: every region pinned)" \
+      || { grep '^CHECK' /tmp/st-pinned.log; fail selftest-pinned "seqfeed-verbs-check selftest $DEV0 with SEQFEED_VERBS_ODP=0"; }
+    ts "selftest-pinned done"
+    # 3. The ODP node under ulimit -l 64 (ODP_REPEAT times, from RXE_ODP_REPEAT): counted.
+    r=0; while [ $r -lt "${ODP_REPEAT:-1}" ]; do memcheck; r=$((r + 1)); done
+    ts "odp done"
+    # 4. The self-test with ODP (regions in anonymous memory): on 7.3.4 reads complete with
+    # wrong bytes.
+    if timeout 180 seqfeed-verbs-check selftest "$DEV0" >/tmp/st-odp.log 2>&1; then
+      echo "CHECK selftest-odp XPASS $(grep -c ' PASS ' /tmp/st-odp.log) sub-checks byte-exact with ODP regions"
+    else
+      echo "CHECK selftest-odp XFAIL $(grep -c ' FAIL ' /tmp/st-odp.log) of $(grep -c '^CHECK' /tmp/st-odp.log) sub-checks failed, first: $(grep -m1 ' FAIL ' /tmp/st-odp.log | cut -c1-240) (known issue, not counted: scripts/rxe/README.md)"
+    fi
+    ts "selftest-odp done"
+  else
+    fail odp "$DEV0 offers no on-demand paging for RC RDMA READ (kernel $(uname -r))"
+  fi
+  # 5. The kernel's READ path without seqfeed, as information: perftest's ib_read_bw with and
+  # without --odp (anonymous memory, 64 KiB reads over loopback; it does not check the bytes).
+  if command -v ib_read_bw >/dev/null; then
+    gi=$(seqfeed-verbs-check devices 2>/dev/null | awk -v d="$DEV0" '$1 == d { sub(/^gid\[/, "", $6); sub(/\].*/, "", $6); print $6 }')
+    for odpflag in "" --odp; do
+      timeout 60 ib_read_bw -d "$DEV0" -x "${gi:-1}" -F -s 65536 -n 200 $odpflag >/tmp/ibrb-s.log 2>&1 &
+      bpid=$!; sleep 2
+      timeout 40 ib_read_bw -d "$DEV0" -x "${gi:-1}" -F -s 65536 -n 200 $odpflag 127.0.0.1 >/tmp/ibrb-c.log 2>&1
+      brc=$?; kill $bpid 2>/dev/null; wait $bpid 2>/dev/null
+      echo "ODPCAPS ib_read_bw -d $DEV0 -s 65536 -n 200 ${odpflag:-(pinned)}: exit $brc $(awk '$1 == 65536 {print "BW MB/s " $4}' /tmp/ibrb-c.log) $(grep -iE 'error|fail|couldn' /tmp/ibrb-c.log | head -2 | tr '\n' ' ')"
+    done
+  fi
 fi
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then

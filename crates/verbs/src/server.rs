@@ -117,6 +117,17 @@ impl std::fmt::Debug for ServedQp {
     }
 }
 
+/// Whether a node registers with on-demand paging on devices that offer it
+/// for RC RDMA READ: yes unless `SEQFEED_VERBS_ODP` is `0`, `off`, `false`
+/// or `no`, which pins instead (to rule ODP out, or where a device's ODP
+/// misbehaves; the memlock and `MemAvailable` checks then apply).
+pub fn odp_allowed() -> bool {
+    !matches!(
+        std::env::var("SEQFEED_VERBS_ODP").as_deref(),
+        Ok("0" | "off" | "false" | "no")
+    )
+}
+
 impl VerbsServer {
     /// Opens the devices (all with an ACTIVE port, or those named) and
     /// registers every region on each of them.
@@ -155,10 +166,11 @@ impl VerbsServer {
     }
 
     /// What registering `regions` on `nics` pins: devices with on-demand
-    /// paging for RC reads pin nothing.
+    /// paging for RC reads pin nothing (unless [`odp_allowed`] says no).
     pub fn pin_plan(nics: &[Arc<Nic>], regions: &[ServedRegion]) -> PinPlan {
+        let allowed = odp_allowed();
         let (odp, pin): (Vec<&Arc<Nic>>, Vec<&Arc<Nic>>) =
-            nics.iter().partition(|n| n.info.odp_rc_read);
+            nics.iter().partition(|n| n.info.odp_rc_read && allowed);
         PinPlan {
             bytes: regions
                 .iter()
@@ -226,7 +238,7 @@ impl VerbsServer {
                     mrs.push(None);
                     continue;
                 }
-                let odp = nic.info.odp_rc_read;
+                let odp = plan.on_demand.contains(&nic.info.name);
                 let reg = |d: &Arc<dyn AsRef<[u8]> + Send + Sync>| {
                     crate::raw::reg_remote_read(&nic.pd, d, odp).map_err(|e| {
                         let efault = e.to_string().contains("os error 14");

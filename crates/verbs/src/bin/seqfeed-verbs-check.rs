@@ -729,7 +729,7 @@ fn main() -> ExitCode {
             Ok(d) => {
                 for i in &d {
                     println!(
-                        "{} port {} {} {} gid[{}]={} ({}) mtu {} rd_atom {}/{} max_qp_wr {} gids {:?}",
+                        "{} port {} {} {} gid[{}]={} ({}) mtu {} rd_atom {}/{} max_qp_wr {} odp_rc_read {} gids {:?}",
                         i.name,
                         i.port,
                         if i.active { "ACTIVE" } else { "not-active" },
@@ -741,6 +741,7 @@ fn main() -> ExitCode {
                         i.max_qp_init_rd_atom,
                         i.max_qp_rd_atom,
                         i.max_qp_wr,
+                        i.odp_rc_read,
                         i.gids
                     );
                 }
