@@ -48,6 +48,7 @@ mod error;
 pub mod fabric;
 mod mrcache;
 pub mod pinning;
+pub use pinning::{OdpPolicy, ODP_ENV};
 pub mod qpbook;
 mod raw;
 pub mod sendq;

@@ -64,6 +64,96 @@ impl PinPlan {
     }
 }
 
+/// When a node registers its regions with on-demand paging
+/// (`IBV_ACCESS_ON_DEMAND`) on devices that offer it for RC RDMA READ, from
+/// `SEQFEED_VERBS_ODP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OdpPolicy {
+    /// Pin when pinning fits the memlock limit and `MemAvailable`; use ODP
+    /// only to serve more than that (unset or `auto`). Pinned regions never
+    /// make the NIC wait on a page fault, and ODP is younger in some
+    /// providers (rxe on Linux 7.3 hung and returned wrong bytes with it).
+    Auto,
+    /// ODP wherever a device offers it (`1`, `on`, `true`, `yes`, `always`).
+    Always,
+    /// Always pin (`0`, `off`, `false`, `no`, `never`).
+    Never,
+}
+
+/// The environment variable read by [`OdpPolicy::from_env`].
+pub const ODP_ENV: &str = "SEQFEED_VERBS_ODP";
+
+impl OdpPolicy {
+    /// Parses a [`ODP_ENV`] value.
+    pub fn parse(s: &str) -> Result<OdpPolicy, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(OdpPolicy::Auto),
+            "1" | "on" | "true" | "yes" | "always" => Ok(OdpPolicy::Always),
+            "0" | "off" | "false" | "no" | "never" => Ok(OdpPolicy::Never),
+            _ => Err(format!(
+                "{ODP_ENV}={s:?}: expected auto (default), always (1, on) or never (0, off)"
+            )),
+        }
+    }
+
+    /// From [`ODP_ENV`] (unset: [`OdpPolicy::Auto`]).
+    pub fn from_env() -> Result<OdpPolicy, String> {
+        match std::env::var(ODP_ENV) {
+            Ok(v) => OdpPolicy::parse(&v),
+            Err(_) => Ok(OdpPolicy::Auto),
+        }
+    }
+}
+
+/// The plan for serving `bytes` in `regions` regions on `devices` (name,
+/// offers ODP for RC READ) under `policy`: with [`OdpPolicy::Auto`], every
+/// device pins when that passes [`check`] against `budget`, and the devices
+/// offering ODP use it only when it does not.
+pub fn choose(
+    devices: &[(String, bool)],
+    bytes: u64,
+    regions: usize,
+    policy: OdpPolicy,
+    budget: &PinBudget,
+) -> PinPlan {
+    let with_odp = |use_odp: bool| {
+        let names = |odp: bool| -> Vec<String> {
+            devices
+                .iter()
+                .filter(|d| (d.1 && use_odp) == odp)
+                .map(|d| d.0.clone())
+                .collect()
+        };
+        PinPlan {
+            bytes,
+            regions,
+            pinning: names(false),
+            on_demand: names(true),
+        }
+    };
+    match policy {
+        OdpPolicy::Never => with_odp(false),
+        OdpPolicy::Always => with_odp(true),
+        OdpPolicy::Auto => {
+            let pinned = with_odp(false);
+            match check(&pinned, budget) {
+                Ok(()) => pinned,
+                Err(e) => {
+                    let odp = with_odp(true);
+                    if !odp.on_demand.is_empty() {
+                        tracing::info!(
+                            on_demand = ?odp.on_demand,
+                            "verbs server: pinning every region would not fit ({e}); \
+                             registering with on-demand paging where the device offers it"
+                        );
+                    }
+                    odp
+                }
+            }
+        }
+    }
+}
+
 /// Parses the soft "Max locked memory" of `/proc/self/limits` (`None` for
 /// "unlimited" or when absent).
 pub fn parse_memlock(limits: &str) -> Option<u64> {
@@ -293,6 +383,55 @@ Max locked memory         65536                8388608              bytes     \n
         assert_eq!(p.memlock_needed(), 1 << 20);
         let m = check(&p, &b).expect_err("pins on rxe0").to_string();
         assert!(m.contains("mlx5_0 use on-demand paging"), "{m}");
+    }
+
+    #[test]
+    fn odp_is_used_only_when_pinning_does_not_fit_unless_told() {
+        let devs = [("mlx5_0".to_string(), true), ("rxe0".to_string(), false)];
+        let roomy = PinBudget {
+            memlock: None,
+            cap_ipc_lock: false,
+            mem_available: Some(64 << 30),
+        };
+        let tight = PinBudget {
+            memlock: Some(64 << 10),
+            ..roomy
+        };
+        let names = |p: &PinPlan| (p.pinning.clone(), p.on_demand.clone());
+        let both = (vec!["mlx5_0".to_string(), "rxe0".to_string()], vec![]);
+        let split = (vec!["rxe0".to_string()], vec!["mlx5_0".to_string()]);
+        // Auto: pin while it fits, ODP on the offering device once it does not.
+        assert_eq!(
+            names(&choose(&devs, 1 << 30, 3, OdpPolicy::Auto, &roomy)),
+            both
+        );
+        assert_eq!(
+            names(&choose(&devs, 1 << 30, 3, OdpPolicy::Auto, &tight)),
+            split
+        );
+        // Forced either way.
+        assert_eq!(
+            names(&choose(&devs, 1 << 30, 3, OdpPolicy::Always, &roomy)),
+            split
+        );
+        assert_eq!(
+            names(&choose(&devs, 1 << 30, 3, OdpPolicy::Never, &tight)),
+            both
+        );
+        // Too big for RAM: ODP devices go on demand, the pinning one still refuses.
+        let p = choose(&devs, 128 << 30, 3, OdpPolicy::Auto, &roomy);
+        assert_eq!(names(&p), split);
+        assert!(check(&p, &roomy).is_err());
+    }
+
+    #[test]
+    fn odp_policy_parses() {
+        assert_eq!(OdpPolicy::parse("").unwrap(), OdpPolicy::Auto);
+        assert_eq!(OdpPolicy::parse(" AUTO ").unwrap(), OdpPolicy::Auto);
+        assert_eq!(OdpPolicy::parse("1").unwrap(), OdpPolicy::Always);
+        assert_eq!(OdpPolicy::parse("off").unwrap(), OdpPolicy::Never);
+        let e = OdpPolicy::parse("maybe").unwrap_err();
+        assert!(e.contains(ODP_ENV) && e.contains("\"maybe\""), "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::device::{open_devices_with, Nic};
 use crate::endpoint::{read_depth, Accepted, QpEndpoint};
 use crate::error::VerbsError;
 use crate::fabric::FabricSettings;
-use crate::pinning::{PinBudget, PinPlan};
+use crate::pinning::{OdpPolicy, PinBudget, PinPlan};
 use crate::raw::{Connect, Cq, Qp, ACCESS_REMOTE_READ};
 
 /// Largest number of QPs one connect request may ask for.
@@ -117,17 +117,6 @@ impl std::fmt::Debug for ServedQp {
     }
 }
 
-/// Whether a node registers with on-demand paging on devices that offer it
-/// for RC RDMA READ: yes unless `SEQFEED_VERBS_ODP` is `0`, `off`, `false`
-/// or `no`, which pins instead (to rule ODP out, or where a device's ODP
-/// misbehaves; the memlock and `MemAvailable` checks then apply).
-pub fn odp_allowed() -> bool {
-    !matches!(
-        std::env::var("SEQFEED_VERBS_ODP").as_deref(),
-        Ok("0" | "off" | "false" | "no")
-    )
-}
-
 impl VerbsServer {
     /// Opens the devices (all with an ACTIVE port, or those named) and
     /// registers every region on each of them.
@@ -165,33 +154,43 @@ impl VerbsServer {
         VerbsServer::with_budget(nics, regions, &PinBudget::current())
     }
 
-    /// What registering `regions` on `nics` pins: devices with on-demand
-    /// paging for RC reads pin nothing (unless [`odp_allowed`] says no).
-    pub fn pin_plan(nics: &[Arc<Nic>], regions: &[ServedRegion]) -> PinPlan {
-        let allowed = odp_allowed();
-        let (odp, pin): (Vec<&Arc<Nic>>, Vec<&Arc<Nic>>) =
-            nics.iter().partition(|n| n.info.odp_rc_read && allowed);
-        PinPlan {
-            bytes: regions
-                .iter()
-                .map(|r| (*r.data).as_ref().len() as u64)
-                .sum(),
-            regions: regions.len(),
-            pinning: pin.iter().map(|n| n.info.name.clone()).collect(),
-            on_demand: odp.iter().map(|n| n.info.name.clone()).collect(),
-        }
+    /// What registering `regions` on `nics` pins under `policy`: devices
+    /// that register with on-demand paging for RC reads pin nothing. With
+    /// [`OdpPolicy::Auto`], every device pins when that fits `budget`, and
+    /// the devices offering ODP use it only when it does not.
+    pub fn pin_plan(
+        nics: &[Arc<Nic>],
+        regions: &[ServedRegion],
+        policy: OdpPolicy,
+        budget: &PinBudget,
+    ) -> PinPlan {
+        let devices: Vec<(String, bool)> = nics
+            .iter()
+            .map(|n| (n.info.name.clone(), n.info.odp_rc_read))
+            .collect();
+        let bytes = regions
+            .iter()
+            .map(|r| (*r.data).as_ref().len() as u64)
+            .sum();
+        crate::pinning::choose(&devices, bytes, regions.len(), policy, budget)
     }
 
     /// [`VerbsServer::new`] against a given budget: refuses with
     /// [`VerbsError::Pinning`] (the numbers and the fix) before registering
     /// anything when the plan does not fit; registers with on-demand paging
-    /// on devices that offer it for RC RDMA READ.
+    /// on devices that offer it for RC RDMA READ as [`OdpPolicy::from_env`]
+    /// says (by default only when pinning would not fit).
     pub fn with_budget(
         nics: Vec<Arc<Nic>>,
         regions: Vec<ServedRegion>,
         budget: &PinBudget,
     ) -> Result<VerbsServer, VerbsError> {
-        let plan = VerbsServer::pin_plan(&nics, &regions);
+        let policy = OdpPolicy::from_env().map_err(|detail| VerbsError::Device {
+            device: "-".into(),
+            step: "on-demand paging policy",
+            detail,
+        })?;
+        let plan = VerbsServer::pin_plan(&nics, &regions, policy, budget);
         crate::pinning::check(&plan, budget)?;
         tracing::info!(
             bytes = plan.bytes,
