@@ -23,6 +23,17 @@ fn device_or_skip(test: &str) -> bool {
     }
 }
 
+/// `n` regions of `len` synthetic bytes (`synthetic_region(seed, r, len)`).
+fn synthetic_regions(seed: u64, n: u32, len: usize) -> Vec<ServedRegion> {
+    (0..n)
+        .map(|r| ServedRegion {
+            id: RegionId(r),
+            name: format!("r{r}"),
+            data: Arc::new(synthetic_region(seed, r, len)),
+        })
+        .collect()
+}
+
 #[test]
 fn reads_match_the_source_bytes() {
     if !device_or_skip("reads_match_the_source_bytes") {
@@ -30,13 +41,7 @@ fn reads_match_the_source_bytes() {
     }
     let seed = 42;
     let len = 1 << 20;
-    let regions = (0..3)
-        .map(|r| ServedRegion {
-            id: RegionId(r),
-            name: format!("r{r}"),
-            data: Arc::new(synthetic_region(seed, r, len)),
-        })
-        .collect();
+    let regions = synthetic_regions(seed, 3, len);
     let server = Arc::new(VerbsServer::open(None, regions).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -93,13 +98,7 @@ fn rdma_cm_connected_reads_match() {
     }
     let seed = 7;
     let len = 1 << 16;
-    let regions = (0..2)
-        .map(|r| ServedRegion {
-            id: RegionId(r),
-            name: format!("r{r}"),
-            data: Arc::new(synthetic_region(seed, r, len)),
-        })
-        .collect();
+    let regions = synthetic_regions(seed, 2, len);
     let mut server = VerbsServer::open(None, regions).unwrap();
     let port = server.listen_cm("0.0.0.0:0".parse().unwrap()).unwrap();
     assert_eq!(server.cm_port(), Some(port));
