@@ -70,6 +70,7 @@ fn shapes(scale: f64) -> Vec<SourceShape> {
                 seq_len: SEQ_LEN,
                 token_bytes: TOKEN_BYTES,
                 tokenizer: None,
+                special_tokens: Default::default(),
                 files,
             }
         })

@@ -96,6 +96,33 @@ pub fn place(files: &[String], nodes: usize, replicas: usize) -> Vec<Vec<String>
     out
 }
 
+/// Lays out one data directory per node under a new temporary directory,
+/// as storage hosts hold them: `node-<i>/` with every source's
+/// `manifest.json` of the dataset at `root` and only the files of
+/// `placement[i]` (hard links). Returns the directory and the node roots.
+pub fn stage_nodes(root: &Path, placement: &[Vec<String>]) -> (tempfile::TempDir, Vec<PathBuf>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ds = seqfeed_format::DatasetManifests::open(root).expect("manifests");
+    let roots = placement
+        .iter()
+        .enumerate()
+        .map(|(i, files)| {
+            let node = dir.path().join(format!("node-{i}"));
+            for m in ds.sources() {
+                std::fs::create_dir_all(node.join(&m.name)).expect("mkdir");
+                let name = seqfeed_format::MANIFEST_NAME;
+                std::fs::copy(root.join(&m.name).join(name), node.join(&m.name).join(name))
+                    .expect("copy manifest");
+            }
+            for f in files {
+                std::fs::hard_link(root.join(f), node.join(f)).expect("link file");
+            }
+            node
+        })
+        .collect();
+    (dir, roots)
+}
+
 /// Starts one storage node on 127.0.0.1 (ephemeral port) per file list.
 pub fn start_nodes(root: &Path, placement: &[Vec<String>]) -> Vec<NodeHandle> {
     start_nodes_with(root, placement, &|_| {})

@@ -48,7 +48,7 @@ mod text_input;
 pub mod tokenize;
 mod zstd;
 
-pub use dataset::{fingerprint_of, Dataset};
+pub use dataset::{fingerprint_of, Dataset, DatasetManifests};
 pub use dtype::{Dtype, Token};
 pub use error::{FormatError, Result, TokenPos};
 pub use import::{pack_inputs, InDtype, Input, InputKind};
@@ -60,7 +60,7 @@ pub use seqfile::{
     FIXED_HEADER_LEN, FLAG_CRC, MAGIC, MAX_NAME_LEN, PAGE, VERSION,
 };
 pub use source::{
-    file_name, FileEntry, Source, SourceManifest, SourceOptions, SourceWriter, TokenizerInfo,
-    DEFAULT_MAX_FILE_BYTES, MANIFEST_NAME,
+    file_name, FileEntry, Source, SourceManifest, SourceOptions, SourceWriter, SpecialTokens,
+    TokenizerInfo, DEFAULT_MAX_FILE_BYTES, MANIFEST_NAME,
 };
 pub use tokenize::{Encoding, TextOptions, Tokenizer, TokenizerSpec};

@@ -29,6 +29,10 @@ pub struct PackOptions {
     pub seq_len: u64,
     /// Appended after every document, if set.
     pub eos: Option<u32>,
+    /// The BOS id the inputs put before every document (text inputs'
+    /// [`crate::TextOptions::bos`]), recorded in the manifest; the packer
+    /// itself adds none.
+    pub bos: Option<u32>,
     /// Handling of the last partial sequence.
     pub tail: Tail,
     /// File split size and CRC tables.
@@ -43,6 +47,7 @@ impl PackOptions {
             dtype,
             seq_len,
             eos: None,
+            bos: None,
             tail: Tail::Drop,
             source: SourceOptions {
                 max_file_bytes: DEFAULT_MAX_FILE_BYTES,
@@ -184,8 +189,16 @@ impl Packer {
                 )));
             }
         }
-        let writer =
+        let mut writer =
             SourceWriter::create(out_dir, &opts.name, opts.dtype, opts.seq_len, opts.source)?;
+        writer.set_special_tokens(crate::source::SpecialTokens {
+            eos: opts.eos,
+            bos: opts.bos,
+            pad: match opts.tail {
+                Tail::Pad(p) => Some(p),
+                Tail::Drop => None,
+            },
+        });
         let seq_len = opts.seq_len as usize;
         // About 1 MiB of output per flush, whole sequences.
         let per = ((1usize << 20) / (seq_len * opts.dtype.size())).max(1);

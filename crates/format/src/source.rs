@@ -45,6 +45,35 @@ pub struct SourceManifest {
     /// in sources packed from token ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<TokenizerInfo>,
+    /// The special-token ids `seqfeed pack` used (EOS after each document,
+    /// BOS before it, the pad id of a padded tail). Absent when it used none,
+    /// and in manifests written before this field existed.
+    #[serde(default, skip_serializing_if = "SpecialTokens::is_empty")]
+    pub special_tokens: SpecialTokens,
+}
+
+/// Special-token ids recorded in a source manifest: what a trainer needs to
+/// find document boundaries (`eod_token`) without the tokenizer at hand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecialTokens {
+    /// The id appended after every document (`--eos`, or the tokenizer's end
+    /// of text), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos: Option<u32>,
+    /// The id put before every document (`--bos`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos: Option<u32>,
+    /// The id that pads the last sequence (`--tail pad`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad: Option<u32>,
+}
+
+impl SpecialTokens {
+    /// No id recorded.
+    pub fn is_empty(&self) -> bool {
+        self.eos.is_none() && self.bos.is_none() && self.pad.is_none()
+    }
 }
 
 /// The tokenizer recorded in a source manifest.
@@ -112,6 +141,20 @@ impl SourceManifest {
             put_str(&mut h, &t.name);
             put_str(&mut h, &t.vocab_hash);
             h.update(&t.n_vocab.to_le_bytes());
+        }
+        // Likewise only when recorded: the ids decide where documents end.
+        if !self.special_tokens.is_empty() {
+            put_str(&mut h, "special_tokens");
+            for id in [
+                self.special_tokens.eos,
+                self.special_tokens.bos,
+                self.special_tokens.pad,
+            ] {
+                match id {
+                    None => h.update(&[0]),
+                    Some(v) => h.update(&[1]).update(&v.to_le_bytes()),
+                };
+            }
         }
         h.finalize().to_hex().to_string()
     }
@@ -216,10 +259,9 @@ impl Source {
     pub fn open(dir: impl AsRef<Path>) -> Result<Source> {
         let dir = dir.as_ref().to_path_buf();
         let manifest = SourceManifest::load(&dir)?;
-        let manifest_path = dir.join(MANIFEST_NAME);
         let mut files: Vec<SeqFile> = Vec::with_capacity(manifest.files.len());
-        for entry in &manifest.files {
-            let f = SeqFile::open(dir.join(&entry.path))?;
+        for index in 0..manifest.files.len() {
+            let f = Self::open_file(&dir, &manifest, index)?;
             if let Some(first) = files.first() {
                 let mismatch =
                     |field, expected: String, found: String| FormatError::SourceMismatch {
@@ -251,41 +293,6 @@ impl Source {
                     ));
                 }
             }
-            let check = |field: &'static str, m: String, v: String| -> Result<()> {
-                if m != v {
-                    return Err(FormatError::ManifestMismatch {
-                        manifest: manifest_path.clone(),
-                        file: f.path().to_path_buf(),
-                        field,
-                        manifest_value: m.into(),
-                        file_value: v.into(),
-                    });
-                }
-                Ok(())
-            };
-            check("dtype", manifest.dtype.to_string(), f.dtype().to_string())?;
-            check(
-                "seq_len",
-                manifest.seq_len.to_string(),
-                f.seq_len().to_string(),
-            )?;
-            check("source name", manifest.name.clone(), f.source_name().into())?;
-            check("count", entry.count.to_string(), f.count().to_string())?;
-            check(
-                "data_offset",
-                entry.data_offset.to_string(),
-                f.data_offset().to_string(),
-            )?;
-            check(
-                "file_len",
-                entry.file_len.to_string(),
-                f.file_len().to_string(),
-            )?;
-            check(
-                "payload_hash",
-                entry.payload_hash.to_ascii_lowercase(),
-                f.payload_hash_hex(),
-            )?;
             files.push(f);
         }
         let mut starts = Vec::with_capacity(files.len() + 1);
@@ -303,6 +310,62 @@ impl Source {
             starts,
             fingerprint,
         })
+    }
+
+    /// Maps file `index` of `manifest` in the source directory `dir` and
+    /// checks its header against the manifest's entry (dtype, seq_len,
+    /// source name, count, offsets, length and payload hash as recorded in
+    /// the header; the payload itself is not hashed). What a storage node
+    /// does for the files placed on it when it holds only some of a source.
+    pub fn open_file(dir: &Path, manifest: &SourceManifest, index: usize) -> Result<SeqFile> {
+        let manifest_path = dir.join(MANIFEST_NAME);
+        let entry = manifest
+            .files
+            .get(index)
+            .ok_or_else(|| FormatError::Manifest {
+                path: manifest_path.clone(),
+                reason: format!(
+                    "file index {index} out of range: the manifest lists {} files",
+                    manifest.files.len()
+                ),
+            })?;
+        let f = SeqFile::open(dir.join(&entry.path))?;
+        let check = |field: &'static str, m: String, v: String| -> Result<()> {
+            if m != v {
+                return Err(FormatError::ManifestMismatch {
+                    manifest: manifest_path.clone(),
+                    file: f.path().to_path_buf(),
+                    field,
+                    manifest_value: m.into(),
+                    file_value: v.into(),
+                });
+            }
+            Ok(())
+        };
+        check("dtype", manifest.dtype.to_string(), f.dtype().to_string())?;
+        check(
+            "seq_len",
+            manifest.seq_len.to_string(),
+            f.seq_len().to_string(),
+        )?;
+        check("source name", manifest.name.clone(), f.source_name().into())?;
+        check("count", entry.count.to_string(), f.count().to_string())?;
+        check(
+            "data_offset",
+            entry.data_offset.to_string(),
+            f.data_offset().to_string(),
+        )?;
+        check(
+            "file_len",
+            entry.file_len.to_string(),
+            f.file_len().to_string(),
+        )?;
+        check(
+            "payload_hash",
+            entry.payload_hash.to_ascii_lowercase(),
+            f.payload_hash_hex(),
+        )?;
+        Ok(f)
     }
 
     /// The source directory.
@@ -420,6 +483,7 @@ pub struct SourceWriter {
     current: Option<SeqFileWriter>,
     files: Vec<FileEntry>,
     tokenizer: Option<TokenizerInfo>,
+    special_tokens: SpecialTokens,
     done: bool,
 }
 
@@ -459,6 +523,7 @@ impl SourceWriter {
             current: None,
             files: Vec::new(),
             tokenizer: None,
+            special_tokens: SpecialTokens::default(),
             done: false,
         })
     }
@@ -470,6 +535,11 @@ impl SourceWriter {
     /// Records the tokenizer in the manifest written by [`SourceWriter::finish`].
     pub fn set_tokenizer(&mut self, tokenizer: TokenizerInfo) {
         self.tokenizer = Some(tokenizer);
+    }
+    /// Records the special-token ids in the manifest written by
+    /// [`SourceWriter::finish`].
+    pub fn set_special_tokens(&mut self, ids: SpecialTokens) {
+        self.special_tokens = ids;
     }
     /// Sequences per file (the split point).
     pub fn sequences_per_file(&self) -> u64 {
@@ -552,6 +622,7 @@ impl SourceWriter {
             seq_len: self.seq_len,
             files: self.files.clone(),
             tokenizer: self.tokenizer.clone(),
+            special_tokens: self.special_tokens,
         };
         let mpath = self.tmp.join(MANIFEST_NAME);
         std::fs::write(&mpath, manifest.to_json())

@@ -57,6 +57,13 @@ pub enum LoaderError {
         #[source]
         source: BoxError,
     },
+    /// The storage nodes could not describe the dataset, or describe
+    /// different data.
+    #[error("{what}")]
+    Nodes {
+        /// What went wrong, naming the nodes.
+        what: String,
+    },
     /// A node could not be connected after every retry.
     #[error("node {node}: unreachable after {attempts} attempt(s): {source}")]
     Connect {

@@ -52,6 +52,7 @@ mod error;
 mod loader;
 pub mod open;
 mod plan_source;
+pub mod remote;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 pub mod verify;
@@ -75,6 +76,7 @@ pub use open::{
     error_message, open_loader, open_plan, open_plan_split, LoaderSpec, Nodes, OpenedPlan,
 };
 pub use plan_source::PlanSource;
+pub use remote::{fetch_dataset, NodeDataset};
 pub use seqfeed_plan::Split;
 /// Device-memory destinations (GPUDirect RDMA), as the transports take them.
 pub use seqfeed_transport::{DeviceRegion, DmaBuf};

@@ -1,7 +1,9 @@
 //! One call from file names to a running loader, as the CLI's `read` and
-//! the Python package do it: open the plan against a dataset (or a shapes
-//! file), connect to the nodes of a cluster file, a node list or the local
-//! dataset, and start the [`Loader`].
+//! the Python package do it: open the plan against what the storage nodes
+//! publish (a trainer host needs only the plan config and the cluster
+//! file), a shapes file, or a dataset directory; connect to the nodes of a
+//! cluster file, a node list or the local dataset; and start the
+//! [`Loader`].
 //!
 //! Errors carry the same words wherever they surface: [`error_message`]
 //! renders an error and its causes the way the CLI prints them.
@@ -10,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use seqfeed_plan::{shapes_from_dataset, Plan, PlanConfig, ShapesFile, Split};
+use seqfeed_plan::{
+    shapes_from_dataset, shapes_from_manifests, Plan, PlanConfig, ShapesFile, SourceShape, Split,
+};
 use seqfeed_transport::tcp::ConnectOptions;
 use seqfeed_transport::ClusterFile;
 
@@ -22,6 +26,7 @@ use crate::connect::{connect_endpoints_with, Endpoint, TransportKind, VerbsDevic
 use crate::error::{BoxError, LoaderError};
 use crate::loader::Loader;
 use crate::plan_source::PlanSource;
+use crate::remote::fetch_dataset;
 
 /// A plan opened against its data.
 #[derive(Debug, Clone)]
@@ -30,7 +35,8 @@ pub struct OpenedPlan {
     pub plan: Arc<Plan>,
     /// The plan as the loader's block source (of the stream it was opened for).
     pub source: Arc<PlanSource>,
-    /// The dataset's fingerprint, when opened against a dataset.
+    /// The dataset's fingerprint, when known: opened against a dataset,
+    /// the nodes' manifests, or a shapes file that records it.
     pub dataset_fingerprint: Option<String>,
 }
 
@@ -63,26 +69,40 @@ pub fn open_plan_split(
                 .map_err(|e| opening(format!("dataset {}", root.display()), e))?;
             (shapes, Some(ds.fingerprint().to_owned()))
         }
-        (None, Some(path)) => (
-            ShapesFile::from_file(path)
-                .map_err(|e| opening(format!("shapes file {}", path.display()), e))?
-                .sources,
-            None,
-        ),
+        (None, Some(path)) => {
+            let file = ShapesFile::from_file(path)
+                .map_err(|e| opening(format!("shapes file {}", path.display()), e))?;
+            (file.sources, file.fingerprint)
+        }
         (None, None) => {
             return Err(LoaderError::Config {
-                what: "give a dataset directory or a shapes file to open the plan against".into(),
+                what: "give a dataset directory or a shapes file to open the plan against, or open it from the storage nodes (LoaderSpec::open_plan)".into(),
             })
         }
     };
-    let plan = Arc::new(
-        Plan::new(cfg, shapes).map_err(|e| opening(format!("plan {}", config.display()), e))?,
-    );
+    finish_open(
+        cfg,
+        shapes,
+        fingerprint,
+        split,
+        format!("plan {}", config.display()),
+    )
+}
+
+/// Makes the plan from its config and the sources' shapes.
+fn finish_open(
+    cfg: PlanConfig,
+    shapes: Vec<SourceShape>,
+    dataset_fingerprint: Option<String>,
+    split: Split,
+    what: String,
+) -> Result<OpenedPlan, LoaderError> {
+    let plan = Arc::new(Plan::new(cfg, shapes).map_err(|e| opening(what, e))?);
     let source = Arc::new(PlanSource::with_split(plan.clone(), split)?);
     Ok(OpenedPlan {
         plan,
         source,
-        dataset_fingerprint: fingerprint,
+        dataset_fingerprint,
     })
 }
 
@@ -169,33 +189,50 @@ impl LoaderSpec {
         }
     }
 
-    /// The endpoints and the transport to use for them.
+    /// The endpoints and the transport to use for them, checked against
+    /// the dataset `opened` was opened for.
     pub fn endpoints(
         &self,
         opened: &OpenedPlan,
     ) -> Result<(Vec<Endpoint>, TransportKind), LoaderError> {
+        let (endpoints, kind, cluster_fingerprint) = self.node_endpoints()?;
+        if let (Some(want), Some(have), Nodes::Cluster(path)) = (
+            &cluster_fingerprint,
+            &opened.dataset_fingerprint,
+            &self.nodes,
+        ) {
+            if want != have {
+                let from = match (&self.dataset, &self.shapes) {
+                    (Some(d), _) => format!("dataset {}", d.display()),
+                    (None, Some(s)) => format!("shapes file {}", s.display()),
+                    (None, None) => "the storage nodes' data".into(),
+                };
+                return Err(LoaderError::Config {
+                    what: format!(
+                        "cluster file {} is for dataset fingerprint {want}, but {from} has {have}",
+                        path.display(),
+                    ),
+                });
+            }
+        }
+        Ok((endpoints, kind))
+    }
+
+    /// The endpoints, the transport, and the dataset fingerprint the
+    /// cluster file records (if any).
+    fn node_endpoints(
+        &self,
+    ) -> Result<(Vec<Endpoint>, TransportKind, Option<String>), LoaderError> {
         match &self.nodes {
             Nodes::Cluster(path) => {
                 let cluster = ClusterFile::load(path).map_err(|e| LoaderError::Open {
                     what: format!("cluster file {}", path.display()),
                     source: e.into(),
                 })?;
-                if let (Some(want), Some(have)) =
-                    (&cluster.fingerprint, &opened.dataset_fingerprint)
-                {
-                    if want != have {
-                        return Err(LoaderError::Config {
-                            what: format!(
-                                "cluster file {} is for dataset fingerprint {want}, but {} has {have}",
-                                path.display(),
-                                self.dataset.as_deref().unwrap_or(Path::new("?")).display()
-                            ),
-                        });
-                    }
-                }
                 Ok((
                     Endpoint::from_cluster(&cluster, self.dataset.as_deref()),
                     self.transport,
+                    cluster.fingerprint.clone(),
                 ))
             }
             Nodes::List(list) => {
@@ -211,15 +248,111 @@ impl LoaderSpec {
                         None => Endpoint::remote(n.trim(), n.trim(), None),
                     })
                     .collect();
-                Ok((eps, self.transport))
+                Ok((eps, self.transport, None))
             }
             Nodes::Local => {
                 let root = self.dataset.as_ref().ok_or_else(|| LoaderError::Config {
                     what: "the local transport needs the dataset directory".into(),
                 })?;
-                Ok((vec![Endpoint::local(root, None)], TransportKind::Local))
+                Ok((
+                    vec![Endpoint::local(root, None)],
+                    TransportKind::Local,
+                    None,
+                ))
             }
         }
+    }
+
+    /// Opens the plan for [`LoaderSpec::split`]: against the dataset
+    /// directory when one is given; else against a shapes file (checked
+    /// against the nodes' data where they describe it); else against the
+    /// manifests the storage nodes publish ([`fetch_dataset`]), so a
+    /// trainer host needs no copy of the data.
+    pub fn open_plan(&self) -> Result<OpenedPlan, LoaderError> {
+        if self.dataset.is_some() {
+            return open_plan_split(
+                &self.plan,
+                self.dataset.as_deref(),
+                self.shapes.as_deref(),
+                self.split,
+            );
+        }
+        let (endpoints, _, cluster_fingerprint) = self.node_endpoints()?;
+        let opts = self.connect_options(None)?;
+        if let Some(path) = &self.shapes {
+            let opened = open_plan_split(&self.plan, None, Some(path), self.split)?;
+            if let Some(want) = &opened.dataset_fingerprint {
+                // Best effort: nodes that describe their data must describe
+                // this data; nodes that cannot are checked by the handshake.
+                match fetch_dataset(&endpoints, &opts) {
+                    Ok(nodes) if nodes.manifests.fingerprint() != want => {
+                        let file = ShapesFile::from_file(path)
+                            .map_err(|e| opening(format!("shapes file {}", path.display()), e))?;
+                        return Err(LoaderError::Nodes {
+                            what: format!(
+                                "shapes file {} does not match the data the storage nodes ({}) serve: {}",
+                                path.display(),
+                                nodes.answered.join(", "),
+                                shapes_difference(&file.sources, nodes.manifests.sources())
+                            ),
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::info!(
+                        error = %error_message(&e),
+                        "the shapes file could not be checked against the nodes' manifests; the handshake still checks the dataset fingerprint"
+                    ),
+                }
+            }
+            return Ok(opened);
+        }
+        let nodes = fetch_dataset(&endpoints, &opts)?;
+        let fingerprint = nodes.manifests.fingerprint().to_owned();
+        if let (Some(want), Nodes::Cluster(path)) = (&cluster_fingerprint, &self.nodes) {
+            if *want != fingerprint {
+                return Err(LoaderError::Nodes {
+                    what: format!(
+                        "cluster file {} is for dataset fingerprint {want}, but the storage nodes ({}) serve {fingerprint}",
+                        path.display(),
+                        nodes.answered.join(", ")
+                    ),
+                });
+            }
+        }
+        let cfg = PlanConfig::from_file(&self.plan)
+            .map_err(|e| opening(format!("plan {}", self.plan.display()), e))?;
+        let shapes = shapes_from_manifests(nodes.manifests.sources())
+            .map_err(|e| opening("the storage nodes' manifests".into(), e))?;
+        finish_open(
+            cfg,
+            shapes,
+            Some(fingerprint),
+            self.split,
+            format!(
+                "plan {} against the data the storage nodes ({}) serve",
+                self.plan.display(),
+                nodes.answered.join(", ")
+            ),
+        )
+    }
+
+    /// How to connect to the nodes: client name, secret, timeouts, and the
+    /// dataset fingerprint the nodes must serve.
+    fn connect_options(
+        &self,
+        expected_fingerprint: Option<String>,
+    ) -> Result<ConnectOptions, LoaderError> {
+        Ok(ConnectOptions {
+            client_name: self.client_name.clone(),
+            secret: self.resolve_secret()?,
+            expected_fingerprint,
+            connections: self.connections.max(1),
+            connect_timeout: self
+                .io_timeout
+                .clamp(Duration::from_millis(100), Duration::from_secs(2)),
+            io_timeout: self.io_timeout.max(Duration::from_millis(100)),
+            ..ConnectOptions::default()
+        })
     }
 
     /// The shared secret to use: `secret` (an empty one counts as none) or
@@ -249,17 +382,7 @@ impl LoaderSpec {
         config: &LoaderConfig,
     ) -> Result<ClusterReader, LoaderError> {
         let (endpoints, kind) = self.endpoints(opened)?;
-        let opts = ConnectOptions {
-            client_name: self.client_name.clone(),
-            secret: self.resolve_secret()?,
-            expected_fingerprint: opened.dataset_fingerprint.clone(),
-            connections: self.connections.max(1),
-            connect_timeout: self
-                .io_timeout
-                .clamp(Duration::from_millis(100), Duration::from_secs(2)),
-            io_timeout: self.io_timeout.max(Duration::from_millis(100)),
-            ..ConnectOptions::default()
-        };
+        let opts = self.connect_options(opened.dataset_fingerprint.clone())?;
         let verbs = VerbsDevices {
             explicit: self.verbs_devices.clone(),
             gpu_bus_id: self.gpu_bus_id.clone(),
@@ -284,12 +407,7 @@ pub fn open_loader(
     config: LoaderConfig,
     alloc: Option<Arc<dyn BufferAllocator>>,
 ) -> Result<(OpenedPlan, Loader), LoaderError> {
-    let opened = open_plan_split(
-        &spec.plan,
-        spec.dataset.as_deref(),
-        spec.shapes.as_deref(),
-        spec.split,
-    )?;
+    let opened = spec.open_plan()?;
     let reader = spec.connect(&opened, &config)?;
     let source: Arc<dyn BlockSource> = opened.source.clone();
     let loader = match alloc {
@@ -297,6 +415,37 @@ pub fn open_loader(
         None => Loader::new(config, source, reader)?,
     };
     Ok((opened, loader))
+}
+
+/// Which source of a shapes file differs from the nodes' manifests, and how.
+fn shapes_difference(
+    shapes: &[SourceShape],
+    manifests: &[seqfeed_format::SourceManifest],
+) -> String {
+    for shape in shapes {
+        match manifests.iter().find(|m| m.name == shape.name) {
+            None => return format!("source '{}' is not served by the nodes", shape.name),
+            Some(m) if m.fingerprint() != shape.fingerprint => {
+                return format!(
+                    "source '{}' has fingerprint {} in the shapes file and {} on the nodes",
+                    shape.name,
+                    shape.fingerprint,
+                    m.fingerprint()
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    match manifests
+        .iter()
+        .find(|m| !shapes.iter().any(|s| s.name == m.name))
+    {
+        Some(m) => format!(
+            "source '{}' is served by the nodes but not in the shapes file",
+            m.name
+        ),
+        None => "the dataset fingerprints differ".into(),
+    }
 }
 
 /// An error and its causes as one line, each cause once (causes whose text

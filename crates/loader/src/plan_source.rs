@@ -172,6 +172,7 @@ mod tests {
             seq_len: 64,
             token_bytes: 2,
             tokenizer: None,
+            special_tokens: Default::default(),
             files: (0..files)
                 .map(|i| FileShape {
                     path: format!("{name}/part-{i:05}.seq"),
@@ -219,6 +220,7 @@ mod tests {
             seq_len: 64,
             token_bytes: 4,
             tokenizer: None,
+            special_tokens: Default::default(),
             files: (0..files)
                 .map(|i| FileShape {
                     path: format!("{name}/part-{i:05}.seq"),

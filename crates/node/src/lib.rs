@@ -102,7 +102,9 @@ pub type VerbsFactory =
 /// How to run a storage node.
 #[derive(Clone)]
 pub struct NodeConfig {
-    /// Dataset root (a directory of sources).
+    /// Dataset root (a directory of sources). It holds every source's
+    /// `manifest.json` (the node publishes them to trainers) and at least
+    /// the files this node serves.
     pub dataset_root: PathBuf,
     /// Dataset-relative sequence files this node serves; `None` serves
     /// every file of the dataset.
@@ -287,6 +289,18 @@ pub enum NodeError {
         /// Frame limit.
         max: u32,
     },
+    /// The source manifests do not fit in one ManifestsOk frame.
+    #[error("node {node}: the manifests of {sources} sources ({bytes} bytes encoded) exceed the {max}-byte frame limit; split the dataset across fewer files per source or raise the frame limit")]
+    ManifestsTooLarge {
+        /// Node name.
+        node: String,
+        /// Number of sources.
+        sources: usize,
+        /// Encoded ManifestsOk size.
+        bytes: usize,
+        /// Frame limit.
+        max: u32,
+    },
     /// The verbs factory failed.
     #[error("node {node}: enabling verbs: {what}")]
     Verbs {
@@ -307,7 +321,7 @@ impl Node {
     /// connections.
     pub fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         let node = config.node_name.clone();
-        let (fingerprint, files) = match &config.fingerprint {
+        let (fingerprint, files, manifests) = match &config.fingerprint {
             Some(fp) => {
                 let files = match &config.files {
                     Some(f) => f.clone(),
@@ -317,23 +331,22 @@ impl Node {
                         source,
                     })?,
                 };
-                (fp.clone(), files)
+                (fp.clone(), files, None)
             }
             None => {
-                let ds = seqfeed_format::Dataset::open(&config.dataset_root).map_err(|source| {
-                    NodeError::Dataset {
-                        node: node.clone(),
-                        root: config.dataset_root.clone(),
-                        source: Box::new(source),
-                    }
-                })?;
-                let all: Vec<String> = ds.all_files().into_iter().map(|(_, _, p)| p).collect();
+                // The manifests alone: a node holds every source's manifest
+                // but may hold only the files placed on it.
+                let dataset_err = |source| NodeError::Dataset {
+                    node: node.clone(),
+                    root: config.dataset_root.clone(),
+                    source: Box::new(source),
+                };
+                let ds = seqfeed_format::DatasetManifests::open(&config.dataset_root)
+                    .map_err(dataset_err)?;
                 let files = match &config.files {
-                    None => all,
+                    None => ds.all_files(),
                     Some(listed) => {
-                        let known: std::collections::HashSet<&str> =
-                            all.iter().map(String::as_str).collect();
-                        if let Some(f) = listed.iter().find(|f| !known.contains(f.as_str())) {
+                        if let Some(f) = listed.iter().find(|f| ds.find_file(f).is_none()) {
                             return Err(NodeError::NotInDataset {
                                 node,
                                 root: config.dataset_root.clone(),
@@ -343,7 +356,14 @@ impl Node {
                         listed.clone()
                     }
                 };
-                (ds.fingerprint().to_owned(), files)
+                // Each served file's header against its manifest entry
+                // (count, offsets, length, payload hash): a node never
+                // publishes a manifest its own files contradict.
+                for f in &files {
+                    ds.open_file(f).map_err(dataset_err)?;
+                }
+                let manifests = ds.sources().iter().map(|m| m.to_json()).collect();
+                (ds.fingerprint().to_owned(), files, Some(manifests))
             }
         };
         let table = RegionTable::open(&config.dataset_root, &files).map_err(|source| {
@@ -352,7 +372,7 @@ impl Node {
                 source,
             }
         })?;
-        service::start(config, fingerprint, Arc::new(table))
+        service::start(config, fingerprint, Arc::new(table), manifests)
     }
 }
 

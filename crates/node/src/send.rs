@@ -19,7 +19,7 @@ const MAX_IOV: usize = 1024;
 pub(crate) type SendError = Option<std::io::Error>;
 
 /// Writes `slices` whole; each `writev` must make progress within `limit`.
-async fn write_slices(
+pub(crate) async fn write_slices(
     stream: &mut TcpStream,
     slices: &mut [IoSlice<'_>],
     limit: Duration,

@@ -19,6 +19,7 @@ impl SourceShape {
             seq_len,
             token_bytes: manifest.dtype.size() as u32,
             tokenizer: manifest.tokenizer.clone(),
+            special_tokens: manifest.special_tokens,
             files: manifest
                 .files
                 .iter()
@@ -39,4 +40,10 @@ pub fn shapes_from_dataset(dataset: &Dataset) -> Result<Vec<SourceShape>, PlanEr
         .iter()
         .map(|s| SourceShape::from_manifest(s.manifest()))
         .collect()
+}
+
+/// The shapes of a dataset's sources from their manifests alone (what the
+/// storage nodes publish), in the order given.
+pub fn shapes_from_manifests(manifests: &[SourceManifest]) -> Result<Vec<SourceShape>, PlanError> {
+    manifests.iter().map(SourceShape::from_manifest).collect()
 }

@@ -33,6 +33,7 @@
 //!     seq_len: 4096,
 //!     token_bytes: 2,
 //!     tokenizer: None,
+//!     special_tokens: Default::default(),
 //!     files: vec![FileShape { path: format!("{name}/part-00000.seq"), count: n, data_offset: 4096 }],
 //! };
 //! let config = PlanConfig::from_toml_str(r#"
@@ -69,7 +70,7 @@ mod tokenizer;
 
 pub use bijection::{derive_key, mix64, Feistel, ROUNDS};
 pub use config::{Holdout, MixingMode, PlanConfig, RunLength, SourceWeight, SplitConfig};
-pub use dataset::shapes_from_dataset;
+pub use dataset::{shapes_from_dataset, shapes_from_manifests};
 pub use error::{PlanError, QuotaRow};
 pub use plan::{Plan, PlanFile, PlanSource, RankCursor, SequenceRef};
 pub use quota::largest_remainder;

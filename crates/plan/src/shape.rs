@@ -1,7 +1,7 @@
 //! The plan's view of a dataset: sources described by their shapes alone
 //! (sequence size, file counts and offsets, fingerprint), no data.
 
-use seqfeed_format::TokenizerInfo;
+use seqfeed_format::{SpecialTokens, TokenizerInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::PlanError;
@@ -36,6 +36,10 @@ pub struct SourceShape {
     /// config's `tokenizer` pin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<TokenizerInfo>,
+    /// The special-token ids recorded in the source's manifest (EOS, BOS,
+    /// pad), when `seqfeed pack` recorded them: the trainer's default EOD id.
+    #[serde(default, skip_serializing_if = "SpecialTokens::is_empty")]
+    pub special_tokens: SpecialTokens,
     /// The files, in order; sequence `i` of the source lives in the file
     /// whose cumulative count range holds `i`.
     pub files: Vec<FileShape>,
@@ -58,17 +62,59 @@ impl SourceShape {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShapesFile {
+    /// The dataset fingerprint of these sources (as `seqfeed plan shapes`
+    /// writes it); when present it must equal the one the sources give
+    /// ([`ShapesFile::dataset_fingerprint`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     /// The sources.
     pub sources: Vec<SourceShape>,
 }
 
 impl ShapesFile {
+    /// The shapes of `sources`, with their dataset fingerprint recorded.
+    pub fn new(sources: Vec<SourceShape>) -> Self {
+        let mut file = ShapesFile {
+            fingerprint: None,
+            sources,
+        };
+        file.fingerprint = Some(file.dataset_fingerprint());
+        file
+    }
+
+    /// The dataset fingerprint of the sources, as
+    /// [`seqfeed_format::Dataset::fingerprint`] gives it for the same
+    /// manifests (every source of the dataset must be listed).
+    pub fn dataset_fingerprint(&self) -> String {
+        seqfeed_format::fingerprint_of(
+            self.sources
+                .iter()
+                .map(|s| (s.name.as_str(), s.fingerprint.as_str())),
+        )
+    }
+
+    fn checked(self, path: Option<&std::path::Path>) -> Result<Self, PlanError> {
+        if let Some(want) = &self.fingerprint {
+            let have = self.dataset_fingerprint();
+            if *want != have {
+                return Err(PlanError::Config {
+                    path: path.map(Into::into),
+                    message: format!(
+                        "the file records dataset fingerprint {want}, but its sources give {have}: it was edited, or sources were added or removed"
+                    ),
+                });
+            }
+        }
+        Ok(self)
+    }
+
     /// Parses a shapes file.
     pub fn from_toml_str(text: &str) -> Result<Self, PlanError> {
-        toml::from_str(text).map_err(|e| PlanError::Config {
+        let file: ShapesFile = toml::from_str(text).map_err(|e| PlanError::Config {
             path: None,
             message: e.to_string(),
-        })
+        })?;
+        file.checked(None)
     }
 
     /// Reads and parses a shapes file.
@@ -77,10 +123,11 @@ impl ShapesFile {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| PlanError::Config {
+        let file: ShapesFile = toml::from_str(&text).map_err(|e| PlanError::Config {
             path: Some(path.to_path_buf()),
             message: e.to_string(),
-        })
+        })?;
+        file.checked(Some(path))
     }
 
     /// The shapes file as TOML text.

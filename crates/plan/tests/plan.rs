@@ -16,6 +16,7 @@ fn shape(name: &str, counts: &[u64]) -> SourceShape {
         seq_len: 16,
         token_bytes: 2,
         tokenizer: None,
+        special_tokens: Default::default(),
         files: counts
             .iter()
             .enumerate()
@@ -613,6 +614,7 @@ fn mismatched_sequence_shapes_are_refused() {
 #[test]
 fn shapes_file_round_trips() {
     let file = ShapesFile {
+        fingerprint: None,
         sources: three_shapes(),
     };
     let text = file.to_toml_string().unwrap();

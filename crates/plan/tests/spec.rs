@@ -190,6 +190,7 @@ fn shapes(sources: &[Source]) -> Vec<SourceShape> {
             seq_len: 32,
             token_bytes: 4,
             tokenizer: None,
+            special_tokens: Default::default(),
             files: s
                 .counts
                 .iter()

@@ -13,6 +13,7 @@ fn shape(name: &str, counts: &[u64]) -> SourceShape {
         seq_len: 16,
         token_bytes: 2,
         tokenizer: None,
+        special_tokens: Default::default(),
         files: counts
             .iter()
             .enumerate()
@@ -196,6 +197,7 @@ fn fingerprints_cover_the_split_and_plans_without_one_are_unchanged() {
         seq_len: 16,
         token_bytes: 2,
         tokenizer: None,
+        special_tokens: Default::default(),
         files: vec![FileShape {
             path: format!("{name}/part-00000.seq"),
             count: n,

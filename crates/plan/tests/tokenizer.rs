@@ -26,6 +26,7 @@ fn shape(name: &str, tokenizer: Option<TokenizerInfo>) -> SourceShape {
         seq_len: 16,
         token_bytes: 4,
         tokenizer,
+        special_tokens: Default::default(),
         files: vec![FileShape {
             path: format!("{name}/part-00000.seq"),
             count: 1000,
@@ -166,6 +167,7 @@ fn pin_and_shape_tokenizers_round_trip_through_toml() {
         .contains("tokenizer"));
 
     let shapes = ShapesFile {
+        fingerprint: None,
         sources: vec![shape("web", Some(info("hf:x", 'e'))), shape("ids", None)],
     };
     let text = shapes.to_toml_string().unwrap();

@@ -307,6 +307,30 @@ impl ControlClient {
         }
     }
 
+    /// The manifests of every source of the node's dataset, as JSON texts
+    /// (`manifest.json`), sorted by source name. A node that publishes none
+    /// (plain files, or a node from before the request existed) gives an
+    /// error naming it.
+    pub fn manifests(&mut self) -> Result<Vec<String>, TransportError> {
+        let answer = self.request(&Frame::Manifests).map_err(|e| match e {
+            TransportError::Io { node, what, source } => TransportError::Io {
+                node,
+                what: format!(
+                    "{what} after asking for the source manifests (a node from before seqfeed published them closes the connection here)"
+                ),
+                source,
+            },
+            other => other,
+        })?;
+        match answer {
+            Frame::ManifestsOk { manifests } => Ok(manifests),
+            f => Err(proto(
+                &self.node,
+                format!("expected ManifestsOk, got {}", f.name()),
+            )),
+        }
+    }
+
     /// The underlying socket (timeouts set), e.g. to read raw payloads.
     pub fn stream_mut(&mut self) -> &mut TcpStream {
         &mut self.stream

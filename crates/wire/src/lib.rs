@@ -51,7 +51,7 @@ pub use frame::{
     decode, decode_body, decode_header, ClientCounters, Decoded, ErrorCode, Frame, HealthOk, Hello,
     Limits, NodeCounters, QpEndpoint, ReadBatch, RegionId, RegionInfo, RegionKey, StatsOk,
     VerbsAccept, VerbsConnect, Welcome, WireError, WireRead, HEADER_LEN, HELLO_MAGIC, MAX_CLIENTS,
-    MAX_FINGERPRINT, MAX_QPS, MAX_STRING, NONCE_LEN, PROOF_LEN, PROTOCOL_VERSION,
+    MAX_FINGERPRINT, MAX_MANIFESTS, MAX_QPS, MAX_STRING, NONCE_LEN, PROOF_LEN, PROTOCOL_VERSION,
 };
 pub use session::{
     check_welcome, find_region, hello, FrameReader, HandshakeError, ServerAction, ServerConn,

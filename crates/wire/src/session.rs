@@ -117,6 +117,9 @@ pub enum ServerAction {
     Health,
     /// Answer with [`Frame::StatsOk`].
     Stats,
+    /// Answer with [`Frame::ManifestsOk`] (the driver holds the manifests),
+    /// or an error when the node has none to publish.
+    Manifests,
     /// Answer a verbs connect request (with `VerbsAccept` or an `Error`).
     VerbsConnect(VerbsConnect),
     /// Send `frame` if any, then close the connection; `reason` is for the
@@ -255,6 +258,7 @@ impl ServerConn {
             (State::Ready { .. }, Frame::ReadBatch(b)) => self.batch(b),
             (State::Ready { .. }, Frame::Health) => ServerAction::Health,
             (State::Ready { .. }, Frame::Stats) => ServerAction::Stats,
+            (State::Ready { .. }, Frame::Manifests) => ServerAction::Manifests,
             (State::Ready { .. }, Frame::VerbsConnect(v)) => ServerAction::VerbsConnect(v),
             (State::Ready { .. }, f) => self.fail(
                 ErrorCode::UNEXPECTED,

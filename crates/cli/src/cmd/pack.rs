@@ -336,6 +336,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         dtype: args.dtype,
         seq_len: args.seq_len,
         eos,
+        bos,
         tail,
         source: SourceOptions {
             max_file_bytes: args.max_file_size,

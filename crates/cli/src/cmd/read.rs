@@ -2,7 +2,13 @@
 //! (a cluster file, one node address, or the local dataset) through the
 //! loader, and prints throughput (GB/s, sequences/s) and stall time.
 //! `--verify` checks every batch against the plan and direct reads of the
-//! dataset's files; `--consume-us` simulates a trainer's work per step.
+//! dataset's files; `--digest` prints a BLAKE3 digest of every byte read
+//! (compare it with a run on a host that has the data); `--consume-us`
+//! simulates a trainer's work per step.
+//!
+//! A trainer host needs only the plan config and the cluster file (or node
+//! addresses): without `--dataset` and `--shapes` the plan is opened from
+//! the manifests the storage nodes publish.
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -20,9 +26,12 @@ pub struct Args {
     #[arg(long)]
     plan: PathBuf,
     /// Dataset root: plan shapes, `--local` reads and `--verify` checks.
-    #[arg(long, required_unless_present = "shapes")]
+    /// Not needed on a trainer host: without it (and without --shapes) the
+    /// plan is opened from the manifests the storage nodes publish.
+    #[arg(long)]
     dataset: Option<PathBuf>,
-    /// Source shapes file instead of a dataset (no --verify, no --local).
+    /// Source shapes file (`seqfeed plan shapes`) instead of asking the
+    /// nodes (no --verify, no --local).
     #[arg(long, conflicts_with = "dataset")]
     shapes: Option<PathBuf>,
     /// Cluster file (nodes, addresses, files each holds).
@@ -90,6 +99,10 @@ pub struct Args {
     /// Simulated consumer work per step (microseconds of sleep).
     #[arg(long, default_value_t = 0)]
     consume_us: u64,
+    /// Print a BLAKE3 digest of every byte read, in step and row order (the
+    /// same on any host for the same plan, rank, world and steps).
+    #[arg(long)]
+    digest: bool,
     /// Print the summary as one JSON object on stdout (rank, world, steps,
     /// sequences, bytes, seconds, throughput, stall, and `verified_bytes`
     /// with `--verify`).
@@ -120,7 +133,6 @@ pub(crate) fn cluster_endpoints(cluster: &ClusterFile, root: Option<&Path>) -> V
 
 /// Runs `seqfeed read`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let opened = open_plan(&args.plan, args.dataset.as_deref(), args.shapes.as_deref())?;
     let mut config = LoaderConfig::from_env()?;
     if let Some(r) = args.rank {
         config.rank = r;
@@ -177,6 +189,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .any()
         .then(|| args.fabric.settings())
         .transpose()?;
+    let opened = spec.open_plan()?;
     let (endpoints, _) = spec.endpoints(&opened)?;
     // The plan's identity in the log: two runs with the same fingerprint read
     // the same sequences in the same order (an unpinned config changes plan
@@ -201,8 +214,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut verifier = args.dataset.as_ref().map(Verifier::new);
     let mut checked = 0u64;
     let work = Duration::from_micros(args.consume_us);
+    let mut digest = args.digest.then(blake3::Hasher::new);
     while let Some(batch) = loader.next() {
         let batch = batch.with_context(|| format!("rank {rank} of {world}"))?;
+        if let Some(h) = digest.as_mut() {
+            h.update(batch.bytes());
+        }
         if args.verify {
             if let Some(v) = verifier.as_mut() {
                 match v.check(&opened.plan, &batch, rank, world) {
@@ -227,6 +244,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let per_node = loader.node_stats();
     let gbps = |bytes: u64, d: Duration| bytes as f64 / d.as_secs_f64().max(1e-9) / 1e9;
     let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+    let digest = digest.map(|h| h.finalize().to_hex().to_string());
     if args.json {
         let out = serde_json::json!({
             "rank": rank,
@@ -247,6 +265,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "stall_after_warmup_secs": st.stall_after_warmup().as_secs_f64(),
             "failed_over": st.failed_over,
             "verified_bytes": args.verify.then_some(checked),
+            "digest": digest,
+            "dataset_fingerprint": opened.dataset_fingerprint,
             "per_node": per_node.iter().map(node_json).collect::<Vec<_>>(),
         });
         println!("{out}");
@@ -295,6 +315,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.verify {
         println!("  verified: {checked} bytes equal to the plan's sequences in the files: OK");
+    }
+    if let Some(d) = &digest {
+        println!("  digest: blake3 {d} over {} bytes", st.bytes);
     }
     Ok(ExitCode::SUCCESS)
 }

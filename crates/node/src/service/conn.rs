@@ -15,7 +15,7 @@ use tokio::time::Instant as TokioInstant;
 
 use super::{Budget, ClientEntry, Shared};
 use crate::logs::{safe, WarnKind};
-use crate::send::{linger_close, serve_reads, write_frame};
+use crate::send::{linger_close, serve_reads, write_frame, write_slices};
 use crate::ClientId;
 
 enum End {
@@ -198,6 +198,22 @@ async fn drive(
                     });
                     write_frame(stream, &f, g.write_timeout).await
                 }
+                ServerAction::Manifests => match &shared.manifests {
+                    Some(bytes) => {
+                        write_slices(stream, &mut [std::io::IoSlice::new(bytes)], g.write_timeout)
+                            .await
+                    }
+                    None => {
+                        let f = Frame::Error {
+                            code: ErrorCode::NOT_SUPPORTED,
+                            message: format!(
+                                "node {} serves plain files without source manifests (started with a fixed fingerprint); give the trainer a shapes file or the dataset",
+                                shared.node
+                            ),
+                        };
+                        write_frame(stream, &f, g.write_timeout).await
+                    }
+                },
                 ServerAction::VerbsConnect(req) => {
                     let f = verbs_connect(shared, id, conn.client().unwrap_or(""), req, verbs_used)
                         .await;

@@ -95,6 +95,10 @@ struct Shared {
     auth: AuthGuard,
     /// Time to serve each read batch (the /metrics histogram).
     latency: crate::metrics::ReadLatency,
+    /// The encoded [`Frame::ManifestsOk`] (every source manifest), when the
+    /// node serves a dataset; `None` for plain files with a fixed
+    /// fingerprint.
+    manifests: Option<Vec<u8>>,
 }
 
 impl Shared {
@@ -412,6 +416,7 @@ pub(crate) fn start(
     config: NodeConfig,
     fingerprint: String,
     table: Arc<RegionTable>,
+    manifests: Option<Vec<String>>,
 ) -> Result<NodeHandle, NodeError> {
     let node = config.node_name.clone();
     let io_err = |what, source| NodeError::Io {
@@ -479,6 +484,22 @@ pub(crate) fn start(
             max: config.limits.max_frame,
         });
     }
+    let manifests = match manifests {
+        None => None,
+        Some(manifests) => {
+            let sources = manifests.len();
+            let bytes = Frame::ManifestsOk { manifests }.to_bytes();
+            if bytes.len() - seqfeed_wire::HEADER_LEN > config.limits.max_frame as usize {
+                return Err(NodeError::ManifestsTooLarge {
+                    node,
+                    sources,
+                    bytes: bytes.len(),
+                    max: config.limits.max_frame,
+                });
+            }
+            Some(bytes)
+        }
+    };
     let shared = Arc::new(Shared {
         node: node.clone(),
         policy,
@@ -504,6 +525,7 @@ pub(crate) fn start(
         warn_interval: config.warn_limit.interval.max(Duration::from_millis(10)),
         auth: AuthGuard::new(config.auth_limit),
         latency: crate::metrics::ReadLatency::new(),
+        manifests,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     runtime.spawn(warning_summaries(Arc::clone(&shared), shutdown_rx.clone()));

@@ -4,8 +4,8 @@
 use super::{
     kind, ClientCounters, ErrorCode, Frame, HealthOk, Hello, Limits, NodeCounters, QpEndpoint,
     ReadBatch, RegionId, RegionInfo, RegionKey, StatsOk, VerbsAccept, VerbsConnect, Welcome,
-    WireRead, HEADER_LEN, HELLO_MAGIC, MAX_CLIENTS, MAX_FINGERPRINT, MAX_QPS, MAX_STRING,
-    NONCE_LEN, PROTOCOL_VERSION,
+    WireRead, HEADER_LEN, HELLO_MAGIC, MAX_CLIENTS, MAX_FINGERPRINT, MAX_MANIFESTS, MAX_QPS,
+    MAX_STRING, NONCE_LEN, PROTOCOL_VERSION,
 };
 
 /// Result of [`decode`].
@@ -237,6 +237,15 @@ pub fn decode_body(kind: u8, body: &[u8], limits: &Limits) -> Result<Frame, Wire
             Frame::ReadData { id, total }
         }
         kind::HEALTH => Frame::Health,
+        kind::MANIFESTS => Frame::Manifests,
+        kind::MANIFESTS_OK => {
+            let n = r.count("manifest count", MAX_MANIFESTS, 4)?;
+            let mut manifests = Vec::with_capacity(n);
+            for _ in 0..n {
+                manifests.push(r.blob("manifest", limits.max_frame as usize)?);
+            }
+            Frame::ManifestsOk { manifests }
+        }
         kind::STATS => Frame::Stats,
         kind::HEALTH_OK => Frame::HealthOk(HealthOk {
             node: r.node_counters()?,
@@ -346,6 +355,19 @@ impl<'a> Reader<'a> {
     }
     fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
         Ok(u64::from_le_bytes(self.array(what)?))
+    }
+    fn blob(&mut self, what: &'static str, max: usize) -> Result<String, WireError> {
+        let at = self.pos;
+        let n = self.u32(what)? as usize;
+        if n > max {
+            return Err(WireError::TooLarge {
+                what,
+                value: n as u64,
+                max: max as u64,
+            });
+        }
+        let b = self.take(n, what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| WireError::BadUtf8 { what, at })
     }
     fn str(&mut self, what: &'static str, max: usize) -> Result<String, WireError> {
         let at = self.pos;

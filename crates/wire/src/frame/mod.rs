@@ -25,7 +25,10 @@ pub use decode::{decode, decode_body, decode_header, Decoded, WireError};
 /// challenge-response ([`Frame::Challenge`], [`Frame::Proof`],
 /// [`Welcome::proof`]; see [`crate::auth`]).
 /// Version 4 added [`VerbsConnect::rail`] and [`VerbsConnect::replaces`]
-/// (rail pairing and QP replacement on the node).
+/// (rail pairing and QP replacement on the node), and later the optional
+/// [`Frame::Manifests`] request (a node without it closes the connection
+/// with a bad-frame error, which a client reports as "does not publish its
+/// manifests").
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Bytes of a handshake nonce ([`Hello::nonce`], [`Frame::Challenge`]).
@@ -51,6 +54,9 @@ pub const MAX_QPS: usize = 1024;
 
 /// Most per-client entries in one stats frame.
 pub const MAX_CLIENTS: usize = 65_536;
+
+/// Most source manifests in one [`Frame::ManifestsOk`].
+pub const MAX_MANIFESTS: usize = 65_536;
 
 /// Bounds applied while decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -382,6 +388,16 @@ pub enum Frame {
     VerbsConnect(VerbsConnect),
     /// Node: queue pairs connected, with the regions' keys.
     VerbsAccept(VerbsAccept),
+    /// Client: ask for the manifests of every source of the node's dataset
+    /// (after the handshake, like every request).
+    Manifests,
+    /// Node: the manifests, each the JSON text of a source's
+    /// `manifest.json`. A trainer host makes its plan from them and checks
+    /// them against the dataset fingerprint of the [`Welcome`].
+    ManifestsOk {
+        /// One JSON document per source, sorted by source name.
+        manifests: Vec<String>,
+    },
 }
 
 mod kind {
@@ -399,8 +415,10 @@ mod kind {
     pub const VERBS_ACCEPT: u8 = 12;
     pub const CHALLENGE: u8 = 13;
     pub const PROOF: u8 = 14;
+    pub const MANIFESTS: u8 = 15;
+    pub const MANIFESTS_OK: u8 = 16;
     /// The highest kind.
-    pub const LAST: u8 = PROOF;
+    pub const LAST: u8 = MANIFESTS_OK;
 }
 
 impl Frame {
@@ -421,6 +439,8 @@ impl Frame {
             Frame::VerbsAccept(_) => "VerbsAccept",
             Frame::Challenge { .. } => "Challenge",
             Frame::Proof { .. } => "Proof",
+            Frame::Manifests => "Manifests",
+            Frame::ManifestsOk { .. } => "ManifestsOk",
         }
     }
 
@@ -440,6 +460,8 @@ impl Frame {
             Frame::VerbsAccept(_) => kind::VERBS_ACCEPT,
             Frame::Challenge { .. } => kind::CHALLENGE,
             Frame::Proof { .. } => kind::PROOF,
+            Frame::Manifests => kind::MANIFESTS,
+            Frame::ManifestsOk { .. } => kind::MANIFESTS_OK,
         }
     }
 
@@ -498,7 +520,13 @@ impl Frame {
                 w.u64(*id);
                 w.u64(*total);
             }
-            Frame::Health | Frame::Stats => {}
+            Frame::Health | Frame::Stats | Frame::Manifests => {}
+            Frame::ManifestsOk { manifests } => {
+                w.u32(manifests.len() as u32);
+                for m in manifests {
+                    w.blob(m.as_bytes());
+                }
+            }
             Frame::HealthOk(h) => {
                 w.node_counters(&h.node);
                 w.client_counters(&h.you);
@@ -587,6 +615,13 @@ impl Writer<'_> {
         let b = s.as_bytes();
         let n = b.len().min(u16::MAX as usize);
         self.u16(n as u16);
+        self.bytes(&b[..n]);
+    }
+    fn blob(&mut self, b: &[u8]) {
+        // Longer blobs are cut at u32::MAX and refused by the decoder
+        // (max_frame), never silently misframed.
+        let n = b.len().min(u32::MAX as usize);
+        self.u32(n as u32);
         self.bytes(&b[..n]);
     }
     fn opt_str(&mut self, s: Option<&str>) {

@@ -33,6 +33,22 @@ enum PlanCommand {
     Stats(StatsArgs),
     /// Write the config with every source's current fingerprint pinned.
     Pin(PinArgs),
+    /// Write the dataset's shapes file (every source's files, counts,
+    /// seq_len, dtype, fingerprints, tokenizer and special-token ids): what
+    /// a trainer host needs to open the plan without the data or the nodes.
+    Shapes(ShapesArgs),
+}
+
+/// Flags of `seqfeed plan shapes`.
+#[derive(clap::Args, Debug)]
+struct ShapesArgs {
+    /// Dataset root. Only the sources' manifest.json files are read, so a
+    /// storage host holding only its placed files will do.
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Shapes file to write (TOML; written to a temporary name, then renamed).
+    #[arg(long, short)]
+    out: PathBuf,
 }
 
 /// Where the plan comes from: a config plus a dataset or a shapes file.
@@ -188,6 +204,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         PlanCommand::Materialize(a) => materialize(a),
         PlanCommand::Stats(a) => stats::stats(a),
         PlanCommand::Pin(a) => pin(a),
+        PlanCommand::Shapes(a) => write_shapes(a),
     }
 }
 
@@ -403,6 +420,32 @@ fn pin(a: PinArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn write_shapes(a: ShapesArgs) -> anyhow::Result<ExitCode> {
+    let ds = seqfeed_format::DatasetManifests::open(&a.dataset)
+        .with_context(|| format!("reading the manifests of dataset {}", a.dataset.display()))?;
+    let file = ShapesFile::new(seqfeed_plan::shapes_from_manifests(ds.sources())?);
+    if file.fingerprint.as_deref() != Some(ds.fingerprint()) {
+        bail!(
+            "internal error: the shapes give dataset fingerprint {:?}, the manifests {}",
+            file.fingerprint,
+            ds.fingerprint()
+        );
+    }
+    let text = file.to_toml_string()?;
+    let tmp = temp_name(&a.out);
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), a.out.display()))?;
+    let files: usize = file.sources.iter().map(|s| s.files.len()).sum();
+    println!(
+        "wrote the shapes of {} sources ({files} files, dataset {}) to {}",
+        file.sources.len(),
+        ds.fingerprint(),
+        a.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -434,6 +477,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let shapes = ShapesFile {
+            fingerprint: None,
             sources: ["web", "code"]
                 .iter()
                 .enumerate()
@@ -443,6 +487,7 @@ mod tests {
                     seq_len: 8,
                     token_bytes: 2,
                     tokenizer: None,
+                    special_tokens: Default::default(),
                     files: (0..3)
                         .map(|f| seqfeed_plan::FileShape {
                             path: format!("{name}/part-{f:05}.seq"),
