@@ -260,8 +260,8 @@ impl Source {
         let dir = dir.as_ref().to_path_buf();
         let manifest = SourceManifest::load(&dir)?;
         let mut files: Vec<SeqFile> = Vec::with_capacity(manifest.files.len());
-        for index in 0..manifest.files.len() {
-            let f = Self::open_file(&dir, &manifest, index)?;
+        for (index, entry) in manifest.files.iter().enumerate() {
+            let f = SeqFile::open(dir.join(&entry.path))?;
             if let Some(first) = files.first() {
                 let mismatch =
                     |field, expected: String, found: String| FormatError::SourceMismatch {
@@ -293,6 +293,7 @@ impl Source {
                     ));
                 }
             }
+            Self::check_file(&dir, &manifest, index, &f)?;
             files.push(f);
         }
         let mut starts = Vec::with_capacity(files.len() + 1);
@@ -318,6 +319,23 @@ impl Source {
     /// the header; the payload itself is not hashed). What a storage node
     /// does for the files placed on it when it holds only some of a source.
     pub fn open_file(dir: &Path, manifest: &SourceManifest, index: usize) -> Result<SeqFile> {
+        let entry = manifest
+            .files
+            .get(index)
+            .ok_or_else(|| FormatError::Manifest {
+                path: dir.join(MANIFEST_NAME),
+                reason: format!(
+                    "file index {index} out of range: the manifest lists {} files",
+                    manifest.files.len()
+                ),
+            })?;
+        let f = SeqFile::open(dir.join(&entry.path))?;
+        Self::check_file(dir, manifest, index, &f)?;
+        Ok(f)
+    }
+
+    /// Checks file `index`'s header (mapped as `f`) against its manifest entry.
+    fn check_file(dir: &Path, manifest: &SourceManifest, index: usize, f: &SeqFile) -> Result<()> {
         let manifest_path = dir.join(MANIFEST_NAME);
         let entry = manifest
             .files
@@ -329,7 +347,6 @@ impl Source {
                     manifest.files.len()
                 ),
             })?;
-        let f = SeqFile::open(dir.join(&entry.path))?;
         let check = |field: &'static str, m: String, v: String| -> Result<()> {
             if m != v {
                 return Err(FormatError::ManifestMismatch {
@@ -365,7 +382,7 @@ impl Source {
             entry.payload_hash.to_ascii_lowercase(),
             f.payload_hash_hex(),
         )?;
-        Ok(f)
+        Ok(())
     }
 
     /// The source directory.

@@ -50,6 +50,11 @@ pub struct PlanSource {
     pub max_epochs: f64,
     /// Fingerprint of the source's data the plan was made for.
     pub fingerprint: String,
+    /// The tokenizer recorded in the source's manifest, if any.
+    pub tokenizer: Option<seqfeed_format::TokenizerInfo>,
+    /// The special-token ids recorded in the source's manifest (EOS, BOS,
+    /// pad), if any: a trainer's default EOD id.
+    pub special_tokens: seqfeed_format::SpecialTokens,
     /// Sequences drawn from this source over the run (exact).
     pub quota: u64,
     /// Sequences in each global batch (stratified mode; `None` in global mode).
@@ -366,6 +371,8 @@ impl Plan {
                 weight: weights[i],
                 max_epochs: s.max_epochs.unwrap_or(config.max_epochs),
                 fingerprint: shape.fingerprint.clone(),
+                tokenizer: shape.tokenizer.clone(),
+                special_tokens: shape.special_tokens,
                 quota: quotas[i],
                 per_batch: per_batch.as_ref().map(|p| p[i]),
                 size: end,

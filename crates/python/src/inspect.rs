@@ -36,41 +36,7 @@ pub(crate) fn plan_stats<'py>(
     shapes: Option<PathBuf>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let opened = open(plan, dataset, shapes)?;
-    let p = &opened.plan;
-    let d = PyDict::new(py);
-    d.set_item("fingerprint", p.fingerprint())?;
-    d.set_item("dataset_fingerprint", opened.dataset_fingerprint.clone())?;
-    d.set_item("mode", p.mode().to_string())?;
-    d.set_item("global_batch", p.global_batch())?;
-    d.set_item("steps", p.steps())?;
-    // The validation stream: its sequences, and the full steps a loader serves.
-    d.set_item("validation_sequences", p.validation_len())?;
-    d.set_item("validation_steps", p.validation_len() / p.global_batch())?;
-    d.set_item("total_sequences", p.total_sequences())?;
-    d.set_item("requested_sequences", p.requested_sequences())?;
-    d.set_item("seq_len", p.seq_len())?;
-    d.set_item("token_bytes", p.token_bytes())?;
-    let total = p.total_sequences().max(1) as f64;
-    let wsum: f64 = p.sources().iter().map(|s| s.weight).sum();
-    let sources = PyList::empty(py);
-    for s in p.sources() {
-        let e = PyDict::new(py);
-        e.set_item("name", &s.name)?;
-        e.set_item("weight", s.weight)?;
-        e.set_item("target", if wsum > 0.0 { s.weight / wsum } else { 0.0 })?;
-        e.set_item("realized", s.quota as f64 / total)?;
-        e.set_item("quota", s.quota)?;
-        e.set_item("size", s.size)?;
-        e.set_item("epochs", s.epochs())?;
-        e.set_item("max_repeats", s.max_repeats())?;
-        e.set_item("at_max_repeats", s.sequences_at_max_repeats())?;
-        e.set_item("max_epochs", s.max_epochs)?;
-        e.set_item("per_batch", s.per_batch)?;
-        e.set_item("files", s.files.len())?;
-        sources.append(e)?;
-    }
-    d.set_item("sources", sources)?;
-    Ok(d)
+    crate::plan::stats_dict(py, &opened.plan, opened.dataset_fingerprint.clone())
 }
 
 /// The rows data-parallel rank `dp_rank` of `dp_size` reads at `step`

@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 mod capsule;
 mod inspect;
 mod loader;
+mod plan;
 mod widen;
 
 create_exception!(
@@ -50,6 +51,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<loader::NativeLoader>()?;
     m.add_class::<loader::NativeBatch>()?;
+    m.add_class::<plan::NativePlan>()?;
+    m.add_function(wrap_pyfunction!(plan::open_plan, m)?)?;
     m.add_function(wrap_pyfunction!(inspect::plan_stats, m)?)?;
     m.add_function(wrap_pyfunction!(inspect::plan_show, m)?)?;
     m.add_function(wrap_pyfunction!(inspect::inspect_source, m)?)?;

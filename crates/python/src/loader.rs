@@ -3,7 +3,6 @@
 //! signals every 100 ms, so Ctrl-C stops a waiting loop (the loader's
 //! reader thread stops when the loader is closed or collected).
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,12 +12,12 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use seqfeed_cuda::dlpack::{DLDataType, DLDevice, KDL_CPU, KDL_CUDA};
 use seqfeed_cuda::{DlpackTensor, LoaderDestination, TransportCaps};
 use seqfeed_loader::{
-    open_plan_split, Batch, BlockSource, BufferAllocator, Dtype, HeapAllocator, Loader,
-    LoaderConfig, LoaderError, LoaderSpec, Next, Nodes, OpenedPlan, RetryPolicy, Split,
-    TransportKind,
+    Batch, BlockSource, BufferAllocator, Dtype, HeapAllocator, Loader, LoaderConfig, LoaderError,
+    Next, OpenedPlan, RetryPolicy, Split, TransportKind,
 };
 
 use crate::capsule::into_capsule;
+use crate::plan::NativePlan;
 use crate::py_err;
 use crate::widen::{WidenedBuffer, WideningAllocator};
 
@@ -66,24 +65,16 @@ pub(crate) struct NativeLoader {
 #[pymethods]
 impl NativeLoader {
     #[new]
-    #[pyo3(signature = (plan, *, dataset=None, shapes=None, cluster=None, nodes=None,
-        transport="auto", device="cpu", prefetch=2, secret=None, secret_file=None, start_step=0, start_micro=0,
-        end_step=None, dp_rank=0, dp_size=1, accumulation=1, widen=false, connections=2,
-        io_timeout_ms=10_000, failover_ms=10_000, ring_wait_ms=10_000, client_name=None,
+    #[pyo3(signature = (plan, *, device="cpu", prefetch=2, start_step=0, start_micro=0,
+        end_step=None, dp_rank=0, dp_size=1, accumulation=1, widen=false,
+        failover_ms=10_000, ring_wait_ms=10_000, client_name=None,
         split="train", verify_crc=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        plan: PathBuf,
-        dataset: Option<PathBuf>,
-        shapes: Option<PathBuf>,
-        cluster: Option<PathBuf>,
-        nodes: Option<Vec<String>>,
-        transport: &str,
+        plan: PyRef<'_, NativePlan>,
         device: &str,
         prefetch: usize,
-        secret: Option<String>,
-        secret_file: Option<PathBuf>,
         start_step: u64,
         start_micro: usize,
         end_step: Option<u64>,
@@ -91,8 +82,6 @@ impl NativeLoader {
         dp_size: usize,
         accumulation: usize,
         widen: bool,
-        connections: usize,
-        io_timeout_ms: u64,
         failover_ms: u64,
         ring_wait_ms: u64,
         client_name: Option<String>,
@@ -101,35 +90,12 @@ impl NativeLoader {
     ) -> PyResult<Self> {
         let place = parse_device(device)?;
         let split = crate::inspect::parse_split(split)?;
-        let transport: TransportKind = transport.parse().map_err(PyValueError::new_err)?;
-        let nodes = match (cluster, nodes) {
-            (Some(_), Some(_)) => {
-                return Err(PyValueError::new_err(
-                    "give either cluster or nodes, not both",
-                ))
-            }
-            (Some(c), None) => Nodes::Cluster(c),
-            (None, Some(n)) => Nodes::List(n),
-            (None, None) if transport == TransportKind::Local || dataset.is_some() => Nodes::Local,
-            (None, None) => {
-                return Err(PyValueError::new_err(
-                    "give a cluster file, a node list, or a dataset directory (local transport)",
-                ))
-            }
-        };
         if dp_size == 0 || dp_rank >= dp_size {
             return Err(crate::SeqfeedError::new_err(format!(
                 "invalid loader configuration: data-parallel rank {dp_rank} is out of range for data-parallel size {dp_size}"
             )));
         }
-        let mut spec = LoaderSpec::new(plan, nodes);
-        spec.dataset = dataset;
-        spec.shapes = shapes;
-        spec.transport = transport;
-        spec.secret = secret;
-        spec.secret_file = secret_file;
-        spec.connections = connections.max(1);
-        spec.io_timeout = Duration::from_millis(io_timeout_ms.max(100));
+        let mut spec = plan.spec().clone();
         spec.split = split;
         spec.client_name = client_name
             .unwrap_or_else(|| format!("seqfeed-python/dp{dp_rank}/pid{}", std::process::id()));
@@ -155,16 +121,11 @@ impl NativeLoader {
         if let Some(e) = end_step {
             config = config.end_step(e);
         }
+        let opened = plan.opened(split).map_err(|e| crate::py_err(&e))?;
+        drop(plan);
         let (opened, loader, widened) = py
             .detach(|| -> Result<_, String> {
                 let msg = |e: LoaderError| seqfeed_loader::error_message(&e);
-                let opened = open_plan_split(
-                    &spec.plan,
-                    spec.dataset.as_deref(),
-                    spec.shapes.as_deref(),
-                    spec.split,
-                )
-                .map_err(msg)?;
                 let (alloc, widened) =
                     allocator(place, opened.source.dtype(), spec.transport, widen)?;
                 let reader = spec.connect(&opened, &config).map_err(msg)?;

@@ -86,6 +86,14 @@ fn samples() -> Vec<Frame> {
             ],
         }),
         Frame::ReadData { id: 4, total: 100 },
+        Frame::Manifests,
+        Frame::ManifestsOk {
+            manifests: vec![
+                "{\"name\": \"web\"}".into(),
+                String::new(),
+                "é".repeat(70_000),
+            ],
+        },
         Frame::Health,
         Frame::HealthOk(HealthOk {
             node: nc,
@@ -518,6 +526,12 @@ impl Pair {
                         })
                         .to_bytes(),
                     ),
+                    ServerAction::Manifests => self.client_rx.feed(
+                        &Frame::ManifestsOk {
+                            manifests: vec!["m1".into(), "m2".into()],
+                        }
+                        .to_bytes(),
+                    ),
                     ServerAction::Stats | ServerAction::VerbsConnect(_) => {
                         self.client_rx.feed(
                             &Frame::Error {
@@ -575,9 +589,16 @@ fn pair_handshake_and_reads() {
         };
         p.client_send(&Frame::ReadBatch(batch));
         p.client_send(&Frame::Health);
+        p.client_send(&Frame::Manifests);
         let got = p.drive(&mut raw);
         assert_eq!(got[0], Frame::ReadData { id: 42, total: 140 });
         assert!(matches!(&got[1], Frame::HealthOk(h) if h.you.client == "rank0"));
+        assert_eq!(
+            got[2],
+            Frame::ManifestsOk {
+                manifests: vec!["m1".into(), "m2".into()]
+            }
+        );
         let want: Vec<u8> = (10..50u64)
             .map(|i| (i + 7) as u8)
             .chain((0..100u64).map(|i| i as u8))
@@ -806,4 +827,45 @@ fn pre_auth_frames_are_small_and_the_largest_hello_fits() {
     assert_eq!(s.buffered(), b.len());
     assert!(matches!(s.poll(), Some(ServerAction::ServeReads { .. })));
     assert_eq!(s.buffered(), 0);
+}
+
+/// The manifests are only for authenticated sessions: asked for before the
+/// handshake, the node closes the connection; a manifest longer than the
+/// frame limit, or not UTF-8, is refused by the decoder.
+#[test]
+fn manifests_need_the_handshake_and_are_bounded() {
+    let mut p = Pair::new(Some("s"), 7);
+    p.client_send(&Frame::Manifests);
+    let got = p.drive(&mut Vec::new());
+    assert!(
+        matches!(&got[..], [Frame::Error { code: ErrorCode::UNEXPECTED, message }] if message.contains("expected Hello, got Manifests")),
+        "{got:?}"
+    );
+    assert!(p.server.is_closed());
+
+    let limits = Limits {
+        max_frame: 64,
+        ..Limits::DEFAULT
+    };
+    let big = Frame::ManifestsOk {
+        manifests: vec!["x".repeat(100)],
+    };
+    // The frame itself is over the limit, and so is its one manifest.
+    assert!(matches!(
+        decode(&big.to_bytes(), &limits),
+        Err(WireError::TooLarge { .. })
+    ));
+    let mut bad = Frame::ManifestsOk {
+        manifests: vec!["ab".into()],
+    }
+    .to_bytes();
+    let n = bad.len();
+    bad[n - 1] = 0xff;
+    assert!(matches!(
+        decode(&bad, &Limits::DEFAULT),
+        Err(WireError::BadUtf8 {
+            what: "manifest",
+            ..
+        })
+    ));
 }

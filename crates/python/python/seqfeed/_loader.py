@@ -1,6 +1,7 @@
 """``seqfeed.Loader``: a rank's micro-batches as torch tensors."""
 
 import os
+import threading
 
 import torch
 import torch.utils.dlpack
@@ -13,6 +14,94 @@ from ._parallel import data_parallel_from_env
 _from_capsule = torch.utils.dlpack.from_dlpack
 _DTYPES = {"int64": torch.int64, "int32": torch.int32, "uint16": torch.uint16}
 _STATE_VERSION = 1
+
+# One opened plan per process and argument set: train and validation
+# loaders (and every re-created loader) share it instead of opening the
+# dataset or asking the storage nodes again.
+_PLANS = {}
+_PLANS_LOCK = threading.Lock()
+
+
+def _stamp(path):
+    """A file's identity for the plan cache: its path, size and mtime."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (os.path.abspath(path), None)
+    return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+def _open_plan(plan, *, dataset, shapes, cluster, nodes, transport, secret, secret_file,
+               connections, io_timeout_ms):
+    """The plan opened once per process for these arguments (a
+    ``_native.NativePlan``): against the dataset, the shapes file, or the
+    manifests the storage nodes publish."""
+    key = (
+        _stamp(plan), _stamp(dataset), _stamp(shapes), _stamp(cluster),
+        tuple(nodes) if nodes is not None else None, transport, secret,
+        _stamp(secret_file), connections, io_timeout_ms,
+    )
+    with _PLANS_LOCK:
+        opened = _PLANS.get(key)
+        if opened is None:
+            opened = _native.open_plan(
+                plan, dataset=dataset, shapes=shapes, cluster=cluster, nodes=nodes,
+                transport=transport, secret=secret, secret_file=secret_file,
+                connections=connections, io_timeout_ms=io_timeout_ms,
+            )
+            _PLANS[key] = opened
+        return opened
+
+
+def _cuda_device(device):
+    """``cuda`` without an index means this process's GPU: torch's current
+    device, or ``LOCAL_RANK`` under a launcher when the current device was
+    never set (torchrun starts every rank on device 0)."""
+    if device.type != "cuda" or device.index is not None:
+        return device
+    index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    local = os.environ.get("LOCAL_RANK")
+    if index == 0 and local is not None:
+        try:
+            index = int(local)
+        except ValueError:
+            raise SeqfeedError(f"LOCAL_RANK={local!r} is not an integer") from None
+    return torch.device("cuda", index)
+
+
+def _default_eod(info):
+    """The EOD id the plan's sources recorded (``seqfeed pack`` writes the
+    EOS it appended into each manifest); ``None`` when none recorded one.
+    Sources that disagree are refused, naming them."""
+    found = {(s["name"], s["eos"]) for s in info["sources"]}
+    ids = {eos for _, eos in found}
+    if len(ids) == 1:
+        return ids.pop()
+    named = ", ".join(
+        f"{name}: {eos if eos is not None else 'none recorded'}" for name, eos in sorted(found)
+    )
+    raise SeqfeedError(
+        f"the plan's sources record different EOS ids ({named}); pass eod_token=ID to choose "
+        "one, or eod_token=False for no document boundaries"
+    )
+
+
+def _check_eod(info, eod):
+    """Refuses an EOD id outside a source's vocabulary or token type."""
+    top = (1 << (8 * info["token_bytes"])) - 1
+    if not 0 <= eod <= top:
+        raise SeqfeedError(
+            f"eod_token {eod} does not fit the dataset's {8 * info['token_bytes']}-bit token ids"
+        )
+    for s in info["sources"]:
+        if s["n_vocab"] is not None and eod >= s["n_vocab"]:
+            raise SeqfeedError(
+                f"eod_token {eod} is outside the vocabulary of source {s['name']!r}: it was packed "
+                f"with {s['tokenizer']} (n_vocab {s['n_vocab']}, ids 0..{s['n_vocab'] - 1}); "
+                f"its recorded EOS is {s['eos']}"
+            )
 
 
 class Batch:
@@ -73,14 +162,23 @@ class Loader:
     Args:
         plan: plan config (TOML) path.
         dataset: dataset directory: the plan's shapes and fingerprint, and
-            the data itself for the local transport.
-        shapes: a shapes file instead of a dataset (remote data only).
+            the data itself for the local transport. Not needed on a
+            trainer host: without ``dataset`` and ``shapes`` the plan is
+            opened from the manifests the storage nodes publish (so a
+            trainer needs only the plan config and the cluster file).
+        shapes: a shapes file (``seqfeed plan shapes``) instead of asking
+            the nodes (remote data only).
         cluster: cluster file (nodes, addresses, the files each holds).
+            The plan is opened once per process for the same files and
+            settings, however many loaders (train, validation) use it.
         nodes: instead of a cluster file, ``["host:port", ...]`` or
             ``["name=host:port", ...]``, each node holding every file.
             With neither, the dataset is read on this host (local transport).
         transport: ``"auto"``, ``"tcp"``, ``"verbs"`` or ``"local"``.
-        device: ``"cpu"`` or ``"cuda:N"``.
+        device: ``"cpu"``, ``"cuda:N"``, or ``"cuda"``: this process's GPU,
+            torch's current device, or ``LOCAL_RANK`` when the current
+            device is still 0 (a launcher that never called
+            ``torch.cuda.set_device``).
         prefetch: steps read ahead of the consumer.
         secret: the nodes' shared secret (default ``SEQFEED_SECRET``). It never
             crosses the network: the handshake is a challenge-response.
@@ -102,8 +200,13 @@ class Loader:
         labels: the data is packed at L+1 tokens per sequence; batches carry
             ``input_ids = tokens[:, :-1]`` and ``labels = tokens[:, 1:]``.
         eod_token: the EOD id; enables ``loss_mask`` and ``position_ids``.
+            Default: the EOS id ``seqfeed pack`` recorded in the sources'
+            manifests (``loader.eod_token`` tells which); sources that
+            record different ids are refused unless one is given here, and
+            ``False`` turns document boundaries off. An id outside a
+            source's vocabulary is refused.
         eod_mask_loss, reset_position_ids: as Megatron's options of the
-            same names.
+            same names; with no EOD id known they raise.
         connections, io_timeout_ms, failover_ms, ring_wait_ms: network and
             fail-over bounds (see ``seqfeed read --help``).
         verify_crc: check every sequence read against its file's CRC32C
@@ -173,13 +276,18 @@ class Loader:
         if isinstance(device, torch.device):
             device = str(device)
         self._device = torch.device(device)
-        self._paths = dict(
-            dataset=_path(dataset), shapes=_path(shapes), cluster=_path(cluster), nodes=nodes
+        if self._device.type == "cuda":
+            self._device = _cuda_device(self._device)
+        secret = secret if secret is not None else os.environ.get("SEQFEED_SECRET")
+        secret_file = _path(
+            secret_file if secret_file is not None else os.environ.get("SEQFEED_SECRET_FILE")
         )
-        self._plan = os.fspath(plan)
-        self._info = _native.plan_stats(
-            self._plan, dataset=self._paths["dataset"], shapes=self._paths["shapes"]
+        self._plan = _open_plan(
+            os.fspath(plan), dataset=_path(dataset), shapes=_path(shapes), cluster=_path(cluster),
+            nodes=nodes, transport=transport, secret=secret, secret_file=secret_file,
+            connections=connections, io_timeout_ms=io_timeout_ms,
         )
+        self._info = self._plan.stats()
         if not 0 <= dp_rank < dp_size:
             raise SeqfeedError(
                 "invalid loader configuration: "
@@ -210,17 +318,25 @@ class Loader:
             raise SeqfeedError("labels=True needs sequences of at least 2 tokens (pack at L+1)")
         self._dtype = dtype
         self._labels = bool(labels)
+        if eod_token is None:
+            eod_token = _default_eod(self._info)
+        elif eod_token is False:
+            eod_token = None
+        if eod_token is not None:
+            eod_token = int(eod_token)
+            _check_eod(self._info, eod_token)
+        elif eod_mask_loss or reset_position_ids:
+            raise SeqfeedError(
+                "eod_mask_loss and reset_position_ids need the EOD id, and the plan's sources "
+                "record none (packed without --eos / a tokenizer): pass eod_token=ID"
+            )
+        self.eod_token = eod_token
         self._eod = eod_token
         self._eod_mask_loss = bool(eod_mask_loss)
         self._reset_position_ids = bool(reset_position_ids)
         self._opts = dict(
-            transport=transport,
             device=str(self._device) if self._device.type == "cuda" else "cpu",
             prefetch=int(prefetch),
-            secret=secret if secret is not None else os.environ.get("SEQFEED_SECRET"),
-            secret_file=_path(
-                secret_file if secret_file is not None else os.environ.get("SEQFEED_SECRET_FILE")
-            ),
             end_step=end_step,
             dp_rank=int(dp_rank),
             dp_size=int(dp_size),
@@ -228,8 +344,6 @@ class Loader:
             # int64 is widened by the reader thread (CPU) or on the GPU, ahead
             # of the consumer; the tensor is then still zero-copy.
             widen=dtype == "int64",
-            connections=connections,
-            io_timeout_ms=io_timeout_ms,
             failover_ms=failover_ms,
             ring_wait_ms=ring_wait_ms,
             split=split,
@@ -240,13 +354,16 @@ class Loader:
         self.dp_rank, self.dp_size = int(dp_rank), int(dp_size)
         self._position = (int(start_step), 0)
         self._native = None
+        # Connect now: an unreachable node or a wrong secret raises here,
+        # where the Loader is built, not at the first batch.
+        self._start()
 
     # -- iteration -------------------------------------------------------
 
     def _start(self):
         step, micro = self._position
         self._native = _native.NativeLoader(
-            self._plan, start_step=step, start_micro=micro, **self._paths, **self._opts
+            self._plan, start_step=step, start_micro=micro, **self._opts
         )
 
     def __iter__(self):
