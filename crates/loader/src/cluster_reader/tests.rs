@@ -10,7 +10,6 @@ fn quick() -> RetryPolicy {
         start_attempts: 2,
         backoff_initial: Duration::from_millis(5),
         backoff_max: Duration::from_millis(20),
-        max_reconnects: 100,
         failover_timeout: Duration::from_millis(300),
     }
 }
