@@ -18,11 +18,12 @@
 //!    past the io timeout) marks it suspect with one log line naming it and
 //!    what it was reading, moves its rows to other live replicas and reads
 //!    them again at once. When a file has no live holder, it waits for a
-//!    holder's reconnect for at most [`RetryPolicy::failover_timeout`]
-//!    (counted from the step's first failure); then
-//!    [`LoaderError::NoReplica`] names the step, the file and each
-//!    replica's error (a socket timeout says "timed out"). Other errors (a
-//!    read out of bounds) fail the step at once.
+//!    holder's reconnect (probing the holders meanwhile) until
+//!    [`RetryPolicy::failover_timeout`] has passed since the step's first
+//!    failure; then [`LoaderError::NoReplica`] names the step, the file,
+//!    the time waited and each replica with how long it has been down, its
+//!    latest error and the read it failed (a socket timeout says "timed
+//!    out"). Other errors (a read out of bounds) fail the step at once.
 //!
 //! Destination memory: [`ClusterReader::register_buffer`] announces a
 //! long-lived destination (the loader's ring of step buffers) to every node
