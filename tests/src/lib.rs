@@ -200,7 +200,6 @@ pub fn quick_retry() -> RetryPolicy {
         start_attempts: 3,
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
-        max_reconnects: 50,
         failover_timeout: Duration::from_millis(1500),
     }
 }

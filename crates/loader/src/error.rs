@@ -99,7 +99,9 @@ pub enum LoaderError {
         file: String,
         /// How long the reader waited for a replica.
         waited_ms: u128,
-        /// Each replica with its last error.
+        /// Each replica with its latest state: how long it has been down,
+        /// its latest error and the read that made it suspect (or its
+        /// damaged copy).
         tried: String,
     },
     /// Every replica of a file that was read served data that fails the

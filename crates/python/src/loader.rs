@@ -573,7 +573,8 @@ impl NativeBatch {
 
 /// One node's counters as a dict: name, live, bytes, reads, batches,
 /// errors (by kind), failed_over, reconnects, crc_mismatches,
-/// last_crc_mismatch, given_up, and the batch latency (p50/p99/mean in
+/// last_crc_mismatch, down_s (seconds disconnected, None while connected),
+/// last_error (its latest error while down), and the batch latency (p50/p99/mean in
 /// seconds, each the upper bound of a power-of-two bucket, None before the
 /// first batch).
 fn node_stats_dict<'py>(
@@ -597,8 +598,9 @@ fn node_stats_dict<'py>(
     d.set_item("reconnects", n.reconnects)?;
     d.set_item("crc_mismatches", n.crc_mismatches)?;
     d.set_item("last_crc_mismatch", n.last_crc_mismatch.as_deref())?;
-    d.set_item("given_up", n.given_up)?;
     let secs = |x: Option<Duration>| x.map(|d| d.as_secs_f64());
+    d.set_item("down_s", secs(n.down_for))?;
+    d.set_item("last_error", n.last_error.as_deref())?;
     d.set_item("latency_p50_s", secs(n.latency.quantile(0.5)))?;
     d.set_item("latency_p99_s", secs(n.latency.quantile(0.99)))?;
     d.set_item("latency_mean_s", secs(n.latency.mean()))?;

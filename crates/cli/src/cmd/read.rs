@@ -310,7 +310,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             n.failed_over,
             n.reconnects,
             n.crc_mismatches,
-            if n.given_up { " (given up)" } else { "" }
+            down_note(n)
         );
     }
     if args.verify {
@@ -320,6 +320,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("  digest: blake3 {d} over {} bytes", st.bytes);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// ` (down 12.3 s, probed in the background; latest error: ...)` for a node
+/// disconnected at the end of the run, else nothing.
+fn down_note(n: &seqfeed_loader::NodeStats) -> String {
+    match n.down_for {
+        None => String::new(),
+        Some(d) => format!(
+            " (down {:.1} s, probed in the background; latest error: {})",
+            d.as_secs_f64(),
+            n.last_error.as_deref().unwrap_or("none recorded")
+        ),
+    }
 }
 
 /// One node's loader counters for `read --json`.
@@ -342,7 +355,8 @@ fn node_json(n: &seqfeed_loader::NodeStats) -> serde_json::Value {
         "reconnects": n.reconnects,
         "crc_mismatches": n.crc_mismatches,
         "last_crc_mismatch": n.last_crc_mismatch,
-        "given_up": n.given_up,
+        "down_ms": n.down_for.map(|d| d.as_millis() as u64),
+        "last_error": n.last_error,
         "batch_latency_us": {
             "p50": us(n.latency.quantile(0.5)),
             "p99": us(n.latency.quantile(0.99)),

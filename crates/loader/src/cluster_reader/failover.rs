@@ -68,6 +68,8 @@ impl ClusterReader {
                 (now, now + policy.failover_timeout)
             })
         };
+        // Dead nodes this step has already had probed at once.
+        let mut hurried: Vec<usize> = Vec::new();
         let mut pending: Vec<usize> = (0..rows).collect();
         let mut round = 0u32;
         while !pending.is_empty() {
@@ -92,33 +94,32 @@ impl ClusterReader {
                     })
                 }
                 Err(fi) => {
-                    // No live holder of file `fi`: wait for a reconnect while
-                    // the window is open: a probe in flight, or one due before
-                    // the deadline. Else give up.
+                    // No live holder of file `fi`: wait for one until the
+                    // window closes, its dead holders probed meanwhile (each
+                    // at once the first time this step needs it, then at
+                    // its backoff). Woken by any probe's result, when a
+                    // holder's next probe is due, or at the deadline.
                     let (opened, deadline) = open(&mut window);
                     let now = Instant::now();
-                    let next = self.holders[fi]
+                    if now >= deadline {
+                        return Err(self.no_replica(step, fi, opened.elapsed()));
+                    }
+                    for &n in &self.holders[fi] {
+                        if !hurried.contains(&n) {
+                            hurried.push(n);
+                            let node = &mut self.nodes[n];
+                            node.retry_at = node.retry_at.min(now);
+                        }
+                    }
+                    let due = self.holders[fi]
                         .iter()
                         .map(|&n| &self.nodes[n])
-                        .filter(|n| !n.given_up)
-                        .map(|n| if n.probing { now } else { n.retry_at })
-                        .min();
-                    match next {
-                        Some(t) if t < deadline && now < deadline => {
-                            // Woken by a probe's result, or when the next is due.
-                            let due = self.holders[fi]
-                                .iter()
-                                .map(|&n| &self.nodes[n])
-                                .filter(|n| !n.given_up && !n.probing)
-                                .map(|n| n.retry_at)
-                                .filter(|&t| t > now)
-                                .min()
-                                .unwrap_or(deadline);
-                            self.wait_for_probe(due.min(deadline));
-                            continue;
-                        }
-                        _ => return Err(self.no_replica(step, fi, opened.elapsed())),
-                    }
+                        .filter(|n| !n.live() && !n.probing)
+                        .map(|n| n.retry_at)
+                        .min()
+                        .unwrap_or(deadline);
+                    self.wait_for_probe(due.min(deadline));
+                    continue;
                 }
             };
             let failed = self.read_round(
@@ -139,19 +140,35 @@ impl ClusterReader {
         Ok(stats)
     }
 
+    /// The error of a step that found no live replica of file `fi` within
+    /// the fail-over window, having waited `waited`: each holder with its
+    /// latest state (down since when, its latest error, and the read that
+    /// made it suspect; or its damaged copy).
     fn no_replica(&self, step: u64, fi: usize, waited: Duration) -> LoaderError {
         let tried = self.holders[fi]
             .iter()
             .map(|&n| {
                 let node = &self.nodes[n];
-                let last = node.last_error.as_deref().unwrap_or("no error recorded");
-                match node.down_because.as_deref() {
-                    Some(read) if !read.ends_with(last) => {
-                        format!("{} ({read}; reconnecting: {last})", node.spec.name)
-                    }
-                    Some(read) => format!("{} ({read})", node.spec.name),
-                    None => format!("{} ({last})", node.spec.name),
+                let name = &node.spec.name;
+                if let Some(bad) = &node.bad_files[fi] {
+                    return format!("{name} (damaged copy: {bad})");
                 }
+                if node.live() {
+                    return format!("{name} (connected, no region for the file)");
+                }
+                let mut s = format!("{name} (");
+                if let Some(since) = node.down_since {
+                    s.push_str(&format!("down {} ms; ", since.elapsed().as_millis()));
+                }
+                let last = node.last_error.as_deref().unwrap_or("no error recorded");
+                s.push_str(&format!("latest error: {last}"));
+                match &node.down_because {
+                    Some((what, e)) if e == last => s.push_str(&format!("; went down {what}")),
+                    Some((what, e)) => s.push_str(&format!("; went down {what}: {e}")),
+                    None => {}
+                }
+                s.push(')');
+                s
             })
             .collect::<Vec<_>>()
             .join("; ");
@@ -202,15 +219,14 @@ impl ClusterReader {
         Ok(owner)
     }
 
-    /// Whether every holder of file `fi` still in play serves a damaged
-    /// copy of it (waiting for a reconnect cannot help).
+    /// Whether every holder of file `fi` serves a damaged copy of it
+    /// (waiting for a reconnect cannot help: a copy found damaged is not
+    /// read again for the reader's lifetime).
     fn only_damaged_copies(&self, fi: usize) -> bool {
         let holders = &self.holders[fi];
-        holders
-            .iter()
-            .any(|&n| self.nodes[n].bad_files[fi].is_some())
+        !holders.is_empty()
             && holders
                 .iter()
-                .all(|&n| self.nodes[n].given_up || self.nodes[n].bad_files[fi].is_some())
+                .all(|&n| self.nodes[n].bad_files[fi].is_some())
     }
 }

@@ -18,11 +18,12 @@
 //!    past the io timeout) marks it suspect with one log line naming it and
 //!    what it was reading, moves its rows to other live replicas and reads
 //!    them again at once. When a file has no live holder, it waits for a
-//!    holder's reconnect for at most [`RetryPolicy::failover_timeout`]
-//!    (counted from the step's first failure); then
-//!    [`LoaderError::NoReplica`] names the step, the file and each
-//!    replica's error (a socket timeout says "timed out"). Other errors (a
-//!    read out of bounds) fail the step at once.
+//!    holder's reconnect (probing the holders meanwhile) until
+//!    [`RetryPolicy::failover_timeout`] has passed since the step's first
+//!    failure; then [`LoaderError::NoReplica`] names the step, the file,
+//!    the time waited and each replica with how long it has been down, its
+//!    latest error and the read it failed (a socket timeout says "timed
+//!    out"). Other errors (a read out of bounds) fail the step at once.
 //!
 //! Destination memory: [`ClusterReader::register_buffer`] announces a
 //! long-lived destination (the loader's ring of step buffers) to every node
@@ -46,13 +47,14 @@
 //! A dead node is reconnected off the step's path, by background probes
 //! (one connect attempt at a time per node, see `revive`) with exponential
 //! backoff ([`RetryPolicy::backoff_initial`] doubling up to
-//! [`RetryPolicy::backoff_max`]) for at most
-//! [`RetryPolicy::max_reconnects`] attempts, then given up for the reader's
-//! lifetime; a step takes a reconnected node back at its start. A frozen
-//! node (a stopped process still accepting TCP connections) thus costs a
-//! run one io timeout, not one per reconnect attempt. No wait is unbounded:
-//! connects and reads are bounded by the transports' own timeouts, waiting
-//! for a replica by the fail-over window.
+//! [`RetryPolicy::backoff_max`]), for as long as the reader lives: storage
+//! nodes restart for maintenance during runs that last weeks, and a node
+//! that comes back is used again however long it was down. A step takes a
+//! reconnected node back at its start. A frozen node (a stopped process
+//! still accepting TCP connections) thus costs a run one io timeout, not
+//! one per reconnect attempt. No wait is unbounded: connects and reads are
+//! bounded by the transports' own timeouts, waiting for a replica by the
+//! fail-over window.
 
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, OnceLock};
@@ -109,11 +111,12 @@ pub struct RetryPolicy {
     pub start_attempts: u32,
     /// First backoff after a failed connect or a node failure.
     pub backoff_initial: Duration,
-    /// Largest backoff.
+    /// Largest backoff: a node down for long is probed this often, for as
+    /// long as the reader lives (a dead node is never given up).
     pub backoff_max: Duration,
-    /// Reconnect attempts after a node failure before the node is given up.
-    pub max_reconnects: u32,
-    /// Longest time one step waits for a live replica of a file.
+    /// How long one step waits for a live replica of a file when none is
+    /// connected (dead holders are probed meanwhile); then the step fails
+    /// with [`LoaderError::NoReplica`].
     pub failover_timeout: Duration,
 }
 
@@ -123,7 +126,6 @@ impl Default for RetryPolicy {
             start_attempts: 5,
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
-            max_reconnects: 8,
             failover_timeout: Duration::from_secs(10),
         }
     }
@@ -165,17 +167,19 @@ struct Node {
     device: Vec<DeviceRegion>,
     /// Region of each file of the reader's file table, when this node holds it.
     regions: Vec<Option<RegionId>>,
-    /// Whether the node is given up for good.
-    given_up: bool,
+    /// Since when the node is disconnected (`None` while live).
+    down_since: Option<Instant>,
     /// Earliest time of the next reconnect attempt while disconnected.
     retry_at: Instant,
-    /// Consecutive failed reconnects.
+    /// Consecutive failures since the node was last connected (the read
+    /// failure and the failed reconnects): the backoff's exponent.
     failures: u32,
-    /// Last error, for messages.
+    /// The latest error since the node was last connected, for messages;
+    /// cleared when it reconnects.
     last_error: Option<String>,
-    /// The read failure that made the node suspect (what was being read),
-    /// until it is reconnected.
-    down_because: Option<String>,
+    /// The read failure that made the node suspect (what was being read,
+    /// and the error), until it is reconnected.
+    down_because: Option<(String, String)>,
     /// Whether a background reconnect attempt is in flight.
     probing: bool,
     /// Per file of the reader's table: why this node's copy is not read
@@ -302,7 +306,7 @@ impl ClusterReader {
                     staging_registered: false,
                     device: Vec::new(),
                     regions: vec![None; files.len()],
-                    given_up: false,
+                    down_since: None,
                     retry_at: now,
                     failures: 0,
                     last_error: None,
@@ -333,6 +337,7 @@ impl ClusterReader {
                 Err(e) => {
                     tracing::warn!(node = %node.spec.name, error = %e, "node unreachable at start");
                     node.last_error = Some(e.to_string());
+                    node.down_since = Some(now);
                     node.failures = 1;
                     node.retry_at = Instant::now() + policy.backoff_initial;
                     connect_errors.push(e);

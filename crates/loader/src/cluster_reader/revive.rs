@@ -1,19 +1,26 @@
 //! Revival of dead nodes, off the step's path: connects at start (one
 //! attempt per node in parallel, retries only for nodes the run cannot do
 //! without), reconnects after a failure as background probes with
-//! exponential backoff, region-table lookups of a new transport, and giving
-//! a node up.
+//! exponential backoff capped at [`RetryPolicy::backoff_max`], and
+//! region-table lookups of a new transport.
 //!
-//! A probe is one connect attempt on its own short-lived thread; a node has
-//! at most one in flight, and at most [`RetryPolicy::max_reconnects`] in a
-//! row, so there are never more probe threads than nodes. A step never
+//! A dead node is never given up while the reader lives: storage nodes
+//! restart for maintenance during runs that last weeks, and one that comes
+//! back is taken back however long it was down. A probe is one connect
+//! attempt on its own short-lived thread; a node has at most one in
+//! flight, so there are never more probe threads than nodes, and a node
+//! down for long costs one connect attempt per `backoff_max`. A step never
 //! waits for a probe unless a file has no live holder at all (then for at
 //! most the fail-over window). A frozen node (stopped process, wedged
 //! host) accepts TCP connections and answers nothing, so each attempt costs
 //! a whole io timeout: on the step's path that cost is what stalled runs.
+//!
+//! Logs: a node's failed probes are logged at info when the error changes
+//! and after 1, 2, 4, 8, ... failures (so a node down for a week costs a
+//! few dozen lines), at debug otherwise; its return at info.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use seqfeed_transport::{DeviceRegion, RegionId, Transport, TransportError};
 
@@ -33,7 +40,7 @@ impl ClusterReader {
         }
         let now = Instant::now();
         for (ni, node) in self.nodes.iter_mut().enumerate() {
-            if node.live() || node.given_up || node.probing || node.retry_at > now {
+            if node.live() || node.probing || node.retry_at > now {
                 continue;
             }
             let connect: SharedConnector = node.connect.clone();
@@ -47,8 +54,11 @@ impl ClusterReader {
             match spawned {
                 Ok(_) => node.probing = true,
                 Err(e) => {
-                    node.last_error = Some(format!("cannot start a reconnect thread: {e}"));
-                    schedule_retry(node, &self.policy);
+                    probe_failed(
+                        node,
+                        &self.policy,
+                        format!("cannot start a reconnect thread: {e}"),
+                    );
                 }
             }
         }
@@ -76,9 +86,7 @@ impl ClusterReader {
             Err(e) => {
                 let e = name_timeout(e);
                 node.counters.errors.count(&e);
-                tracing::debug!(node = %node.spec.name, error = %e, "reconnect failed");
-                node.last_error = Some(e.to_string());
-                schedule_retry(node, &self.policy);
+                probe_failed(node, &self.policy, e.to_string());
                 return;
             }
         };
@@ -90,16 +98,24 @@ impl ClusterReader {
             .collect();
         let mut regions = vec![None; self.files.len()];
         if let Err(e) = map_regions(&node.spec, t.as_ref(), &index, &mut regions) {
-            tracing::warn!(node = %node.spec.name, error = %e, "reconnected node has a wrong region table; giving it up");
-            node.last_error = Some(e.to_string());
-            node.given_up = true;
+            // Maybe a node restarted with part of its data: not taken back
+            // now, probed again later like any dead node.
+            probe_failed(node, &self.policy, format!("reconnected, but {e}"));
             return;
         }
-        tracing::info!(node = %node.spec.name, "node reconnected");
+        let down = node.down_since.map(|t| t.elapsed()).unwrap_or_default();
+        tracing::info!(
+            node = %node.spec.name,
+            down_ms = down.as_millis() as u64,
+            failures = node.failures,
+            "node reconnected; reading from it again"
+        );
         node.counters.reconnects += 1;
         node.regions = regions;
         node.set_transport(Some(t));
         node.failures = 0;
+        node.down_since = None;
+        node.last_error = None;
         node.down_because = None;
         // Device memory: the new transport registers it too, or the region
         // is withdrawn (steps then read through host memory).
@@ -218,13 +234,8 @@ pub(super) fn connect_with_retry(
     done: u32,
 ) -> Result<Box<dyn Transport>, LoaderError> {
     let attempts = policy.start_attempts.max(1);
-    let mut backoff = policy.backoff_initial;
-    for _ in 1..done.min(16) {
-        backoff = (backoff * 2).min(policy.backoff_max);
-    }
     if done > 0 {
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(policy.backoff_max);
+        std::thread::sleep(backoff(policy, done));
     }
     let mut attempt = done;
     loop {
@@ -240,8 +251,7 @@ pub(super) fn connect_with_retry(
             }
             Err(e) => {
                 tracing::debug!(node = %spec.name, attempt, error = %e, "connect failed; retrying");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(policy.backoff_max);
+                std::thread::sleep(backoff(policy, attempt));
             }
         }
     }
@@ -286,18 +296,40 @@ pub(super) fn map_regions(
     Ok(())
 }
 
-/// Schedules the next reconnect of a dead node, or gives it up.
-pub(super) fn schedule_retry(node: &mut Node, policy: &RetryPolicy) {
-    node.failures += 1;
-    if node.failures > policy.max_reconnects {
-        tracing::warn!(node = %node.spec.name, failures = node.failures, error = node.last_error.as_deref().unwrap_or(""), "giving up on node");
-        node.given_up = true;
-        return;
-    }
-    let shift = node.failures.saturating_sub(1).min(16);
-    let backoff = policy
+/// The backoff after `failures` consecutive failures: `backoff_initial`
+/// doubled per failure after the first, capped at `backoff_max`.
+pub(super) fn backoff(policy: &RetryPolicy, failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(16);
+    policy
         .backoff_initial
         .saturating_mul(1u32 << shift)
-        .min(policy.backoff_max);
-    node.retry_at = Instant::now() + backoff;
+        .min(policy.backoff_max)
+}
+
+/// Schedules the next reconnect of a dead node after one more failure;
+/// returns the backoff. Never gives the node up.
+pub(super) fn schedule_retry(node: &mut Node, policy: &RetryPolicy) -> Duration {
+    node.failures = node.failures.saturating_add(1);
+    let wait = backoff(policy, node.failures);
+    node.retry_at = Instant::now() + wait;
+    wait
+}
+
+/// Records a failed probe of `node` (its latest error) and schedules the
+/// next one; logs at info when the error changed or the failure count is a
+/// power of two, at debug otherwise.
+fn probe_failed(node: &mut Node, policy: &RetryPolicy, error: String) {
+    let changed = node.last_error.as_deref() != Some(error.as_str());
+    node.last_error = Some(error);
+    let next = schedule_retry(node, policy);
+    let down_ms = node
+        .down_since
+        .map(|t| t.elapsed().as_millis() as u64)
+        .unwrap_or_default();
+    let error = node.last_error.as_deref().unwrap_or_default();
+    if changed || node.failures.is_power_of_two() {
+        tracing::info!(node = %node.spec.name, failures = node.failures, down_ms, next_probe_ms = next.as_millis() as u64, error, "node still down; probing it in the background");
+    } else {
+        tracing::debug!(node = %node.spec.name, failures = node.failures, down_ms, next_probe_ms = next.as_millis() as u64, error, "reconnect failed");
+    }
 }

@@ -197,7 +197,9 @@ impl ClusterReader {
                     // to replicas, and reconnect attempts run in the background.
                     tracing::warn!(node = %node.spec.name, step, error = %e, "node failed {what}; suspect until it reconnects: its reads move to replicas and it is probed in the background");
                     node.last_error = Some(e.to_string());
-                    node.down_because = Some(format!("{what}: {e}"));
+                    node.down_because = Some((what, e.to_string()));
+                    node.down_since = Some(Instant::now());
+                    node.failures = 0;
                     node.set_transport(None);
                     schedule_retry(node, &self.policy);
                     failed.extend(out.rows);

@@ -134,8 +134,11 @@ pub struct NodeStats {
     pub crc_mismatches: u64,
     /// The last of them: `FILE sequence N`.
     pub last_crc_mismatch: Option<String>,
-    /// Whether it is given up for the reader's lifetime.
-    pub given_up: bool,
+    /// How long it has been disconnected (`None` while connected). A dead
+    /// node is probed in the background for as long as the reader lives.
+    pub down_for: Option<Duration>,
+    /// Its latest error while disconnected (`None` while connected).
+    pub last_error: Option<String>,
     /// Latency of its read batches.
     pub latency: LatencyHistogram,
 }
@@ -167,7 +170,8 @@ impl ClusterReader {
                 reconnects: n.counters.reconnects,
                 crc_mismatches: n.crc_mismatches,
                 last_crc_mismatch: n.last_crc_mismatch.clone(),
-                given_up: n.given_up,
+                down_for: n.down_since.map(|t| t.elapsed()),
+                last_error: n.last_error.clone(),
                 latency: n.counters.latency,
             })
             .collect()

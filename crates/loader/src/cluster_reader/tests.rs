@@ -10,7 +10,6 @@ fn quick() -> RetryPolicy {
         start_attempts: 2,
         backoff_initial: Duration::from_millis(5),
         backoff_max: Duration::from_millis(20),
-        max_reconnects: 100,
         failover_timeout: Duration::from_millis(300),
     }
 }
@@ -608,4 +607,22 @@ fn round_workers_are_started_once_and_reused() {
     }
     let per = r.bytes_per_node();
     assert!(per.iter().all(|&b| b > 0), "every node read: {per:?}");
+}
+
+/// Issue 16 item 6: probes back off from `backoff_initial`, doubling, up
+/// to `backoff_max`, and stay there however many fail (no give-up, no
+/// overflow).
+#[test]
+fn probe_backoff_doubles_up_to_the_cap_and_stays_there() {
+    let p = RetryPolicy {
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_secs(2),
+        ..RetryPolicy::default()
+    };
+    let ms = |f| revive::backoff(&p, f).as_millis();
+    assert_eq!(
+        (ms(0), ms(1), ms(2), ms(6), ms(7)),
+        (50, 50, 100, 1600, 2000)
+    );
+    assert_eq!((ms(1000), ms(u32::MAX)), (2000, 2000));
 }
