@@ -23,9 +23,10 @@ BIN=${1:-target/debug/seqfeed}
 RANKS=${RANKS:-2}
 P="sf$$"            # unique prefix for namespaces
 HUB="$P-hub"
+# shellcheck source=scripts/netns-lib.sh
+source "$(dirname "$0")/netns-lib.sh"
 WORK=$(mktemp -d /tmp/seqfeed-netns.XXXXXX)
 PIDS=()
-NSS=()
 
 log() { echo "netns-test: $*"; }
 fail() { log "FAIL: $*"; exit 1; }
@@ -34,7 +35,7 @@ ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 cleanup() {
   for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; done
   wait 2>/dev/null
-  for ns in "${NSS[@]}"; do ip netns del "$ns" 2>/dev/null; done
+  netns_cleanup
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -43,30 +44,13 @@ if [[ ! -x "$BIN" ]]; then
   log "seqfeed binary not found at $BIN"; exit 1
 fi
 BIN=$(readlink -f "$BIN")
-if ! ip netns add "$HUB" 2>/dev/null; then
+if ! netns_hub "$P"; then
   log "SKIP: 'ip netns add' is not permitted here (needs root/CAP_SYS_ADMIN)"
   exit 77
 fi
-NSS+=("$HUB")
-ip netns exec "$HUB" ip link set lo up
-ip netns exec "$HUB" ip link add br0 type bridge
-ip netns exec "$HUB" ip link set br0 up
-
-# add_host NAME ADDR: a namespace with eth0=ADDR/24 bridged to the hub (h-NAME there).
-add_host() {
-  local ns="$P-$1"
-  ip netns add "$ns" || fail "ip netns add $ns"
-  NSS+=("$ns")
-  ip netns exec "$ns" ip link set lo up
-  ip netns exec "$ns" ip link add eth0 type veth peer name "h-$1" netns "$HUB" || fail "veth for $1"
-  ip netns exec "$HUB" ip link set "h-$1" master br0
-  ip netns exec "$HUB" ip link set "h-$1" up
-  ip netns exec "$ns" ip addr add "$2/24" dev eth0
-  ip netns exec "$ns" ip link set eth0 up
-}
-add_host n0 10.99.1.10
-add_host n1 10.99.1.11
-for ((r = 0; r < RANKS; r++)); do add_host "r$r" "10.99.1.$((100 + r))"; done
+add_host n0 10.99.1.10 || fail "host n0"
+add_host n1 10.99.1.11 || fail "host n1"
+for ((r = 0; r < RANKS; r++)); do add_host "r$r" "10.99.1.$((100 + r))" || fail "host r$r"; done
 log "namespaces up: n0=10.99.1.10 n1=10.99.1.11 ranks=10.99.1.100..$((100 + RANKS - 1))"
 
 # The dataset and plan (made by the loopback demo, which also checks it), and the cluster file.

@@ -1,7 +1,11 @@
 """A small GPT trained on seqfeed batches, launched with torchrun.
 
-    torchrun --nproc-per-node 4 train_gpt.py --plan plan.toml --dataset data \
+    torchrun --nproc-per-node 4 train_gpt.py --plan plan.toml \
         --cluster cluster.toml --tp 2 --out run/
+
+A trainer host needs only the plan config and the cluster file: the plan is
+opened from the manifests the storage nodes publish (``--dataset`` reads a
+local copy instead), and the EOD id comes from those manifests.
 
 Layout: ``--tp`` consecutive ranks form a tensor-parallel group (here they
 hold replicas of the model and compare their batches every step, as real
@@ -68,14 +72,14 @@ class GPT(nn.Module):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--plan", required=True)
-    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--dataset", help="a local copy of the dataset (default: ask the nodes)")
     ap.add_argument("--cluster")
     ap.add_argument("--nodes", nargs="*")
     ap.add_argument("--out", required=True, type=pathlib.Path)
     ap.add_argument("--tp", type=int, default=2)
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=50257)
-    ap.add_argument("--eod", type=int, default=50256)
+    ap.add_argument("--eod", type=int, default=None, help="EOD id (default: the one the manifests record)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--save-at", type=int)
     ap.add_argument("--pause-after-save", type=float, default=0.0, help="seconds to sleep after saving")
