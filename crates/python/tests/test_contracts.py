@@ -121,7 +121,7 @@ def test_issue17_d3_step_boundary_state_loads_into_another_layout(dataset):
     for _ in range(2 * 5):  # 5 whole steps
         next(saver)
     state = saver.state_dict()
-    assert (state["step"], state["micro"]) == (5, 0) and state["global_batch"] == 8
+    assert (state["step"], state["micro"]) == (5, 0)
     for dp_size, micro_batch in ((4, 1), (1, 8), (2, 4), (8, 1)):
         for dp_rank in range(dp_size):
             l = seqfeed.Loader(plan, dataset=ds, dtype="native", dp_rank=dp_rank, dp_size=dp_size,
@@ -143,6 +143,7 @@ def test_issue17_d3_step_boundary_state_loads_into_another_layout(dataset):
         seqfeed.Loader(plan, dataset=ds, dp_rank=1, dp_size=2, micro_batch=4).load_state_dict(mid)
     same = seqfeed.Loader(plan, dataset=ds, dp_rank=1, dp_size=2, micro_batch=2)
     same.load_state_dict(mid)
+    assert mid["global_batch"] == 8
     assert next(same).tokens.to(torch.int64).tolist() == plan_rows(plan, ds, 5, 2, 1)[2:]
 
 
