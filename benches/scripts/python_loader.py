@@ -177,7 +177,7 @@ def worker_samples(a):
         t = time.perf_counter()
         ticks.append(t)
         if first is None:
-            first = b.as_dict()
+            first = b.as_dict(format="megatron")  # the keys megatron_gptdataset.py's batches have
         if len(ticks) > a["warmup"] + 1 and t - ticks[a["warmup"]] >= a["target_s"]:
             break
     loader.close()
@@ -187,7 +187,7 @@ def worker_samples(a):
     keys = {
         k: [list(v.shape), str(v.dtype)]
         for k, v in first.items()
-        if isinstance(v, torch.Tensor) and k != "tokens"
+        if isinstance(v, torch.Tensor)
     }
     print(
         json.dumps(

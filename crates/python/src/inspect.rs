@@ -40,8 +40,9 @@ pub(crate) fn plan_stats<'py>(
 }
 
 /// The rows data-parallel rank `dp_rank` of `dp_size` reads at `step`
-/// (every rank when `dp_rank` is `None`): position, source, file, index
-/// and byte offset of each (`seqfeed plan show`). `split="validation"` shows
+/// (every rank when `dp_rank` is `None`): position, source, file (relative
+/// to the dataset), index (within the file), seq (within the source) and
+/// byte offset of each (`seqfeed plan show`). `split="validation"` shows
 /// the validation stream (its positions are positions in that stream).
 #[pyfunction]
 #[pyo3(signature = (plan, step, dp_size=1, dp_rank=None, *, dataset=None, shapes=None, split="train"))]
@@ -69,6 +70,11 @@ pub(crate) fn plan_show<'py>(
             .split_block(split, step, rank, dp_size)
             .map_err(|e| py_err(&e))?;
         for (row, r) in block.iter().enumerate() {
+            let src = &p.sources()[r.source as usize];
+            // The row's index within its source: the files before its file,
+            // then its index within the file (what `inspect_source(source, seq=)`
+            // takes; `inspect_source(file, index=)` takes `index`).
+            let before: u64 = src.files[..r.file as usize].iter().map(|f| f.count).sum();
             let e = PyDict::new(py);
             e.set_item("step", step)?;
             e.set_item("dp_rank", rank)?;
@@ -77,6 +83,7 @@ pub(crate) fn plan_show<'py>(
             e.set_item("source", &p.sources()[r.source as usize].name)?;
             e.set_item("file", p.file_path(r.source, r.file))?;
             e.set_item("index", r.index)?;
+            e.set_item("seq", before + r.index)?;
             e.set_item("offset", r.offset)?;
             out.append(e)?;
         }
@@ -86,13 +93,28 @@ pub(crate) fn plan_show<'py>(
 
 /// A packed source's manifest (as JSON text), its sequence count and
 /// fingerprint, and with `seq` that sequence's tokens (`seqfeed inspect`).
+///
+/// `path` is a source directory or one of its sequence files. For a
+/// directory, `seq` counts within the source (plan_show's `seq` column);
+/// for a file, `index` counts within the file (plan_show's `index`
+/// column, with `file` joined to the dataset directory).
 #[pyfunction]
-#[pyo3(signature = (path, seq=None))]
+#[pyo3(signature = (path, seq=None, *, index=None))]
 pub(crate) fn inspect_source<'py>(
     py: Python<'py>,
     path: PathBuf,
     seq: Option<u64>,
+    index: Option<u64>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    if path.is_file() {
+        return inspect_file(py, path, seq, index);
+    }
+    if index.is_some() {
+        return Err(PyValueError::new_err(format!(
+            "{}: index= counts within a sequence file; for a source directory use seq= (plan_show's `seq` column), or pass the file (dataset / row[\"file\"])",
+            path.display()
+        )));
+    }
     let src = seqfeed_format::Source::open(&path).map_err(|e| py_err(&e))?;
     let d = PyDict::new(py);
     let manifest = serde_json::to_string(src.manifest())
@@ -105,7 +127,35 @@ pub(crate) fn inspect_source<'py>(
     d.set_item("files", src.files().len())?;
     d.set_item("fingerprint", src.fingerprint())?;
     if let Some(k) = seq {
+        d.set_item("seq", k)?;
         d.set_item("tokens", src.tokens_as_u32(k).map_err(|e| py_err(&e))?)?;
+    }
+    Ok(d)
+}
+
+/// `inspect_source` of one sequence file: its dtype, seq_len and count,
+/// and with `index` that sequence's tokens.
+fn inspect_file<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    seq: Option<u64>,
+    index: Option<u64>,
+) -> PyResult<Bound<'py, PyDict>> {
+    if seq.is_some() {
+        return Err(PyValueError::new_err(format!(
+            "{} is a sequence file: give index= (within the file, plan_show's `index` column); seq= counts within a source directory",
+            path.display()
+        )));
+    }
+    let file = seqfeed_format::SeqFile::open(&path).map_err(|e| py_err(&e))?;
+    let d = PyDict::new(py);
+    d.set_item("file", path.display().to_string())?;
+    d.set_item("dtype", file.dtype().to_string())?;
+    d.set_item("seq_len", file.seq_len())?;
+    d.set_item("sequences", file.count())?;
+    if let Some(i) = index {
+        d.set_item("index", i)?;
+        d.set_item("tokens", file.tokens_as_u32(i).map_err(|e| py_err(&e))?)?;
     }
     Ok(d)
 }

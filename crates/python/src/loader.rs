@@ -211,13 +211,12 @@ impl NativeLoader {
     }
 
     /// Stops the reader thread and closes the node connections. Batches
-    /// still held stay valid.
+    /// still held stay valid. The GIL is released while the reader stops
+    /// (up to the I/O timeout when a node does not answer). In a forked
+    /// child the loader is only forgotten: its threads do not exist there.
     fn close(&self, py: Python<'_>) {
-        let taken = match self.inner.lock() {
-            Ok(mut g) => g.take(),
-            Err(p) => p.into_inner().take(),
-        };
-        py.detach(move || drop(taken));
+        let taken = self.take();
+        py.detach(move || self.release(taken));
     }
 
     /// The plan's fingerprint.
@@ -299,7 +298,40 @@ impl NativeLoader {
     }
 }
 
+/// A loader collected by Python's GC stops its reader with the GIL released,
+/// as `close()` does, so other Python threads run while a node times out.
+impl Drop for NativeLoader {
+    fn drop(&mut self) {
+        let taken = self.take();
+        if taken.is_none() {
+            return;
+        }
+        let this = &*self;
+        Python::attach(|py| py.detach(move || this.release(taken)));
+    }
+}
+
 impl NativeLoader {
+    /// Takes the loader out (closing it), whatever a panic left behind.
+    fn take(&self) -> Option<Loader> {
+        match self.inner.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        }
+    }
+
+    /// Drops `loader`: stops its reader and closes its connections. In a
+    /// forked child the reader thread does not exist, and waiting for it
+    /// would never end: the child forgets the loader instead (its memory
+    /// goes with the process; the parent's loader is untouched).
+    fn release(&self, loader: Option<Loader>) {
+        if std::process::id() != self.pid {
+            std::mem::forget(loader);
+        } else {
+            drop(loader);
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&Loader) -> T) -> PyResult<T> {
         let guard = match self.inner.lock() {
             Ok(g) => g,

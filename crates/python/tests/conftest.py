@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -68,40 +69,63 @@ def dataset(tmp_path):
 
 
 def free_port():
+    """A port that is free now and may be taken by the time it is used
+    (bind-then-close). Only for an address nothing must listen on (a
+    "dead node"); a listener picks its port with port 0 and reports it."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def wait_addr_file(path, proc, what="seqfeed serve", timeout=30):
+    """The `host:port` a process wrote to `path` once listening (port 0)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists():
+            text = path.read_text().strip()
+            if text:
+                return text
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"{what} exited: {err}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not write {path}")
+
+
+def serve_port0(dataset, name, addr_file, cluster=None, env=None, stderr=subprocess.PIPE):
+    """`seqfeed serve` on 127.0.0.1 port 0 (the kernel picks a free port, so
+    no other process can take it between choosing and binding); returns the
+    process and its `host:port`, read from its --addr-file."""
+    args = [seqfeed_bin(), "serve", "--dataset", str(dataset), "--listen", "127.0.0.1:0",
+            "--name", name, "--addr-file", str(addr_file)]
+    if cluster:
+        args += ["--cluster", str(cluster)]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        return proc, wait_addr_file(pathlib.Path(addr_file), proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
 class Node:
-    """A `seqfeed serve` process on 127.0.0.1."""
+    """A `seqfeed serve` process on 127.0.0.1, on a port the kernel picked."""
 
     def __init__(self, dataset, name="a", secret=None, cluster=None):
-        self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        args = [seqfeed_bin(), "serve", "--dataset", str(dataset), "--listen", self.addr, "--name", name]
-        if cluster:
-            args += ["--cluster", str(cluster)]
         env = dict(os.environ)
         env.pop("SEQFEED_SECRET", None)
         if secret:
             env["SEQFEED_SECRET"] = secret
-        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"seqfeed serve exited: {self.proc.stderr.read().decode()}")
-                time.sleep(0.05)
-        raise RuntimeError("seqfeed serve did not start")
+        self._dir = pathlib.Path(tempfile.mkdtemp(prefix="seqfeed-node-"))
+        self.proc, self.addr = serve_port0(dataset, name, self._dir / "addr", cluster=cluster, env=env)
+        self.port = int(self.addr.rsplit(":", 1)[1])
 
     def kill(self):
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=10)
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -19,16 +19,16 @@ def test_dataloader_batch_size_none_yields_the_loaders_batches(dataset):
     ds, plan = dataset
     kw = dict(dataset=ds, labels=True, dp_rank=1, dp_size=2, micro_batch=2)
     want = [b.tokens.clone() for b in seqfeed.Loader(plan, **kw)]
-    got = list(DataLoader(seqfeed.SeqfeedDataset(plan, prefetch=30, **kw), batch_size=None, num_workers=0))
+    got = list(DataLoader(seqfeed.SeqfeedDataset(plan, format="megatron", prefetch=30, **kw),
+                          batch_size=None, num_workers=0))
     assert len(got) == len(want) == 24
     for g, w in zip(got, want):
-        assert torch.equal(g["tokens"], w)
-        assert torch.equal(g["input_ids"], w[:, :-1]) and torch.equal(g["labels"], w[:, 1:])
+        assert torch.equal(g["tokens"], w[:, :-1]) and torch.equal(g["labels"], w[:, 1:])
 
 
 def test_worker_processes_are_refused_with_a_clear_message(dataset):
     ds, plan = dataset
-    dl = DataLoader(seqfeed.SeqfeedDataset(plan, dataset=ds, dp_rank=0, dp_size=1), batch_size=None, num_workers=2)
+    dl = DataLoader(seqfeed.SeqfeedDataset(plan, format="hf", dataset=ds, dp_rank=0, dp_size=1), batch_size=None, num_workers=2)
     with pytest.raises(Exception, match="num_workers=0"):
         next(iter(dl))
 
@@ -60,13 +60,14 @@ def test_stateful_dataloader_resumes_exactly(dataset):
     ds, plan = dataset
     kw = dict(dataset=ds, dp_rank=0, dp_size=1, micro_batch=4)
     want = [b.tokens.clone() for b in seqfeed.Loader(plan, **kw)]
+    kw["format"] = "hf"
     dl = sdl.StatefulDataLoader(seqfeed.SeqfeedDataset(plan, **kw), batch_size=None, num_workers=0)
     it = iter(dl)
-    first = [next(it)["tokens"].clone() for _ in range(9)]
+    first = [next(it)["input_ids"].clone() for _ in range(9)]
     state = dl.state_dict()
     dl2 = sdl.StatefulDataLoader(seqfeed.SeqfeedDataset(plan, **kw), batch_size=None, num_workers=0)
     dl2.load_state_dict(state)
-    rest = [b["tokens"].clone() for b in dl2]  # zero-copy views: copy what is kept
+    rest = [b["input_ids"].clone() for b in dl2]  # zero-copy views: copy what is kept
     assert len(first) + len(rest) == len(want) == 24
     for g, w in zip(first + rest, want):
         assert torch.equal(g, w)

@@ -59,7 +59,9 @@ def test_tensors_are_zero_copy_views_of_the_step_buffer(dataset):
     loader = seqfeed.Loader(plan, dataset=ds, dtype="native", labels=True, dp_rank=0, dp_size=1)
     b = next(loader)
     assert b.tokens.untyped_storage().data_ptr() == b.input_ids.untyped_storage().data_ptr()
-    assert b.labels.untyped_storage().data_ptr() == b.tokens.untyped_storage().data_ptr()
+    # labels have memory of their own (issue 17 D20: masking them in place
+    # must not write into input_ids)
+    assert b.labels.untyped_storage().data_ptr() != b.tokens.untyped_storage().data_ptr()
     assert tuple(b.input_ids.shape) == (8, 64) and tuple(b.labels.shape) == (8, 64)
     assert torch.equal(b.input_ids[:, 1:], b.labels[:, :-1])
     raw = np.frombuffer(b.native.tobytes(), dtype=np.uint16).reshape(8, 65)
@@ -69,7 +71,7 @@ def test_tensors_are_zero_copy_views_of_the_step_buffer(dataset):
     bw = next(w)
     assert bw.tokens.dtype == torch.int64
     # widened by the reader thread: the tensor is the step's int64 buffer
-    assert bw.labels.untyped_storage().data_ptr() == bw.tokens.untyped_storage().data_ptr()
+    assert bw.input_ids.untyped_storage().data_ptr() == bw.tokens.untyped_storage().data_ptr()
     assert bw.native.views >= 2
     assert bw.tokens.tolist() == b.tokens.to(torch.int64).tolist()
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Node, run, seqfeed_bin
+from conftest import Node, run, seqfeed_bin, serve_port0
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 STEPS = 40
@@ -32,49 +32,47 @@ def corpus(tmp_path_factory):
     return out
 
 
+def start_nodes(data, tmp):
+    """Two `seqfeed serve` nodes on ports the kernel picked (port 0, read
+    back from --addr-file: no port is chosen by bind-then-close), each
+    serving every file, and a cluster file that places every file on both
+    (2 replicas)."""
+    nodes = []
+    try:
+        for name in "ab":
+            n = Node.__new__(Node)
+            n._dir = tmp / f"node-{name}"  # Node.kill() removes it
+            n._dir.mkdir()
+            n.proc, n.addr = serve_port0(data, name, n._dir / "addr", stderr=subprocess.DEVNULL)
+            n.port = int(n.addr.rsplit(":", 1)[1])
+            nodes.append(n)
+        cl = tmp / "cluster.toml"
+        run("place", "--dataset", data, "--nodes", ",".join(f"{n}={x.addr}" for n, x in zip("ab", nodes)),
+            "--replicas", "2", "--out", cl)
+    except BaseException:
+        for n in nodes:
+            n.proc.kill()
+            n.proc.wait()
+        raise
+    return cl, nodes
+
+
 @pytest.fixture
 def cluster(corpus, tmp_path):
     """Two nodes that both hold every file (2 replicas)."""
-    from conftest import free_port
-
-    ports = [free_port(), free_port()]
-    cl = tmp_path / "cluster.toml"
-    run("place", "--dataset", corpus / "data", "--nodes",
-        f"a=127.0.0.1:{ports[0]},b=127.0.0.1:{ports[1]}", "--replicas", "2", "--out", cl)
-    nodes = []
-    for name, port in zip("ab", ports):
-        n = Node.__new__(Node)
-        n.port, n.addr = port, f"127.0.0.1:{port}"
-        n.proc = subprocess.Popen(
-            [seqfeed_bin(), "serve", "--dataset", corpus / "data", "--listen", n.addr, "--cluster", cl, "--name", name],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        nodes.append(n)
-    _wait_listening(nodes)
+    cl, nodes = start_nodes(corpus / "data", tmp_path)
     yield cl, nodes
     for n in nodes:
-        n.kill()
-
-
-def _wait_listening(nodes):
-    import socket
-
-    deadline = time.time() + 30
-    for n in nodes:
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", n.port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "seqfeed serve did not start"
-                time.sleep(0.05)
+        if n.proc.poll() is None:
+            n.proc.kill()
+        n.proc.wait(timeout=10)
 
 
 def torchrun(corpus, cluster_file, out, *extra):
-    from conftest import free_port
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(RANKS),
-           "--master-port", str(free_port()), EXAMPLES / "train_gpt.py",
+    # --standalone: torchrun runs its own rendezvous on a port it binds
+    # itself (port 0), so no port is chosen here and raced for.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(RANKS),
+           EXAMPLES / "train_gpt.py",
            "--plan", corpus / "plan.toml", "--dataset", corpus / "data", "--cluster", cluster_file,
            "--out", out, *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -133,29 +131,15 @@ def logs(out):
 def reference(corpus, tmp_path_factory):
     """The uninterrupted run."""
     tmp = tmp_path_factory.mktemp("ref")
-    cl = tmp / "cluster.toml"
-    from conftest import free_port
-
-    ports = [free_port(), free_port()]
-    run("place", "--dataset", corpus / "data", "--nodes",
-        f"a=127.0.0.1:{ports[0]},b=127.0.0.1:{ports[1]}", "--replicas", "2", "--out", cl)
-    procs = [subprocess.Popen([seqfeed_bin(), "serve", "--dataset", corpus / "data", "--listen", f"127.0.0.1:{p}",
-                               "--cluster", cl, "--name", n], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for n, p in zip("ab", ports)]
+    cl, nodes = start_nodes(corpus / "data", tmp)
     try:
-        nodes = []
-        for p in ports:
-            n = Node.__new__(Node)
-            n.port = p
-            nodes.append(n)
-        _wait_listening(nodes)
         out = tmp / "run"
         finish(torchrun(corpus, cl, out))
         return logs(out)
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        for n in nodes:
+            n.proc.kill()
+            n.proc.wait()
 
 
 def test_loss_falls_and_peers_see_the_same_batches(reference):

@@ -1,5 +1,6 @@
 """``seqfeed.Loader``: a rank's micro-batches as torch tensors."""
 
+import operator
 import os
 import threading
 
@@ -108,14 +109,23 @@ class Batch:
     """One micro-batch.
 
     * ``tokens``: ``[micro_batch, seq_len]`` tensor on the loader's device,
-      zero-copy from the step buffer unless a dtype change was asked for.
+      the rows as stored (``L + 1`` tokens with ``labels=True``), zero-copy
+      from the step buffer unless a dtype change was asked for.
     * ``input_ids`` / ``labels``: with ``labels=True`` (data packed at L+1
-      tokens per sequence) the views ``tokens[:, :-1]`` and ``tokens[:, 1:]``;
-      otherwise ``input_ids`` is ``tokens`` and ``labels`` is ``None``.
+      tokens per sequence) ``input_ids`` is the view ``tokens[:, :-1]`` (the
+      L inputs) and ``labels`` a separate tensor holding ``tokens[:, 1:]``
+      (the next token of each input, already shifted: Megatron's labels), so
+      writing into ``labels`` (``labels[mask] = -100``) never changes
+      ``input_ids``. Otherwise ``input_ids`` is ``tokens`` and ``labels`` is
+      ``None``.
     * ``loss_mask`` / ``position_ids``: when the loader has an ``eod_token``
       (Megatron's ``eod_mask_loss`` / ``reset_position_ids``), else ``None``.
+      ``loss_mask[:, i]`` weighs the prediction of ``labels[:, i]``.
     * ``step``, ``micro`` (index within the step), ``sources`` (each row's
       source), ``positions`` (each row's position in the plan's order).
+
+    ``as_dict(format="hf")`` and ``as_dict(format="megatron")`` give the
+    batch in the layout each framework's model or training step takes.
 
     The step's buffer goes back to the loader when every tensor made from
     it is freed (on CUDA, after the consumer's stream has finished with it).
@@ -142,12 +152,52 @@ class Batch:
         """Each row's position in the plan's global order."""
         return self.native.positions
 
-    def as_dict(self):
-        """The tensors and indices as a dict (what ``SeqfeedDataset`` yields)."""
-        d = {k: getattr(self, k) for k in ("input_ids", "labels", "loss_mask", "position_ids")}
-        d = {k: v for k, v in d.items() if v is not None}
-        d.update(tokens=self.tokens, step=self.step, micro=self.micro)
-        return d
+    def as_dict(self, format):
+        """The batch as the keyword arguments of a model or training step.
+
+        * ``format="hf"`` (Hugging Face ``*ForCausalLM``, ``model(**batch)``):
+          ``input_ids`` (the L inputs) and ``labels``, an *unshifted* int64
+          copy of ``input_ids`` (the model shifts it once, inside its loss)
+          with -100 where no loss applies: at ``labels[:, j]`` when
+          ``loss_mask[:, j - 1]`` is 0 (the token after an EOD, with
+          ``eod_mask_loss``). ``position_ids`` too when the loader has an
+          ``eod_token``. No ``attention_mask``: rows are never padded.
+          Because the model shifts, each row has L - 1 targets: the last
+          token of an L+1 row is never predicted (the Megatron format
+          predicts all L).
+        * ``format="megatron"`` (Megatron-core's ``get_batch`` keys, needs
+          ``labels=True``): ``tokens`` (the L inputs, ``input_ids``),
+          ``labels`` (shifted: ``tokens[:, 1:]`` of the stored row),
+          ``loss_mask`` (float32; all ones without an ``eod_token``) and
+          ``position_ids`` (int64; ``0..L-1`` without an ``eod_token``). No
+          attention mask (as with ``create_attention_mask=False``).
+
+        Step and micro-batch are not in the dict (a model would refuse
+        them): they are ``batch.step`` / ``batch.micro``.
+        """
+        if format == "hf":
+            ids = self.input_ids
+            labels = ids.to(torch.int64, copy=True)
+            if self.loss_mask is not None and labels.shape[1] > 1:
+                labels[:, 1:].masked_fill_(self.loss_mask[:, :-1] == 0, -100)
+            d = {"input_ids": ids, "labels": labels}
+            if self.position_ids is not None:
+                d["position_ids"] = self.position_ids
+            return d
+        if format == "megatron":
+            if self.labels is None:
+                raise SeqfeedError(
+                    'format="megatron" needs labels=True (data packed at L+1 tokens per sequence): '
+                    "Megatron's tokens and labels are the L inputs and their next tokens"
+                )
+            ids = self.input_ids
+            b, s = ids.shape
+            loss_mask, position_ids = self.loss_mask, self.position_ids
+            if loss_mask is None:
+                loss_mask = torch.ones((b, s), dtype=torch.float32, device=ids.device)
+                position_ids = torch.arange(s, dtype=torch.int64, device=ids.device).expand(b, s).clone()
+            return {"tokens": ids, "labels": self.labels, "loss_mask": loss_mask, "position_ids": position_ids}
+        raise ValueError(f"format {format!r}: expected 'hf' or 'megatron'")
 
     def __repr__(self):
         return (
@@ -179,7 +229,8 @@ class Loader:
             torch's current device, or ``LOCAL_RANK`` when the current
             device is still 0 (a launcher that never called
             ``torch.cuda.set_device``).
-        prefetch: steps read ahead of the consumer.
+        prefetch: steps read ahead of the consumer (at least 1; the ring
+            holds ``prefetch + 1`` steps).
         secret: the nodes' shared secret (default ``SEQFEED_SECRET``). It never
             crosses the network: the handshake is a challenge-response.
         secret_file: a file holding the shared secret instead (default
@@ -188,7 +239,8 @@ class Loader:
         start_step: first step (a ``load_state_dict`` overrides it).
         end_step: one past the last step (default: the plan's end).
         dp_rank, dp_size: this process's data-parallel rank and size
-            (default: ``data_parallel_from_env()``). Tensor/pipeline-parallel
+            (default: ``data_parallel_from_env()``, which refuses to guess in
+            a job of several ranks). Tensor-, context- and pipeline-parallel
             peers pass the same ``dp_rank`` and get identical batches.
         micro_batch: rows per micro-batch; the step's block of
             ``global_batch / dp_size`` rows is yielded as
@@ -225,10 +277,30 @@ class Loader:
             ``plan_show(..., split="validation")`` shows them. A plan that
             holds nothing out (or less than one global batch) is refused.
 
+    Attributes: ``micro_batch`` (rows per micro-batch), ``accumulation``
+    (micro-batches per step: ``global_batch / (dp_size * micro_batch)``, the
+    gradient-accumulation count), ``dp_rank``, ``dp_size``, ``split``,
+    ``position`` and ``plan_info``. ``len(loader)`` is the number of
+    *micro-batches* left to yield (``steps * accumulation`` for a fresh
+    loader), not the number of steps.
+
+    Iteration: the loader is its own iterator. ``iter()`` continues from the
+    current position: a loop broken off early continues where it stopped.
+    Once a *training* loader has reached its end, a new loop yields nothing
+    (the run is over; ``len(loader) == 0``). A *validation* loader that has
+    reached its end starts its stream over (from ``start_step``) on the next
+    ``iter()``, so evaluating every N steps reads the whole validation
+    stream each time.
+
     Example (evaluate on the held-out part every 1000 steps)::
 
         train = seqfeed.Loader("plan.toml", dataset="data")
         val = seqfeed.Loader("plan.toml", dataset="data", split="validation")
+        for batch in train:
+            ...
+            if batch.step % 1000 == 999 and batch.micro == train.accumulation - 1:
+                for vb in val:    # the whole validation stream, every time
+                    ...
 
     Raises ``seqfeed.SeqfeedError`` with the CLI's message for an
     unreachable node, a wrong secret, a plan or data mismatch, or a rank out
@@ -271,6 +343,16 @@ class Loader:
             raise SeqfeedError("give dp_rank and dp_size together (or neither)")
         if dp_rank is None:
             dp_rank, dp_size = data_parallel_from_env()
+        try:
+            prefetch = operator.index(prefetch)
+        except TypeError:
+            raise ValueError(f"prefetch {prefetch!r}: expected an integer >= 1") from None
+        if prefetch < 1:
+            raise SeqfeedError(
+                f"invalid loader configuration: prefetch {prefetch}: need at least 1. The ring holds "
+                "prefetch + 1 steps, and a loop that still holds the current batch while asking for "
+                "the next needs two"
+            )
         if dtype != "native" and dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r}: expected one of int64, int32, uint16, native")
         if isinstance(device, torch.device):
@@ -353,6 +435,7 @@ class Loader:
         self.accumulation = block // micro_batch
         self.dp_rank, self.dp_size = int(dp_rank), int(dp_size)
         self._position = (int(start_step), 0)
+        self._start_step = int(start_step)
         self._native = None
         # Connect now: an unreachable node or a wrong secret raises here,
         # where the Loader is built, not at the first batch.
@@ -367,6 +450,11 @@ class Loader:
         )
 
     def __iter__(self):
+        """Continues from the current position; an exhausted validation
+        loader starts its stream over (see the class documentation)."""
+        if self.split == "validation" and len(self) == 0:
+            self.close()
+            self._position = (self._start_step, 0)
         return self
 
     def __next__(self):
@@ -403,7 +491,9 @@ class Loader:
         b.step, b.micro = step, micro
         b.native = nb
         if self._labels:
-            b.input_ids, b.labels = tokens[:, :-1], tokens[:, 1:]
+            # labels get their own memory: a consumer that masks them in
+            # place (labels[mask] = -100) must not write into input_ids.
+            b.input_ids, b.labels = tokens[:, :-1], tokens[:, 1:].clone()
         else:
             b.input_ids, b.labels = tokens, None
         if self._eod is not None:
@@ -428,15 +518,30 @@ class Loader:
             "dp_rank": self.dp_rank,
             "dp_size": self.dp_size,
             "micro_batch": self.micro_batch,
+            "global_batch": self._info["global_batch"],
             "split": self.split,
         }
 
     def load_state_dict(self, state):
-        """Continues from ``state`` (from ``state_dict``). A state of another
-        plan, other data or another batch layout is refused."""
+        """Continues from ``state`` (from ``state_dict``).
+
+        A state of another plan, other data, another split or a newer state
+        version is refused. A state saved at a step boundary (``micro == 0``)
+        loads into a loader with another ``dp_size`` or ``micro_batch`` (the
+        global batch is the plan's, so the step means the same rows): a job
+        can resume on fewer or more nodes. A state saved inside a step
+        (``micro > 0``) needs the same ``dp_size`` and ``micro_batch``, since
+        the micro-batch index only means the same rows in the same layout.
+        """
         for key in ("step", "micro", "plan_fingerprint"):
             if key not in state:
                 raise SeqfeedError(f"loader state: missing {key!r}")
+        version = state.get("version", 1)  # states are version 1 from the start
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= _STATE_VERSION:
+            raise SeqfeedError(
+                f"loader state version {version!r}: this seqfeed reads state versions 1 to "
+                f"{_STATE_VERSION} (a state written by a newer seqfeed? upgrade seqfeed to load it)"
+            )
         if state["plan_fingerprint"] != self._info["fingerprint"]:
             raise SeqfeedError(
                 f"loader state is for plan {state['plan_fingerprint']}, but this loader's plan is "
@@ -448,12 +553,25 @@ class Loader:
             raise SeqfeedError(
                 f"loader state is for dataset fingerprint {got}, but the dataset has {have}"
             )
-        for key, mine in (("dp_size", self.dp_size), ("micro_batch", self.micro_batch)):
-            if key in state and state[key] != mine:
-                raise SeqfeedError(
-                    f"loader state has {key}={state[key]} but this loader has {key}={mine}; "
-                    "a step's position within the run is only the same with the same layout"
-                )
+        gb = state.get("global_batch")
+        if gb is not None and gb != self._info["global_batch"]:
+            raise SeqfeedError(
+                f"loader state has global_batch={gb} but this loader's plan has "
+                f"global_batch={self._info['global_batch']}; a step only means the same rows with the same global batch"
+            )
+        changed = [
+            f"{key}={state[key]} (this loader: {mine})"
+            for key, mine in (("dp_size", self.dp_size), ("micro_batch", self.micro_batch))
+            if key in state and state[key] != mine
+        ]
+        if changed and int(state["micro"]) != 0:
+            raise SeqfeedError(
+                f"loader state was saved inside step {state['step']} (after micro-batch "
+                f"{int(state['micro']) - 1}) with {', '.join(changed)}: a position inside a step is "
+                "only the same with the same dp_size and micro_batch. Resume with the saved layout, "
+                "or from a state saved at a step boundary (micro 0), which loads into any layout "
+                "with the same global batch"
+            )
         # States from before splits existed are training states.
         got_split = state.get("split", "train")
         if got_split != self.split:
@@ -487,8 +605,9 @@ class Loader:
         return self._position
 
     def close(self):
-        """Stops the reader threads and closes node connections. Iterating
-        again starts over from the current position."""
+        """Stops the reader threads and closes node connections (with the
+        GIL released while a node times out). Iterating again continues
+        from the current position."""
         if self._native is not None:
             self._native.close()
             self._native = None
@@ -500,6 +619,9 @@ class Loader:
         self.close()
 
     def __len__(self):
+        """Micro-batches left to yield (not steps): ``(end_step - step) *
+        accumulation - micro``. For a validation loader that has reached
+        its end, 0 until ``iter()`` starts it over."""
         end = self._opts["end_step"]
         steps = self._info["validation_steps" if self.split == "validation" else "steps"]
         end = steps if end is None else min(end, steps)

@@ -13,15 +13,46 @@ import torch.utils.data
 from ._loader import Loader
 from ._native import SeqfeedError
 
+_FORMATS = ("hf", "megatron")
+
 
 class SeqfeedDataset(torch.utils.data.IterableDataset):
-    """Yields each micro-batch as a dict (``input_ids``, ``labels``,
-    ``loss_mask``, ``position_ids`` where present, ``tokens``, ``step``,
-    ``micro``). Takes ``seqfeed.Loader``'s arguments."""
+    """Yields each micro-batch as a dict in ``format`` (see
+    ``Batch.as_dict``):
 
-    def __init__(self, plan, **loader_args):
+    * ``"hf"``: ``input_ids``, unshifted ``labels`` (-100 where no loss
+      applies) and, with an ``eod_token``, ``position_ids``: what
+      ``model(**batch)`` takes for a Hugging Face ``*ForCausalLM``.
+    * ``"megatron"``: ``tokens`` (the L inputs), shifted ``labels``,
+      ``loss_mask``, ``position_ids`` (needs ``labels=True``).
+
+    The other arguments are ``seqfeed.Loader``'s.
+
+    Every ``iter()`` continues from the current position (it does not start
+    the run over): a framework that makes a new iterator each epoch
+    (Lightning, several ``for`` loops over one ``DataLoader``) reads on
+    where the last one stopped. A training stream that has ended yields
+    nothing; a validation stream (``split="validation"``) that has ended
+    starts over, so each evaluation reads all of it.
+
+    Example::
+
+        ds = seqfeed.SeqfeedDataset("plan.toml", format="hf", dataset="data",
+                                    labels=True, dp_rank=r, dp_size=n)
+        for batch in DataLoader(ds, batch_size=None, num_workers=0):
+            model(**batch).loss.backward()
+    """
+
+    def __init__(self, plan, *, format=None, **loader_args):
         super().__init__()
+        if format not in _FORMATS:
+            raise ValueError(
+                f"SeqfeedDataset format {format!r}: give format='hf' (input_ids and unshifted labels, "
+                "for model(**batch) with Hugging Face models) or format='megatron' (tokens, shifted "
+                "labels, loss_mask, position_ids)"
+            )
         self._plan = plan
+        self._format = format
         self._args = loader_args
         self._loader = None
         self._state = None
@@ -40,11 +71,10 @@ class SeqfeedDataset(torch.utils.data.IterableDataset):
                 "num_workers=0. seqfeed reads ahead in its own threads, and each worker would read "
                 "the whole rank's stream again"
             )
-        if self._loader is not None:
-            self._loader.close()
-        self._loader = self._make()
+        if self._loader is None:
+            self._loader = self._make()
         for batch in self._loader:
-            yield batch.as_dict()
+            yield batch.as_dict(self._format)
 
     def state_dict(self):
         """The loader's position (before iteration: the loaded or initial one)."""
