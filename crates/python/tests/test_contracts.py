@@ -93,8 +93,11 @@ def test_issue17_d2_dataset_yields_the_chosen_format(dataset):
     meg = list(DataLoader(seqfeed.SeqfeedDataset(plan, format="megatron", prefetch=30, **kw), batch_size=None))
     assert len(hf) == len(meg) == len(want) == 24
     for h, m, w in zip(hf, meg, want):
-        assert set(h) == {"input_ids", "labels"}
+        # The dataset's manifests record EOS 0, so the loader knows the EOD
+        # id and HF batches carry position_ids (plain, no reset asked for).
+        assert set(h) == {"input_ids", "labels", "position_ids"}
         assert torch.equal(h["input_ids"], w[:, :-1]) and torch.equal(h["labels"], w[:, :-1])
+        assert torch.equal(h["position_ids"], torch.arange(64).expand(4, 64))
         assert torch.equal(m["tokens"], w[:, :-1]) and torch.equal(m["labels"], w[:, 1:])
     with pytest.raises(ValueError, match="format='hf'"):
         seqfeed.SeqfeedDataset(plan, **kw)
