@@ -263,6 +263,57 @@ if [ "$MODE" = test ] || [ "$MODE" = all ]; then
     fail cli-cm "seqfeed serve --verbs-cm-port / read over rdma_cm (exit $rrc)"
   fi
   ts "cli-cm done"
+  # A trainer that holds no data (issue 16): two nodes, each serving its own directory
+  # (`seqfeed place --stage`: every manifest, only the files placed on it, one replica), and
+  # `seqfeed read --transport verbs` from a directory holding plan.toml and cluster.toml only:
+  # the plan comes from the nodes' manifests, the digest of every byte read equals a local read
+  # of the full dataset, and the reader's /proc maps and fds never show a .seq file.
+  d=${TMPDIR:-/tmp}/seqfeed-nodata
+  rm -rf "$d"; mkdir -p "$d/stage" "$d/trainer"
+  ndfail=""
+  seqfeed --log warn demo --keep "$d/ds" --transport tcp --steps 6 >"$d.demo.log" 2>&1 || ndfail="seqfeed demo --keep"
+  # Placeholder addresses: the nodes pick their ports, the trainer's copy gets the real ones.
+  [ -z "$ndfail" ] && { seqfeed --log warn place --dataset "$d/ds" --nodes a=127.0.0.1:1,b=127.0.0.1:2 --replicas 1 \
+    --out "$d/cluster.toml" --stage "$d/stage" >"$d.place.log" 2>&1 || ndfail="seqfeed place --stage"; }
+  ndpids=""
+  cp "$d/ds/plan.toml" "$d/trainer/plan.toml" 2>/dev/null; cp "$d/cluster.toml" "$d/trainer/cluster.toml" 2>/dev/null
+  for n in a b; do
+    [ -n "$ndfail" ] && break
+    seqfeed --log warn serve --dataset "$d/stage/$n" --cluster "$d/cluster.toml" --name "$n" --listen 127.0.0.1:0 \
+      --verbs --threads 2 --addr-file "$d/$n.addr" >"$d.$n.log" 2>&1 &
+    ndpids="$ndpids $!"
+    i=0; while [ ! -s "$d/$n.addr" ] && [ $i -lt 150 ]; do sleep 0.2; i=$((i + 1)); done
+    [ -s "$d/$n.addr" ] || { ndfail="node $n did not start: $(tail -2 "$d.$n.log" | tr '\n' ' ')"; break; }
+    port=1; [ "$n" = b ] && port=2
+    sed -i "s/\"127.0.0.1:$port\"/\"$(cat "$d/$n.addr")\"/" "$d/trainer/cluster.toml"
+  done
+  if [ -z "$ndfail" ]; then
+    ( cd "$d/trainer" && exec timeout 120 seqfeed --log warn read --plan plan.toml --cluster cluster.toml \
+      --transport verbs --digest --json --consume-us 20000 ) >"$d.read.json" 2>"$d.read.log" &
+    rpid=$!; samples=0; : >"$d.seq"
+    while kill -0 $rpid 2>/dev/null; do
+      grep '\.seq' /proc/$rpid/maps >>"$d.seq" 2>/dev/null
+      ls -l /proc/$rpid/fd 2>/dev/null | grep '\.seq' >>"$d.seq"
+      samples=$((samples + 1)); sleep 0.1
+    done
+    wait $rpid; rrc=$?
+    seqfeed --log warn read --plan "$d/ds/plan.toml" --dataset "$d/ds" --local --digest --json >"$d.ref.json" 2>&1
+    got=$(grep -o '"digest":"[0-9a-f]*"' "$d.read.json"); want=$(grep -o '"digest":"[0-9a-f]*"' "$d.ref.json")
+    held_a=$(find "$d/stage/a" -name '*.seq' | wc -l); held_b=$(find "$d/stage/b" -name '*.seq' | wc -l)
+    if [ $rrc != 0 ]; then ndfail="seqfeed read --transport verbs from the trainer directory (exit $rrc): $(grep 'seqfeed: error' "$d.read.log")"
+    elif [ -s "$d.seq" ]; then ndfail="the reader mapped or opened a .seq file: $(head -2 "$d.seq" | tr '\n' ' ')"
+    elif [ -z "$got" ] || [ "$got" != "$want" ]; then ndfail="digest $got differs from the local read's $want"
+    elif [ "$(ls "$d/trainer" | tr '\n' ' ')" != "cluster.toml plan.toml " ]; then ndfail="the trainer directory holds more than plan.toml and cluster.toml"
+    fi
+  fi
+  for p in $ndpids; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  if [ -z "$ndfail" ]; then
+    echo "CHECK trainer-no-data PASS a trainer holding plan.toml and cluster.toml only read over verbs from 2 nodes (a: $held_a files, b: $held_b files, one replica), $got equal to the local read; $samples samples of /proc: no .seq file"
+  else
+    tail -5 "$d.read.log" "$d.a.log" "$d.b.log" 2>/dev/null
+    fail trainer-no-data "$ndfail"
+  fi
+  ts "trainer-no-data done"
   # RLIMIT_MEMLOCK on the real device: refusal and enough (no ODP), or ODP serving beyond it.
   memcheck
   ts "memlock done"
