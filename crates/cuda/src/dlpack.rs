@@ -90,6 +90,59 @@ pub struct DLManagedTensor {
     pub deleter: Option<unsafe extern "C" fn(*mut DLManagedTensor)>,
 }
 
+/// `DLPackVersion`: the ABI version of a [`DLManagedTensorVersioned`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DLPackVersion {
+    /// Major version (1 for DLPack 1.x).
+    pub major: u32,
+    /// Minor version.
+    pub minor: u32,
+}
+
+/// The DLPack version this crate produces in versioned capsules.
+pub const DLPACK_VERSION: DLPackVersion = DLPackVersion { major: 1, minor: 0 };
+
+/// `DLPACK_FLAG_BITMASK_READ_ONLY`: the consumer must not write the memory.
+pub const DLPACK_FLAG_READ_ONLY: u64 = 1;
+
+/// `DLManagedTensorVersioned` (DLPack 1.0): what a `"dltensor_versioned"`
+/// capsule holds, for consumers that ask with `max_version >= (1, 0)`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct DLManagedTensorVersioned {
+    /// The ABI version of this struct.
+    pub version: DLPackVersion,
+    /// Producer context.
+    pub manager_ctx: *mut c_void,
+    /// Called once by the consumer when it no longer needs the tensor.
+    pub deleter: Option<unsafe extern "C" fn(*mut DLManagedTensorVersioned)>,
+    /// `DLPACK_FLAG_*` bits.
+    pub flags: u64,
+    /// The tensor.
+    pub dl_tensor: DLTensor,
+}
+
+/// A versioned tensor and the unversioned one whose storage (shape,
+/// strides, owner) it describes; `tensor` first so a pointer to the holder
+/// is a pointer to the tensor.
+#[repr(C)]
+struct VersionedHolder {
+    tensor: DLManagedTensorVersioned,
+    inner: DlpackTensor,
+}
+
+unsafe extern "C" fn delete_versioned(t: *mut DLManagedTensorVersioned) {
+    if t.is_null() {
+        return;
+    }
+    // SAFETY: every DLManagedTensorVersioned with this deleter was made by
+    // `DlpackTensor::into_versioned_raw` as the first field of a boxed,
+    // repr(C) VersionedHolder, and DLPack calls the deleter exactly once;
+    // dropping the holder drops the inner tensor, which runs its own deleter.
+    drop(unsafe { Box::from_raw(t.cast::<VersionedHolder>()) });
+}
+
 /// Storage for one managed tensor; `tensor` first so a pointer to the
 /// holder is a pointer to the tensor.
 #[repr(C)]
@@ -198,6 +251,39 @@ impl DlpackTensor {
         unsafe { std::slice::from_raw_parts(t.strides, t.ndim as usize) }
     }
 
+    /// Gives up ownership as a DLPack 1.0 versioned tensor (with `flags`,
+    /// e.g. [`DLPACK_FLAG_READ_ONLY`]): the consumer must call its
+    /// `deleter` exactly once, which also frees this tensor's storage.
+    pub fn into_versioned_raw(self, flags: u64) -> *mut DLManagedTensorVersioned {
+        let t = &self.get().dl_tensor;
+        let dl_tensor = DLTensor {
+            data: t.data,
+            device: t.device,
+            ndim: t.ndim,
+            dtype: t.dtype,
+            shape: t.shape,
+            strides: t.strides,
+            byte_offset: t.byte_offset,
+        };
+        let raw = Box::into_raw(Box::new(VersionedHolder {
+            tensor: DLManagedTensorVersioned {
+                version: DLPACK_VERSION,
+                manager_ctx: std::ptr::null_mut(),
+                deleter: Some(delete_versioned),
+                flags,
+                dl_tensor,
+            },
+            inner: self,
+        }));
+        // SAFETY: `raw` is a fresh, non-null Box allocation; the shape and
+        // strides pointers copied above stay valid while `inner` lives,
+        // which is until the versioned deleter runs.
+        unsafe {
+            (*raw).tensor.manager_ctx = raw.cast();
+            std::ptr::addr_of_mut!((*raw).tensor)
+        }
+    }
+
     /// Gives up ownership: the consumer must call `deleter` exactly once.
     pub fn into_raw(self) -> *mut DLManagedTensor {
         let p = self.ptr.as_ptr();
@@ -244,6 +330,53 @@ mod tests {
         assert_eq!(offset_of!(DLManagedTensor, manager_ctx), 48);
         assert_eq!(offset_of!(DLManagedTensor, deleter), 56);
         assert_eq!(size_of::<DLManagedTensor>(), 64);
+    }
+
+    #[test]
+    fn versioned_abi_layout_matches_dlpack_h() {
+        assert_eq!(size_of::<DLPackVersion>(), 8);
+        assert_eq!(offset_of!(DLManagedTensorVersioned, version), 0);
+        assert_eq!(offset_of!(DLManagedTensorVersioned, manager_ctx), 8);
+        assert_eq!(offset_of!(DLManagedTensorVersioned, deleter), 16);
+        assert_eq!(offset_of!(DLManagedTensorVersioned, flags), 24);
+        assert_eq!(offset_of!(DLManagedTensorVersioned, dl_tensor), 32);
+        assert_eq!(size_of::<DLManagedTensorVersioned>(), 80);
+    }
+
+    #[test]
+    fn versioned_tensor_describes_the_same_memory_and_frees_the_owner_once() {
+        let data: Vec<u16> = (0..24).collect();
+        let alive = std::sync::Arc::new(());
+        let t = DlpackTensor::with_owner(
+            data.as_ptr() as u64,
+            DLDevice::cpu(),
+            DLDataType {
+                code: 1,
+                bits: 16,
+                lanes: 1,
+            },
+            &[4, 6],
+            Box::new(alive.clone()),
+        );
+        let raw = t.into_versioned_raw(DLPACK_FLAG_READ_ONLY);
+        // SAFETY: `raw` is live until its deleter runs below.
+        let v = unsafe { &*raw };
+        assert_eq!(v.version, DLPACK_VERSION);
+        assert_eq!(v.flags, DLPACK_FLAG_READ_ONLY);
+        assert_eq!(v.manager_ctx as usize, raw as usize);
+        assert_eq!(v.dl_tensor.data as usize, data.as_ptr() as usize);
+        // SAFETY: shape and strides hold ndim = 2 entries owned by the tensor.
+        let (shape, strides) = unsafe {
+            (
+                std::slice::from_raw_parts(v.dl_tensor.shape, 2),
+                std::slice::from_raw_parts(v.dl_tensor.strides, 2),
+            )
+        };
+        assert_eq!((shape, strides), (&[4i64, 6][..], &[6i64, 1][..]));
+        assert_eq!(std::sync::Arc::strong_count(&alive), 2);
+        // SAFETY: calling the deleter exactly once, as a consumer would.
+        unsafe { v.deleter.unwrap()(raw) };
+        assert_eq!(std::sync::Arc::strong_count(&alive), 1);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use seqfeed_loader::{
     Next, OpenedPlan, RetryPolicy, Split, TransportKind,
 };
 
-use crate::capsule::into_capsule;
+use crate::capsule::{into_capsule, into_versioned_capsule};
 use crate::plan::NativePlan;
 use crate::py_err;
 use crate::widen::{WidenedBuffer, WideningAllocator};
@@ -503,7 +503,9 @@ impl NativeBatch {
         dl_device: Option<(i32, i32)>,
         copy: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let _ = max_version; // we produce the unversioned (0.x) capsule
+        // DLPack 1.0 consumers (max_version >= (1, 0)) get a versioned
+        // capsule; older ones (None, or 0.x) the unversioned one.
+        let versioned = max_version.is_some_and(|(major, _)| major >= 1);
         if copy == Some(true) {
             return Err(PyBufferError::new_err(
                 "seqfeed batches are exported without a copy (copy=True is not supported)",
@@ -570,7 +572,11 @@ impl NativeBatch {
                 DlpackTensor::with_owner(dev.ptr, DLDevice::cuda(i), dl, &shape, owner)
             }
         };
-        into_capsule(py, tensor)
+        if versioned {
+            into_versioned_capsule(py, tensor, 0)
+        } else {
+            into_capsule(py, tensor)
+        }
     }
 
     fn __repr__(&self) -> String {
