@@ -37,9 +37,10 @@ Exit status:
 struct Cli {
     /// Log filter (tracing env-filter syntax, e.g. `info` or
     /// `warn,seqfeed_node=debug`); also read from SEQFEED_LOG. A malformed
-    /// filter is an error.
-    #[arg(long, global = true, env = "SEQFEED_LOG", default_value = "info")]
-    log: String,
+    /// filter is an error. Default: `info`, and `warn` for `demo` (whose
+    /// table is its output).
+    #[arg(long, global = true, env = "SEQFEED_LOG")]
+    log: Option<String>,
     /// Log line format on stderr: `text` (colored only when stderr is a
     /// terminal) or `json` (one JSON object per line).
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -85,7 +86,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = init_logging(&cli.log, cli.log_format) {
+    let filter = cli.log.as_deref().unwrap_or(match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    });
+    if let Err(err) = init_logging(filter, cli.log_format) {
         eprintln!("seqfeed: error: {}", error_chain(&err));
         return ExitCode::FAILURE;
     }
