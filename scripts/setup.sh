@@ -7,7 +7,7 @@ set -euo pipefail
 
 # cmake + libclang-dev: sideway's rdma-mummy-sys builds a dlopen shim of rdma-core and runs bindgen.
 # systemd: systemd-analyze verifies scripts/deploy/seqfeed-node.service in the tests.
-pkgs=(build-essential pkg-config cmake libclang-dev iproute2 iperf3 python3 python3-numpy systemd)
+pkgs=(build-essential pkg-config cmake libclang-dev iproute2 iperf3 python3 python3-numpy systemd procps util-linux)
 if [[ "${1:-}" == "--vm" ]]; then
   pkgs+=(qemu-system-x86 busybox-static rdma-core ibverbs-providers libibverbs1 librdmacm1
          perftest cpio xz-utils zstd kmod)
