@@ -5,7 +5,7 @@ prefetch, fail-over); this package hands each micro-batch to torch through
 DLPack without a copy::
 
     import seqfeed
-    loader = seqfeed.Loader("plan.toml", dataset="data", cluster="cluster.toml",
+    loader = seqfeed.Loader("plan.toml", cluster="cluster.toml",
                             device="cpu", labels=True)
     for batch in loader:
         logits = model(batch.input_ids)

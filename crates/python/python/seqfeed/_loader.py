@@ -294,8 +294,8 @@ class Loader:
 
     Example (evaluate on the held-out part every 1000 steps)::
 
-        train = seqfeed.Loader("plan.toml", dataset="data")
-        val = seqfeed.Loader("plan.toml", dataset="data", split="validation")
+        train = seqfeed.Loader("plan.toml", cluster="cluster.toml")
+        val = seqfeed.Loader("plan.toml", cluster="cluster.toml", split="validation")
         for batch in train:
             ...
             if batch.step % 1000 == 999 and batch.micro == train.accumulation - 1:
