@@ -220,8 +220,9 @@ class Batch:
         """
         if packed and self.cu_seqlens is None:
             raise SeqfeedError(
-                "as_dict(packed=True) needs document boundaries: give the loader an eod_token "
-                "(document_boundaries is on by default with one)"
+                "as_dict(packed=True) needs document boundaries, and this loader computes none: "
+                "give it an eod_token (document_boundaries is on by default with one) and do not "
+                "pass document_boundaries=False"
             )
         if format == "hf":
             ids = self.input_ids
