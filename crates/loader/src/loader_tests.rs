@@ -628,3 +628,34 @@ fn doc_bounds_of_a_direct_step_need_a_buffer_that_copies_back() {
     let e = l.next().unwrap().unwrap_err();
     assert!(e.to_string().contains("cannot copy a step"), "{e}");
 }
+
+#[test]
+fn doc_bounds_of_a_direct_step_come_from_its_device_bytes() {
+    let f = files(5, 30, 512, 43);
+    let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 16, 3));
+    let (r, _sw) = device_reader(&f, [2, 2], false);
+    let counters = Arc::new(DeviceCounters::default());
+    counters.can_copy_back.store(true, Ordering::SeqCst);
+    let alloc = Arc::new(FakeDeviceAllocator {
+        dmabuf: true,
+        counters: counters.clone(),
+    });
+    // The EOD id: a token of the data, so some row splits.
+    let mut rows = Vec::new();
+    RandomBlocks::new(&f, 16, 3)
+        .block(0, 0, 2, &mut rows)
+        .unwrap();
+    let eod = u32::from_le_bytes(expected(&f, &rows)[8..12].try_into().unwrap());
+    let config = LoaderConfig::new(0, 2).doc_boundaries(eod, 128);
+    let mut l = Loader::with_allocator(config, src, r, alloc).unwrap();
+    let mut n = 0;
+    while let Some(b) = l.next() {
+        let b = b.unwrap();
+        assert!(b.filled_directly());
+        let want = DocBounds::compute(&device_bytes(&b), Dtype::U32, 8, 128, 128, eod).unwrap();
+        assert_eq!(b.doc_bounds(), Some(&want), "step {}", b.step());
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    assert_eq!(counters.copied_back.load(Ordering::SeqCst), 3);
+}
