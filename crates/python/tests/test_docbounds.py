@@ -131,6 +131,57 @@ def test_hf_packed_kwargs_are_transformers_flash_attention_kwargs(dataset):
     assert int(mx) == b.max_seqlen
 
 
+def split_documents(row, eod):
+    """A row's documents by the rule, in plain Python: each EOD closes one."""
+    docs, cur = [], []
+    for i, t in enumerate(row):
+        cur.append(t)
+        if t == eod and i + 1 < len(row):
+            docs.append(cur)
+            cur = []
+    return docs + [cur]
+
+
+def test_hf_packed_dict_matches_transformers_flattening_collator(dataset):
+    """transformers' own producer of packed batches
+    (DataCollatorWithFlattening with return_flash_attn_kwargs), fed each
+    row's documents as separate examples, gives the same offsets, dtypes,
+    maximum length and per-document position ids; a real model takes the
+    packed dict as it is."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+    from transformers import DataCollatorWithFlattening
+
+    ds, plan = dataset
+    loader = seqfeed.Loader(plan, dataset=ds, labels=True, micro_batch=4, reset_position_ids=True,
+                            dp_rank=0, dp_size=1)
+    collate = DataCollatorWithFlattening(return_flash_attn_kwargs=True)
+    cfg = transformers.GPT2Config(vocab_size=50001, n_positions=128, n_embd=32, n_layer=2, n_head=2)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    for i, b in enumerate(loader):
+        d = b.as_dict("hf", packed=True)
+        feats = [{"input_ids": doc} for row in b.input_ids.tolist() for doc in split_documents(row, EOD)]
+        hf = collate(feats, return_tensors="pt")
+        assert hf["cu_seq_lens_q"].dtype == d["cu_seq_lens_q"].dtype == torch.int32
+        assert torch.equal(hf["cu_seq_lens_q"], d["cu_seq_lens_q"][: b.num_docs + 1])
+        # The rest is padding: the last offset repeated.
+        assert bool((d["cu_seq_lens_q"][b.num_docs :] == hf["cu_seq_lens_q"][-1]).all())
+        assert hf["max_length_q"] == d["max_length_q"] and isinstance(d["max_length_q"], int)
+        assert torch.equal(hf["position_ids"], d["position_ids"].reshape(1, -1))
+        assert torch.equal(hf["input_ids"], d["input_ids"].reshape(1, -1))
+        if i < 3:
+            # GPT2 here runs sdpa, which ignores the flash-attention kwargs
+            # (only flash-attention implementations read them): the loss is
+            # that of the same inputs and positions without them.
+            with torch.no_grad():
+                packed = model(**d).loss
+                plain = model(**b.as_dict("hf")).loss
+            assert torch.isfinite(packed) and torch.equal(packed, plain)
+
+
 def test_megatron_packed_format_carries_packed_seq_params(dataset):
     from megatron.core.packed_seq_params import PackedSeqParams
 
