@@ -182,6 +182,20 @@ def test_hf_packed_dict_matches_transformers_flattening_collator(dataset):
             assert torch.isfinite(packed) and torch.equal(packed, plain)
 
 
+def test_dataset_yields_packed_dicts_through_a_dataloader(dataset):
+    from torch.utils.data import DataLoader
+
+    ds, plan = dataset
+    data = seqfeed.SeqfeedDataset(plan, format="hf", packed=True, dataset=ds, labels=True,
+                                  micro_batch=4, dp_rank=0, dp_size=1)
+    ref = seqfeed.Loader(plan, dataset=ds, labels=True, micro_batch=4, dp_rank=0, dp_size=1)
+    n = 0
+    for d, b in zip(DataLoader(data, batch_size=None, num_workers=0), ref):
+        assert torch.equal(d["cu_seq_lens_q"], b.cu_seqlens) and d["max_length_q"] == b.max_seqlen
+        n += 1
+    assert n == 24
+
+
 def test_megatron_packed_format_carries_packed_seq_params(dataset):
     from megatron.core.packed_seq_params import PackedSeqParams
 
