@@ -98,25 +98,30 @@ impl DocBounds {
         let mut max_seqlen = 0usize;
         cu_seqlens.push(0i32);
         for (r, row) in bytes.chunks_exact(row_bytes.max(1)).enumerate() {
-            let row_start = r * row_tokens;
-            let mut doc_start = row_start;
-            let mut doc = 0i32;
-            let ids = row_ids(row, dtype).take(row_tokens);
-            for (i, id) in ids.enumerate() {
-                document_ids.push(doc);
-                // The EOD ends its document; a new one starts after it,
-                // unless it is the row's last token.
-                if id == eod && i + 1 < row_tokens {
-                    let end = row_start + i + 1;
-                    max_seqlen = max_seqlen.max(end - doc_start);
-                    cu_seqlens.push(end as i32);
-                    doc_start = end;
-                    doc += 1;
-                }
+            let mut out = RowOut {
+                cu_seqlens: &mut cu_seqlens,
+                document_ids: &mut document_ids,
+                max_seqlen: &mut max_seqlen,
+            };
+            let (start, n) = (r * row_tokens, row_tokens);
+            match dtype {
+                Dtype::U16 => scan_row(
+                    row.chunks_exact(2)
+                        .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))),
+                    start,
+                    n,
+                    eod,
+                    &mut out,
+                ),
+                Dtype::U32 => scan_row(
+                    row.chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                    start,
+                    n,
+                    eod,
+                    &mut out,
+                ),
             }
-            let end = row_start + row_tokens;
-            max_seqlen = max_seqlen.max(end - doc_start);
-            cu_seqlens.push(end as i32);
         }
         let num_docs = cu_seqlens.len() - 1;
         cu_seqlens.resize(tokens + 1, tokens as i32);
@@ -182,18 +187,41 @@ impl DocBounds {
     }
 }
 
-/// A row's token ids, widened to `u32`.
-fn row_ids(row: &[u8], dtype: Dtype) -> Box<dyn Iterator<Item = u32> + '_> {
-    match dtype {
-        Dtype::U16 => Box::new(
-            row.chunks_exact(2)
-                .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))),
-        ),
-        Dtype::U32 => Box::new(
-            row.chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        ),
+/// Where [`scan_row`] appends a row's boundaries.
+struct RowOut<'a> {
+    cu_seqlens: &'a mut Vec<i32>,
+    document_ids: &'a mut Vec<i32>,
+    max_seqlen: &'a mut usize,
+}
+
+/// Appends the boundaries of one row (its first `n` token `ids`, starting
+/// at flattened offset `start`): the end offset of each of its documents
+/// and each token's document. Offsets fit in int32: the caller checked the
+/// micro-batch's capacity ([`DocBounds::capacity_tokens`]).
+fn scan_row(
+    ids: impl Iterator<Item = u32>,
+    start: usize,
+    n: usize,
+    eod: u32,
+    out: &mut RowOut<'_>,
+) {
+    let mut doc_start = start;
+    let mut doc = 0i32;
+    for (i, id) in ids.take(n).enumerate() {
+        out.document_ids.push(doc);
+        // The EOD ends its document; a new one starts after it, unless it
+        // is the row's last token.
+        if id == eod && i + 1 < n {
+            let end = start + i + 1;
+            *out.max_seqlen = (*out.max_seqlen).max(end - doc_start);
+            out.cu_seqlens.push(end as i32);
+            doc_start = end;
+            doc += 1;
+        }
     }
+    let end = start + n;
+    *out.max_seqlen = (*out.max_seqlen).max(end - doc_start);
+    out.cu_seqlens.push(end as i32);
 }
 
 /// The boundaries of every micro-batch of a step of `step_rows` rows in
