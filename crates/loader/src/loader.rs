@@ -238,7 +238,6 @@ impl Loader {
         let (rank, world, start) = (config.rank, config.world, config.start_step);
         let doc_layout = config.doc_boundaries.map(|d| DocLayout {
             docs: d,
-            block_rows: block,
             micro_rows,
             seq_len,
             dtype,
@@ -521,24 +520,25 @@ struct ReaderArgs<'a> {
 #[derive(Clone, Copy)]
 struct DocLayout {
     docs: DocBoundaries,
-    block_rows: usize,
     micro_rows: usize,
     seq_len: usize,
     dtype: Dtype,
 }
 
 impl DocLayout {
-    /// The boundaries of every micro-batch of the step in `buf`. A step
+    /// The boundaries of every micro-batch of the step of `rows` rows in
+    /// `buf`. A step
     /// the NICs wrote into device memory is first copied back to the
     /// buffer's host bytes ([`HostBuffer::copy_back`]), here on the reader
     /// thread.
     fn compute(
         &self,
         step: u64,
+        rows: usize,
         buf: &mut dyn HostBuffer,
         direct: bool,
     ) -> Result<Vec<DocBounds>, LoaderError> {
-        let len = self.block_rows * self.seq_len * self.dtype.size();
+        let len = rows * self.seq_len * self.dtype.size();
         let err = |what: String| LoaderError::Destination {
             step,
             source: what.into(),
@@ -555,7 +555,7 @@ impl DocLayout {
         docs::step_bounds(
             buf.bytes(),
             self.dtype,
-            self.block_rows,
+            rows,
             self.micro_rows,
             self.seq_len,
             self.docs,
@@ -593,7 +593,7 @@ fn reader_loop(a: ReaderArgs<'_>) -> Option<Box<dyn HostBuffer>> {
             .and_then(|()| read_into(a.reader, step, &rows, a.row_bytes, buf.as_mut()))
             .and_then(|(stats, direct)| {
                 let docs = match &a.docs {
-                    Some(d) => Some(d.compute(step, buf.as_mut(), direct)?),
+                    Some(d) => Some(d.compute(step, rows.len(), buf.as_mut(), direct)?),
                     None => None,
                 };
                 Ok((stats, direct, docs))
