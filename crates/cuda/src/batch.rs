@@ -289,6 +289,17 @@ impl BounceSlot {
         self.finish(len)
     }
 
+    /// After a direct fill ([`complete_direct`](Self::complete_direct)):
+    /// copies the step's first `len` bytes from the device buffer into the
+    /// pinned buffer, so host code (the loader's document boundaries) can
+    /// read them, and returns once they are there. Runs on the caller's
+    /// thread (the loader's reader thread) and waits only for this slot's
+    /// own stream.
+    pub fn copy_back(&mut self, len: usize) -> Result<()> {
+        self.wait()?;
+        self.dst.copy_to_pinned(&mut self.pinned, len, &self.stream)
+    }
+
     fn check_widen_len(&self, len: usize) -> Result<()> {
         match &self.widen {
             Some(w) if !len.is_multiple_of(w.from.size()) => Err(CudaError::InvalidArgument {

@@ -195,6 +195,20 @@ pub(crate) unsafe fn memcpy_htod(dst: CUdeviceptr, src: &[u8]) -> R<()> {
 }
 
 /// # Safety
+/// `[src, src+len)` is live device memory and `[dst, dst+len)` live host
+/// memory that nothing else reads or writes until the copy completes on
+/// `stream` (pinned memory for a truly asynchronous copy).
+pub(crate) unsafe fn memcpy_dtoh_async(
+    dst: *mut u8,
+    src: CUdeviceptr,
+    len: usize,
+    stream: CUstream,
+) -> R<()> {
+    // SAFETY: guaranteed by the caller.
+    check(unsafe { sys::cuMemcpyDtoHAsync_v2(dst.cast(), src, len, stream) })
+}
+
+/// # Safety
 /// `[src, src+dst.len())` is live device memory.
 pub(crate) unsafe fn memcpy_dtoh(dst: &mut [u8], src: CUdeviceptr) -> R<()> {
     // SAFETY: guaranteed by the caller; `dst` is a valid, exclusive slice.

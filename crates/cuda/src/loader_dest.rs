@@ -226,6 +226,14 @@ impl HostBuffer for CudaStepBuffer {
         Ok(())
     }
 
+    /// Copies a step the NICs wrote into device memory back into the
+    /// pinned buffer ([`BounceSlot::copy_back`]), for host-side work on the
+    /// reader thread (document boundaries).
+    fn copy_back(&mut self, len: usize) -> std::result::Result<bool, BoxError> {
+        self.slot.copy_back(len)?;
+        Ok(true)
+    }
+
     /// Orders the next write into this buffer (bounce copy or direct fill)
     /// after the consumer's work on `consumer_streams`; see
     /// [`BounceSlot::release`]. Runs on the consumer's thread and binds the

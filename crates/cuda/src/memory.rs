@@ -198,6 +198,42 @@ impl DeviceBuffer {
         })
     }
 
+    /// Copies the first `len` bytes of this buffer into the pinned buffer
+    /// `dst` on `stream` (after the work already enqueued there) and waits
+    /// for the copy: only `stream` is waited for, not the device's other
+    /// streams (unlike [`copy_to_host`](Self::copy_to_host)).
+    pub fn copy_to_pinned(
+        &self,
+        dst: &mut PinnedBuffer,
+        len: usize,
+        stream: &Stream,
+    ) -> Result<()> {
+        self.check_range(0, len, "async device-to-host copy")?;
+        if len > dst.len() {
+            return Err(CudaError::InvalidArgument {
+                what: format!(
+                    "device-to-host copy of {len} bytes into a {}-byte pinned buffer",
+                    dst.len()
+                ),
+            });
+        }
+        self.device.bind()?;
+        // SAFETY: both ranges are checked against live allocations; `dst`
+        // is borrowed exclusively until the stream is synchronized below,
+        // so nothing touches it while the copy runs.
+        unsafe {
+            ffi::memcpy_dtoh_async(dst.as_mut_slice().as_mut_ptr(), self.ptr, len, stream.raw)
+        }
+        .map_err(|e| {
+            self.device.err(
+                "cuMemcpyDtoHAsync",
+                &format!("copying {len} bytes back to pinned memory"),
+                e,
+            )
+        })?;
+        stream.synchronize()
+    }
+
     /// Copies `dst.len()` bytes at `offset` to `dst` synchronously (`cuMemcpyDtoH`).
     pub fn copy_to_host(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
         self.check_range(offset, dst.len(), "device-to-host copy")?;

@@ -125,6 +125,36 @@ fn bounce_slot_lands_exact_bytes_and_signals_event() {
 }
 
 #[test]
+fn copy_back_brings_a_direct_step_to_the_pinned_buffer() {
+    let Some(dev) = gpu_or_skip("copy_back_brings_a_direct_step_to_the_pinned_buffer") else {
+        return;
+    };
+    let stream = Arc::new(dev.stream().unwrap());
+    let len = 1 << 20;
+    let mut slot = BounceSlot::new(&dev, stream, len).unwrap();
+    slot.host_mut().unwrap().fill(0);
+    for round in 0..2u64 {
+        // A direct fill: the bytes land in device memory (here written by
+        // a synchronous copy standing in for the NICs), not in the pinned
+        // buffer.
+        slot.begin_direct().unwrap();
+        let want = pattern(len, 91 + round);
+        let n = if round == 1 { len / 2 + 4 } else { len };
+        slot.device_buffer().copy_from_host(0, &want).unwrap();
+        slot.complete_direct(n).unwrap();
+        slot.copy_back(n).unwrap();
+        assert!(
+            slot.host()[..n] == want[..n],
+            "round {round}: pinned bytes differ from the device bytes"
+        );
+    }
+    assert!(
+        slot.copy_back(len + 1).is_err(),
+        "past the buffer is refused"
+    );
+}
+
+#[test]
 fn consumer_stream_waits_on_copy_event() {
     let Some(dev) = gpu_or_skip("consumer_stream_waits_on_copy_event") else {
         return;

@@ -61,6 +61,16 @@ pub trait HostBuffer: Send + Sync + 'static {
         Err(format!("filled_device({len}) on a buffer without device memory").into())
     }
 
+    /// Called by the reader thread after [`filled_device`](HostBuffer::filled_device)
+    /// when it needs the step's first `len` bytes on the host too (e.g. to
+    /// compute document boundaries): copies them from device memory into
+    /// [`bytes`](HostBuffer::bytes), returning once they are there.
+    /// Returns `false` when the backend cannot. Default: `false`.
+    fn copy_back(&mut self, len: usize) -> Result<bool, BoxError> {
+        let _ = len;
+        Ok(false)
+    }
+
     /// Called once the consumer has released the step this buffer holds
     /// (every view of it dropped), before the buffer goes back to the ring.
     /// `consumer_streams` are the raw stream handles (e.g. `CUstream`) the

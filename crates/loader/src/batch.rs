@@ -20,6 +20,7 @@ use std::time::Duration;
 use crate::alloc::HostBuffer;
 use crate::block::{Dtype, SeqRead};
 use crate::cluster_reader::StepReadStats;
+use crate::docs::DocBounds;
 
 /// One step's ring slot while the consumer holds any view of it.
 pub(crate) struct StepSlot {
@@ -42,6 +43,8 @@ pub(crate) struct StepSlot {
     pub(crate) read_time: Duration,
     pub(crate) stats: StepReadStats,
     pub(crate) direct: bool,
+    /// Each micro-batch's document boundaries, when the loader computes them.
+    pub(crate) docs: Option<Vec<DocBounds>>,
 }
 
 impl Drop for StepSlot {
@@ -211,6 +214,14 @@ impl Batch {
     /// Counters of the step's read.
     pub fn read_stats(&self) -> StepReadStats {
         self.slot.stats
+    }
+
+    /// This micro-batch's document boundaries ([`crate::docs`]), computed
+    /// by the reader thread before the step was handed out; `None` unless
+    /// the loader was configured with
+    /// [`LoaderConfig::doc_boundaries`](crate::LoaderConfig::doc_boundaries).
+    pub fn doc_bounds(&self) -> Option<&DocBounds> {
+        self.slot.docs.as_ref()?.get(self.micro)
     }
 
     /// True when the NICs wrote this step straight into the buffer's device

@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use crate::cluster_reader::RetryPolicy;
+use crate::docs::DocBoundaries;
 use crate::error::LoaderError;
 
 /// Default prefetch depth (steps read ahead of the consumer).
@@ -51,6 +52,9 @@ pub struct LoaderConfig {
     /// CRC32C table ([`ClusterReader::set_verify_crc`](crate::ClusterReader::set_verify_crc));
     /// off by default (it costs more than 5% of tcp throughput; see there).
     pub verify_crc: bool,
+    /// Document boundaries the reader thread computes for every
+    /// micro-batch ([`crate::Batch::doc_bounds`]); `None`: none.
+    pub doc_boundaries: Option<DocBoundaries>,
 }
 
 /// Default [`LoaderConfig::ring_wait`].
@@ -72,6 +76,7 @@ impl LoaderConfig {
             retry: RetryPolicy::default(),
             ring_wait: DEFAULT_RING_WAIT,
             verify_crc: false,
+            doc_boundaries: None,
         }
     }
 
@@ -177,6 +182,14 @@ impl LoaderConfig {
     /// Turns the per-read CRC32C check on or off ([`LoaderConfig::verify_crc`]).
     pub fn verify_crc(mut self, on: bool) -> Self {
         self.verify_crc = on;
+        self
+    }
+
+    /// Has the reader thread compute the document boundaries of every
+    /// micro-batch over the first `row_tokens` tokens of each row, ended by
+    /// `eod` ([`crate::docs`]).
+    pub fn doc_boundaries(mut self, eod: u32, row_tokens: usize) -> Self {
+        self.doc_boundaries = Some(DocBoundaries { eod, row_tokens });
         self
     }
 

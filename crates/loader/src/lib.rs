@@ -48,6 +48,7 @@ pub mod cluster_reader;
 pub mod config;
 pub mod connect;
 mod dataset;
+pub mod docs;
 mod error;
 mod loader;
 pub mod open;
@@ -70,6 +71,7 @@ pub use connect::{
     Endpoint, TransportKind, VerbsDevices,
 };
 pub use dataset::dataset_files;
+pub use docs::{DocBoundaries, DocBounds};
 pub use error::{BoxError, LoaderError};
 pub use loader::{Loader, LoaderStats, Next};
 pub use open::{

@@ -39,6 +39,7 @@ use crate::batch::{Batch, StepSlot};
 use crate::block::{BlockSource, Dtype, SeqRead};
 use crate::cluster_reader::{ClusterReader, NodeStats, StepReadStats};
 use crate::config::LoaderConfig;
+use crate::docs::{self, DocBoundaries, DocBounds};
 use crate::error::LoaderError;
 
 /// How often a waiting `next` checks whether the consumer holds the ring.
@@ -97,6 +98,8 @@ struct Filled {
     read_time: Duration,
     stats: StepReadStats,
     direct: bool,
+    /// Each micro-batch's document boundaries, when configured.
+    docs: Option<Vec<DocBounds>>,
 }
 
 /// Hands out the micro-batches of each step; see the module docs.
@@ -186,6 +189,20 @@ impl Loader {
         }
         let row_bytes = source.seq_bytes();
         let (seq_len, dtype) = (source.seq_len(), source.dtype());
+        if let Some(d) = config.doc_boundaries {
+            DocBounds::capacity_tokens(micro_rows, d.row_tokens)
+                .and_then(|_| {
+                    if d.row_tokens <= seq_len {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "document boundaries over {} tokens of rows of {seq_len}",
+                            d.row_tokens
+                        ))
+                    }
+                })
+                .map_err(|what| LoaderError::Config { what })?;
+        }
         let len = block
             .checked_mul(row_bytes)
             .ok_or_else(|| LoaderError::Config {
@@ -219,6 +236,12 @@ impl Loader {
         let node_stats = Arc::new(Mutex::new(reader.node_stats()));
         let thread_node_stats = node_stats.clone();
         let (rank, world, start) = (config.rank, config.world, config.start_step);
+        let doc_layout = config.doc_boundaries.map(|d| DocLayout {
+            docs: d,
+            micro_rows,
+            seq_len,
+            dtype,
+        });
         let reader_thread = std::thread::Builder::new()
             .name(format!("seqfeed-reader-{rank}"))
             .spawn(move || {
@@ -236,6 +259,7 @@ impl Loader {
                     filled: filled_tx,
                     stop: thread_stop,
                     node_stats: thread_node_stats,
+                    docs: doc_layout,
                 });
                 // The transports (and their registrations of the ring) go
                 // before any ring buffer can be freed.
@@ -418,6 +442,7 @@ impl Loader {
             read_time: filled.read_time,
             stats: filled.stats,
             direct: filled.direct,
+            docs: filled.docs,
         });
         let micro = self.next_micro;
         Next::Batch(self.hand_out(slot, micro))
@@ -488,6 +513,55 @@ struct ReaderArgs<'a> {
     filled: SyncSender<Result<Filled, LoaderError>>,
     stop: Arc<AtomicBool>,
     node_stats: Arc<Mutex<Vec<NodeStats>>>,
+    docs: Option<DocLayout>,
+}
+
+/// What the reader thread needs to compute each step's document boundaries.
+#[derive(Clone, Copy)]
+struct DocLayout {
+    docs: DocBoundaries,
+    micro_rows: usize,
+    seq_len: usize,
+    dtype: Dtype,
+}
+
+impl DocLayout {
+    /// The boundaries of every micro-batch of the step of `rows` rows in
+    /// `buf`. A step
+    /// the NICs wrote into device memory is first copied back to the
+    /// buffer's host bytes ([`HostBuffer::copy_back`]), here on the reader
+    /// thread.
+    fn compute(
+        &self,
+        step: u64,
+        rows: usize,
+        buf: &mut dyn HostBuffer,
+        direct: bool,
+    ) -> Result<Vec<DocBounds>, LoaderError> {
+        let len = rows * self.seq_len * self.dtype.size();
+        let err = |what: String| LoaderError::Destination {
+            step,
+            source: what.into(),
+        };
+        if direct
+            && !buf
+                .copy_back(len)
+                .map_err(|source| LoaderError::Destination { step, source })?
+        {
+            return Err(err(
+                "document boundaries need the step's tokens in host memory, and this buffer cannot copy a step written into device memory back".into(),
+            ));
+        }
+        docs::step_bounds(
+            buf.bytes(),
+            self.dtype,
+            rows,
+            self.micro_rows,
+            self.seq_len,
+            self.docs,
+        )
+        .map_err(err)
+    }
 }
 
 /// Reads every step into a free ring buffer and hands it over. Returns the
@@ -516,12 +590,19 @@ fn reader_loop(a: ReaderArgs<'_>) -> Option<Box<dyn HostBuffer>> {
                 rank: a.rank,
                 source,
             })
-            .and_then(|()| read_into(a.reader, step, &rows, a.row_bytes, buf.as_mut()));
+            .and_then(|()| read_into(a.reader, step, &rows, a.row_bytes, buf.as_mut()))
+            .and_then(|(stats, direct)| {
+                let docs = match &a.docs {
+                    Some(d) => Some(d.compute(step, rows.len(), buf.as_mut(), direct)?),
+                    None => None,
+                };
+                Ok((stats, direct, docs))
+            });
         if let Ok(mut g) = a.node_stats.lock() {
             *g = a.reader.node_stats();
         }
         match result {
-            Ok((stats, direct)) => {
+            Ok((stats, direct, docs)) => {
                 let msg = Filled {
                     step,
                     buf,
@@ -529,6 +610,7 @@ fn reader_loop(a: ReaderArgs<'_>) -> Option<Box<dyn HostBuffer>> {
                     read_time: t.elapsed(),
                     stats,
                     direct,
+                    docs,
                 };
                 if let Err(mpsc::SendError(msg)) = a.filled.send(Ok(msg)) {
                     return msg.ok().map(|f| f.buf);

@@ -578,3 +578,84 @@ fn loader_node_stats_add_up_to_the_run() {
     assert!(ns.iter().all(|n| n.reads == 24 && n.errors.total() == 0));
     assert_eq!(l.stats().crc_mismatches, 0);
 }
+
+#[test]
+fn doc_bounds_are_computed_by_the_reader_for_every_micro_batch() {
+    let f = files(5, 30, 512, 31);
+    let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 16, 4));
+    // An EOD id that occurs in the data: a token of the first batch.
+    let mut plain = Loader::new(LoaderConfig::new(0, 2), src.clone(), reader(&f)).unwrap();
+    let first = plain.next().unwrap().unwrap();
+    assert!(first.doc_bounds().is_none(), "off unless configured");
+    let eod = first.tokens_u32().unwrap()[5];
+    drop((first, plain));
+    let config = LoaderConfig::new(0, 2)
+        .accumulation(2)
+        .doc_boundaries(eod, 127);
+    let mut l = Loader::new(config, src, reader(&f)).unwrap();
+    let (mut n, mut split) = (0, 0);
+    while let Some(b) = l.next() {
+        let b = b.unwrap();
+        let d = b.doc_bounds().expect("configured");
+        let want = DocBounds::compute(b.bytes(), Dtype::U32, 4, 128, 127, eod).unwrap();
+        assert_eq!(d, &want, "step {} micro {}", b.step(), b.micro());
+        assert_eq!(d.cu_seqlens().len(), 4 * 127 + 1);
+        split += usize::from(d.num_docs() > 4);
+        n += 1;
+    }
+    assert_eq!(n, 8);
+    assert!(split > 0, "the EOD id splits some row");
+    // Boundaries over more tokens than a row, or none, are refused.
+    let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 16, 4));
+    for bad in [0, 129] {
+        let c = LoaderConfig::new(0, 2).doc_boundaries(1, bad);
+        let e = Loader::new(c, src.clone(), reader(&f)).unwrap_err();
+        assert!(e.to_string().contains("document boundaries"), "{e}");
+    }
+}
+
+#[test]
+fn doc_bounds_of_a_direct_step_need_a_buffer_that_copies_back() {
+    let f = files(5, 30, 512, 41);
+    let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 16, 2));
+    let (r, _sw) = device_reader(&f, [2, 2], false);
+    let alloc = Arc::new(FakeDeviceAllocator {
+        dmabuf: true,
+        counters: Arc::new(DeviceCounters::default()),
+    });
+    let config = LoaderConfig::new(0, 2).doc_boundaries(7, 128);
+    let mut l = Loader::with_allocator(config, src, r, alloc).unwrap();
+    let e = l.next().unwrap().unwrap_err();
+    assert!(e.to_string().contains("cannot copy a step"), "{e}");
+}
+
+#[test]
+fn doc_bounds_of_a_direct_step_come_from_its_device_bytes() {
+    let f = files(5, 30, 512, 43);
+    let src: Arc<dyn BlockSource> = Arc::new(RandomBlocks::new(&f, 16, 3));
+    let (r, _sw) = device_reader(&f, [2, 2], false);
+    let counters = Arc::new(DeviceCounters::default());
+    counters.can_copy_back.store(true, Ordering::SeqCst);
+    let alloc = Arc::new(FakeDeviceAllocator {
+        dmabuf: true,
+        counters: counters.clone(),
+    });
+    // The EOD id: a token of the data, so some row splits.
+    let mut rows = Vec::new();
+    RandomBlocks::new(&f, 16, 3)
+        .block(0, 0, 2, &mut rows)
+        .unwrap();
+    let eod = u32::from_le_bytes(expected(&f, &rows)[8..12].try_into().unwrap());
+    let config = LoaderConfig::new(0, 2).doc_boundaries(eod, 128);
+    let mut l = Loader::with_allocator(config, src, r, alloc).unwrap();
+    let mut n = 0;
+    while let Some(b) = l.next() {
+        let b = b.unwrap();
+        assert!(b.filled_directly());
+        let want = DocBounds::compute(&device_bytes(&b), Dtype::U32, 8, 128, 128, eod).unwrap();
+        assert_eq!(b.doc_bounds(), Some(&want), "step {}", b.step());
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    assert_eq!(counters.copied_back.load(Ordering::SeqCst), 3);
+}

@@ -437,6 +437,11 @@ pub struct DeviceCounters {
     pub direct: AtomicU64,
     /// `begin_device_fill` calls.
     pub begun: AtomicU64,
+    /// Set: buffers copy a direct step back to their host bytes when asked
+    /// ([`HostBuffer::copy_back`]); unset: they cannot.
+    pub can_copy_back: std::sync::atomic::AtomicBool,
+    /// `copy_back` calls that copied.
+    pub copied_back: AtomicU64,
 }
 
 /// A step buffer with host bytes and fake device memory: `filled` copies
@@ -496,6 +501,19 @@ impl HostBuffer for FakeDeviceBuffer {
     fn filled_device(&mut self, _len: usize) -> Result<(), BoxError> {
         self.counters.direct.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+    fn copy_back(&mut self, len: usize) -> Result<bool, BoxError> {
+        if !self.counters.can_copy_back.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let dev = self.dev.lock().map_err(|_| "fake device memory poisoned")?;
+        let src = dev.get(..len).ok_or("copy back past the device buffer")?;
+        self.host
+            .get_mut(..len)
+            .ok_or("copy back past the host buffer")?
+            .copy_from_slice(src);
+        self.counters.copied_back.fetch_add(1, Ordering::SeqCst);
+        Ok(true)
     }
     fn backend(&self) -> Option<&dyn std::any::Any> {
         Some(self)

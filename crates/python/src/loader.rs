@@ -68,7 +68,7 @@ impl NativeLoader {
     #[pyo3(signature = (plan, *, device="cpu", prefetch=2, start_step=0, start_micro=0,
         end_step=None, dp_rank=0, dp_size=1, accumulation=1, widen=false,
         failover_ms=10_000, ring_wait_ms=10_000, client_name=None,
-        split="train", verify_crc=false))]
+        split="train", verify_crc=false, eod_token=None, doc_row_tokens=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -87,6 +87,8 @@ impl NativeLoader {
         client_name: Option<String>,
         split: &str,
         verify_crc: bool,
+        eod_token: Option<u32>,
+        doc_row_tokens: Option<usize>,
     ) -> PyResult<Self> {
         let place = parse_device(device)?;
         let split = crate::inspect::parse_split(split)?;
@@ -120,6 +122,17 @@ impl NativeLoader {
             });
         if let Some(e) = end_step {
             config = config.end_step(e);
+        }
+        // Document boundaries: computed by the reader thread for every
+        // micro-batch over the first `doc_row_tokens` tokens of each row.
+        match (eod_token, doc_row_tokens) {
+            (Some(eod), Some(n)) => config = config.doc_boundaries(eod, n),
+            (None, None) => {}
+            _ => {
+                return Err(PyValueError::new_err(
+                    "document boundaries need eod_token and doc_row_tokens together",
+                ))
+            }
         }
         let opened = plan.opened(split).map_err(|e| crate::py_err(&e))?;
         drop(plan);
@@ -459,6 +472,59 @@ impl NativeBatch {
         self.batch.filled_directly()
     }
 
+    /// Documents in this micro-batch (valid entries of `cu_seqlens` minus
+    /// one); `None` without document boundaries.
+    #[getter]
+    fn num_docs(&self) -> Option<usize> {
+        self.batch.doc_bounds().map(|d| d.num_docs())
+    }
+
+    /// The longest document of this micro-batch, in tokens; `None` without
+    /// document boundaries.
+    #[getter]
+    fn max_seqlen(&self) -> Option<usize> {
+        self.batch.doc_bounds().map(|d| d.max_seqlen())
+    }
+
+    /// `cu_seqlens` (int32, `[micro_batch * row_tokens + 1]`, padded by
+    /// repeating the last offset) as a CPU DLPack capsule, without a copy;
+    /// `None` without document boundaries. The tensor keeps the step's
+    /// buffer out of the ring while it lives.
+    fn cu_seqlens_dlpack<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(d) = self.batch.doc_bounds() else {
+            return Ok(None);
+        };
+        let cu = d.cu_seqlens();
+        let shape = [cu.len() as i64];
+        let t = DlpackTensor::with_owner(
+            cu.as_ptr() as u64,
+            DLDevice::cpu(),
+            int32(),
+            &shape,
+            Box::new(self.batch.clone()),
+        );
+        into_capsule(py, t).map(Some)
+    }
+
+    /// `document_ids` (int32, `[micro_batch, row_tokens]`: each token's
+    /// document within its row) as a CPU DLPack capsule, without a copy;
+    /// `None` without document boundaries.
+    fn document_ids_dlpack<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(d) = self.batch.doc_bounds() else {
+            return Ok(None);
+        };
+        let [r, c] = d.shape();
+        let shape = [r as i64, c as i64];
+        let t = DlpackTensor::with_owner(
+            d.document_ids().as_ptr() as u64,
+            DLDevice::cpu(),
+            int32(),
+            &shape,
+            Box::new(self.batch.clone()),
+        );
+        into_capsule(py, t).map(Some)
+    }
+
     /// Live references to the step's buffer (this batch, tensors made from
     /// it, the step's other micro-batches, the loader's own).
     #[getter]
@@ -606,6 +672,15 @@ impl NativeBatch {
             // Token ids are below 2^31: int32 is what torch indexes with.
             Dtype::U32 => (int(32, 0), "int32"),
         }
+    }
+}
+
+/// DLPack's int32.
+fn int32() -> DLDataType {
+    DLDataType {
+        code: 0,
+        bits: 32,
+        lanes: 1,
     }
 }
 

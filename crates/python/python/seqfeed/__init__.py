@@ -18,6 +18,7 @@ tensor- and pipeline-parallel jobs.
 """
 
 from ._native import SeqfeedError, __version__, inspect_source, plan_show, plan_stats
+from ._cp import context_parallel_slice
 from ._labels import loss_mask_and_position_ids
 from ._loader import Batch, Loader
 from ._parallel import data_parallel_from_env, data_parallel_from_megatron, data_parallel_from_mesh
@@ -37,6 +38,7 @@ __all__ = [
     "Loader",
     "SeqfeedDataset",
     "SeqfeedError",
+    "context_parallel_slice",
     "data_parallel_from_env",
     "data_parallel_from_megatron",
     "data_parallel_from_mesh",

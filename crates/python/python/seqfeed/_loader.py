@@ -121,6 +121,26 @@ class Batch:
     * ``loss_mask`` / ``position_ids``: when the loader has an ``eod_token``
       (Megatron's ``eod_mask_loss`` / ``reset_position_ids``), else ``None``.
       ``loss_mask[:, i]`` weighs the prediction of ``labels[:, i]``.
+    * ``cu_seqlens`` / ``max_seqlen`` / ``num_docs`` / ``document_ids``:
+      the micro-batch's document boundaries, when the loader has
+      ``document_boundaries`` (on by default with an ``eod_token``), else
+      ``None``. The EOD token ends its document and the token after it
+      starts the next (Megatron's rule); each row is independent (a
+      document cut by the end of a row ends there) and covers the
+      ``input_ids`` (L tokens with ``labels=True``). ``cu_seqlens`` (int32,
+      on the batch's device) holds the document offsets in the flattened
+      ``[micro_batch * L]`` order with the fixed capacity
+      ``micro_batch * L + 1``, padded by repeating the last offset
+      (zero-length documents, as flash-attention varlen users pad);
+      ``cu_seqlens[:num_docs + 1]`` is the valid part. ``max_seqlen`` and
+      ``num_docs`` are Python ints; ``document_ids`` (int32,
+      ``[micro_batch, L]``) numbers each token's document within its row
+      from 0. The reader thread computes them on the host ahead of the
+      consumer (from the host copy of the step; a step the NICs wrote into
+      GPU memory is copied back on the reader thread first); on CUDA the
+      two tensors are copied to the device through pinned memory on the
+      current stream (``non_blocking``), so the training thread never
+      waits for the GPU.
     * ``step``, ``micro`` (index within the step), ``sources`` (each row's
       source), ``positions`` (each row's position in the plan's order).
 
@@ -137,6 +157,10 @@ class Batch:
         "labels",
         "loss_mask",
         "position_ids",
+        "cu_seqlens",
+        "max_seqlen",
+        "num_docs",
+        "document_ids",
         "step",
         "micro",
         "native",
@@ -152,7 +176,7 @@ class Batch:
         """Each row's position in the plan's global order."""
         return self.native.positions
 
-    def as_dict(self, format):
+    def as_dict(self, format, packed=False):
         """The batch as the keyword arguments of a model or training step.
 
         * ``format="hf"`` (Hugging Face ``*ForCausalLM``, ``model(**batch)``):
@@ -172,16 +196,45 @@ class Batch:
           ``position_ids`` (int64; ``0..L-1`` without an ``eod_token``). No
           attention mask (as with ``create_attention_mask=False``).
 
+        With ``packed=True`` (needs document boundaries) attention stays
+        within each document:
+
+        * ``"hf"`` adds transformers' flash-attention varlen kwargs
+          ``cu_seq_lens_q`` and ``cu_seq_lens_k`` (``cu_seqlens``, padded to
+          its fixed capacity) and ``max_length_q`` / ``max_length_k``
+          (``max_seqlen``, an int), and ``position_ids`` restart at 0 at
+          each document (with or without ``reset_position_ids``).
+          Transformers' flash-attention paths flatten the batch to the
+          same ``[micro_batch * L]`` order; other attention
+          implementations ignore these kwargs.
+        * ``"megatron"`` flattens ``tokens``, ``labels``, ``loss_mask`` and
+          ``position_ids`` (restarting at each document) to
+          ``[1, micro_batch * L]`` and adds ``packed_seq_params``, a
+          megatron-core ``PackedSeqParams(qkv_format="thd", ...)`` with the
+          valid ``cu_seqlens[:num_docs + 1]`` for queries and keys and
+          ``max_seqlen``, what ``GPTModel.forward(...,
+          packed_seq_params=...)`` takes.
+
         Step and micro-batch are not in the dict (a model would refuse
         them): they are ``batch.step`` / ``batch.micro``.
         """
+        if packed and self.cu_seqlens is None:
+            raise SeqfeedError(
+                "as_dict(packed=True) needs document boundaries, and this loader computes none: "
+                "give it an eod_token (document_boundaries is on by default with one) and do not "
+                "pass document_boundaries=False"
+            )
         if format == "hf":
             ids = self.input_ids
             labels = ids.to(torch.int64, copy=True)
             if self.loss_mask is not None and labels.shape[1] > 1:
                 labels[:, 1:].masked_fill_(self.loss_mask[:, :-1] == 0, -100)
             d = {"input_ids": ids, "labels": labels}
-            if self.position_ids is not None:
+            if packed:
+                d["position_ids"] = self._document_positions()
+                d["cu_seq_lens_q"] = d["cu_seq_lens_k"] = self.cu_seqlens
+                d["max_length_q"] = d["max_length_k"] = self.max_seqlen
+            elif self.position_ids is not None:
                 d["position_ids"] = self.position_ids
             return d
         if format == "megatron":
@@ -196,8 +249,39 @@ class Batch:
             if loss_mask is None:
                 loss_mask = torch.ones((b, s), dtype=torch.float32, device=ids.device)
                 position_ids = torch.arange(s, dtype=torch.int64, device=ids.device).expand(b, s).clone()
-            return {"tokens": ids, "labels": self.labels, "loss_mask": loss_mask, "position_ids": position_ids}
+            d = {"tokens": ids, "labels": self.labels, "loss_mask": loss_mask, "position_ids": position_ids}
+            if packed:
+                try:
+                    from megatron.core.packed_seq_params import PackedSeqParams
+                except ImportError as e:
+                    raise SeqfeedError(
+                        f'as_dict(format="megatron", packed=True) needs megatron-core ({e})'
+                    ) from None
+                d["position_ids"] = self._document_positions()
+                d = {k: v.reshape(1, b * s) for k, v in d.items()}
+                cu = self.cu_seqlens[: self.num_docs + 1]
+                d["packed_seq_params"] = PackedSeqParams(
+                    qkv_format="thd",
+                    cu_seqlens_q=cu,
+                    cu_seqlens_kv=cu,
+                    max_seqlen_q=self.max_seqlen,
+                    max_seqlen_kv=self.max_seqlen,
+                )
+            return d
         raise ValueError(f"format {format!r}: expected 'hf' or 'megatron'")
+
+    def _document_positions(self):
+        """int64 position ids restarting at 0 at each document: the token's
+        index minus its document's first index, from ``document_ids`` with
+        device ops only (no host synchronization)."""
+        ids = self.document_ids.to(torch.int64)
+        b, s = ids.shape
+        idx = torch.arange(s, dtype=torch.int64, device=ids.device).expand(b, s)
+        starts = torch.zeros((b, s), dtype=torch.int64, device=ids.device)
+        if s > 1:
+            new = ids[:, 1:] != ids[:, :-1]
+            starts[:, 1:] = torch.where(new, idx[:, 1:], torch.zeros_like(idx[:, 1:]))
+        return idx - torch.cummax(starts, dim=1).values
 
     def __repr__(self):
         return (
@@ -259,6 +343,11 @@ class Loader:
             source's vocabulary is refused.
         eod_mask_loss, reset_position_ids: as Megatron's options of the
             same names; with no EOD id known they raise.
+        document_boundaries: compute each micro-batch's ``cu_seqlens``,
+            ``max_seqlen``, ``num_docs`` and ``document_ids`` (see
+            ``Batch``) on the reader thread. Default (``None``): on when the
+            loader has an ``eod_token``; ``True`` without one raises;
+            ``False``: off.
         connections, io_timeout_ms, failover_ms, ring_wait_ms: network and
             fail-over bounds (see ``seqfeed read --help``).
         verify_crc: check every sequence read against its file's CRC32C
@@ -280,7 +369,7 @@ class Loader:
     Attributes: ``micro_batch`` (rows per micro-batch), ``accumulation``
     (micro-batches per step: ``global_batch / (dp_size * micro_batch)``, the
     gradient-accumulation count), ``dp_rank``, ``dp_size``, ``split``,
-    ``position`` and ``plan_info``. ``len(loader)`` is the number of
+    ``position``, ``plan_info``, ``eod_token`` and ``document_boundaries``. ``len(loader)`` is the number of
     *micro-batches* left to yield (``steps * accumulation`` for a fresh
     loader), not the number of steps.
 
@@ -330,6 +419,7 @@ class Loader:
         eod_token=None,
         eod_mask_loss=False,
         reset_position_ids=False,
+        document_boundaries=None,
         connections=2,
         io_timeout_ms=10_000,
         failover_ms=10_000,
@@ -416,6 +506,13 @@ class Loader:
         self._eod = eod_token
         self._eod_mask_loss = bool(eod_mask_loss)
         self._reset_position_ids = bool(reset_position_ids)
+        if document_boundaries is None:
+            document_boundaries = eod_token is not None
+        elif document_boundaries and eod_token is None:
+            raise SeqfeedError(
+                "document_boundaries=True needs the EOD id, and the loader has none: pass eod_token=ID"
+            )
+        self.document_boundaries = bool(document_boundaries)
         self._opts = dict(
             device=str(self._device) if self._device.type == "cuda" else "cpu",
             prefetch=int(prefetch),
@@ -431,6 +528,10 @@ class Loader:
             split=split,
             verify_crc=bool(verify_crc),
         )
+        if self.document_boundaries:
+            # Over the model's inputs: the first L tokens of L + 1 rows.
+            self._opts["eod_token"] = eod_token
+            self._opts["doc_row_tokens"] = self._info["seq_len"] - (1 if self._labels else 0)
         self.micro_batch = micro_batch
         self.accumulation = block // micro_batch
         self.dp_rank, self.dp_size = int(dp_rank), int(dp_size)
@@ -502,6 +603,19 @@ class Loader:
             )
         else:
             b.loss_mask = b.position_ids = None
+        if self.document_boundaries:
+            cu = _from_capsule(nb.cu_seqlens_dlpack())
+            doc = _from_capsule(nb.document_ids_dlpack())
+            if self._device.type == "cuda":
+                # Pinned staging (torch's host allocator keeps the block
+                # until the copy has run): an asynchronous copy on the
+                # current stream, no wait for the GPU.
+                cu = cu.pin_memory().to(self._device, non_blocking=True)
+                doc = doc.pin_memory().to(self._device, non_blocking=True)
+            b.cu_seqlens, b.document_ids = cu, doc
+            b.max_seqlen, b.num_docs = nb.max_seqlen, nb.num_docs
+        else:
+            b.cu_seqlens = b.max_seqlen = b.num_docs = b.document_ids = None
         return b
 
     # -- state -----------------------------------------------------------

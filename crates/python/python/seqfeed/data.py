@@ -26,6 +26,11 @@ class SeqfeedDataset(torch.utils.data.IterableDataset):
     * ``"megatron"``: ``tokens`` (the L inputs), shifted ``labels``,
       ``loss_mask``, ``position_ids`` (needs ``labels=True``).
 
+    ``packed=True`` yields ``as_dict(format, packed=True)``: attention
+    within documents (transformers' flash-attention ``cu_seq_lens_q/k`` and
+    ``max_length_q/k``; Megatron's ``packed_seq_params``); it needs document
+    boundaries (an ``eod_token``).
+
     The other arguments are ``seqfeed.Loader``'s.
 
     Every ``iter()`` continues from the current position (it does not start
@@ -43,7 +48,7 @@ class SeqfeedDataset(torch.utils.data.IterableDataset):
             model(**batch).loss.backward()
     """
 
-    def __init__(self, plan, *, format=None, **loader_args):
+    def __init__(self, plan, *, format=None, packed=False, **loader_args):
         super().__init__()
         if format not in _FORMATS:
             raise ValueError(
@@ -53,6 +58,7 @@ class SeqfeedDataset(torch.utils.data.IterableDataset):
             )
         self._plan = plan
         self._format = format
+        self._packed = bool(packed)
         self._args = loader_args
         self._loader = None
         self._state = None
@@ -74,7 +80,7 @@ class SeqfeedDataset(torch.utils.data.IterableDataset):
         if self._loader is None:
             self._loader = self._make()
         for batch in self._loader:
-            yield batch.as_dict(self._format)
+            yield batch.as_dict(self._format, packed=self._packed)
 
     def state_dict(self):
         """The loader's position (before iteration: the loaded or initial one)."""
