@@ -290,7 +290,9 @@ def test_issue17_d14_a_collected_loader_releases_the_gil_while_it_stops(dataset,
         os.kill(node.proc.pid, signal.SIGCONT)
     gaps = [y - x for x, y in zip(ticks, ticks[1:])]
     assert dropped > 1.0, f"the drop took {dropped:.2f}s: the reader was not waiting on the node"
-    assert max(gaps) < 0.5, f"other threads stalled {max(gaps):.2f}s during a {dropped:.2f}s drop"
+    # A drop that held the GIL would stall the ticker for the whole drop; half
+    # of it leaves room for a loaded machine's scheduling gaps.
+    assert max(gaps) < dropped / 2, f"other threads stalled {max(gaps):.2f}s during a {dropped:.2f}s drop"
 
 
 def _in_child(fn):
