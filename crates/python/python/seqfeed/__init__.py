@@ -24,11 +24,15 @@ from ._parallel import data_parallel_from_env, data_parallel_from_megatron, data
 
 
 def __getattr__(name):
-    # torch.utils.data is imported only when the dataset wrapper is used.
+    # torch.utils.data (and torchtitan) are imported only when the wrappers are used.
     if name == "SeqfeedDataset":
         from .data import SeqfeedDataset
 
         return SeqfeedDataset
+    if name == "TorchtitanDataLoader":
+        from ._torchtitan import TorchtitanDataLoader
+
+        return TorchtitanDataLoader
     raise AttributeError(f"module 'seqfeed' has no attribute {name!r}")
 
 
@@ -37,6 +41,7 @@ __all__ = [
     "Loader",
     "SeqfeedDataset",
     "SeqfeedError",
+    "TorchtitanDataLoader",
     "data_parallel_from_env",
     "data_parallel_from_megatron",
     "data_parallel_from_mesh",
