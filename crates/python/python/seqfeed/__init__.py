@@ -24,7 +24,7 @@ from ._parallel import data_parallel_from_env, data_parallel_from_megatron, data
 
 
 def __getattr__(name):
-    # torch.utils.data (and torchtitan) are imported only when the wrappers are used.
+    # torch.utils.data (torchtitan, lightning) are imported only when the wrappers are used.
     if name == "SeqfeedDataset":
         from .data import SeqfeedDataset
 
@@ -33,12 +33,17 @@ def __getattr__(name):
         from ._torchtitan import TorchtitanDataLoader
 
         return TorchtitanDataLoader
+    if name == "SeqfeedDataModule":
+        from ._lightning import SeqfeedDataModule
+
+        return SeqfeedDataModule
     raise AttributeError(f"module 'seqfeed' has no attribute {name!r}")
 
 
 __all__ = [
     "Batch",
     "Loader",
+    "SeqfeedDataModule",
     "SeqfeedDataset",
     "SeqfeedError",
     "TorchtitanDataLoader",
