@@ -24,7 +24,7 @@ from ._parallel import data_parallel_from_env, data_parallel_from_megatron, data
 
 
 def __getattr__(name):
-    # torch.utils.data (torchtitan, lightning) are imported only when the wrappers are used.
+    # torch.utils.data (torchtitan, lightning, transformers) are imported only when the wrappers are used.
     if name == "SeqfeedDataset":
         from .data import SeqfeedDataset
 
@@ -37,6 +37,10 @@ def __getattr__(name):
         from ._lightning import SeqfeedDataModule
 
         return SeqfeedDataModule
+    if name in ("SeqfeedTrainer", "hf_collate"):
+        from . import _hf
+
+        return getattr(_hf, name)
     raise AttributeError(f"module 'seqfeed' has no attribute {name!r}")
 
 
@@ -46,10 +50,12 @@ __all__ = [
     "SeqfeedDataModule",
     "SeqfeedDataset",
     "SeqfeedError",
+    "SeqfeedTrainer",
     "TorchtitanDataLoader",
     "data_parallel_from_env",
     "data_parallel_from_megatron",
     "data_parallel_from_mesh",
+    "hf_collate",
     "inspect_source",
     "loss_mask_and_position_ids",
     "plan_show",
