@@ -43,9 +43,6 @@ def _worker(rank, store, plan, ds, ckpt, q):
     import sys
 
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    import time
-
-    t0 = time.time()
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         import torch.distributed.checkpoint as dcp
@@ -123,7 +120,6 @@ def _worker(rank, store, plan, ds, ckpt, q):
         other = seqfeed.TorchtitanDataLoader(plan, dp_rank=r_b, dp_world_size=n_b, positions=True, **kw)
         dcp.load({"dataloader": other}, checkpoint_id=ckpt)
         got["resumed_b"] = _take(other, AFTER)
-        got["t"] = time.time() - t0
         q.put((rank, got))
     except BaseException as e:  # report, so the parent fails with the reason
         import traceback
@@ -160,7 +156,6 @@ def titan(tmp_path_factory):
                 p.kill()
                 p.join()
     assert all(p.exitcode == 0 for p in procs)
-    print("times", [round(g["t"], 1) for g in got.values()])
     return plan, ds, got
 
 
