@@ -11,13 +11,14 @@ except ImportError:  # the older package name
 
 
 class SeqfeedDataModule(LightningDataModule):
-    """Training (and optionally validation) batches for ``Trainer.fit``.
+    """Training batches for ``Trainer.fit``.
 
     ``train_dataloader()`` is ``DataLoader(SeqfeedDataset(...), batch_size=None,
     num_workers=0)``. Each epoch continues the stream where the last one
     stopped (an epoch is ``limit_train_batches`` micro-batches; the run's end
-    is the plan's). With ``val_split=True``, ``val_dataloader()`` reads the
-    plan's validation split, all of it at every evaluation.
+    is the plan's). For evaluation, subclass and add a ``val_dataloader``
+    over ``SeqfeedDataset(..., split="validation")``, which reads the whole
+    validation stream at every evaluation.
 
     Checkpoints: ``state_dict()`` (which Lightning stores in its checkpoint)
     is the position after the last micro-batch handed to ``training_step``,
@@ -39,10 +40,9 @@ class SeqfeedDataModule(LightningDataModule):
     ``SeqfeedDataset``).
     """
 
-    def __init__(self, plan, *, format="hf", val_split=False, **loader_args):
+    def __init__(self, plan, *, format="hf", **loader_args):
         super().__init__()
         self._plan, self._format, self._args = plan, format, loader_args
-        self._val_split = bool(val_split)
         self._train = None
         self._base = None  # the position train_dataloader() started from
         self._consumed = 0  # micro-batches handed to training_step since then
@@ -67,12 +67,6 @@ class SeqfeedDataModule(LightningDataModule):
 
     def train_dataloader(self):
         return DataLoader(self._dataset(), batch_size=None, num_workers=0)
-
-    def val_dataloader(self):
-        if not self._val_split:
-            return []
-        ds = SeqfeedDataset(self._plan, format=self._format, split="validation", **self._args)
-        return DataLoader(ds, batch_size=None, num_workers=0)
 
     def on_before_batch_transfer(self, batch, dataloader_idx):
         # Called for the batch about to be trained on (not the one fetched ahead).
