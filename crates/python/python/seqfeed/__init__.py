@@ -25,23 +25,39 @@ from ._parallel import data_parallel_from_env, data_parallel_from_megatron, data
 
 
 def __getattr__(name):
-    # torch.utils.data is imported only when the dataset wrapper is used.
+    # torch.utils.data (torchtitan, lightning, transformers) are imported only when the wrappers are used.
     if name == "SeqfeedDataset":
         from .data import SeqfeedDataset
 
         return SeqfeedDataset
+    if name == "TorchtitanDataLoader":
+        from ._torchtitan import TorchtitanDataLoader
+
+        return TorchtitanDataLoader
+    if name == "SeqfeedDataModule":
+        from ._lightning import SeqfeedDataModule
+
+        return SeqfeedDataModule
+    if name in ("SeqfeedTrainer", "hf_collate"):
+        from . import _hf
+
+        return getattr(_hf, name)
     raise AttributeError(f"module 'seqfeed' has no attribute {name!r}")
 
 
 __all__ = [
     "Batch",
     "Loader",
+    "SeqfeedDataModule",
     "SeqfeedDataset",
     "SeqfeedError",
+    "SeqfeedTrainer",
+    "TorchtitanDataLoader",
     "context_parallel_slice",
     "data_parallel_from_env",
     "data_parallel_from_megatron",
     "data_parallel_from_mesh",
+    "hf_collate",
     "inspect_source",
     "loss_mask_and_position_ids",
     "plan_show",
