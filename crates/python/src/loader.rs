@@ -171,6 +171,16 @@ impl NativeLoader {
     /// The next micro-batch, or `None` after the last step.
     fn next_batch(&self, py: Python<'_>) -> PyResult<Option<NativeBatch>> {
         self.check_process()?;
+        // Fast path: a micro-batch already read ahead is handed out without
+        // releasing the GIL (a non-blocking poll; releasing and re-taking the
+        // GIL costs more than the hand-off itself). `try_lock`: a thread that
+        // holds the loader (close) never makes this one wait with the GIL.
+        if let Ok(mut guard) = self.inner.try_lock() {
+            match guard.as_mut().map(|l| l.poll_next(Some(Duration::ZERO))) {
+                Some(Next::Pending) => {}
+                got => return self.finish(got),
+            }
+        }
         loop {
             let got = py.detach(|| {
                 let mut guard = match self.inner.lock() {
@@ -180,17 +190,8 @@ impl NativeLoader {
                 guard.as_mut().map(|l| l.poll_next(Some(POLL)))
             });
             match got {
-                None => return Err(crate::SeqfeedError::new_err("the loader is closed")),
-                Some(Next::Batch(batch)) => {
-                    return Ok(Some(NativeBatch {
-                        batch,
-                        place: self.place,
-                        widened: self.widened,
-                    }))
-                }
-                Some(Next::End) => return Ok(None),
-                Some(Next::Error(e)) => return Err(py_err(&e)),
                 Some(Next::Pending) => py.check_signals()?,
+                got => return self.finish(got),
             }
         }
     }
@@ -342,6 +343,23 @@ impl NativeLoader {
             std::mem::forget(loader);
         } else {
             drop(loader);
+        }
+    }
+
+    /// What `next_batch` returns for a poll's outcome (not `Pending`).
+    fn finish(&self, got: Option<Next>) -> PyResult<Option<NativeBatch>> {
+        match got {
+            None => Err(crate::SeqfeedError::new_err("the loader is closed")),
+            Some(Next::Batch(batch)) => Ok(Some(NativeBatch {
+                batch,
+                place: self.place,
+                widened: self.widened,
+            })),
+            Some(Next::End) => Ok(None),
+            Some(Next::Error(e)) => Err(py_err(&e)),
+            Some(Next::Pending) => Err(crate::SeqfeedError::new_err(
+                "internal error: a pending poll was taken for a result",
+            )),
         }
     }
 
