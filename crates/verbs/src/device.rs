@@ -56,6 +56,12 @@ pub struct DeviceInfo {
     pub service_level: u8,
     /// Partition key index every QP on this device uses.
     pub pkey_index: u16,
+    /// Local ACK timeout exponent every QP on this device uses
+    /// ([`FabricSettings::timeout`]).
+    pub qp_timeout: u8,
+    /// Transport retry count every QP on this device uses
+    /// ([`FabricSettings::retry_count`]).
+    pub qp_retry_count: u8,
 }
 
 impl DeviceInfo {
@@ -345,6 +351,8 @@ fn open_nic(
         traffic_class: fabric.traffic_class,
         service_level: fabric.service_level,
         pkey_index: fabric.pkey_index,
+        qp_timeout: fabric.timeout,
+        qp_retry_count: fabric.retry_count,
     };
     Ok(Nic { info, ctx, pd })
 }
