@@ -166,6 +166,9 @@ pub fn open_devices_with(
     only: Option<&[String]>,
     fabric: &FabricSettings,
 ) -> Result<Vec<Arc<Nic>>, VerbsError> {
+    // Before this process's first verbs object (`ibv_fork_init` must come
+    // before any registration, and before providers allocate queues).
+    crate::fork::ensure();
     fabric.check().map_err(|detail| VerbsError::Device {
         device: "-".into(),
         step: "fabric settings",

@@ -661,8 +661,17 @@ pub(crate) fn reg_local_write(
 
 /// Registers device memory by its address for local write (GPUDirect RDMA
 /// through a peer-memory client such as `nvidia_peermem`). On a provider
-/// without one, the kernel refuses an address that is not host memory.
-pub(crate) fn reg_device_local_write(
+/// without one, the kernel refuses an address that is not host memory, and
+/// pins host memory it is given.
+///
+/// # Safety
+///
+/// `addr..addr+len` must be memory the device may write (CUDA device memory,
+/// which the caller has checked with [`crate::cudaptr`], or, for the
+/// self-test's explicit hook, host memory no Rust reference points at) and
+/// stay allocated until the returned MR is dropped; the `DeviceRegion::new`
+/// contract of the region it came from.
+pub(crate) unsafe fn reg_device_local_write(
     pd: &Arc<ProtectionDomain>,
     addr: u64,
     len: usize,
@@ -672,8 +681,9 @@ pub(crate) fn reg_device_local_write(
     // SAFETY: ibv_reg_mr only resolves and pins the pages (or the peer-memory
     // client's device pages) of `addr..addr+len`, failing cleanly when they are
     // not mapped; it writes nothing. The device writes through this MR only for
-    // reads posted by `read_batch_device` into a region the caller registered
-    // and keeps allocated until it unregisters it (the `DeviceRegion` contract).
+    // reads posted by `read_batch_device` into this region, which this
+    // function's caller guarantees stays allocated, writable by the device and
+    // unreferenced by Rust until the MR is dropped.
     let mr = unsafe { pd.reg_mr(addr, len, sideway::ibverbs::AccessFlags::LocalWrite) };
     mr.map_err(mr_error)
 }
