@@ -248,13 +248,17 @@ impl DeviceRegion {
         if end > self.len as u64 {
             return None;
         }
+        let dmabuf = match self.dmabuf {
+            Some(d) => Some(DmaBuf {
+                fd: d.fd,
+                offset: d.offset.checked_add(offset)?,
+            }),
+            None => None,
+        };
         Some(DeviceRegion {
             addr: self.addr.checked_add(offset)?,
             len,
-            dmabuf: self.dmabuf.map(|d| DmaBuf {
-                fd: d.fd,
-                offset: d.offset + offset,
-            }),
+            dmabuf,
             simulated: self.simulated,
         })
     }
