@@ -55,7 +55,9 @@ memcheck() {
   seq_bytes=$(find "$w/ds" -name '*.seq' -exec cat {} + | wc -c)
   seq_files=$(find "$w/ds" -name '*.seq' | wc -l)
   need=$((seq_bytes * ndev))
-  serve_cmd="exec seqfeed --log info serve --dataset $w/ds --listen 127.0.0.1:0 --verbs --verbs-device $devs --threads 2 --addr-file $w/run/addr"
+  # ODP is opt-in (SEQFEED_VERBS_ODP defaults to never): the ODP variant asks for `auto`.
+  odp_env=""; [ "$odp" = true ] && odp_env="env SEQFEED_VERBS_ODP=auto "
+  serve_cmd="exec ${odp_env}seqfeed --log info serve --dataset $w/ds --listen 127.0.0.1:0 --verbs --verbs-device $devs --threads 2 --addr-file $w/run/addr"
   # serve_and_read KIB LABEL: a node as `seqfeed` under KIB, a verifying client; sets got, vmpin.
   serve_and_read() {
     rm -f "$w/run/addr"
@@ -337,8 +339,8 @@ if [ "$MODE" = odp ]; then
     # 3. The ODP node under ulimit -l 64 (ODP_REPEAT times, from RXE_ODP_REPEAT): counted.
     r=0; while [ $r -lt "${ODP_REPEAT:-1}" ]; do memcheck; r=$((r + 1)); done
     ts "odp done"
-    # 4. The self-test with ODP forced (SEQFEED_VERBS_ODP=always: as root it could pin, and by
-    # default would), regions in anonymous memory: on 7.3.4 reads complete with wrong bytes.
+    # 4. The self-test with ODP forced (SEQFEED_VERBS_ODP=always: as root it could pin, and
+    # auto would), regions in anonymous memory: on 7.3.4 reads complete with wrong bytes.
     if SEQFEED_VERBS_ODP=always timeout 180 seqfeed-verbs-check selftest "$DEV0" >/tmp/st-odp.log 2>&1; then
       echo "CHECK selftest-odp XPASS $(grep -c ' PASS ' /tmp/st-odp.log) sub-checks byte-exact with ODP regions"
     else

@@ -188,24 +188,36 @@ impl HostBuffer for CudaStepBuffer {
         Ok(())
     }
 
+    #[allow(unsafe_code)]
     fn device_regions(&self) -> Vec<DeviceRegion> {
         let dev = self.slot.device_buffer();
         self.direct
             .iter()
             .filter_map(|p| match p {
-                DevicePath::DmaBuf => self.dmabuf.as_ref().map(|d| DeviceRegion {
-                    addr: d.iova,
-                    len: d.len as usize,
-                    dmabuf: Some(DmaBuf {
+                DevicePath::DmaBuf => self.dmabuf.as_ref().map(|d| {
+                    let dmabuf = Some(DmaBuf {
                         fd: d.fd.as_raw_fd(),
                         offset: d.fd_offset,
-                    }),
+                    });
+                    // SAFETY: `d` is this buffer's own dmabuf export of `d.len` bytes of
+                    // its cuMemAlloc allocation at `d.iova`; this buffer owns both the
+                    // allocation and the fd and frees them only on drop. The loader, the
+                    // one caller, registers the region with transports its reader owns
+                    // and drops that reader (every transport, so every MR) before the
+                    // ring's buffers; it never makes a Rust reference to device memory,
+                    // and `begin_device_fill` waits for the consumer's streams before a
+                    // read into it.
+                    unsafe { DeviceRegion::new(d.iova, d.len as usize, dmabuf) }
                 }),
-                DevicePath::PeerMem => Some(DeviceRegion {
-                    addr: dev.device_ptr(),
-                    len: dev.len(),
-                    dmabuf: None,
-                }),
+                DevicePath::PeerMem => {
+                    // SAFETY: `dev` is this buffer's own cuMemAlloc allocation of
+                    // `dev.len()` bytes at `dev.device_ptr()`, freed only when this
+                    // buffer drops; the loader's ordering above holds, and the verbs
+                    // transport also asks the driver that the range is device memory
+                    // before registering it.
+                    let r = unsafe { DeviceRegion::new(dev.device_ptr(), dev.len(), None) };
+                    Some(r)
+                }
                 DevicePath::PinnedBounce | DevicePath::Host => None,
             })
             .collect()
@@ -213,7 +225,7 @@ impl HostBuffer for CudaStepBuffer {
 
     fn begin_device_fill(&mut self, region: &DeviceRegion) -> std::result::Result<(), BoxError> {
         self.slot.begin_direct()?;
-        self.last_direct = Some(if region.dmabuf.is_some() {
+        self.last_direct = Some(if region.dmabuf().is_some() {
             DevicePath::DmaBuf
         } else {
             DevicePath::PeerMem

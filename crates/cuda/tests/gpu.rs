@@ -367,11 +367,11 @@ fn direct_fill_records_the_ready_event_and_step_buffers_offer_device_memory() {
         .device_ptr();
     let regions = buf.device_regions();
     let peer = regions.last().unwrap();
-    assert_eq!((peer.addr, peer.len, peer.dmabuf), (ptr, 4096, None));
+    assert_eq!((peer.addr(), peer.len(), peer.dmabuf()), (ptr, 4096, None));
     if regions.len() == 2 {
         // dmabuf export worked: offered first, same device addresses.
-        assert!(regions[0].dmabuf.is_some());
-        assert_eq!((regions[0].addr, regions[0].len), (ptr, 4096));
+        assert!(regions[0].dmabuf().is_some());
+        assert_eq!((regions[0].addr(), regions[0].len()), (ptr, 4096));
     } else {
         assert_eq!(regions.len(), 1, "export refused: only peer memory offered");
     }

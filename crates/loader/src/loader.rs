@@ -697,7 +697,7 @@ fn read_into(
             }
             Err(e @ LoaderError::DeviceDestination { .. }) => {
                 tracing::warn!(step, error = %e, "device destination refused; this buffer now goes through host memory");
-                reader.unregister_device(region.addr, region.len);
+                reader.unregister_device(region.addr(), region.len());
             }
             Err(e) => return Err(e),
         }

@@ -350,7 +350,7 @@ impl Transport for Flaky {
     }
     fn register_device(&mut self, region: &DeviceRegion) -> Result<(), TransportError> {
         let mode = self.switch.device_mode.load(Ordering::SeqCst);
-        if mode == 0 || (mode == 1 && region.dmabuf.is_some()) {
+        if mode == 0 || (mode == 1 && region.dmabuf().is_some()) {
             return Err(TransportError::Unsupported {
                 node: self.name.clone(),
                 backend: "fake-rdma",
@@ -359,7 +359,7 @@ impl Transport for Flaky {
         }
         self.dev.push(*region);
         self.switch.device_live.fetch_add(1, Ordering::SeqCst);
-        if region.dmabuf.is_some() {
+        if region.dmabuf().is_some() {
             self.switch.device_dmabuf.fetch_add(1, Ordering::SeqCst);
         }
         Ok(())
@@ -367,7 +367,7 @@ impl Transport for Flaky {
     fn unregister_device(&mut self, addr: u64, len: usize) {
         let before = self.dev.len();
         self.dev
-            .retain(|r| !(r.addr < addr + len as u64 && addr < r.addr + r.len as u64));
+            .retain(|r| !(r.addr() < addr + len as u64 && addr < r.addr() + r.len() as u64));
         let gone = (before - self.dev.len()) as i64;
         self.switch.device_live.fetch_sub(gone, Ordering::SeqCst);
     }
@@ -393,7 +393,7 @@ impl Transport for Flaky {
         self.switch.batches.fetch_add(1, Ordering::SeqCst);
         self.switch.device_batches.fetch_add(1, Ordering::SeqCst);
         // The "NIC": read each request, then place it in the fake device memory.
-        let (base, mem) = fake_device_memory(dst.addr).expect("unknown fake device address");
+        let (base, mem) = fake_device_memory(dst.addr()).expect("unknown fake device address");
         let mut mem = mem.lock().unwrap();
         let mut stats = BatchStats::default();
         for r in reads {
@@ -403,7 +403,7 @@ impl Transport for Flaky {
                 ..*r
             };
             let st = self.inner.read_batch(&[one], &mut tmp)?;
-            let at = (dst.addr - base + r.dst_offset) as usize;
+            let at = (dst.addr() - base + r.dst_offset) as usize;
             mem[at..at + tmp.len()].copy_from_slice(&tmp);
             stats.reads += st.reads;
             stats.bytes += st.bytes;
@@ -478,20 +478,18 @@ impl HostBuffer for FakeDeviceBuffer {
         let len = self.host.len();
         let mut v = Vec::new();
         if self.dmabuf {
-            v.push(DeviceRegion {
-                addr: self.addr,
+            v.push(DeviceRegion::simulated(
+                self.addr,
                 len,
-                dmabuf: Some(DmaBuf {
+                Some(DmaBuf {
                     fd: 1000,
                     offset: 0,
                 }),
-            });
+            ));
         }
-        v.push(DeviceRegion {
-            addr: self.addr,
-            len,
-            dmabuf: None,
-        });
+        // Simulated: fake device memory at made-up addresses, which a real
+        // (verbs) transport refuses; only `Flaky` "registers" it.
+        v.push(DeviceRegion::simulated(self.addr, len, None));
         v
     }
     fn begin_device_fill(&mut self, _region: &DeviceRegion) -> Result<(), BoxError> {

@@ -26,7 +26,10 @@
 //! write it (GPUDirect RDMA): [`Transport::register_device`] registers a
 //! [`DeviceRegion`] (through a dmabuf export, or a plain registration of the
 //! device pointer where a peer-memory client such as `nvidia_peermem` is
-//! loaded) and [`Transport::read_batch_device`] reads straight into it. Other
+//! loaded) and [`Transport::read_batch_device`] reads straight into it. A
+//! `DeviceRegion` is made only by `unsafe` [`DeviceRegion::new`], whose
+//! caller vouches for the memory, so safe code never hands a NIC an
+//! arbitrary address. Other
 //! transports refuse with [`TransportError::Unsupported`], and the caller
 //! falls back to a host bounce buffer.
 //!
@@ -126,22 +129,140 @@ pub struct DmaBuf {
 /// Device memory as a read destination: `len` bytes at device virtual
 /// address `addr`, optionally with a dmabuf export of the same bytes.
 ///
-/// Plain numbers, no borrow: the owner of the memory keeps it allocated
-/// from [`Transport::register_device`] until after
-/// [`Transport::unregister_device`] (or the transport's drop), and does not
-/// read it while a [`Transport::read_batch_device`] into it runs.
+/// A transport hands this address to the NIC, which writes it by DMA, so a
+/// `DeviceRegion` can only be made by a caller who vouches for the memory:
+/// [`DeviceRegion::new`] is `unsafe` (see its `# Safety` contract), and with
+/// it [`Transport::register_device`] and [`Transport::read_batch_device`]
+/// are safe. The owner of the memory makes one:
+///
+/// ```
+/// use seqfeed_transport::DeviceRegion;
+/// # let (ptr, len) = (0x7f00_0000_0000u64, 1 << 20);
+/// // SAFETY: (in real code) `ptr` is a live cuMemAlloc allocation of `len`
+/// // bytes that this owner keeps until every transport has unregistered it.
+/// let r = unsafe { DeviceRegion::new(ptr, len, None) };
+/// assert_eq!(r.kind(), "peer-memory");
+/// ```
+///
+/// and safe code cannot name an arbitrary address for the NIC: the same call
+/// without `unsafe`, or a struct literal, does not compile (stable rustdoc
+/// does not check the error codes; the example above shows the call itself
+/// is well-formed):
+///
+/// ```compile_fail,E0133
+/// use seqfeed_transport::DeviceRegion;
+/// // error[E0133]: call to unsafe function requires an unsafe block
+/// let r = DeviceRegion::new(0x1000, 4096, None);
+/// ```
+///
+/// ```compile_fail,E0451
+/// use seqfeed_transport::DeviceRegion;
+/// // error[E0451]: the fields are private
+/// let r = DeviceRegion { addr: 0x1000, len: 4096, dmabuf: None, simulated: false };
+/// ```
+///
+/// Fakes and tests that need no real memory use
+/// [`DeviceRegion::simulated`], which every NIC-backed transport refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeviceRegion {
-    /// Device virtual address of the first byte.
-    pub addr: u64,
-    /// Length in bytes.
-    pub len: usize,
-    /// A dmabuf export of the region: registered with `ibv_reg_dmabuf_mr`;
-    /// `None`: the device pointer itself is registered (peer memory).
-    pub dmabuf: Option<DmaBuf>,
+    addr: u64,
+    len: usize,
+    dmabuf: Option<DmaBuf>,
+    simulated: bool,
 }
 
 impl DeviceRegion {
+    /// A destination of `len` bytes of device memory at `addr`, registered
+    /// through `dmabuf` when given (`ibv_reg_dmabuf_mr`), else by its address
+    /// (peer memory).
+    ///
+    /// # Safety
+    ///
+    /// From this call until every registration made from this value (or a
+    /// copy of it) is gone, i.e. until
+    /// [`Transport::unregister_device`] covered it or the transport that
+    /// registered it was dropped, the caller guarantees that:
+    /// * `[addr, addr + len)` is memory a NIC may write: device memory of
+    ///   one live allocation (for peer memory), or the bytes of the dmabuf
+    ///   `dmabuf.fd` at `dmabuf.offset` (that fd stays open and is the
+    ///   export of those bytes);
+    /// * the memory stays allocated (it is not freed and reused), and no
+    ///   Rust reference (`&`/`&mut`) to it exists, since the NIC writes it
+    ///   without Rust knowing;
+    /// * nothing else reads or writes it while a
+    ///   [`Transport::read_batch_device`] into it runs.
+    ///
+    /// Transports may check some of this (the verbs transport asks the CUDA
+    /// driver that a peer-memory address is device memory), but do not have
+    /// to.
+    #[allow(unsafe_code)]
+    pub unsafe fn new(addr: u64, len: usize, dmabuf: Option<DmaBuf>) -> DeviceRegion {
+        DeviceRegion {
+            addr,
+            len,
+            dmabuf,
+            simulated: false,
+        }
+    }
+
+    /// A region naming no real memory, for fake transports and tests: safe
+    /// to make because every transport that hands addresses to a NIC (verbs)
+    /// refuses to register it ([`DeviceRegion::is_simulated`]).
+    pub fn simulated(addr: u64, len: usize, dmabuf: Option<DmaBuf>) -> DeviceRegion {
+        DeviceRegion {
+            addr,
+            len,
+            dmabuf,
+            simulated: true,
+        }
+    }
+
+    /// True for a [`DeviceRegion::simulated`] region: a transport that
+    /// hands addresses to hardware must refuse it.
+    pub fn is_simulated(&self) -> bool {
+        self.simulated
+    }
+
+    /// Device virtual address of the first byte.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// Length in bytes.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The dmabuf export of the region, registered with
+    /// `ibv_reg_dmabuf_mr`; `None`: the device pointer itself is registered
+    /// (peer memory).
+    pub fn dmabuf(&self) -> Option<DmaBuf> {
+        self.dmabuf
+    }
+
+    /// The `len` bytes at `offset` of this region, or `None` when they are
+    /// not all inside it. Safe: a part of memory vouched for is vouched for.
+    pub fn part(&self, offset: u64, len: usize) -> Option<DeviceRegion> {
+        let end = offset.checked_add(len as u64)?;
+        if end > self.len as u64 {
+            return None;
+        }
+        let dmabuf = match self.dmabuf {
+            Some(d) => Some(DmaBuf {
+                fd: d.fd,
+                offset: d.offset.checked_add(offset)?,
+            }),
+            None => None,
+        };
+        Some(DeviceRegion {
+            addr: self.addr.checked_add(offset)?,
+            len,
+            dmabuf,
+            simulated: self.simulated,
+        })
+    }
+
     /// How the region is registered: `dmabuf` or `peer-memory`.
     pub fn kind(&self) -> &'static str {
         if self.dmabuf.is_some() {
@@ -157,11 +278,20 @@ impl DeviceRegion {
             && other.addr.saturating_add(other.len as u64)
                 <= self.addr.saturating_add(self.len as u64)
     }
+
+    /// True when this region shares a byte with the `len` bytes at `addr`.
+    pub fn overlaps(&self, addr: u64, len: usize) -> bool {
+        self.addr < addr.saturating_add(len.max(1) as u64)
+            && addr < self.addr.saturating_add(self.len.max(1) as u64)
+    }
 }
 
 impl std::fmt::Display for DeviceRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} bytes of device memory at {:#x}", self.len, self.addr)?;
+        if self.simulated {
+            write!(f, " (simulated)")?;
+        }
         if let Some(d) = self.dmabuf {
             write!(f, " (dmabuf fd {}, offset {})", d.fd, d.offset)?;
         }
@@ -309,8 +439,11 @@ pub trait Transport: Send {
     /// [`read_batch_device`](Self::read_batch_device) (GPUDirect RDMA): by
     /// its dmabuf export when `region.dmabuf` is set, else by its device
     /// address (peer memory). Registering again replaces any overlapping
-    /// registration. Default: [`TransportError::Unsupported`] (the transport
-    /// copies with the CPU and cannot write device memory).
+    /// registration. Safe because the region's maker vouched for the memory
+    /// ([`DeviceRegion::new`] is `unsafe`); a transport that hands addresses
+    /// to a NIC must refuse [`DeviceRegion::simulated`] regions. Default:
+    /// [`TransportError::Unsupported`] (the transport copies with the CPU
+    /// and cannot write device memory).
     fn register_device(&mut self, region: &DeviceRegion) -> Result<(), TransportError> {
         Err(TransportError::Unsupported {
             node: self.node().to_string(),
@@ -355,11 +488,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.seq"), b"0123456789").unwrap();
         let mut t = LocalTransport::open(dir.path(), &["a.seq"]).unwrap();
-        let region = DeviceRegion {
-            addr: 0x7000_0000,
-            len: 4096,
-            dmabuf: Some(DmaBuf { fd: 9, offset: 0 }),
-        };
+        let region = DeviceRegion::simulated(0x7000_0000, 4096, Some(DmaBuf { fd: 9, offset: 0 }));
         let e = t.register_device(&region).unwrap_err();
         assert!(matches!(e, TransportError::Unsupported { .. }), "{e}");
         assert!(!e.is_node_failure());
@@ -383,12 +512,21 @@ mod tests {
         t.unregister_buffer(dst.as_ptr() as usize, dst.len());
         assert_eq!(&dst, b"0123");
         assert_eq!(region.kind(), "dmabuf");
-        let inner = DeviceRegion {
-            addr: 0x7000_0010,
-            len: 16,
-            dmabuf: None,
-        };
+        let inner = DeviceRegion::simulated(0x7000_0010, 16, None);
         assert!(region.contains(&inner) && !inner.contains(&region));
         assert_eq!(inner.kind(), "peer-memory");
+        assert!(inner.is_simulated() && inner.to_string().contains("(simulated)"));
+    }
+
+    #[test]
+    fn parts_stay_inside_and_follow_the_dmabuf_offset() {
+        let r = DeviceRegion::simulated(0x1000, 100, Some(DmaBuf { fd: 3, offset: 8 }));
+        let p = r.part(10, 90).expect("inside");
+        assert_eq!((p.addr(), p.len()), (0x100a, 90));
+        assert_eq!(p.dmabuf(), Some(DmaBuf { fd: 3, offset: 18 }));
+        assert!(p.is_simulated() && r.contains(&p));
+        assert_eq!(r.part(10, 91), None);
+        assert_eq!(r.part(u64::MAX, 1), None);
+        assert!(r.overlaps(0x1000 + 99, 1) && !r.overlaps(0x1000 + 100, 8));
     }
 }

@@ -56,6 +56,12 @@ pub struct DeviceInfo {
     pub service_level: u8,
     /// Partition key index every QP on this device uses.
     pub pkey_index: u16,
+    /// Local ACK timeout exponent every QP on this device uses
+    /// ([`FabricSettings::timeout`]).
+    pub qp_timeout: u8,
+    /// Transport retry count every QP on this device uses
+    /// ([`FabricSettings::retry_count`]).
+    pub qp_retry_count: u8,
 }
 
 impl DeviceInfo {
@@ -160,6 +166,9 @@ pub fn open_devices_with(
     only: Option<&[String]>,
     fabric: &FabricSettings,
 ) -> Result<Vec<Arc<Nic>>, VerbsError> {
+    // Before this process's first verbs object (`ibv_fork_init` must come
+    // before any registration, and before providers allocate queues).
+    crate::fork::ensure();
     fabric.check().map_err(|detail| VerbsError::Device {
         device: "-".into(),
         step: "fabric settings",
@@ -345,6 +354,8 @@ fn open_nic(
         traffic_class: fabric.traffic_class,
         service_level: fabric.service_level,
         pkey_index: fabric.pkey_index,
+        qp_timeout: fabric.timeout,
+        qp_retry_count: fabric.retry_count,
     };
     Ok(Nic { info, ctx, pd })
 }

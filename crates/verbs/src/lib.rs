@@ -42,10 +42,12 @@
 pub mod affinity;
 mod client;
 pub mod cm;
+mod cudaptr;
 mod device;
 mod endpoint;
 mod error;
 pub mod fabric;
+mod fork;
 mod mrcache;
 pub mod pinning;
 pub use pinning::{OdpPolicy, ODP_ENV};
@@ -69,6 +71,27 @@ pub use qpbook::{QpBook, QpLimits};
 pub use sendq::{ChainPlan, SendQueue, SqConfig, MAX_SQ_DEPTH, MIN_SQ_DEPTH};
 pub use server::{ServedQp, ServedRegion, ServerQps, VerbsServer, MAX_QPS_PER_CONNECT};
 pub use wire::{join_regions, ControlExchange, WireAcceptor};
+
+/// Test hook for runs without a GPU (the rxe integration tests): from now
+/// on, every [`VerbsTransport`] in this process registers peer-memory
+/// [`DeviceRegion`](seqfeed_transport::DeviceRegion)s without asking the
+/// CUDA driver whether they are device memory, so host memory can stand in
+/// for it on a provider that pins any address (rxe). Without it, such a
+/// registration is refused. Per transport, see
+/// [`VerbsTransport::register_host_as_device`].
+///
+/// # Safety
+///
+/// Every `DeviceRegion` registered with a verbs transport in this process
+/// afterwards must name memory that stays allocated, writable and without
+/// any live Rust reference to it until it is unregistered or its transport
+/// dropped (read only between `read_batch_device` calls); in particular host
+/// memory must not be freed while registered, or the NIC writes memory Rust
+/// has reused.
+#[allow(unsafe_code)]
+pub unsafe fn allow_host_memory_as_device() {
+    client::HOST_AS_DEVICE.store(true, std::sync::atomic::Ordering::SeqCst);
+}
 
 /// What [`auto_select`] chose.
 #[derive(Debug, Clone, PartialEq, Eq)]

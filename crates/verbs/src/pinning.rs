@@ -66,17 +66,22 @@ impl PinPlan {
 
 /// When a node registers its regions with on-demand paging
 /// (`IBV_ACCESS_ON_DEMAND`) on devices that offer it for RC RDMA READ, from
-/// `SEQFEED_VERBS_ODP`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `SEQFEED_VERBS_ODP`. ODP is opt-in: the default is [`OdpPolicy::Never`],
+/// because seqfeed's ODP path has only ever run on rxe, where it hung when
+/// it carried the boot's first RDMA traffic and returned wrong bytes for
+/// anonymous-memory regions (Linux 7.3); pinned regions also never make the
+/// NIC wait on a page fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OdpPolicy {
     /// Pin when pinning fits the memlock limit and `MemAvailable`; use ODP
-    /// only to serve more than that (unset or `auto`). Pinned regions never
-    /// make the NIC wait on a page fault, and ODP is younger in some
-    /// providers (rxe on Linux 7.3 hung and returned wrong bytes with it).
+    /// only to serve more than that (`auto`, explicitly).
     Auto,
     /// ODP wherever a device offers it (`1`, `on`, `true`, `yes`, `always`).
     Always,
-    /// Always pin (`0`, `off`, `false`, `no`, `never`).
+    /// Always pin (unset, empty, `0`, `off`, `false`, `no`, `never`): the
+    /// default. A node whose files do not fit its memlock limit or
+    /// `MemAvailable` refuses with the numbers and the fix.
+    #[default]
     Never,
 }
 
@@ -87,20 +92,25 @@ impl OdpPolicy {
     /// Parses a [`ODP_ENV`] value.
     pub fn parse(s: &str) -> Result<OdpPolicy, String> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "" | "auto" => Ok(OdpPolicy::Auto),
+            "auto" => Ok(OdpPolicy::Auto),
             "1" | "on" | "true" | "yes" | "always" => Ok(OdpPolicy::Always),
-            "0" | "off" | "false" | "no" | "never" => Ok(OdpPolicy::Never),
+            "" | "0" | "off" | "false" | "no" | "never" => Ok(OdpPolicy::Never),
             _ => Err(format!(
-                "{ODP_ENV}={s:?}: expected auto (default), always (1, on) or never (0, off)"
+                "{ODP_ENV}={s:?}: expected never (default; 0, off), auto or always (1, on)"
             )),
         }
     }
 
-    /// From [`ODP_ENV`] (unset: [`OdpPolicy::Auto`]).
+    /// From [`ODP_ENV`] (unset: [`OdpPolicy::Never`]).
     pub fn from_env() -> Result<OdpPolicy, String> {
-        match std::env::var(ODP_ENV) {
-            Ok(v) => OdpPolicy::parse(&v),
-            Err(_) => Ok(OdpPolicy::Auto),
+        OdpPolicy::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// [`OdpPolicy::from_env`] over any lookup (for tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<OdpPolicy, String> {
+        match get(ODP_ENV) {
+            Some(v) => OdpPolicy::parse(&v),
+            None => Ok(OdpPolicy::default()),
         }
     }
 }
@@ -250,7 +260,8 @@ pub fn check(plan: &PinPlan, budget: &PinBudget) -> Result<(), VerbsError> {
                      Raise the limit for the node's process: `ulimit -l unlimited` in the shell that starts it, \
                      LimitMEMLOCK=infinity in its systemd unit, `<user> - memlock unlimited` in \
                      /etc/security/limits.conf (then log in again), or `--ulimit memlock=-1` for a container; \
-                     or serve fewer files per node, or use devices with on-demand paging",
+                     or serve fewer files per node, or (opt-in, see the README) on devices that offer \
+                     on-demand paging set SEQFEED_VERBS_ODP=auto",
                     human(limit),
                     human(plan.memlock_needed()),
                     plan.memlock_needed()
@@ -264,8 +275,9 @@ pub fn check(plan: &PinPlan, budget: &PinBudget) -> Result<(), VerbsError> {
                 detail: format!(
                     "{what}, but only {} ({avail} bytes) is available (MemAvailable in /proc/meminfo): \
                      registered pages cannot be reclaimed, so the node would be OOM-killed. Serve fewer \
-                     files per node (split the dataset over more nodes), add memory, or use devices with \
-                     on-demand paging (IBV_ACCESS_ON_DEMAND)",
+                     files per node (split the dataset over more nodes), add memory, or (opt-in, see the \
+                     README) on devices that offer on-demand paging (IBV_ACCESS_ON_DEMAND) set \
+                     SEQFEED_VERBS_ODP=auto",
                     human(avail)
                 ),
             });
@@ -386,7 +398,7 @@ Max locked memory         65536                8388608              bytes     \n
     }
 
     #[test]
-    fn odp_is_used_only_when_pinning_does_not_fit_unless_told() {
+    fn odp_is_opt_in_and_auto_uses_it_only_when_pinning_does_not_fit() {
         let devs = [("mlx5_0".to_string(), true), ("rxe0".to_string(), false)];
         let roomy = PinBudget {
             memlock: None,
@@ -400,7 +412,18 @@ Max locked memory         65536                8388608              bytes     \n
         let names = |p: &PinPlan| (p.pinning.clone(), p.on_demand.clone());
         let both = (vec!["mlx5_0".to_string(), "rxe0".to_string()], vec![]);
         let split = (vec!["rxe0".to_string()], vec!["mlx5_0".to_string()]);
-        // Auto: pin while it fits, ODP on the offering device once it does not.
+        // The default pins even when pinning does not fit (check() then refuses).
+        assert_eq!(OdpPolicy::default(), OdpPolicy::Never);
+        assert_eq!(
+            names(&choose(&devs, 1 << 30, 3, OdpPolicy::default(), &tight)),
+            both
+        );
+        assert!(check(
+            &choose(&devs, 1 << 30, 3, OdpPolicy::default(), &tight),
+            &tight
+        )
+        .is_err());
+        // Auto (explicit): pin while it fits, ODP on the offering device once it does not.
         assert_eq!(
             names(&choose(&devs, 1 << 30, 3, OdpPolicy::Auto, &roomy)),
             both
@@ -426,8 +449,16 @@ Max locked memory         65536                8388608              bytes     \n
 
     #[test]
     fn odp_policy_parses() {
-        assert_eq!(OdpPolicy::parse("").unwrap(), OdpPolicy::Auto);
+        assert_eq!(OdpPolicy::parse("").unwrap(), OdpPolicy::Never);
+        assert_eq!(OdpPolicy::parse("never").unwrap(), OdpPolicy::Never);
         assert_eq!(OdpPolicy::parse(" AUTO ").unwrap(), OdpPolicy::Auto);
+        assert_eq!(OdpPolicy::parse("always").unwrap(), OdpPolicy::Always);
+        // Unset: never (ODP is opt-in).
+        assert_eq!(OdpPolicy::from_lookup(|_| None).unwrap(), OdpPolicy::Never);
+        assert_eq!(
+            OdpPolicy::from_lookup(|k| (k == ODP_ENV).then(|| "auto".into())).unwrap(),
+            OdpPolicy::Auto
+        );
         assert_eq!(OdpPolicy::parse("1").unwrap(), OdpPolicy::Always);
         assert_eq!(OdpPolicy::parse("off").unwrap(), OdpPolicy::Never);
         let e = OdpPolicy::parse("maybe").unwrap_err();

@@ -301,10 +301,14 @@ pub(crate) struct Connect {
     pub sl: u8,
     /// Partition key index.
     pub pkey_index: u16,
+    /// Local ACK timeout exponent (4.096 us * 2^timeout per try).
+    pub timeout: u8,
+    /// Transport retries before a work request fails.
+    pub retry_cnt: u8,
 }
 
 /// Zeroed QP attributes.
-fn zero_attr() -> sys::ibv_qp_attr {
+pub(crate) fn zero_attr() -> sys::ibv_qp_attr {
     // SAFETY: ibv_qp_attr is plain old data (integers, arrays and a union of
     // integers); zero is the neutral value for every field.
     unsafe { std::mem::zeroed() }
@@ -353,6 +357,28 @@ pub(crate) fn rtr_attr(c: &Connect) -> (sys::ibv_qp_attr, sys::ibv_qp_attr_mask)
             | M::IBV_QP_RQ_PSN
             | M::IBV_QP_MAX_DEST_RD_ATOMIC
             | M::IBV_QP_MIN_RNR_TIMER,
+    )
+}
+
+/// RTR -> RTS attributes of `c` (send PSN, ACK timeout, retries, read
+/// depth) and their mask.
+pub(crate) fn rts_attr(c: &Connect) -> (sys::ibv_qp_attr, sys::ibv_qp_attr_mask) {
+    use sys::ibv_qp_attr_mask as M;
+    let mut a = zero_attr();
+    a.qp_state = sys::ibv_qp_state::IBV_QPS_RTS;
+    a.sq_psn = c.local_psn;
+    a.timeout = c.timeout;
+    a.retry_cnt = c.retry_cnt;
+    a.rnr_retry = 7; // no receives are ever posted; RNR never happens
+    a.max_rd_atomic = c.max_rd_atomic;
+    (
+        a,
+        M::IBV_QP_STATE
+            | M::IBV_QP_SQ_PSN
+            | M::IBV_QP_TIMEOUT
+            | M::IBV_QP_RETRY_CNT
+            | M::IBV_QP_RNR_RETRY
+            | M::IBV_QP_MAX_QP_RD_ATOMIC,
     )
 }
 
@@ -463,30 +489,12 @@ impl Qp {
 
     /// RESET -> INIT -> RTR -> RTS.
     pub fn connect(&mut self, c: &Connect) -> io::Result<()> {
-        use sys::ibv_qp_attr_mask as M;
-        let zero = zero_attr;
         let (mut a, mask) = init_attr(c);
         self.modify(&mut a, mask, "INIT")?;
         let (mut a, mask) = rtr_attr(c);
         self.modify(&mut a, mask, "RTR")?;
-
-        let mut a = zero();
-        a.qp_state = sys::ibv_qp_state::IBV_QPS_RTS;
-        a.sq_psn = c.local_psn;
-        a.timeout = 14; // 4.096 us * 2^14 = 67 ms per try
-        a.retry_cnt = 7;
-        a.rnr_retry = 7;
-        a.max_rd_atomic = c.max_rd_atomic;
-        self.modify(
-            &mut a,
-            M::IBV_QP_STATE
-                | M::IBV_QP_SQ_PSN
-                | M::IBV_QP_TIMEOUT
-                | M::IBV_QP_RETRY_CNT
-                | M::IBV_QP_RNR_RETRY
-                | M::IBV_QP_MAX_QP_RD_ATOMIC,
-            "RTS",
-        )
+        let (mut a, mask) = rts_attr(c);
+        self.modify(&mut a, mask, "RTS")
     }
 
     /// Moves the QP to the error state (flushes outstanding work requests).
@@ -653,8 +661,17 @@ pub(crate) fn reg_local_write(
 
 /// Registers device memory by its address for local write (GPUDirect RDMA
 /// through a peer-memory client such as `nvidia_peermem`). On a provider
-/// without one, the kernel refuses an address that is not host memory.
-pub(crate) fn reg_device_local_write(
+/// without one, the kernel refuses an address that is not host memory, and
+/// pins host memory it is given.
+///
+/// # Safety
+///
+/// `addr..addr+len` must be memory the device may write (CUDA device memory,
+/// which the caller has checked with [`crate::cudaptr`], or, for the
+/// self-test's explicit hook, host memory no Rust reference points at) and
+/// stay allocated until the returned MR is dropped; the `DeviceRegion::new`
+/// contract of the region it came from.
+pub(crate) unsafe fn reg_device_local_write(
     pd: &Arc<ProtectionDomain>,
     addr: u64,
     len: usize,
@@ -664,8 +681,9 @@ pub(crate) fn reg_device_local_write(
     // SAFETY: ibv_reg_mr only resolves and pins the pages (or the peer-memory
     // client's device pages) of `addr..addr+len`, failing cleanly when they are
     // not mapped; it writes nothing. The device writes through this MR only for
-    // reads posted by `read_batch_device` into a region the caller registered
-    // and keeps allocated until it unregisters it (the `DeviceRegion` contract).
+    // reads posted by `read_batch_device` into this region, which this
+    // function's caller guarantees stays allocated, writable by the device and
+    // unreferenced by Rust until the MR is dropped.
     let mr = unsafe { pd.reg_mr(addr, len, sideway::ibverbs::AccessFlags::LocalWrite) };
     mr.map_err(mr_error)
 }
@@ -726,6 +744,8 @@ mod tests {
             traffic_class: 104,
             sl: 3,
             pkey_index: 2,
+            timeout: 21,
+            retry_cnt: 5,
         };
         let (a, m) = init_attr(&c);
         assert_eq!(
@@ -743,5 +763,13 @@ mod tests {
         assert_eq!((a.dest_qp_num, a.rq_psn, a.path_mtu), (0x11, 0x22, 5));
         assert_eq!(a.max_dest_rd_atomic, 8);
         assert_ne!(m.0 & sys::ibv_qp_attr_mask::IBV_QP_AV.0, 0);
+        let (a, m) = rts_attr(&c);
+        assert_eq!((a.timeout, a.retry_cnt, a.sq_psn), (21, 5, 0x33));
+        assert_eq!(a.max_rd_atomic, 16);
+        use sys::ibv_qp_attr_mask as M;
+        assert_eq!(
+            m.0 & (M::IBV_QP_TIMEOUT.0 | M::IBV_QP_RETRY_CNT.0),
+            M::IBV_QP_TIMEOUT.0 | M::IBV_QP_RETRY_CNT.0
+        );
     }
 }

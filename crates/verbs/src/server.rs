@@ -178,8 +178,8 @@ impl VerbsServer {
     /// [`VerbsServer::new`] against a given budget: refuses with
     /// [`VerbsError::Pinning`] (the numbers and the fix) before registering
     /// anything when the plan does not fit; registers with on-demand paging
-    /// on devices that offer it for RC RDMA READ as [`OdpPolicy::from_env`]
-    /// says (by default only when pinning would not fit).
+    /// on devices that offer it for RC RDMA READ only as [`OdpPolicy::from_env`]
+    /// says (by default never: ODP is opt-in).
     pub fn with_budget(
         nics: Vec<Arc<Nic>>,
         regions: Vec<ServedRegion>,
@@ -445,6 +445,8 @@ impl VerbsServer {
                 traffic_class: info.traffic_class,
                 sl: info.service_level,
                 pkey_index: info.pkey_index,
+                timeout: info.qp_timeout,
+                retry_cnt: info.qp_retry_count,
             })
             .map_err(|e| nerr("QP RESET->RTS", e.to_string()))?;
             eps.push(QpEndpoint {

@@ -1,6 +1,7 @@
 //! The RDMA fabric flags `serve` and `read` share: GID index, traffic class
-//! or DSCP, service level, pkey index and port. Each falls back to its
-//! `SEQFEED_*` environment variable, then to discovery's choice.
+//! or DSCP, service level, pkey index, port, ACK timeout and retry count.
+//! Each falls back to its `SEQFEED_*` environment variable, then to
+//! discovery's choice (or NCCL's timeout and retry count).
 use anyhow::bail;
 use seqfeed_node::FabricSettings;
 
@@ -26,6 +27,15 @@ pub struct FabricArgs {
     /// Device port, 1-based (default: the first ACTIVE port; env SEQFEED_IB_PORT).
     #[arg(long)]
     ib_port: Option<u8>,
+    /// QP local ACK timeout exponent 0..=31: each try waits 4.096 us *
+    /// 2^value (20, the default as in NCCL: 4.3 s; 0 waits forever; env
+    /// SEQFEED_IB_TIMEOUT).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=31))]
+    ib_timeout: Option<u8>,
+    /// QP transport retries 0..=7 before a read fails (default 7; env
+    /// SEQFEED_IB_RETRY_CNT).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=7))]
+    ib_retry_cnt: Option<u8>,
 }
 
 impl FabricArgs {
@@ -37,6 +47,8 @@ impl FabricArgs {
             || self.service_level.is_some()
             || self.pkey_index.is_some()
             || self.ib_port.is_some()
+            || self.ib_timeout.is_some()
+            || self.ib_retry_cnt.is_some()
     }
 
     /// The settings: the `SEQFEED_*` environment, then the flags over it.
@@ -63,7 +75,47 @@ impl FabricArgs {
         if let Some(p) = self.ib_port {
             f.port = Some(p);
         }
+        // clap checked the ranges (its error names the flag); `check`
+        // below repeats it for the environment's values.
+        if let Some(t) = self.ib_timeout {
+            f.timeout = t;
+        }
+        if let Some(r) = self.ib_retry_cnt {
+            f.retry_count = r;
+        }
         f.check().map_err(anyhow::Error::msg)?;
         Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        fabric: FabricArgs,
+    }
+
+    #[test]
+    fn timeout_and_retry_flags_parse_and_are_range_checked() {
+        let c = Cli::try_parse_from(["x", "--ib-timeout", "22", "--ib-retry-cnt", "3"]).unwrap();
+        assert!(c.fabric.any());
+        assert_eq!(
+            (c.fabric.ib_timeout, c.fabric.ib_retry_cnt),
+            (Some(22), Some(3))
+        );
+        let e = Cli::try_parse_from(["x", "--ib-timeout", "32"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("--ib-timeout"), "{e}");
+        let e = Cli::try_parse_from(["x", "--ib-retry-cnt", "8"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("--ib-retry-cnt"), "{e}");
     }
 }

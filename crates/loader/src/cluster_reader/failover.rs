@@ -20,7 +20,7 @@ impl ClusterReader {
         let rows = reads.len();
         let dst_len = match &dst {
             Dest::Host(d) => d.len(),
-            Dest::Device(r) => r.len,
+            Dest::Device(r) => r.len(),
         };
         if rows.checked_mul(row_bytes).is_none_or(|n| n > dst_len) {
             return Err(LoaderError::BadRow {

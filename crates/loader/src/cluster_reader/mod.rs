@@ -516,7 +516,7 @@ impl ClusterReader {
                 Ok(())
             }
             Some(why) => {
-                self.unregister_device(region.addr, region.len);
+                self.unregister_device(region.addr(), region.len());
                 Err(why)
             }
         }
@@ -525,9 +525,7 @@ impl ClusterReader {
     /// Withdraws device memory registered with
     /// [`register_device`](Self::register_device) from every node.
     pub fn unregister_device(&mut self, addr: u64, len: usize) {
-        let end = addr.saturating_add(len.max(1) as u64);
-        let overlaps =
-            |r: &DeviceRegion| r.addr < end && addr < r.addr.saturating_add(r.len as u64);
+        let overlaps = |r: &DeviceRegion| r.overlaps(addr, len);
         self.device.retain(|r| !overlaps(r));
         for node in &mut self.nodes {
             if node.device.iter().any(overlaps) {

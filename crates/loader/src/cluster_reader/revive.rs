@@ -133,7 +133,7 @@ impl ClusterReader {
             }
         }
         for r in withdrawn {
-            self.unregister_device(r.addr, r.len);
+            self.unregister_device(r.addr(), r.len());
         }
     }
 }

@@ -443,38 +443,73 @@ fn selftest(devices: Option<Vec<String>>) -> u32 {
         })(),
     );
 
-    // 4b. GPUDirect read path without a GPU: a peer-memory-style region whose address
-    //     is ordinary host memory (rxe's ibv_reg_mr takes any valid address) is filled
-    //     by read_batch_device, byte for byte; reads outside a registered region and
-    //     after unregistering are refused; a dmabuf registration (rxe has none, and the
-    //     fd is no dmabuf) is refused cleanly and the transport keeps working.
+    // 4b. GPUDirect read path without a GPU: the safe register_device refuses host
+    //     memory posing as device memory (the CUDA driver check); through the explicitly
+    //     unsafe test hook, a peer-memory-style region whose address is ordinary host
+    //     memory (rxe's ibv_reg_mr takes any valid address) is filled by
+    //     read_batch_device, byte for byte; reads outside a registered region and after
+    //     unregistering are refused; a dmabuf registration (rxe has none, and the fd is
+    //     no dmabuf) is refused cleanly and the transport keeps working.
     c.report(
         &format!("gpudirect[{tag}]"),
         (|| {
             let mut t = connect(&addr, devices.clone(), 2)?;
             let mut rng = rand::rngs::StdRng::seed_from_u64(88);
-            let mut mem = vec![0u8; 8 << 20];
-            let base = mem.as_mut_ptr() as u64;
-            let whole = DeviceRegion {
-                addr: base,
-                len: mem.len(),
-                dmabuf: None,
+            // The NIC writes `mem` behind Rust's back: it is a raw allocation, read
+            // only through `mem_bytes` between batches, and freed after unregistering.
+            let mem_len = 8usize << 20;
+            let mem = Box::into_raw(vec![0u8; mem_len].into_boxed_slice());
+            let base = mem.cast::<u8>() as u64;
+            let mem_bytes = |off: usize, len: usize| -> Vec<u8> {
+                // SAFETY: `off + len <= mem_len` (callers stay inside); `mem` is live until
+                // the `Box::from_raw` below, and no read_batch_device runs during this copy.
+                unsafe { std::slice::from_raw_parts((mem.cast::<u8>()).add(off), len).to_vec() }
             };
-            t.register_device(&whole)
-                .map_err(|e| format!("peer-memory registration of host memory: {e}"))?;
+            let free_mem = || {
+                // SAFETY: `mem` came from Box::into_raw above and is freed once, after the
+                // device registration is gone (unregister_device or the refusal paths).
+                drop(unsafe { Box::from_raw(mem) });
+            };
+            // SAFETY: `mem` is a live allocation of `mem_len` bytes that no reference
+            // points at; it is freed only after `unregister_device` below.
+            let whole = unsafe { DeviceRegion::new(base, mem_len, None) };
+            let refused = match t.register_device(&whole) {
+                Ok(()) => {
+                    t.unregister_device(base, mem_len);
+                    free_mem();
+                    return Err(
+                        "the safe register_device accepted host memory as device memory".into(),
+                    );
+                }
+                Err(e) => e,
+            };
+            if !matches!(refused, TransportError::Unsupported { .. })
+                || !refused.to_string().contains("peer-memory registration")
+            {
+                free_mem();
+                return Err(format!(
+                    "host memory refusal is not a clean Unsupported: {refused}"
+                ));
+            }
+            // SAFETY: the test hook's contract: `mem` stays allocated and unreferenced
+            // until `unregister_device` below; it is read only between batches.
+            if let Err(e) = unsafe { t.register_host_as_device(&whole) } {
+                free_mem();
+                return Err(format!(
+                    "peer-memory registration of host memory (test hook): {e}"
+                ));
+            }
             let mut bytes = 0u64;
             for b in 0..4u64 {
                 let (reads, expect) = make_batch(&mut rng, nregions, len, seq, 48);
-                let off = (b as usize * 1_500_007) % (mem.len() - expect.len());
-                let dst = DeviceRegion {
-                    addr: base + off as u64,
-                    len: expect.len(),
-                    dmabuf: None,
-                };
+                let off = (b as usize * 1_500_007) % (mem_len - expect.len());
+                let dst = whole
+                    .part(off as u64, expect.len())
+                    .ok_or_else(|| format!("device batch {b}: destination outside the region"))?;
                 let st = t
                     .read_batch_device(&reads, &dst)
                     .map_err(|e| format!("device batch {b}: {e}"))?;
-                compare(&mem[off..off + expect.len()], &expect, &reads)
+                compare(&mem_bytes(off, expect.len()), &expect, &reads)
                     .map_err(|e| format!("device batch {b}: {e}"))?;
                 if st.reads != reads.len() as u64 {
                     return Err(format!(
@@ -487,16 +522,15 @@ fn selftest(devices: Option<Vec<String>>) -> u32 {
             }
             let (reads, _) = make_batch(&mut rng, nregions, len, seq, 4);
             let mut other = vec![0u8; 1 << 20];
-            let outside = DeviceRegion {
-                addr: other.as_mut_ptr() as u64,
-                len: other.len(),
-                dmabuf: None,
-            };
+            // SAFETY: never registered (a read into it must be refused before anything
+            // is posted), and `other` outlives every use.
+            let outside =
+                unsafe { DeviceRegion::new(other.as_mut_ptr() as u64, other.len(), None) };
             let e1 = match t.read_batch_device(&reads, &outside) {
                 Ok(_) => return Err("read into an unregistered device region accepted".into()),
                 Err(e) => e,
             };
-            t.unregister_device(base, mem.len());
+            t.unregister_device(base, mem_len);
             let e2 = match t.read_batch_device(&reads, &whole) {
                 Ok(_) => return Err("read into an unregistered device region accepted".into()),
                 Err(e) => e,
@@ -507,16 +541,20 @@ fn selftest(devices: Option<Vec<String>>) -> u32 {
                     t.registered_device_regions()
                 ));
             }
-            drop(mem);
+            free_mem();
             // dmabuf: any fd that is not a dmabuf export must be refused, and rxe has no
             // dmabuf MRs at all.
             let file = std::fs::File::open(std::env::current_exe().map_err(|e| e.to_string())?)
                 .map_err(|e| e.to_string())?;
             let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-            let dmabuf = DeviceRegion {
-                addr: outside.addr,
-                len: outside.len,
-                dmabuf: Some(DmaBuf { fd, offset: 0 }),
+            // SAFETY: the fd is a regular file, no dmabuf: the kernel refuses the
+            // registration, so no NIC ever writes through it.
+            let dmabuf = unsafe {
+                DeviceRegion::new(
+                    outside.addr(),
+                    outside.len(),
+                    Some(DmaBuf { fd, offset: 0 }),
+                )
             };
             let e3 = match t.register_device(&dmabuf) {
                 Ok(()) => return Err("rxe accepted a dmabuf registration of a regular file".into()),
@@ -531,7 +569,8 @@ fn selftest(devices: Option<Vec<String>>) -> u32 {
             }
             run_batches(&mut t, 89, 2, seq, 16)?;
             Ok(format!(
-                "4 device batches into a registered peer-memory region: {bytes} bytes equal; \
+                "safe register_device refused host memory: '{refused}'; through the unsafe test \
+                 hook, 4 device batches into a registered peer-memory region: {bytes} bytes equal; \
                  refused: '{e1}', '{e2}'; dmabuf refused cleanly: '{e3}'; transport still works"
             ))
         })(),

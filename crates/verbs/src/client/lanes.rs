@@ -155,6 +155,8 @@ impl VerbsTransport {
             traffic_class: info.traffic_class,
             sl: info.service_level,
             pkey_index: info.pkey_index,
+            timeout: info.qp_timeout,
+            retry_cnt: info.qp_retry_count,
         })
         .map_err(|e| {
             node_err(

@@ -31,7 +31,12 @@
 //! Device memory (GPUDirect RDMA): [`Transport::register_device`] registers a
 //! [`DeviceRegion`] with `ibv_reg_dmabuf_mr` when it carries a dmabuf export
 //! (its device address as the MR's iova), else with `ibv_reg_mr` on the
-//! device pointer (peer memory, e.g. `nvidia_peermem`). A provider that
+//! device pointer (peer memory, e.g. `nvidia_peermem`), but only after the
+//! CUDA driver confirmed that the pointer is device memory and the range one
+//! allocation (`cuPointerGetAttribute`; host memory, which a provider would
+//! pin, is refused; the self-test's unsafe
+//! [`VerbsTransport::register_host_as_device`] skips the check). Simulated
+//! regions are refused. A provider that
 //! refuses (rxe has no dmabuf MRs) yields [`TransportError::Unsupported`]
 //! naming the device and the reason. [`Transport::read_batch_device`] then
 //! posts the same chained READs with device addresses as local addresses.
@@ -57,6 +62,7 @@ use crate::raw::{Completion, ReadWr};
 mod completions;
 mod lanes;
 mod memory;
+pub(crate) use memory::HOST_AS_DEVICE;
 mod posting;
 mod rebuild;
 
@@ -258,6 +264,8 @@ pub struct VerbsTransport {
     /// Scratch: the rails' completion-channel descriptors, for `poll(2)`.
     fds: Vec<i32>,
     counters: VerbsCounters,
+    /// The process that made this transport: a forked child may not use it.
+    owner_pid: u32,
 }
 
 impl std::fmt::Debug for VerbsTransport {
@@ -364,6 +372,7 @@ impl VerbsTransport {
             wrs: Vec::with_capacity(MAX_CHAIN),
             fds: Vec::new(),
             counters: VerbsCounters::default(),
+            owner_pid: std::process::id(),
         };
         for (r, nic) in nics.into_iter().enumerate() {
             t.add_rail(r, nic)?;
@@ -459,6 +468,42 @@ impl VerbsTransport {
     pub fn registered_device_regions(&self) -> usize {
         self.device_mrs.len()
     }
+
+    /// Refuses (with the reason and the fix) in a forked child of the
+    /// process that made this transport, and in a process that forked while
+    /// its registrations were not fork-safe (see the `fork` module).
+    fn fork_check(&self) -> Result<(), TransportError> {
+        crate::fork::usable(self.owner_pid).map_err(|what| TransportError::Unsupported {
+            node: self.node.clone(),
+            backend: "verbs",
+            what,
+        })
+    }
+
+    /// Test hook (the self-test without a GPU): registers `region` as a
+    /// peer-memory destination of [`Transport::read_batch_device`] *without*
+    /// asking the CUDA driver whether it is device memory, so that host
+    /// memory can stand in for it on a provider that pins any address
+    /// (rxe). [`Transport::register_device`] refuses such a region.
+    ///
+    /// # Safety
+    ///
+    /// `region` must name memory that stays allocated, writable, and
+    /// unreferenced by any Rust reference (`&`/`&mut`) until it is
+    /// unregistered ([`Transport::unregister_device`]) or this transport is
+    /// dropped, except between `read_batch_device` calls, when the caller
+    /// may read it through a pointer it keeps. Host memory freed while
+    /// registered would be written by the NIC after Rust reused it.
+    #[allow(unsafe_code)]
+    pub unsafe fn register_host_as_device(
+        &mut self,
+        region: &DeviceRegion,
+    ) -> Result<(), TransportError> {
+        self.fork_check()?;
+        // SAFETY: passed on: the caller's contract above is the one
+        // `register_host_as_device_mr` asks for.
+        unsafe { self.register_host_as_device_mr(region) }
+    }
 }
 
 impl Transport for VerbsTransport {
@@ -479,6 +524,7 @@ impl Transport for VerbsTransport {
         reads: &[ReadRequest],
         dst: &mut [u8],
     ) -> Result<BatchStats, TransportError> {
+        self.fork_check()?;
         let mut stats = BatchStats::default();
         let (region_of, pending) = self.plan(reads, dst.len(), &mut stats)?;
         if pending.is_empty() {
@@ -493,6 +539,7 @@ impl Transport for VerbsTransport {
     }
 
     fn register_device(&mut self, region: &DeviceRegion) -> Result<(), TransportError> {
+        self.fork_check()?;
         self.register_device_mr(region)
     }
 
@@ -505,16 +552,18 @@ impl Transport for VerbsTransport {
         reads: &[ReadRequest],
         dst: &DeviceRegion,
     ) -> Result<BatchStats, TransportError> {
+        self.fork_check()?;
         let lkeys = self.device_lkeys(dst)?;
         let mut stats = BatchStats::default();
-        let (region_of, pending) = self.plan(reads, dst.len, &mut stats)?;
+        let (region_of, pending) = self.plan(reads, dst.len(), &mut stats)?;
         if pending.is_empty() {
             return Ok(stats);
         }
-        self.execute(reads, dst.addr, &lkeys, &region_of, pending, stats)
+        self.execute(reads, dst.addr(), &lkeys, &region_of, pending, stats)
     }
 
     fn register_buffer(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+        self.fork_check()?;
         self.register_host_buffer(buf)
     }
 

@@ -129,7 +129,9 @@ pub(crate) fn connect_qp(
         override_path(a, tc, sl)
     })
     .map_err(|e| fail("QP RTR", e))?;
+    let (timeout, retry) = (info.qp_timeout, info.qp_retry_count);
     apply(qp, &id, sys::ibv_qp_state::IBV_QPS_RTS, |a, m| {
+        override_rts(a, m, timeout, retry);
         if *m & sys::ibv_qp_attr_mask::IBV_QP_MAX_QP_RD_ATOMIC.0 as i32 != 0 && a.max_rd_atomic != 0
         {
             negotiated = negotiated.min(a.max_rd_atomic);

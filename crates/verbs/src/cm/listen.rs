@@ -17,6 +17,8 @@ pub(crate) struct CmSlot {
     responder_cap: u8,
     traffic_class: u8,
     service_level: u8,
+    qp_timeout: u8,
+    qp_retry_count: u8,
     taken: AtomicBool,
 }
 
@@ -95,6 +97,8 @@ impl CmListener {
             responder_cap: responder_cap.max(1),
             traffic_class: info.traffic_class,
             service_level: info.service_level,
+            qp_timeout: info.qp_timeout,
+            qp_retry_count: info.qp_retry_count,
             taken: AtomicBool::new(false),
         });
         let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -199,7 +203,10 @@ fn admit(mut id: ffi::Id, private: &[u8], their_depth: u8, slots: &Slots) {
                 a.max_dest_rd_atomic = responder;
                 *m |= sys::ibv_qp_attr_mask::IBV_QP_MAX_DEST_RD_ATOMIC.0 as i32;
             })?;
-            apply(&mut qp, &id, sys::ibv_qp_state::IBV_QPS_RTS, |_, _| {})?;
+            let (timeout, retry) = (slot.qp_timeout, slot.qp_retry_count);
+            apply(&mut qp, &id, sys::ibv_qp_state::IBV_QPS_RTS, |a, m| {
+                override_rts(a, m, timeout, retry)
+            })?;
         }
         id.accept(slot.qpn, responder, 0)
             .map_err(|e| e.to_string())?;

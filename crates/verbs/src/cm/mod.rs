@@ -277,6 +277,17 @@ fn override_path(a: &mut sys::ibv_qp_attr, tc: u8, sl: u8) {
     }
 }
 
+/// The fabric settings' ACK timeout and retry count replace what
+/// `rdma_init_qp_attr` chose for RTS (rdma_cm derives the timeout from the
+/// path's packet lifetime and the retry count from the connect parameters),
+/// so a QP behaves the same whichever way it was connected.
+fn override_rts(a: &mut sys::ibv_qp_attr, m: &mut i32, timeout: u8, retry_count: u8) {
+    use sys::ibv_qp_attr_mask as M;
+    a.timeout = timeout;
+    a.retry_cnt = retry_count;
+    *m |= (M::IBV_QP_TIMEOUT.0 | M::IBV_QP_RETRY_CNT.0) as i32;
+}
+
 /// Moves `qp` to `state` with rdma_cm's attributes for `id`, adjusted by `tweak`.
 fn apply(
     qp: &mut Qp,
@@ -295,6 +306,23 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// rdma_cm's RTS attributes get the fabric settings' timeout and retry
+    /// count, with their mask bits, and keep everything else.
+    #[test]
+    fn rts_override_sets_timeout_and_retry() {
+        use sys::ibv_qp_attr_mask as M;
+        let mut a = crate::raw::zero_attr();
+        a.timeout = 14;
+        a.retry_cnt = 1;
+        a.max_rd_atomic = 9;
+        let mut m = M::IBV_QP_STATE.0 as i32;
+        override_rts(&mut a, &mut m, 22, 6);
+        assert_eq!((a.timeout, a.retry_cnt, a.max_rd_atomic), (22, 6, 9));
+        assert_ne!(m & M::IBV_QP_TIMEOUT.0 as i32, 0);
+        assert_ne!(m & M::IBV_QP_RETRY_CNT.0 as i32, 0);
+        assert_ne!(m & M::IBV_QP_STATE.0 as i32, 0);
+    }
 
     #[test]
     fn modes_parse() {
@@ -390,6 +418,8 @@ mod tests {
             traffic_class: 0,
             service_level: 0,
             pkey_index: 0,
+            qp_timeout: 20,
+            qp_retry_count: 7,
         }
     }
 
