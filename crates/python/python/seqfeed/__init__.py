@@ -17,19 +17,51 @@ See ``Loader`` for every option, ``SeqfeedDataset`` for
 tensor- and pipeline-parallel jobs.
 """
 
+from typing import TYPE_CHECKING, Any
+
+# Torch-free at import: the plan and inspect functions work on a host without
+# torch (a storage node, a notebook that only looks at a plan). torch is
+# imported on first use of the names in _LAZY below.
 from ._native import SeqfeedError, __version__, inspect_source, plan_show, plan_stats
-from ._labels import loss_mask_and_position_ids
-from ._loader import Batch, Loader
 from ._parallel import data_parallel_from_env, data_parallel_from_megatron, data_parallel_from_mesh
 
+if TYPE_CHECKING:
+    from ._labels import loss_mask_and_position_ids
+    from ._loader import Batch, Loader
+    from .data import SeqfeedDataset
 
-def __getattr__(name):
-    # torch.utils.data is imported only when the dataset wrapper is used.
-    if name == "SeqfeedDataset":
-        from .data import SeqfeedDataset
+# name -> the submodule that defines it (and imports torch).
+_LAZY = {
+    "Batch": "_loader",
+    "Loader": "_loader",
+    "SeqfeedDataset": "data",
+    "loss_mask_and_position_ids": "_labels",
+}
 
-        return SeqfeedDataset
-    raise AttributeError(f"module 'seqfeed' has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'seqfeed' has no attribute {name!r}")
+    import importlib
+
+    try:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+    except ModuleNotFoundError as e:
+        if e.name != "torch" and not (e.name or "").startswith("torch."):
+            raise
+        raise ModuleNotFoundError(
+            f"seqfeed.{name} needs PyTorch, which is not installed in this environment "
+            f"({e}); install it with `pip install 'torch>=2.3'` (plan_stats, plan_show "
+            "and inspect_source work without it)",
+            name=e.name,
+        ) from e
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
