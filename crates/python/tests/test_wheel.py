@@ -53,7 +53,7 @@ def test_wheel_is_abi3_manylinux2014_and_ships_stubs(wheel):
     """One abi3 wheel for CPython >= 3.9 tagged manylinux_2_17 (manylinux2014),
     with the type stubs, the py.typed marker and torch as a dependency."""
     assert re.fullmatch(
-        r"seqfeed-[^-]+-cp39-abi3-manylinux_2_17_x86_64\.manylinux2014_x86_64\.whl", wheel.name
+        r"seqfeed-[^-]+-cp39-abi3-(manylinux2014_x86_64\.manylinux_2_17_x86_64|manylinux_2_17_x86_64\.manylinux2014_x86_64)\.whl", wheel.name
     ), f"unexpected wheel tag: {wheel.name}"
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())

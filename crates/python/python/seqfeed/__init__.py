@@ -17,7 +17,7 @@ See ``Loader`` for every option, ``SeqfeedDataset`` for
 tensor- and pipeline-parallel jobs.
 """
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 # Torch-free at import: the plan and inspect functions work on a host without
 # torch (a storage node, a notebook that only looks at a plan). torch is
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ._native import SeqfeedError, __version__, inspect_source, plan_show, plan_stats
 from ._parallel import data_parallel_from_env, data_parallel_from_megatron, data_parallel_from_mesh
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from ._labels import loss_mask_and_position_ids
     from ._loader import Batch, Loader
     from .data import SeqfeedDataset
@@ -39,7 +39,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'seqfeed' has no attribute {name!r}")

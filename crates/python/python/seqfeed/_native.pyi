@@ -10,6 +10,18 @@ from typing import Any, final
 
 from typing_extensions import CapsuleType
 
+__all__ = [
+    "SeqfeedError",
+    "__version__",
+    "NativeLoader",
+    "NativeBatch",
+    "NativePlan",
+    "open_plan",
+    "plan_stats",
+    "plan_show",
+    "inspect_source",
+]
+
 _Path = str | os.PathLike[str]
 
 __version__: str
