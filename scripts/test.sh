@@ -64,7 +64,9 @@ fi
 echo "== the same wheel in the torch venv; its stubs against the module (mypy); pytest"
 python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$SEQFEED_WHEEL"
 stubs="$(python -c 'import os, seqfeed; print(os.path.dirname(seqfeed.__file__))')"
-(cd "$fresh" && python -m mypy --strict --no-incremental "$stubs/_native.pyi" && python -m mypy.stubtest seqfeed._native)
+usage="$PWD/crates/python/tests/typecheck_usage.py"
+(cd "$fresh" && python -m mypy --strict --no-incremental "$stubs/_native.pyi" \
+  && python -m mypy.stubtest seqfeed._native && python -m mypy --no-incremental "$usage")
 cargo build -q --locked -p seqfeed
 SEQFEED_BIN="$PWD/target/debug/seqfeed" python -m pytest -q crates/python/tests
 echo "== device tests skipped on this host (cargo hides the output of passing tests; shown here)"
