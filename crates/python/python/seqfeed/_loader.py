@@ -3,6 +3,7 @@
 import operator
 import os
 import threading
+from typing import Optional
 
 import torch
 import torch.utils.dlpack
@@ -165,6 +166,15 @@ class Batch:
         "micro",
         "native",
     )
+    # For type checkers (the package ships py.typed); the values live in the slots.
+    tokens: torch.Tensor
+    input_ids: torch.Tensor
+    labels: Optional[torch.Tensor]
+    loss_mask: Optional[torch.Tensor]
+    position_ids: Optional[torch.Tensor]
+    step: int
+    micro: int
+    native: _native.NativeBatch
 
     @property
     def sources(self):
