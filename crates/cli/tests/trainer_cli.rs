@@ -178,31 +178,20 @@ fn a_trainer_directory_with_plan_and_cluster_reads_what_the_dataset_holds() {
         .replace("\"127.0.0.1:2\"", &format!("\"{addr_b}\""));
     std::fs::write(trainer.join("cluster.toml"), cluster).unwrap();
 
-    let remote = json(
-        &bin()
-            .current_dir(&trainer)
-            .args([
-                "--log",
-                "warn",
-                "read",
-                "--plan",
-                "plan.toml",
-                "--cluster",
-                "cluster.toml",
-            ])
-            .args([
-                "--transport",
-                "tcp",
-                "--rank",
-                "1",
-                "--world",
-                "2",
-                "--digest",
-                "--json",
-            ])
-            .output()
-            .unwrap(),
-    );
+    // `seqfeed read` in the trainer directory, rank 1 of 2 over tcp, with `extra` flags.
+    let trainer_read = |extra: &[&str]| {
+        json(
+            &bin()
+                .current_dir(&trainer)
+                .args(["--log", "warn", "read", "--plan", "plan.toml"])
+                .args(["--cluster", "cluster.toml", "--transport", "tcp"])
+                .args(["--rank", "1", "--world", "2", "--digest", "--json"])
+                .args(extra)
+                .output()
+                .unwrap(),
+        )
+    };
+    let remote = trainer_read(&[]);
     let local = json(&run(&[
         "--log",
         "warn",
@@ -219,32 +208,7 @@ fn a_trainer_directory_with_plan_and_cluster_reads_what_the_dataset_holds() {
         "--digest",
         "--json",
     ]));
-    let shaped = json(
-        &bin()
-            .current_dir(&trainer)
-            .args([
-                "--log",
-                "warn",
-                "read",
-                "--plan",
-                "plan.toml",
-                "--cluster",
-                "cluster.toml",
-            ])
-            .args(["--shapes", p(&shapes)])
-            .args([
-                "--transport",
-                "tcp",
-                "--rank",
-                "1",
-                "--world",
-                "2",
-                "--digest",
-                "--json",
-            ])
-            .output()
-            .unwrap(),
-    );
+    let shaped = trainer_read(&["--shapes", p(&shapes)]);
     assert_eq!(remote["bytes"], 20 * 2 * 10 * 4);
     for k in ["digest", "dataset_fingerprint", "sequences", "bytes"] {
         assert_eq!(remote[k], local[k], "{k}");

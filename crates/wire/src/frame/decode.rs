@@ -356,22 +356,25 @@ impl<'a> Reader<'a> {
     fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
+    /// A string with a u32 length (manifests): bounded by `max`.
     fn blob(&mut self, what: &'static str, max: usize) -> Result<String, WireError> {
         let at = self.pos;
         let n = self.u32(what)? as usize;
-        if n > max {
-            return Err(WireError::TooLarge {
-                what,
-                value: n as u64,
-                max: max as u64,
-            });
-        }
-        let b = self.take(n, what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| WireError::BadUtf8 { what, at })
+        self.utf8(what, at, n, max)
     }
     fn str(&mut self, what: &'static str, max: usize) -> Result<String, WireError> {
         let at = self.pos;
         let n = self.u16(what)? as usize;
+        self.utf8(what, at, n, max)
+    }
+    /// `n` bytes of UTF-8 after a length field read at `at`, at most `max`.
+    fn utf8(
+        &mut self,
+        what: &'static str,
+        at: usize,
+        n: usize,
+        max: usize,
+    ) -> Result<String, WireError> {
         if n > max {
             return Err(WireError::TooLarge {
                 what,
